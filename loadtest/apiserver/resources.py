@@ -1,0 +1,200 @@
+"""Resource registry: which REST resources the emulator serves, and their discovery documents.
+
+Design note
+-----------
+Every served resource is described by one immutable :class:`ResourceType` row:
+group/version/plural/kind, whether it is namespaced, whether it has a ``/status``
+subresource, which field selectors it supports and whether it follows
+CustomResource update rules. The store, the HTTP router and the discovery
+endpoints are all driven from this one table, so adding a resource is one line.
+
+A resource is identified internally by its *key*: the plural for the core group
+(``pods``) and ``plural.group`` otherwise (``ippools.crd.projectcalico.org``),
+which is exactly how ``kubectl api-resources`` disambiguates. The plural alone is
+accepted wherever it is unambiguous (``networkpolicies`` is ambiguous: both
+networking.k8s.io and crd.projectcalico.org define it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+CALICO_GROUP = "crd.projectcalico.org"
+
+_VERBS_NAMESPACED = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+
+
+@dataclass(frozen=True)
+class ResourceType:
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool
+    short_names: tuple[str, ...] = ()
+    status_subresource: bool = False
+    # Field selector labels beyond metadata.name / metadata.namespace (those two always work).
+    field_labels: tuple[str, ...] = ()
+    # Field whose equality selectors get a watcher index (like the kube-apiserver
+    # watch cache's pod spec.nodeName index) so per-node watchers are O(1) per event.
+    indexed_field: str | None = None
+    # CustomResources reject PUT without metadata.resourceVersion (AllowUnconditionalUpdate=false).
+    custom: bool = False
+    categories: tuple[str, ...] = field(default=())
+
+    @property
+    def key(self) -> str:
+        return self.plural if not self.group else f"{self.plural}.{self.group}"
+
+    @property
+    def api_version(self) -> str:
+        return self.version if not self.group else f"{self.group}/{self.version}"
+
+    @property
+    def list_kind(self) -> str:
+        return self.kind + "List"
+
+    @property
+    def singular(self) -> str:
+        return self.kind.lower()
+
+    @property
+    def unconditional_update(self) -> bool:
+        return not self.custom
+
+    @property
+    def all_field_labels(self) -> tuple[str, ...]:
+        if self.namespaced:
+            return ("metadata.name", "metadata.namespace") + self.field_labels
+        return ("metadata.name",) + self.field_labels
+
+
+def _core(plural: str, kind: str, namespaced: bool, **kw: Any) -> ResourceType:
+    return ResourceType("", "v1", plural, kind, namespaced, **kw)
+
+
+def _calico(plural: str, kind: str, namespaced: bool = False) -> ResourceType:
+    return ResourceType(CALICO_GROUP, "v1", plural, kind, namespaced, custom=True)
+
+
+DEFAULT_RESOURCES: tuple[ResourceType, ...] = (
+    _core("namespaces", "Namespace", False, short_names=("ns",), status_subresource=True,
+          field_labels=("status.phase",)),
+    _core("nodes", "Node", False, short_names=("no",), status_subresource=True,
+          field_labels=("spec.unschedulable",)),
+    _core("pods", "Pod", True, short_names=("po",), status_subresource=True,
+          field_labels=("spec.nodeName", "spec.restartPolicy", "spec.schedulerName",
+                        "spec.serviceAccountName", "spec.hostNetwork", "status.phase",
+                        "status.podIP", "status.nominatedNodeName"),
+          indexed_field="spec.nodeName"),
+    _core("serviceaccounts", "ServiceAccount", True, short_names=("sa",)),
+    _core("services", "Service", True, short_names=("svc",), status_subresource=True),
+    ResourceType("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True,
+                 short_names=("netpol",)),
+    ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True),
+    _calico("globalnetworkpolicies", "GlobalNetworkPolicy"),
+    _calico("networkpolicies", "NetworkPolicy", namespaced=True),
+    _calico("stagedglobalnetworkpolicies", "StagedGlobalNetworkPolicy"),
+    _calico("stagednetworkpolicies", "StagedNetworkPolicy", namespaced=True),
+    _calico("stagedkubernetesnetworkpolicies", "StagedKubernetesNetworkPolicy", namespaced=True),
+    _calico("tiers", "Tier"),
+    _calico("globalnetworksets", "GlobalNetworkSet"),
+    _calico("networksets", "NetworkSet", namespaced=True),
+    _calico("ippools", "IPPool"),
+    _calico("ipreservations", "IPReservation"),
+    _calico("blockaffinities", "BlockAffinity"),
+    _calico("ipamblocks", "IPAMBlock"),
+    _calico("ipamhandles", "IPAMHandle"),
+    _calico("ipamconfigs", "IPAMConfig"),
+    _calico("hostendpoints", "HostEndpoint"),
+    _calico("felixconfigurations", "FelixConfiguration"),
+    _calico("clusterinformations", "ClusterInformation"),
+    _calico("kubecontrollersconfigurations", "KubeControllersConfiguration"),
+    _calico("bgppeers", "BGPPeer"),
+    _calico("bgpconfigurations", "BGPConfiguration"),
+    _calico("bgpfilters", "BGPFilter"),
+)
+
+
+class ResourceRegistry:
+    """Lookup table over a set of ResourceTypes (by key, by group/version/plural, by plural)."""
+
+    def __init__(self, resources: Iterable[ResourceType] = DEFAULT_RESOURCES) -> None:
+        self._by_key: dict[str, ResourceType] = {}
+        self._by_gvp: dict[tuple[str, str, str], ResourceType] = {}
+        self._by_alias: dict[str, list[ResourceType]] = {}
+        for rt in resources:
+            if rt.key in self._by_key:
+                raise ValueError(f"duplicate resource {rt.key}")
+            self._by_key[rt.key] = rt
+            self._by_gvp[(rt.group, rt.version, rt.plural)] = rt
+            for alias in {rt.plural, rt.kind, rt.kind.lower(), *rt.short_names}:
+                self._by_alias.setdefault(alias, []).append(rt)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._by_key.values())
+
+    def resolve(self, name: str | ResourceType) -> ResourceType:
+        """Resolve a key ("pods", "ippools.crd.projectcalico.org"), plural, kind or short name."""
+        if isinstance(name, ResourceType):
+            return self._by_key[name.key]
+        rt = self._by_key.get(name)
+        if rt is not None:
+            return rt
+        cands = self._by_alias.get(name, [])
+        if len(cands) == 1:
+            return cands[0]
+        if not cands:
+            raise KeyError(f"unknown resource {name!r}")
+        raise KeyError(f"ambiguous resource {name!r}: use one of {sorted(c.key for c in cands)}")
+
+    def lookup(self, group: str, version: str, plural: str) -> ResourceType | None:
+        return self._by_gvp.get((group, version, plural))
+
+    def group_versions(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for rt in self._by_key.values():
+            versions = out.setdefault(rt.group, [])
+            if rt.version not in versions:
+                versions.append(rt.version)
+        return out
+
+    # ---- discovery documents -------------------------------------------------------------
+
+    def api_resource_list(self, group: str, version: str) -> dict[str, Any] | None:
+        rts = [rt for rt in self._by_key.values() if rt.group == group and rt.version == version]
+        if not rts:
+            return None
+        resources: list[dict[str, Any]] = []
+        for rt in rts:
+            entry: dict[str, Any] = {
+                "name": rt.plural,
+                "singularName": rt.singular,
+                "namespaced": rt.namespaced,
+                "kind": rt.kind,
+                "verbs": _VERBS_NAMESPACED,
+            }
+            if rt.short_names:
+                entry["shortNames"] = list(rt.short_names)
+            if rt.group == CALICO_GROUP:
+                entry["storageVersionHash"] = ""
+            resources.append(entry)
+            if rt.status_subresource:
+                resources.append({"name": rt.plural + "/status", "singularName": "",
+                                  "namespaced": rt.namespaced, "kind": rt.kind,
+                                  "verbs": ["get", "patch", "update"]})
+        return {"kind": "APIResourceList", "apiVersion": "v1",
+                "groupVersion": rt.api_version, "resources": resources}
+
+    def api_group(self, group: str) -> dict[str, Any] | None:
+        versions = self.group_versions().get(group)
+        if not versions or not group:
+            return None
+        vs = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
+        return {"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": vs,
+                "preferredVersion": vs[0]}
+
+    def api_group_list(self) -> dict[str, Any]:
+        groups = [self.api_group(g) for g in self.group_versions() if g]
+        return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}

@@ -1,0 +1,291 @@
+"""Label and field selectors (``?labelSelector=`` / ``?fieldSelector=``), parsed once, matched often.
+
+Design note
+-----------
+Both selectors are parsed into a list of requirements once per request and then matched
+against every candidate object (list) or every event (watch), so matching must be cheap:
+requirements are plain tuples and ``matches`` is a tight loop over a dict lookup.
+
+Label selector grammar follows k8s.io/apimachinery/pkg/labels: comma-separated
+requirements of the forms ``k``, ``!k``, ``k=v``, ``k==v``, ``k!=v``, ``k in (a,b)``,
+``k notin (a,b)``, ``k>n``, ``k<n``. Field selectors support ``f=v``, ``f==v``, ``f!=v``
+(fields are a fixed per-resource set of labels, as in kube-apiserver; an unsupported field
+is a 400). Values from objects are pre-extracted into a small dict at write time, so a
+field selector never decodes an object.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+from .errors import ApiError, bad_request
+
+# op codes
+EXISTS, NOT_EXISTS, IN, NOT_IN, GT, LT = "exists", "!", "in", "notin", "gt", "lt"
+
+_SPECIAL = set("(),!=<> \t\n")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_NAME_PART = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+
+
+def _tokenize(s: str) -> list[str]:
+    toks: list[str] = []
+    i, n = 0, len(s)
+    while i < n:
+        c = s[i]
+        if c in " \t\n":
+            i += 1
+        elif c in "(),":
+            toks.append(c)
+            i += 1
+        elif c == "!":
+            if i + 1 < n and s[i + 1] == "=":
+                toks.append("!=")
+                i += 2
+            else:
+                toks.append("!")
+                i += 1
+        elif c == "=":
+            if i + 1 < n and s[i + 1] == "=":
+                toks.append("==")
+                i += 2
+            else:
+                toks.append("=")
+                i += 1
+        elif c in "<>":
+            toks.append(c)
+            i += 1
+        else:
+            j = i
+            while j < n and s[j] not in _SPECIAL:
+                j += 1
+            toks.append("\x00" + s[i:j])  # \x00 marks an identifier, so "in" != keyword "in" ambiguity is resolved by position
+            i = j
+    return toks
+
+
+def _check_key(key: str) -> None:
+    prefix, _, name = key.rpartition("/")
+    if not name or len(name) > 63 or not _NAME_PART.match(name) or (prefix and len(prefix) > 253):
+        raise bad_request(f"unable to parse requirement: invalid label key {key!r}")
+
+
+def _check_value(v: str) -> None:
+    if len(v) > 63 or not _LABEL_VALUE.match(v):
+        raise bad_request(f"unable to parse requirement: invalid label value: {v!r}")
+
+
+class LabelSelector:
+    """Parsed label selector; ``matches(labels)`` tests one object's labels."""
+
+    __slots__ = ("reqs", "text")
+
+    def __init__(self, reqs: list[tuple[str, str, frozenset[str]]], text: str = "") -> None:
+        self.reqs = reqs
+        self.text = text
+
+    @property
+    def empty(self) -> bool:
+        return not self.reqs
+
+    def matches(self, labels: Mapping[str, str] | None) -> bool:
+        labels = labels or {}
+        for key, op, values in self.reqs:
+            v = labels.get(key)
+            if op == IN:
+                if v is None or v not in values:
+                    return False
+            elif op == NOT_IN:
+                if v is not None and v in values:
+                    return False
+            elif op == EXISTS:
+                if v is None:
+                    return False
+            elif op == NOT_EXISTS:
+                if v is not None:
+                    return False
+            else:  # GT / LT: integer comparison, non-integers never match
+                if v is None:
+                    return False
+                try:
+                    lhs, rhs = int(v), int(next(iter(values)))
+                except ValueError:
+                    return False
+                if (op == GT and not lhs > rhs) or (op == LT and not lhs < rhs):
+                    return False
+        return True
+
+    def equality_value(self, key: str) -> str | None:
+        for k, op, values in self.reqs:
+            if k == key and op == IN and len(values) == 1:
+                return next(iter(values))
+        return None
+
+
+def parse_label_selector(text: str | None) -> LabelSelector:
+    if not text:
+        return LabelSelector([], "")
+    toks = _tokenize(text)
+    reqs: list[tuple[str, str, frozenset[str]]] = []
+    i = 0
+
+    def ident(pos: int, what: str) -> str:
+        if pos >= len(toks) or not toks[pos].startswith("\x00"):
+            raise bad_request(f"unable to parse requirement: expected {what} in {text!r}")
+        return toks[pos][1:]
+
+    while i < len(toks):
+        if toks[i] == "!":
+            key = ident(i + 1, "key")
+            _check_key(key)
+            reqs.append((key, NOT_EXISTS, frozenset()))
+            i += 2
+        else:
+            key = ident(i, "key")
+            _check_key(key)
+            i += 1
+            op = toks[i] if i < len(toks) else ","
+            if op == ",":
+                reqs.append((key, EXISTS, frozenset()))
+            elif op in ("=", "==", "!="):
+                i += 1
+                # "k=" with an empty value is legal and means "label is empty string".
+                if i < len(toks) and toks[i].startswith("\x00"):
+                    val = toks[i][1:]
+                    i += 1
+                else:
+                    val = ""
+                _check_value(val)
+                reqs.append((key, NOT_IN if op == "!=" else IN, frozenset([val])))
+            elif op in ("\x00in", "\x00notin"):
+                i += 1
+                if i >= len(toks) or toks[i] != "(":
+                    raise bad_request(f"unable to parse requirement: expected '(' in {text!r}")
+                i += 1
+                vals: list[str] = []
+                while True:
+                    if i < len(toks) and toks[i].startswith("\x00"):
+                        vals.append(toks[i][1:])
+                        i += 1
+                    else:
+                        vals.append("")
+                    if i < len(toks) and toks[i] == ",":
+                        i += 1
+                        continue
+                    if i < len(toks) and toks[i] == ")":
+                        i += 1
+                        break
+                    raise bad_request(f"unable to parse requirement: expected ')' in {text!r}")
+                for v in vals:
+                    _check_value(v)
+                reqs.append((key, IN if op == "\x00in" else NOT_IN, frozenset(vals)))
+            elif op in ("<", ">"):
+                val = ident(i + 1, "integer value")
+                try:
+                    int(val)
+                except ValueError:
+                    raise bad_request(f"unable to parse requirement: for 'gt', 'lt' operators, the value must be an integer: {val!r}") from None
+                reqs.append((key, GT if op == ">" else LT, frozenset([val])))
+                i += 2
+            else:
+                raise bad_request(f"unable to parse requirement: unexpected {op.lstrip(chr(0))!r} in {text!r}")
+        if i < len(toks):
+            if toks[i] != ",":
+                raise bad_request(f"unable to parse requirement: expected ',' in {text!r}")
+            i += 1
+            if i >= len(toks):
+                raise bad_request(f"unable to parse requirement: trailing ',' in {text!r}")
+    return LabelSelector(reqs, text)
+
+
+class FieldSelector:
+    """Parsed field selector: list of (field, want_equal, value)."""
+
+    __slots__ = ("reqs", "text")
+
+    def __init__(self, reqs: list[tuple[str, bool, str]], text: str = "") -> None:
+        self.reqs = reqs
+        self.text = text
+
+    @property
+    def empty(self) -> bool:
+        return not self.reqs
+
+    def matches(self, fields: Mapping[str, str]) -> bool:
+        for f, eq, v in self.reqs:
+            if (fields.get(f, "") == v) != eq:
+                return False
+        return True
+
+    def equality_value(self, field: str) -> str | None:
+        for f, eq, v in self.reqs:
+            if f == field and eq:
+                return v
+        return None
+
+
+def _split_unescaped(s: str, sep: str) -> list[str]:
+    out, cur, i = [], [], 0
+    while i < len(s):
+        c = s[i]
+        if c == "\\" and i + 1 < len(s):
+            cur.append(s[i:i + 2])
+            i += 2
+            continue
+        if c == sep:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+        i += 1
+    out.append("".join(cur))
+    return out
+
+
+def _unescape(s: str) -> str:
+    return re.sub(r"\\(.)", r"\1", s)
+
+
+def parse_field_selector(text: str | None, supported: tuple[str, ...]) -> FieldSelector:
+    if not text:
+        return FieldSelector([], "")
+    reqs: list[tuple[str, bool, str]] = []
+    for term in _split_unescaped(text, ","):
+        if not term:
+            continue
+        for op, eq in (("!=", False), ("==", True), ("=", True)):
+            idx = term.find(op)
+            if idx > 0:
+                f, v = term[:idx].strip(), _unescape(term[idx + len(op):].strip())
+                break
+        else:
+            raise bad_request(f"invalid selector: '{text}'; can't understand '{term}'")
+        if f not in supported:
+            raise bad_request(f'"{f}" is not a known field selector: only '
+                              + ", ".join(f'"{s}"' for s in supported))
+        reqs.append((f, eq, v))
+    return FieldSelector(reqs, text)
+
+
+def extract_fields(obj: Mapping[str, Any], labels_: tuple[str, ...]) -> dict[str, str]:
+    """Pull the selectable field values out of an object (bools render as "true"/"false")."""
+    out: dict[str, str] = {}
+    for path in labels_:
+        cur: Any = obj
+        for part in path.split("."):
+            if not isinstance(cur, Mapping):
+                cur = None
+                break
+            cur = cur.get(part)
+        if cur is None:
+            continue  # absent reads as "" in matches()
+        if isinstance(cur, bool):
+            out[path] = "true" if cur else "false"
+        else:
+            out[path] = str(cur)
+    return out
+
+
+__all__ = ["ApiError", "LabelSelector", "FieldSelector", "parse_label_selector",
+           "parse_field_selector", "extract_fields"]

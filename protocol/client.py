@@ -1,0 +1,341 @@
+"""The asyncio client library: follow a Typha server, keep the view, survive reconnects.
+
+Design note
+-----------
+`SyncClient` is a thin asyncio shell around the sans-I/O `ClientConnection`: a Protocol feeds it
+bytes, and the client applies the validated messages to its view and reports changes through
+callbacks. Felix and the load test both use it, the load test in "cheap" mode (`decode_kvs=False`),
+where only frame headers are read and sequence continuity is still enforced.
+
+Reconnects are where naive clients go wrong. Typha has no resume: every new connection starts with a
+full snapshot. The client therefore keeps its old view while the new snapshot streams in, reports
+only keys whose value actually differs, and when the final chunk arrives reports a deletion for every
+key the new snapshot lacks. The caller sees exactly the difference between its old view and the
+server's, never a flood of unchanged keys and never a stale key left behind.
+
+A connection that goes quiet for `read_timeout` (3 x the server's ping interval unless set) is
+dropped and redialled: the server pings every interval, so silence means a black-holed connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from .connection import ClientConnection, ConnState
+from .errors import ProtocolError
+from .framing import DEFAULT_MAX_SERVER_FRAME
+from .messages import (
+    KV,
+    ClientHello,
+    Goodbye,
+    GoodbyeCode,
+    Message,
+    Ping,
+    ServerHello,
+    SnapshotChunk,
+    SyncStatus,
+    SyncStatusChange,
+    Updates,
+)
+
+log = logging.getLogger("protocol.client")
+
+Address = tuple[str, int]
+AddressSource = Sequence[Address] | Callable[[], Awaitable[Sequence[Address]]]
+
+
+@dataclass(slots=True)
+class ClientStats:
+    connects: int = 0
+    disconnects: int = 0
+    snapshots: int = 0
+    frames: int = 0
+    kvs_received: int = 0
+    bytes_received: int = 0
+    updates_reported: int = 0
+    deletes_synthesized: int = 0
+    last_error: str = ""
+
+
+class _StreamProtocol(asyncio.Protocol):
+    """Feeds bytes from one TCP connection into the client; reports the end through `done`."""
+
+    def __init__(self, client: SyncClient, conn: ClientConnection) -> None:
+        self.client = client
+        self.conn = conn
+        self.transport: asyncio.Transport | None = None
+        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.last_data = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.conn.initiate())
+
+    def data_received(self, data: bytes) -> None:
+        self.last_data = time.monotonic()
+        try:
+            messages = self.conn.receive_data(data)
+            for msg in messages:
+                self.client._handle(self, msg)
+        except ProtocolError as exc:
+            self.finish(f"protocol error from server: {exc}", goodbye=exc.code)
+        except Exception as exc:  # a callback blew up: do not leave a half-applied stream running
+            log.exception("error handling server message")
+            self.finish(f"client error: {exc!r}", goodbye=GoodbyeCode.PROTOCOL_ERROR)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(f"connection lost: {exc}" if exc else "connection closed by server")
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def finish(self, reason: str, goodbye: str | None = None) -> None:
+        if goodbye is not None:
+            self.send(self.conn.goodbye(str(goodbye.value if isinstance(goodbye, GoodbyeCode) else goodbye), reason))
+        if self.transport is not None:
+            self.transport.close()
+        if not self.done.done():
+            self.done.set_result(reason)
+
+
+class SyncClient:
+    """Follows one syncer type on a Typha server, reconnecting (to the next address) as needed."""
+
+    def __init__(
+        self,
+        addresses: AddressSource,
+        syncer_type: str,
+        *,
+        hostname: str | None = None,
+        info: str = "",
+        on_updates: Callable[[list[KV]], None] | None = None,
+        on_status: Callable[[SyncStatus], None] | None = None,
+        on_connection: Callable[[bool, str], None] | None = None,
+        on_message: Callable[[Message], None] | None = None,
+        compression: bool = True,
+        decode_kvs: bool = True,
+        connect_timeout: float = 10.0,
+        read_timeout: float | None = None,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 10.0,
+        max_frame: int = DEFAULT_MAX_SERVER_FRAME,
+    ) -> None:
+        self._addresses = addresses
+        self.syncer_type = syncer_type
+        self.hostname = hostname or socket.gethostname()
+        self.info = info
+        self.on_updates = on_updates
+        self.on_status = on_status
+        self.on_connection = on_connection
+        self.on_message = on_message
+        self.compression = compression
+        self.decode_kvs = decode_kvs
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.max_frame = max_frame
+        self.state: dict[str, KV] = {}
+        self.status = SyncStatus.UNKNOWN
+        self.seq = 0
+        self.server_id = ""
+        self.connected_to: Address | None = None
+        self.stats = ClientStats()
+        self._seen: set[str] | None = None  # keys of the snapshot being received, during a resync
+        self._synced = asyncio.Event()  # snapshot complete and status in-sync
+        self._streaming = asyncio.Event()  # snapshot complete on the current connection
+        self._stopping = False
+        self._proto: _StreamProtocol | None = None
+        self._address_index = 0
+
+    # -- public API ----------------------------------------------------------------------------------
+    @property
+    def in_sync(self) -> bool:
+        return self._synced.is_set()
+
+    async def wait_in_sync(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._synced.wait(), timeout)
+
+    async def wait_streaming(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._streaming.wait(), timeout)
+
+    def stop(self) -> None:
+        """Ask `run()` to return; the current connection is closed with a goodbye."""
+        self._stopping = True
+        if self._proto is not None:
+            self._proto.finish("client stopping", goodbye=GoodbyeCode.CLIENT_CLOSING)
+
+    def disconnect(self, reason: str = "disconnect requested") -> None:
+        """Drop the current connection; `run()` reconnects (tests and rebalancing use this)."""
+        if self._proto is not None:
+            self._proto.finish(reason, goodbye=GoodbyeCode.CLIENT_CLOSING)
+
+    async def run(self) -> None:
+        """Connect, follow, and reconnect with jittered exponential backoff until `stop()`."""
+        attempt = 0
+        while not self._stopping:
+            reason = await self._connect_once()
+            if self._stopping:
+                break
+            self.stats.disconnects += 1
+            self.stats.last_error = reason
+            if self.on_connection is not None:
+                self.on_connection(False, reason)
+            if self._streaming.is_set():
+                attempt = 0  # we had a healthy stream: retry promptly
+            self._streaming.clear()
+            self._synced.clear()  # the view may be stale until the next snapshot completes
+            delay = random.uniform(0, min(self.backoff_max, self.backoff_initial * (2**attempt)))
+            attempt += 1
+            log.info("%s: disconnected (%s); reconnecting in %.2fs", self.hostname, reason, delay)
+            await asyncio.sleep(delay)
+
+    # -- one connection ------------------------------------------------------------------------------
+    async def _next_address(self) -> Address:
+        source = self._addresses
+        addrs = list(await source()) if callable(source) else list(source)
+        if not addrs:
+            raise OSError("no typha addresses known")
+        addr = addrs[self._address_index % len(addrs)]
+        self._address_index += 1
+        return addr
+
+    async def _connect_once(self) -> str:
+        loop = asyncio.get_running_loop()
+        hello = ClientHello(
+            hostname=self.hostname,
+            syncer_type=self.syncer_type,
+            info=self.info,
+            compression=("zstd",) if self.compression else (),
+            connection_id=uuid.uuid4().hex,
+        )
+        conn = ClientConnection(hello, self.max_frame, self.decode_kvs)
+        try:
+            host, port = await self._next_address()
+            transport, proto = await asyncio.wait_for(
+                loop.create_connection(lambda: _StreamProtocol(self, conn), host, port), self.connect_timeout
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            return f"connect failed: {exc!r}"
+        self._proto = proto
+        self.connected_to = (host, port)
+        self.stats.connects += 1
+        if self.on_connection is not None:
+            self.on_connection(True, f"{host}:{port}")
+        watchdog = asyncio.ensure_future(self._watch_reads(proto, conn))
+        try:
+            return await proto.done
+        finally:
+            watchdog.cancel()
+            transport.close()
+            self.stats.bytes_received += conn.bytes_received
+            self._proto = None
+            self.connected_to = None
+
+    async def _watch_reads(self, proto: _StreamProtocol, conn: ClientConnection) -> None:
+        while not proto.done.done():
+            if conn.state is ConnState.HANDSHAKE:
+                limit = self.connect_timeout
+            else:
+                ping = conn.server_hello.ping_interval if conn.server_hello else 10.0
+                limit = self.read_timeout or 3 * ping
+            idle = time.monotonic() - proto.last_data
+            if idle > limit:
+                proto.finish(f"read timeout: nothing from the server for {idle:.1f}s", goodbye=GoodbyeCode.PING_TIMEOUT)
+                return
+            await asyncio.sleep(max(0.05, min(limit - idle, limit / 3)))
+
+    # -- applying messages ---------------------------------------------------------------------------
+    def _handle(self, proto: _StreamProtocol, msg: Message) -> None:
+        self.stats.frames += 1
+        if self.on_message is not None:
+            self.on_message(msg)
+        if isinstance(msg, Updates):
+            self.seq = msg.seq
+            self.stats.kvs_received += msg.count
+            if msg.kvs is not None:
+                self._apply_deltas(msg.kvs)
+            self._set_status(msg.status)
+        elif isinstance(msg, SyncStatusChange):
+            self.seq = msg.seq
+            self._set_status(msg.status)
+        elif isinstance(msg, SnapshotChunk):
+            self._apply_snapshot_chunk(msg)
+        elif isinstance(msg, Ping):
+            proto.send(proto.conn.pong(msg))
+        elif isinstance(msg, Goodbye):
+            proto.finish(f"server said goodbye: {msg.code}: {msg.reason}")
+        elif isinstance(msg, ServerHello):
+            self.server_id = msg.server_id
+
+    def _report(self, kvs: list[KV]) -> None:
+        if kvs:
+            self.stats.updates_reported += len(kvs)
+            if self.on_updates is not None:
+                self.on_updates(kvs)
+
+    def _apply_snapshot_chunk(self, chunk: SnapshotChunk) -> None:
+        self.stats.kvs_received += chunk.count
+        if chunk.index == 0:
+            self.stats.snapshots += 1
+            # Resync: keep the old view and diff against it; first sync: everything is new.
+            self._seen = set() if self.state else None
+        if chunk.kvs is not None:
+            state = self.state
+            seen = self._seen
+            changed: list[KV] = []
+            for kv in chunk.kvs:
+                if seen is not None:
+                    seen.add(kv.key)
+                    old = state.get(kv.key)
+                    if old is not None and old.value == kv.value:
+                        continue
+                state[kv.key] = kv
+                changed.append(kv)
+            self._report(changed)
+        if chunk.final:
+            if self._seen is not None:
+                seen = self._seen
+                gone = [k for k in self.state if k not in seen]
+                for k in gone:
+                    del self.state[k]
+                self.stats.deletes_synthesized += len(gone)
+                self._report([KV(k, None, "") for k in gone])
+            self._seen = None
+            self.seq = chunk.seq
+            self._streaming.set()
+        self._set_status(chunk.status)
+
+    def _apply_deltas(self, kvs: list[KV]) -> None:
+        state = self.state
+        changed: list[KV] = []
+        for kv in kvs:
+            if kv.value is None:
+                if state.pop(kv.key, None) is None:
+                    continue
+            else:
+                old = state.get(kv.key)
+                state[kv.key] = kv
+                if old is not None and old.value == kv.value:
+                    continue
+            changed.append(kv)
+        self._report(changed)
+
+    def _set_status(self, status: SyncStatus) -> None:
+        if status is not self.status:
+            self.status = status
+            if self.on_status is not None:
+                self.on_status(status)
+        if status is SyncStatus.IN_SYNC and self._streaming.is_set():
+            self._synced.set()
+        elif status is not SyncStatus.IN_SYNC:
+            self._synced.clear()

@@ -1,0 +1,193 @@
+"""Sans-I/O connection state machines for both ends of a sync connection.
+
+Design note
+-----------
+Like h11, these objects never touch a socket or a clock: you feed them the bytes you received and
+they hand back validated messages, or raise ProtocolError naming the rule the peer broke. The asyncio
+client in `client` and the server in `typha.syncserver` are thin shells around them, and the ordering
+rules (hello first, snapshot chunks in order, no sequence gaps) are unit-tested without any I/O.
+
+The client side enforces the stream invariants that make a Typha client safe to trust:
+- the server hello must pick a version, syncer type and compression the client offered;
+- snapshot chunks arrive with consecutive indexes for one seq, ending with a FINAL chunk;
+- every UPDATES / SYNC_STATUS frame continues exactly from the previous one (base == last seq).
+A gap therefore can never go unnoticed: it is a protocol error and the client resyncs.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection
+
+from .codec import Decompressor, decode, encode
+from .errors import HandshakeRejected, ProtocolError
+from .framing import DEFAULT_MAX_CLIENT_FRAME, DEFAULT_MAX_SERVER_FRAME, FrameReader
+from .messages import (
+    COMPRESSION_ZSTD,
+    SUPPORTED_VERSIONS,
+    ClientHello,
+    Goodbye,
+    GoodbyeCode,
+    Message,
+    Ping,
+    Pong,
+    ServerHello,
+    SnapshotChunk,
+    SyncStatusChange,
+    Updates,
+)
+
+
+class ConnState(enum.Enum):
+    HANDSHAKE = "handshake"
+    SNAPSHOT = "snapshot"
+    STREAMING = "streaming"
+    CLOSED = "closed"
+
+
+class ClientConnection:
+    """Client end: validates what a server sends."""
+
+    def __init__(
+        self,
+        hello: ClientHello,
+        max_frame: int = DEFAULT_MAX_SERVER_FRAME,
+        decode_kvs: bool = True,
+    ) -> None:
+        self.hello = hello
+        self.decode_kvs = decode_kvs
+        self.state = ConnState.HANDSHAKE
+        self.server_hello: ServerHello | None = None
+        self.seq = 0  # last breadcrumb seq applied (valid once STREAMING)
+        self.snapshot_seq = 0
+        self._next_chunk = 0
+        self._reader = FrameReader(max_frame)
+        self._decompressor: Decompressor | None = None
+        self._max_frame = max_frame
+
+    @property
+    def bytes_received(self) -> int:
+        return self._reader.bytes_received
+
+    def initiate(self) -> bytes:
+        """The bytes to send first: our hello."""
+        return encode(self.hello)
+
+    @staticmethod
+    def pong(ping: Ping) -> bytes:
+        return encode(Pong(ping.timestamp_ns))
+
+    @staticmethod
+    def goodbye(code: str, reason: str = "") -> bytes:
+        return encode(Goodbye(code, reason))
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Message]:
+        self._reader.feed(data)
+        out: list[Message] = []
+        while (frame := self._reader.next_frame()) is not None:
+            msg = decode(frame, self._decompressor, self.decode_kvs)
+            self._check(msg)
+            out.append(msg)
+        return out
+
+    def _check(self, msg: Message) -> None:
+        if isinstance(msg, Goodbye):
+            self.state = ConnState.CLOSED
+            return
+        if isinstance(msg, (Ping, Pong)):
+            if self.state is ConnState.HANDSHAKE:
+                raise ProtocolError(f"{type(msg).__name__} before the server hello")
+            return
+        if self.state is ConnState.HANDSHAKE:
+            if not isinstance(msg, ServerHello):
+                raise ProtocolError(f"expected a server hello, got {type(msg).__name__}")
+            self._accept_server_hello(msg)
+            return
+        if isinstance(msg, ServerHello):
+            raise ProtocolError("second server hello")
+        if self.state is ConnState.SNAPSHOT:
+            if not isinstance(msg, SnapshotChunk):
+                raise ProtocolError(f"expected a snapshot chunk, got {type(msg).__name__}")
+            if msg.index != self._next_chunk:
+                raise ProtocolError(f"snapshot chunk {msg.index} out of order; expected {self._next_chunk}")
+            if msg.index and msg.seq != self.snapshot_seq:
+                raise ProtocolError(f"snapshot chunk for seq {msg.seq} inside snapshot {self.snapshot_seq}")
+            self.snapshot_seq = msg.seq
+            self._next_chunk += 1
+            if msg.final:
+                self.seq = msg.seq
+                self.state = ConnState.STREAMING
+            return
+        if self.state is ConnState.STREAMING:
+            if not isinstance(msg, (Updates, SyncStatusChange)):
+                raise ProtocolError(f"unexpected {type(msg).__name__} while streaming")
+            if msg.prev_seq != self.seq:
+                raise ProtocolError(f"sequence gap: frame continues from {msg.prev_seq}, we are at {self.seq}")
+            self.seq = msg.seq
+            return
+        raise ProtocolError(f"{type(msg).__name__} after the connection closed")
+
+    def _accept_server_hello(self, sh: ServerHello) -> None:
+        if sh.version not in self.hello.versions:
+            raise HandshakeRejected(f"server chose protocol version {sh.version}; we offered {self.hello.versions}")
+        if sh.syncer_type != self.hello.syncer_type:
+            raise HandshakeRejected(f"server serves syncer {sh.syncer_type!r}; we asked for {self.hello.syncer_type!r}")
+        if sh.compression is not None:
+            if sh.compression not in self.hello.compression:
+                raise HandshakeRejected(f"server chose compression {sh.compression!r} we did not offer")
+            self._decompressor = Decompressor(self._max_frame)
+        self.server_hello = sh
+        self.state = ConnState.SNAPSHOT
+
+
+def negotiate(
+    hello: ClientHello,
+    syncer_types: Collection[str],
+    compression_enabled: bool = True,
+    server_id: str = "",
+    ping_interval: float = 10.0,
+) -> ServerHello:
+    """Pick version and compression for a client hello, or raise HandshakeRejected with the reason."""
+    common = set(hello.versions) & set(SUPPORTED_VERSIONS)
+    if not common:
+        raise HandshakeRejected(
+            f"unsupported protocol version(s) {list(hello.versions)}; this server speaks {list(SUPPORTED_VERSIONS)}",
+            GoodbyeCode.UNSUPPORTED_VERSION,
+        )
+    if hello.syncer_type not in syncer_types:
+        raise HandshakeRejected(
+            f"unknown syncer type {hello.syncer_type!r}; this server serves {sorted(syncer_types)}",
+            GoodbyeCode.UNKNOWN_SYNCER,
+        )
+    compression = COMPRESSION_ZSTD if compression_enabled and COMPRESSION_ZSTD in hello.compression else None
+    return ServerHello(max(common), hello.syncer_type, compression, server_id, ping_interval)
+
+
+class ServerConnection:
+    """Server end: validates what a client sends (hello first, then only ping/pong/goodbye)."""
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_CLIENT_FRAME) -> None:
+        self.state = ConnState.HANDSHAKE
+        self.hello: ClientHello | None = None
+        self._reader = FrameReader(max_frame)
+
+    @property
+    def bytes_received(self) -> int:
+        return self._reader.bytes_received
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Message]:
+        self._reader.feed(data)
+        out: list[Message] = []
+        while (frame := self._reader.next_frame()) is not None:
+            msg = decode(frame)
+            if isinstance(msg, Goodbye):
+                self.state = ConnState.CLOSED
+            elif self.state is ConnState.HANDSHAKE:
+                if not isinstance(msg, ClientHello):
+                    raise ProtocolError(f"expected a client hello, got {type(msg).__name__}")
+                self.hello = msg
+                self.state = ConnState.STREAMING
+            elif not isinstance(msg, (Ping, Pong)):
+                raise ProtocolError(f"clients may not send {type(msg).__name__} after the hello")
+            out.append(msg)
+        return out

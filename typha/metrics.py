@@ -1,0 +1,93 @@
+"""Prometheus metrics for typha.
+
+Counters that the cache keeps as plain integers (updates, skips, breadcrumbs, snapshots) are exported by
+a custom collector that reads them at scrape time, so the hot path pays nothing for them. Per-write
+observations (latency, KVs per message) use ordinary histograms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .snapcache import SnapCache
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_SEND_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_KV_BUCKETS = (0, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)
+
+
+class _CacheCollector(Collector):
+    def __init__(self, caches: Callable[[], Mapping[str, SnapCache]]) -> None:
+        self._caches = caches
+
+    def collect(self) -> Iterable[object]:
+        fams = {
+            "updates": CounterMetricFamily("typha_updates", "Updates received from the datastore.", labels=["syncer"]),
+            "skipped": CounterMetricFamily(
+                "typha_updates_skipped",
+                "Updates dropped because nothing changed (identical value, or delete of an unknown key).",
+                labels=["syncer"],
+            ),
+            "breadcrumbs": CounterMetricFamily("typha_breadcrumbs", "Breadcrumbs published.", labels=["syncer"]),
+            "bc_bytes": CounterMetricFamily("typha_breadcrumb_bytes", "Wire bytes of published breadcrumbs.", labels=["syncer"]),
+            "gen": CounterMetricFamily("typha_snapshots_generated", "Snapshots built.", labels=["syncer"]),
+            "reused": CounterMetricFamily("typha_snapshots_reused", "Snapshots reused by a later client.", labels=["syncer"]),
+            "raw": CounterMetricFamily("typha_snapshot_raw_bytes", "Uncompressed KV bytes encoded into snapshots.", labels=["syncer"]),
+            "wire": CounterMetricFamily("typha_snapshot_wire_bytes", "Encoded (maybe compressed) snapshot bytes.", labels=["syncer"]),
+            "seq": GaugeMetricFamily("typha_breadcrumb_seq_number", "Sequence number of the newest breadcrumb.", labels=["syncer"]),
+            "size": GaugeMetricFamily("typha_cache_size", "Keys in the cache.", labels=["syncer"]),
+            "status": GaugeMetricFamily(
+                "typha_cache_sync_status", "Sync status: 1 wait-for-datastore, 2 resync, 3 in-sync.", labels=["syncer"]
+            ),
+        }
+        for name, cache in self._caches().items():
+            st = cache.stats
+            fams["updates"].add_metric([name], st.updates_total)
+            fams["skipped"].add_metric([name], st.updates_skipped)
+            fams["breadcrumbs"].add_metric([name], st.breadcrumbs)
+            fams["bc_bytes"].add_metric([name], st.breadcrumb_bytes)
+            fams["gen"].add_metric([name], st.snapshots_generated)
+            fams["reused"].add_metric([name], st.snapshots_reused)
+            fams["raw"].add_metric([name], st.snapshot_raw_bytes)
+            fams["wire"].add_metric([name], st.snapshot_wire_bytes)
+            fams["seq"].add_metric([name], cache.head.seq)
+            fams["size"].add_metric([name], len(cache))
+            fams["status"].add_metric([name], int(cache.status))
+        return list(fams.values())
+
+
+class ServerMetrics:
+    """All of typha's metrics, in their own registry (tests can run several servers in one process)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.accepted = Counter("typha_connections_accepted", "Connections accepted.", registry=r)
+        self.dropped = Counter("typha_connections_dropped", "Connections closed by the server, by reason.", ["reason"], registry=r)
+        self.active = Gauge("typha_connections_active", "Open connections.", registry=r)
+        self.streaming = Gauge("typha_connections_streaming", "Connections past their snapshot, following the breadcrumbs.", registry=r)
+        self.snapshot_send = Histogram(
+            "typha_client_snapshot_send_seconds", "Time to send a snapshot to one client.", buckets=_SEND_BUCKETS, registry=r
+        )
+        self.client_latency = Histogram(
+            "typha_client_latency_seconds", "Breadcrumb creation to its write to a client.", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.write_latency = Histogram(
+            "typha_client_write_latency_seconds", "Time spent in one write to a client socket.", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.next_breadcrumb_latency = Histogram(
+            "typha_next_breadcrumb_latency_seconds",
+            "Breadcrumb creation to the start of the fan-out pass that delivers it.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ping_latency = Histogram("typha_ping_latency_seconds", "Ping round trip.", buckets=_LATENCY_BUCKETS, registry=r)
+        self.kvs_per_msg = Histogram("typha_kvs_per_msg", "KVs carried by one write to a client.", buckets=_KV_BUCKETS, registry=r)
+        self.bytes_sent = Counter("typha_bytes_sent", "Bytes written to clients.", registry=r)
+
+    def watch_caches(self, caches: Callable[[], Mapping[str, SnapCache]]) -> None:
+        self.registry.register(_CacheCollector(caches))

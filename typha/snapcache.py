@@ -1,0 +1,307 @@
+"""The snapshot cache: current state plus a chain of breadcrumbs. Pure: no sockets, no event loop.
+
+Design note
+-----------
+A cache holds the current key -> (key, value, revision) map and a singly linked list of
+*breadcrumbs*. Each breadcrumb is one batch of at most `max_batch` changes (or one sync-status
+change), with a sequence number, a creation time, and its wire bytes, encoded once when it is created.
+The cache keeps a reference only to the newest breadcrumb (`head`); each breadcrumb points forward to
+the next.
+
+A client is nothing more than a pointer to the last breadcrumb it was sent. Catching up means walking
+`.next` to the head and writing the already-encoded bytes. So:
+- a caught-up client costs one reference, never a copy of the state or a queue of its own;
+- the bytes of an update exist once, however many clients receive them;
+- a breadcrumb is freed by reference counting the moment the slowest client (or snapshot) holding an
+  earlier point moves past it: there is no cleanup pass and no per-client channel to drain.
+The obvious alternative, a queue per client fed by a broadcaster, costs O(clients) work and memory
+per update and makes "drop the slow ones" a race between queues; the chain makes both O(1) per client.
+
+Snapshots are taken from the live map when a client needs one: the cache copies the map's values into
+a list (pointer copies only; the value bytes are shared) and encodes chunks of `snapshot_chunk` KVs
+lazily, as the first client that needs each chunk asks for it. Later clients reuse the same encoded
+chunks as long as no newer breadcrumb exists or the snapshot is younger than `snapshot_reuse_ns`;
+the snapshot pins its breadcrumb, so every reuser can continue from exactly where it stands.
+
+Identical values are dropped here (a changed revision alone is not a change) and so are deletions of
+keys we do not hold: that is what stops a pod-status heartbeat fanning out to every node.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from protocol import SyncStatus
+from protocol.codec import Compressor, encode_snapshot_chunk, encode_sync_status, encode_updates
+
+#: (key, value bytes or None for a delete, revision)
+Update = tuple[str, bytes | None, str]
+
+DEFAULT_MAX_BATCH = 100
+DEFAULT_SNAPSHOT_CHUNK = 1000
+DEFAULT_SNAPSHOT_REUSE_NS = 1_000_000_000
+
+
+class Breadcrumb:
+    """One step of the cache's history; immutable once published except for `next`."""
+
+    __slots__ = ("seq", "prev_seq", "created_ns", "status", "count", "wire", "next")
+
+    def __init__(
+        self, seq: int, prev_seq: int, created_ns: int, status: SyncStatus, count: int, wire: bytes
+    ) -> None:
+        self.seq = seq
+        self.prev_seq = prev_seq
+        self.created_ns = created_ns
+        self.status = status
+        self.count = count  # KVs carried (0 for a status change)
+        self.wire = wire
+        self.next: Breadcrumb | None = None
+
+    def __repr__(self) -> str:
+        return f"<Breadcrumb seq={self.seq} kvs={self.count} status={self.status.name}>"
+
+
+@dataclass(slots=True)
+class PendingWrite:
+    """Wire bytes covering breadcrumbs (first.prev_seq, last.seq], ready for a single write."""
+
+    data: bytes
+    last: Breadcrumb
+    breadcrumbs: int
+    kvs: int
+    oldest_created_ns: int
+
+
+def collect_pending(after: Breadcrumb, max_bytes: int) -> PendingWrite | None:
+    """Join the wire bytes of breadcrumbs after `after`, stopping once `max_bytes` is reached.
+
+    Always includes at least one breadcrumb if there is any, so progress never stalls on a large one.
+    """
+    bc = after.next
+    if bc is None:
+        return None
+    first = bc
+    parts = [bc.wire]
+    size = len(bc.wire)
+    kvs = bc.count
+    last = bc
+    while size < max_bytes and (bc := last.next) is not None:
+        parts.append(bc.wire)
+        size += len(bc.wire)
+        kvs += bc.count
+        last = bc
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    return PendingWrite(data, last, len(parts), kvs, first.created_ns)
+
+
+class Snapshot:
+    """The cache's state as of one breadcrumb, encoded lazily into shared chunk frames."""
+
+    __slots__ = (
+        "breadcrumb", "built_ns", "compressed", "kv_count", "num_chunks", "chunks",
+        "raw_bytes", "wire_bytes", "_values", "_chunk_size", "_compressor", "_on_chunk",
+    )
+
+    def __init__(
+        self,
+        breadcrumb: Breadcrumb,
+        values: list[Update],
+        built_ns: int,
+        chunk_size: int,
+        compressor: Compressor | None,
+        on_chunk: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.breadcrumb = breadcrumb
+        self.built_ns = built_ns
+        self.compressed = compressor is not None
+        self.kv_count = len(values)
+        # An empty cache still sends one (empty, final) chunk so the client knows the snapshot ended.
+        self.num_chunks = max(1, -(-len(values) // chunk_size))
+        self.chunks: list[bytes] = []
+        self.raw_bytes = 0
+        self.wire_bytes = 0
+        self._values: list[Update] | None = values
+        self._chunk_size = chunk_size
+        self._compressor = compressor
+        self._on_chunk = on_chunk
+
+    @property
+    def seq(self) -> int:
+        return self.breadcrumb.seq
+
+    @property
+    def complete(self) -> bool:
+        return len(self.chunks) == self.num_chunks
+
+    def chunk(self, index: int) -> bytes | None:
+        """Chunk `index`, encoding it (and any before it) on first request; None past the end."""
+        if index >= self.num_chunks:
+            return None
+        while len(self.chunks) <= index:
+            self._encode_next()
+        return self.chunks[index]
+
+    def _encode_next(self) -> None:
+        i = len(self.chunks)
+        values = self._values
+        assert values is not None
+        part = values[i * self._chunk_size : (i + 1) * self._chunk_size]
+        bc = self.breadcrumb
+        final = i == self.num_chunks - 1
+        frame = encode_snapshot_chunk(
+            bc.seq, i, bc.created_ns, bc.status, part, final, self._compressor
+        )
+        self.chunks.append(frame)
+        raw = sum(len(k) + (len(v) if v else 0) + len(r) for k, v, r in part)
+        self.wire_bytes += len(frame)
+        self.raw_bytes += raw
+        if final:
+            self._values = None  # the chunks now hold everything; drop the pointer copy
+        if self._on_chunk is not None:
+            self._on_chunk(raw, len(frame))
+
+
+@dataclass(slots=True)
+class CacheStats:
+    updates_total: int = 0
+    updates_skipped: int = 0  # identical value, or delete of an unknown key
+    breadcrumbs: int = 0
+    snapshots_generated: int = 0
+    snapshots_reused: int = 0
+    snapshot_raw_bytes: int = 0
+    snapshot_wire_bytes: int = 0
+    breadcrumb_bytes: int = 0
+
+
+class SnapCache:
+    """State plus breadcrumbs for one syncer type."""
+
+    def __init__(
+        self,
+        syncer_type: str,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        snapshot_chunk: int = DEFAULT_SNAPSHOT_CHUNK,
+        snapshot_reuse_ns: int = DEFAULT_SNAPSHOT_REUSE_NS,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        if max_batch < 1 or snapshot_chunk < 1:
+            raise ValueError("max_batch and snapshot_chunk must be positive")
+        self.syncer_type = syncer_type
+        self.max_batch = max_batch
+        self.snapshot_chunk = snapshot_chunk
+        self.snapshot_reuse_ns = snapshot_reuse_ns
+        self._clock_ns = clock_ns
+        self._state: dict[str, Update] = {}
+        self.status = SyncStatus.WAIT_FOR_DATASTORE
+        self.head = Breadcrumb(0, 0, clock_ns(), self.status, 0, b"")
+        self.stats = CacheStats()
+        # Called once per new breadcrumb; the server uses it to schedule a fan-out pass.
+        self.on_breadcrumb: Callable[[Breadcrumb], None] | None = None
+        self._snapshots: dict[bool, Snapshot] = {}
+        self._compressor = Compressor()
+
+    # -- reading -------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def get(self, key: str) -> Update | None:
+        return self._state.get(key)
+
+    def items(self) -> dict[str, Update]:
+        """A copy of the current state (for tests and debugging; clients use snapshots)."""
+        return dict(self._state)
+
+    # -- writing -------------------------------------------------------------------------------------
+    def apply(self, updates: Iterable[Update]) -> int:
+        """Apply updates in order; returns the number of breadcrumbs created."""
+        state = self._state
+        stats = self.stats
+        batch: list[Update] = []
+        created = 0
+        for upd in updates:
+            key, value, _rev = upd
+            stats.updates_total += 1
+            old = state.get(key)
+            if value is None:
+                if old is None:
+                    stats.updates_skipped += 1
+                    continue
+                del state[key]
+            else:
+                if old is not None and old[1] == value:
+                    stats.updates_skipped += 1
+                    continue
+                state[key] = upd
+            batch.append(upd)
+            if len(batch) >= self.max_batch:
+                self._publish(batch, self.status)
+                created += 1
+                batch = []
+        if batch:
+            self._publish(batch, self.status)
+            created += 1
+        return created
+
+    def set_status(self, status: SyncStatus) -> bool:
+        """Move to `status`; returns False (and publishes nothing) if it is unchanged."""
+        if status == self.status:
+            return False
+        self.status = status
+        self._publish(None, status)
+        return True
+
+    def _publish(self, batch: list[Update] | None, status: SyncStatus) -> None:
+        prev = self.head
+        seq = prev.seq + 1
+        now = self._clock_ns()
+        if batch is None:
+            wire = encode_sync_status(prev.seq, seq, now, status)
+            count = 0
+        else:
+            wire = encode_updates(prev.seq, seq, now, status, batch)
+            count = len(batch)
+        bc = Breadcrumb(seq, prev.seq, now, status, count, wire)
+        prev.next = bc
+        self.head = bc
+        self.stats.breadcrumbs += 1
+        self.stats.breadcrumb_bytes += len(wire)
+        if self._snapshots:
+            # A cached snapshot pins the chain from its breadcrumb on: let go once it is too old to reuse.
+            for key, snap in list(self._snapshots.items()):
+                if now - snap.built_ns >= self.snapshot_reuse_ns:
+                    del self._snapshots[key]
+        if self.on_breadcrumb is not None:
+            self.on_breadcrumb(bc)
+
+    # -- snapshots -----------------------------------------------------------------------------------
+    def snapshot(self, compressed: bool) -> Snapshot:
+        """A snapshot at the head, or a recent one reused (see the design note)."""
+        now = self._clock_ns()
+        snap = self._snapshots.get(compressed)
+        if snap is not None and (
+            snap.breadcrumb is self.head or now - snap.built_ns < self.snapshot_reuse_ns
+        ):
+            self.stats.snapshots_reused += 1
+            return snap
+        snap = Snapshot(
+            self.head,
+            list(self._state.values()),
+            now,
+            self.snapshot_chunk,
+            self._compressor if compressed else None,
+            self._count_snapshot_chunk,
+        )
+        self._snapshots[compressed] = snap
+        self.stats.snapshots_generated += 1
+        return snap
+
+    def _count_snapshot_chunk(self, raw: int, wire: int) -> None:
+        self.stats.snapshot_raw_bytes += raw
+        self.stats.snapshot_wire_bytes += wire
+
+    def release_snapshots(self) -> None:
+        """Forget cached snapshots so their breadcrumbs can be freed (tests, memory pressure)."""
+        self._snapshots.clear()

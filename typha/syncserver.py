@@ -1,0 +1,440 @@
+"""The fan-out server: accepts agents, sends each a snapshot, then follows the breadcrumb chain.
+
+Design note
+-----------
+Connections are `asyncio.Protocol` objects, not a task and a StreamWriter each: at thousands of
+connections a task's frame and a stream's buffers cost more memory than the connection itself, and a
+wake-up per client per update costs more CPU than the write. Instead the cache calls back when it
+publishes a breadcrumb, and the server schedules *one* fan-out pass (`call_soon`) per loop iteration:
+however many breadcrumbs appeared in the meantime, each caught-up client gets them in one write of
+already-encoded bytes (joined once per pass and shared by every client at the same position). That is
+the coalescing Typha does for lagging clients, applied always, because one write costs microseconds
+while a join of shared bytes costs nanoseconds per KV.
+
+Backpressure is the transport's own: when a client's socket buffer passes the high-water mark the
+transport calls `pause_writing` and we simply stop writing to it. The client keeps its pointer into the
+chain; when `resume_writing` arrives it catches up in large joined writes. Buffered bytes per client
+are therefore bounded by the high-water mark plus one write, and a client that stays behind is dropped
+by the housekeeping pass: when its oldest unsent breadcrumb is older than `max_fall_behind` (after a
+grace period for new connections, so slow snapshot sends do not cause a reconnect loop), or when a
+write has been blocked for `write_timeout`.
+
+Snapshot chunks are encoded lazily by whichever client first needs them; a client that had to encode
+a chunk yields to the loop before continuing, so building a large snapshot never stalls the fan-out to
+everybody else for more than one chunk's worth of work.
+
+This module knows nothing about the datastore: it serves whatever `SnapCache`s it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from protocol import (
+    DEFAULT_MAX_CLIENT_FRAME,
+    ClientHello,
+    Goodbye,
+    GoodbyeCode,
+    HandshakeRejected,
+    Ping,
+    Pong,
+    ProtocolError,
+    ServerConnection,
+    encode,
+    negotiate,
+)
+
+from .metrics import ServerMetrics
+from .snapcache import Breadcrumb, PendingWrite, SnapCache, Snapshot, collect_pending
+
+log = logging.getLogger("typha.server")
+
+# Connection states.
+HANDSHAKE, SNAPSHOT, FOLLOWING, CLOSED = range(4)
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 5473
+    handshake_timeout: float = 10.0
+    ping_interval: float = 10.0
+    ping_timeout: float = 60.0
+    write_timeout: float = 120.0
+    max_fall_behind: float = 300.0
+    new_client_grace: float = 300.0
+    max_connections: int = 10_000
+    max_frame: int = DEFAULT_MAX_CLIENT_FRAME
+    write_high_water: int = 256 * 1024
+    max_write_bytes: int = 1 << 20
+    compression: bool = True
+    housekeeping_interval: float = 1.0
+    close_timeout: float = 5.0
+    server_id: str = ""
+
+
+class SyncConnection(asyncio.Protocol):
+    """One agent's connection. All decisions about it are made here or by the server's passes."""
+
+    __slots__ = (
+        "server", "transport", "peer", "state", "proto", "syncer", "cache", "hello", "snapshot",
+        "chunk", "last", "paused", "paused_since", "connected_at", "snapshot_started", "ping_sent_at",
+        "ping_ns", "last_ping_at", "handshake_timer", "close_reason", "bytes_sent", "__weakref__",
+    )
+
+    def __init__(self, server: SyncServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.state = HANDSHAKE
+        self.proto = ServerConnection(server.config.max_frame)
+        self.syncer = ""
+        self.cache: SnapCache | None = None
+        self.hello: ClientHello | None = None
+        self.snapshot: Snapshot | None = None
+        self.chunk = 0
+        self.last: Breadcrumb | None = None
+        self.paused = False
+        self.paused_since = 0.0
+        self.connected_at = time.monotonic()
+        self.snapshot_started = 0.0
+        self.ping_sent_at = 0.0  # monotonic time of the unanswered ping, 0 when none is outstanding
+        self.ping_ns = 0
+        self.last_ping_at = self.connected_at
+        self.handshake_timer: asyncio.TimerHandle | None = None
+        self.close_reason = ""
+        self.bytes_sent = 0
+
+    def __repr__(self) -> str:
+        who = self.hello.hostname if self.hello else "?"
+        return f"<conn {self.peer} host={who} syncer={self.syncer or '?'}>"
+
+    # -- asyncio callbacks ---------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        transport.set_write_buffer_limits(high=self.server.config.write_high_water)
+        self.server._connection_made(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+        self.server._connection_lost(self)
+        self.state = CLOSED
+        self.snapshot = None
+        self.last = None
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        self.paused_since = time.monotonic()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.pump()
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == CLOSED:
+            return
+        try:
+            messages = self.proto.receive_data(data)
+        except ProtocolError as exc:
+            self.close(exc.code, str(exc))
+            return
+        for msg in messages:
+            if self.state == CLOSED:
+                return
+            if isinstance(msg, ClientHello):
+                self.server._handshake(self, msg)
+            elif isinstance(msg, Pong):
+                if self.ping_sent_at and msg.timestamp_ns == self.ping_ns:
+                    self.server.metrics.ping_latency.observe(time.monotonic() - self.ping_sent_at)
+                    self.ping_sent_at = 0.0
+            elif isinstance(msg, Ping):
+                self._write(encode(Pong(msg.timestamp_ns)))
+            elif isinstance(msg, Goodbye):
+                log.info("%r said goodbye: %s %s", self, msg.code, msg.reason)
+                self.close(GoodbyeCode.CLIENT_CLOSING, "", send=False, count=False)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    # -- writing -------------------------------------------------------------------------------------
+    def _write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        t0 = time.perf_counter()
+        transport.write(data)
+        self.server.metrics.write_latency.observe(time.perf_counter() - t0)
+        self.bytes_sent += len(data)
+        self.server.metrics.bytes_sent.inc(len(data))
+
+    def pump(self, joined: dict[int, PendingWrite] | None = None) -> None:
+        """Write as much as the transport will take: snapshot chunks, then pending breadcrumbs."""
+        if self.state == SNAPSHOT:
+            self._pump_snapshot()
+        if self.state == FOLLOWING and not self.paused:
+            self._pump_breadcrumbs(joined)
+
+    def _pump_snapshot(self) -> None:
+        snap = self.snapshot
+        assert snap is not None
+        while not self.paused and self.state == SNAPSHOT:
+            if self.chunk >= snap.num_chunks:
+                self._snapshot_done(snap)
+                return
+            fresh = self.chunk >= len(snap.chunks)
+            data = snap.chunk(self.chunk)
+            assert data is not None
+            self.chunk += 1
+            self._write(data)
+            if fresh and self.chunk < snap.num_chunks:
+                # We just spent a chunk's encoding time: let other clients run before the next one.
+                self.server.loop.call_soon(self.pump)
+                return
+
+    def _snapshot_done(self, snap: Snapshot) -> None:
+        self.server.metrics.snapshot_send.observe(time.monotonic() - self.snapshot_started)
+        self.snapshot = None
+        self.last = snap.breadcrumb
+        self.state = FOLLOWING
+        self.server._start_following(self)
+
+    def _pump_breadcrumbs(self, joined: dict[int, PendingWrite] | None) -> None:
+        metrics = self.server.metrics
+        max_bytes = self.server.config.max_write_bytes
+        while not self.paused:
+            last = self.last
+            assert last is not None
+            if last.next is None:
+                return
+            pending = joined.get(id(last)) if joined is not None else None
+            if pending is None:
+                pending = collect_pending(last, max_bytes)
+                assert pending is not None
+                if joined is not None:
+                    joined[id(last)] = pending
+            self._write(pending.data)
+            self.last = pending.last
+            metrics.client_latency.observe(max(0.0, (time.time_ns() - pending.oldest_created_ns) / 1e9))
+            metrics.kvs_per_msg.observe(pending.kvs)
+
+    # -- closing -------------------------------------------------------------------------------------
+    def close(self, code: str, reason: str, send: bool = True, count: bool = True) -> None:
+        """Say goodbye (if the socket can take it) and close; abort if the peer will not drain."""
+        if self.state == CLOSED or self.transport is None:
+            return
+        code_s = code.value if isinstance(code, GoodbyeCode) else str(code)
+        if count:
+            self.server.metrics.dropped.labels(code_s).inc()
+            log.warning("dropping %r: %s: %s", self, code_s, reason)
+        self.close_reason = code_s
+        self.state = CLOSED
+        transport = self.transport
+        if self.paused:
+            transport.abort()  # its buffer is full already: a goodbye would never arrive
+            return
+        if send:
+            self._write(encode(Goodbye(code_s, reason)))
+        transport.close()
+        self.server.loop.call_later(self.server.config.close_timeout, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if self.transport is not None and not self.server._is_gone(self):
+            self.transport.abort()
+
+
+class SyncServer:
+    """Serves `caches` (syncer type -> cache) to agents over TCP."""
+
+    def __init__(
+        self,
+        caches: Mapping[str, SnapCache],
+        config: ServerConfig | None = None,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
+        self.caches = dict(caches)
+        self.config = config or ServerConfig()
+        if not self.config.server_id:
+            self.config.server_id = uuid.uuid4().hex[:12]
+        self.metrics = metrics or ServerMetrics()
+        self.connections: set[SyncConnection] = set()
+        self._following: dict[str, set[SyncConnection]] = {name: set() for name in self.caches}
+        self._fanout_scheduled: dict[str, bool] = {name: False for name in self.caches}
+        self._server: asyncio.base_events.Server | None = None
+        self._housekeeper: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.shutting_down = False
+        self.last_housekeeping = time.monotonic()
+        self.rebalance_target: int | None = None
+        for name, cache in self.caches.items():
+            cache.on_breadcrumb = self._make_notifier(name)
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._server = await self.loop.create_server(
+            lambda: SyncConnection(self), self.config.host, self.config.port, backlog=4096, reuse_address=True
+        )
+        self._housekeeper = asyncio.create_task(self._housekeeping(), name="typha-housekeeping")
+        log.info("serving syncers %s on %s", sorted(self.caches), self.addresses)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        if self._server is None:
+            return []
+        return [s.getsockname()[:2] for s in self._server.sockets]
+
+    @property
+    def port(self) -> int:
+        return self.addresses[0][1]
+
+    @property
+    def accepting(self) -> bool:
+        return self._server is not None and self._server.is_serving() and not self.shutting_down
+
+    async def shutdown(self, drain_seconds: float = 0.0) -> None:
+        """Stop accepting, then close connections paced over `drain_seconds` so agents spread out."""
+        self.shutting_down = True
+        if self._server is not None:
+            self._server.close()
+        conns = list(self.connections)
+        random.shuffle(conns)
+        interval = drain_seconds / len(conns) if conns else 0.0
+        log.info("shutting down: closing %d connections over %.1fs", len(conns), drain_seconds)
+        for conn in conns:
+            conn.close(GoodbyeCode.SHUTTING_DOWN, "server shutting down; reconnect to another replica")
+            if interval:
+                await asyncio.sleep(interval)
+        if self._housekeeper is not None:
+            self._housekeeper.cancel()
+            try:
+                await self._housekeeper
+            except asyncio.CancelledError:
+                pass
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # -- connection bookkeeping ----------------------------------------------------------------------
+    def _connection_made(self, conn: SyncConnection) -> None:
+        self.metrics.accepted.inc()
+        if len(self.connections) >= self.config.max_connections:
+            self.connections.add(conn)
+            conn.close(GoodbyeCode.SERVER_FULL, f"server at its limit of {self.config.max_connections} connections")
+            return
+        self.connections.add(conn)
+        self.metrics.active.set(len(self.connections))
+        conn.handshake_timer = self.loop.call_later(self.config.handshake_timeout, self._handshake_expired, conn)
+
+    def _connection_lost(self, conn: SyncConnection) -> None:
+        self.connections.discard(conn)
+        if conn.syncer and conn in self._following.get(conn.syncer, ()):
+            self._following[conn.syncer].discard(conn)
+            self.metrics.streaming.dec()
+        self.metrics.active.set(len(self.connections))
+
+    def _is_gone(self, conn: SyncConnection) -> bool:
+        return conn not in self.connections
+
+    def _handshake_expired(self, conn: SyncConnection) -> None:
+        if conn.state == HANDSHAKE:
+            conn.close(GoodbyeCode.HANDSHAKE_TIMEOUT, f"no hello within {self.config.handshake_timeout}s")
+
+    def _handshake(self, conn: SyncConnection, hello: ClientHello) -> None:
+        if conn.handshake_timer is not None:
+            conn.handshake_timer.cancel()
+            conn.handshake_timer = None
+        try:
+            server_hello = negotiate(
+                hello, self.caches.keys(), self.config.compression, self.config.server_id, self.config.ping_interval
+            )
+        except HandshakeRejected as exc:
+            conn.close(exc.code, str(exc))
+            return
+        cache = self.caches[hello.syncer_type]
+        conn.hello = hello
+        conn.syncer = hello.syncer_type
+        conn.cache = cache
+        conn._write(encode(server_hello))
+        conn.snapshot = cache.snapshot(server_hello.compression is not None)
+        conn.snapshot_started = time.monotonic()
+        conn.chunk = 0
+        conn.state = SNAPSHOT
+        log.debug("%r: %s, snapshot seq %d", conn, server_hello, conn.snapshot.seq)
+        conn.pump()
+
+    def _start_following(self, conn: SyncConnection) -> None:
+        self._following[conn.syncer].add(conn)
+        self.metrics.streaming.inc()
+
+    # -- fan-out -------------------------------------------------------------------------------------
+    def _make_notifier(self, syncer: str):  # noqa: ANN202 - closure type is obvious
+        def notify(bc: Breadcrumb) -> None:
+            if not self._fanout_scheduled[syncer] and self.loop is not None:
+                self._fanout_scheduled[syncer] = True
+                self.loop.call_soon(self._fan_out, syncer, bc.created_ns)
+
+        return notify
+
+    def _fan_out(self, syncer: str, oldest_ns: int) -> None:
+        self._fanout_scheduled[syncer] = False
+        self.metrics.next_breadcrumb_latency.observe(max(0.0, (time.time_ns() - oldest_ns) / 1e9))
+        joined: dict[int, PendingWrite] = {}
+        for conn in list(self._following[syncer]):
+            if not conn.paused:
+                conn.pump(joined)
+
+    # -- housekeeping --------------------------------------------------------------------------------
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.housekeeping_interval)
+            try:
+                self.housekeep()
+            except Exception:  # never let a bug here stop keepalives for everyone
+                log.exception("housekeeping pass failed")
+
+    def housekeep(self) -> None:
+        """Pings, ping timeouts, slow and blocked clients, rebalancing. Runs once a second."""
+        cfg = self.config
+        now = time.monotonic()
+        now_ns = time.time_ns()
+        self.last_housekeeping = now
+        for conn in list(self.connections):
+            if conn.state in (HANDSHAKE, CLOSED):
+                continue
+            if conn.paused and now - conn.paused_since > cfg.write_timeout:
+                conn.close(GoodbyeCode.TOO_SLOW, f"write blocked for over {cfg.write_timeout}s")
+                continue
+            if conn.ping_sent_at:
+                if now - conn.ping_sent_at > cfg.ping_timeout:
+                    conn.close(GoodbyeCode.PING_TIMEOUT, f"no pong within {cfg.ping_timeout}s")
+                    continue
+            elif now - conn.last_ping_at >= cfg.ping_interval:
+                conn.ping_ns = now_ns
+                conn.ping_sent_at = conn.last_ping_at = now
+                conn._write(encode(Ping(now_ns)))
+            if now - conn.connected_at > cfg.new_client_grace:
+                behind = self._behind_seconds(conn, now_ns)
+                if behind > cfg.max_fall_behind:
+                    conn.close(GoodbyeCode.TOO_SLOW, f"{behind:.0f}s behind (limit {cfg.max_fall_behind}s)")
+        target = self.rebalance_target
+        if target is not None and len(self.connections) > target:
+            victim = random.choice(list(self.connections))
+            victim.close(GoodbyeCode.REBALANCE, f"shedding load: {len(self.connections)} connections > target {target}")
+
+    @staticmethod
+    def _behind_seconds(conn: SyncConnection, now_ns: int) -> float:
+        if conn.state == SNAPSHOT and conn.snapshot is not None:
+            oldest = conn.snapshot.breadcrumb.next
+        elif conn.last is not None:
+            oldest = conn.last.next
+        else:
+            return 0.0
+        return 0.0 if oldest is None else (now_ns - oldest.created_ns) / 1e9
