@@ -159,6 +159,12 @@ class SyncClient:
 
     # -- public API ----------------------------------------------------------------------------------
     @property
+    def bytes_received(self) -> int:
+        """Bytes received over all connections, including the current one."""
+        live = self._proto.conn.bytes_received if self._proto is not None else 0
+        return self.stats.bytes_received + live
+
+    @property
     def in_sync(self) -> bool:
         return self._synced.is_set()
 
@@ -183,12 +189,13 @@ class SyncClient:
         """Connect, follow, and reconnect with jittered exponential backoff until `stop()`."""
         attempt = 0
         while not self._stopping:
+            connects = self.stats.connects
             reason = await self._connect_once()
             if self._stopping:
                 break
             self.stats.disconnects += 1
             self.stats.last_error = reason
-            if self.on_connection is not None:
+            if self.on_connection is not None and self.stats.connects > connects:
                 self.on_connection(False, reason)
             if self._streaming.is_set():
                 attempt = 0  # we had a healthy stream: retry promptly

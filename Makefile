@@ -1,0 +1,36 @@
+# Two entry points for a newcomer on a fresh machine: `make demo` and `make test`.
+# Both create the virtualenv and install everything they need (system packages via apt when root).
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SYSTEM_TOOLS := iptables ipset ip conntrack
+
+.PHONY: demo test bench system-packages clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+system-packages:
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing system packages for:$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables ipset iproute2 conntrack >/dev/null; \
+	  else echo "note: missing$$missing (kernel tests will skip; run as root with apt to install)"; fi; \
+	fi
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/loadtest demo
+
+test: $(VENV)/.installed system-packages
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/loadtest bench fanout
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

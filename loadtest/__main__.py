@@ -1,0 +1,83 @@
+"""The `loadtest` command: demo, benchmarks, and the API-server emulator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import FanoutOptions, run_fanout
+
+    opts = FanoutOptions(
+        agents=args.agents, processes=args.processes, kvs=args.kvs, value_size=args.value_size, rate=args.rate,
+        seconds=args.seconds, compression=not args.no_compression, full_decode=args.full_decode, output=args.output,
+    )
+    import uvloop
+
+    results = uvloop.run(run_fanout(opts))
+    v = results["verification"]
+    ok = v["sampled_agents_matching"] == v["sampled_agents"] and v["agents_at_final_seq"] == opts.agents
+    return 0 if ok else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import DemoOptions, run_demo
+
+    import uvloop
+
+    return uvloop.run(run_demo(DemoOptions(
+        agents=args.agents, nodes=args.nodes, pods_per_node=args.pods_per_node, churn=args.churn,
+        seconds=args.seconds, processes=args.processes,
+    )))
+
+
+def _apiserver(args: argparse.Namespace, rest: list[str]) -> int:
+    from .apiserver.__main__ import main as apiserver_main
+
+    return apiserver_main(rest) or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="loadtest", description="Typha load tests, benchmarks and demo.")
+    parser.add_argument("--log-level", default="WARNING")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run typha on a synthetic cluster and serve it to simulated agents")
+    demo.add_argument("--agents", type=int, default=300)
+    demo.add_argument("--processes", type=int, default=2)
+    demo.add_argument("--nodes", type=int, default=300)
+    demo.add_argument("--pods-per-node", type=int, default=30)
+    demo.add_argument("--churn", type=float, default=100.0, help="changes per second")
+    demo.add_argument("--seconds", type=float, default=20.0)
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench.add_argument("which", choices=["fanout"])
+    bench.add_argument("--agents", type=int, default=1000)
+    bench.add_argument("--processes", type=int, default=2)
+    bench.add_argument("--kvs", type=int, default=100_000)
+    bench.add_argument("--value-size", type=int, default=500)
+    bench.add_argument("--rate", type=float, default=1000.0)
+    bench.add_argument("--seconds", type=float, default=10.0)
+    bench.add_argument("--full-decode", type=int, default=2)
+    bench.add_argument("--no-compression", action="store_true")
+    bench.add_argument("--output", help="write results JSON here")
+
+    sub.add_parser("apiserver", help="run the Kubernetes API-server emulator (see its --help)", add_help=False)
+
+    if argv and argv[0] == "apiserver":
+        return _apiserver(argparse.Namespace(), argv[1:])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "bench":
+        return _bench(args)
+    if args.command == "demo":
+        return _demo(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""Simulated node agents, spread over worker processes, each speaking the real protocol.
+
+Design note
+-----------
+Thousands of agents cannot all decode a full snapshot on two cores, and should not need to: the
+protocol's frame headers carry sequence numbers, and the client library enforces their continuity
+even when it skips decoding values. So most agents run the real `SyncClient` in cheap mode
+(`decode_kvs=False`: a sequence gap is still a protocol error), and a sample decodes everything and
+keeps the full view, which is checked against the truth at the end.
+
+Each worker process runs its agents on one uvloop loop and reports cumulative figures over a pipe
+every `report_interval`: connection counts, bytes, frames, a latency histogram (breadcrumb creation
+to receipt, same host clock), and for every breadcrumb seq the latest time any of its agents
+received it, so the parent can compute latency to the *last* agent across all processes. Workers use
+the spawn start method: forking a process that runs an event loop copies its state into the child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from protocol import Message, SnapshotChunk, SyncStatusChange, Updates
+from protocol.client import SyncClient
+
+from .histogram import LogHistogram
+
+
+@dataclass(slots=True)
+class FleetSpec:
+    addresses: list[tuple[str, int]]
+    agents: int
+    processes: int = 2
+    full_decode: int = 4  # agents (in total) that decode values and keep the whole view
+    syncer_type: str = "felix"
+    hostname_prefix: str = "agent"
+    connect_spread: float = 1.0  # seconds over which each worker staggers its connects
+    compression: bool = True
+    report_interval: float = 0.5
+    track_seq_arrivals: bool = True
+
+
+def state_digest(items: Sequence[tuple[str, bytes | None]]) -> str:
+    """Order-independent digest of a key/value view, for comparing agents with the truth cheaply."""
+    h = hashlib.sha256()
+    for key, value in sorted(items):
+        h.update(key.encode())
+        h.update(b"\0")
+        h.update(value or b"")
+        h.update(b"\1")
+    return h.hexdigest()
+
+
+@dataclass(slots=True)
+class _AgentProbe:
+    client: SyncClient
+    started: float
+    snapshot_done: float = 0.0
+
+
+@dataclass(slots=True)
+class WorkerReport:
+    worker: int
+    agents: int = 0
+    connected: int = 0
+    streaming: int = 0
+    in_sync: int = 0
+    bytes: int = 0
+    frames: int = 0
+    kvs: int = 0
+    disconnects: int = 0
+    min_seq: int = 0
+    max_seq: int = 0
+    latency: LogHistogram = field(default_factory=LogHistogram)
+    snapshot_seconds: LogHistogram = field(default_factory=LogHistogram)
+    seq_last_arrival: dict[int, int] = field(default_factory=dict)  # seq -> latest receipt (ns)
+    seq_created: dict[int, int] = field(default_factory=dict)  # seq -> breadcrumb creation (ns)
+    digests: dict[str, tuple[int, str]] = field(default_factory=dict)  # hostname -> (keys, digest)
+    errors: list[str] = field(default_factory=list)
+    final: bool = False
+
+
+def _worker_main(spec: FleetSpec, worker: int, agent_ids: list[int], conn: Connection) -> None:
+    import uvloop
+
+    uvloop.run(_worker(spec, worker, agent_ids, conn))
+
+
+async def _worker(spec: FleetSpec, worker: int, agent_ids: list[int], conn: Connection) -> None:
+    report = WorkerReport(worker, agents=len(agent_ids))
+    probes: list[_AgentProbe] = []
+    tasks: list[asyncio.Task[None]] = []
+    decode_every = max(1, spec.agents // max(1, spec.full_decode)) if spec.full_decode else 0
+
+    def on_message_for(probe_index: int) -> Callable[[Message], None]:
+        def on_message(msg: Message) -> None:
+            now = time.time_ns()
+            if isinstance(msg, (Updates, SyncStatusChange)):
+                report.latency.add(max(0, now - msg.created_ns) / 1e9)
+                if spec.track_seq_arrivals:
+                    if report.seq_last_arrival.get(msg.seq, 0) < now:
+                        report.seq_last_arrival[msg.seq] = now
+                    report.seq_created[msg.seq] = msg.created_ns
+            elif isinstance(msg, SnapshotChunk) and msg.final:
+                probe = probes[probe_index]
+                probe.snapshot_done = time.monotonic()
+                report.snapshot_seconds.add(probe.snapshot_done - probe.started)
+
+        return on_message
+
+    for n, agent_id in enumerate(agent_ids):
+        decode = bool(decode_every) and agent_id % decode_every == 0 and agent_id // decode_every < spec.full_decode
+        client = SyncClient(
+            spec.addresses,
+            spec.syncer_type,
+            hostname=f"{spec.hostname_prefix}-{agent_id:05d}",
+            info=f"loadtest worker {worker} pid {os.getpid()}",
+            decode_kvs=decode,
+            compression=spec.compression,
+            on_message=on_message_for(n),
+            backoff_initial=0.2,
+            backoff_max=5.0,
+        )
+        probes.append(_AgentProbe(client, time.monotonic()))
+    spread = spec.connect_spread / max(1, len(probes))
+    for probe in probes:
+        probe.started = time.monotonic()
+        tasks.append(asyncio.create_task(probe.client.run()))
+        if spread:
+            await asyncio.sleep(spread)
+
+    def fill(final: bool) -> WorkerReport:
+        clients = [p.client for p in probes]
+        report.connected = sum(1 for c in clients if c.connected_to is not None)
+        report.streaming = sum(1 for c in clients if c._streaming.is_set())
+        report.in_sync = sum(1 for c in clients if c.in_sync)
+        report.bytes = sum(c.bytes_received for c in clients)
+        report.frames = sum(c.stats.frames for c in clients)
+        report.kvs = sum(c.stats.kvs_received for c in clients)
+        report.disconnects = sum(c.stats.disconnects for c in clients)
+        seqs = [c.seq for c in clients]
+        report.min_seq, report.max_seq = (min(seqs), max(seqs)) if seqs else (0, 0)
+        report.final = final
+        if final:
+            for c in clients:
+                if c.decode_kvs:
+                    items = [(k, kv.value) for k, kv in c.state.items()]
+                    report.digests[c.hostname] = (len(items), state_digest(items))
+        return report
+
+    try:
+        while True:
+            if conn.poll():
+                cmd = conn.recv()
+                if cmd == "stop":
+                    break
+            conn.send(fill(False))
+            report.seq_last_arrival = {}
+            report.seq_created = {}
+            await asyncio.sleep(spec.report_interval)
+    finally:
+        final = fill(True)
+        for probe in probes:
+            probe.client.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        conn.send(final)
+        conn.close()
+
+
+class AgentFleet:
+    """Parent-side handle: starts worker processes and merges their reports."""
+
+    def __init__(self, spec: FleetSpec) -> None:
+        self.spec = spec
+        self._procs: list[mp.process.BaseProcess] = []
+        self._pipes: list[Connection] = []
+        self.reports: dict[int, WorkerReport] = {}
+        self.latency = LogHistogram()
+        self.seq_last_arrival: dict[int, int] = {}
+        self.seq_created: dict[int, int] = {}
+
+    def start(self) -> None:
+        ctx = mp.get_context("spawn")
+        n = max(1, min(self.spec.processes, self.spec.agents))
+        for w in range(n):
+            ids = list(range(w, self.spec.agents, n))
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker_main, args=(self.spec, w, ids, child), name=f"agents-{w}", daemon=True)
+            proc.start()
+            child.close()
+            self._procs.append(proc)
+            self._pipes.append(parent)
+
+    def poll(self) -> None:
+        """Absorb every report waiting in the pipes (non-blocking)."""
+        for pipe in self._pipes:
+            try:
+                while pipe.poll():
+                    self._absorb(pipe.recv())
+            except (EOFError, OSError):
+                continue
+
+    def _absorb(self, rep: WorkerReport) -> None:
+        # Latency histograms are cumulative per worker; seq arrivals are deltas since the last report.
+        for seq, t in rep.seq_last_arrival.items():
+            if self.seq_last_arrival.get(seq, 0) < t:
+                self.seq_last_arrival[seq] = t
+        self.seq_created.update(rep.seq_created)
+        self.reports[rep.worker] = rep
+
+    def total(self, attr: str) -> int:
+        return sum(getattr(r, attr) for r in self.reports.values())
+
+    def merged(self, attr: str) -> LogHistogram:
+        h = LogHistogram()
+        for r in self.reports.values():
+            h.merge(getattr(r, attr))
+        return h
+
+    def last_agent_latency(self, since_ns: int = 0) -> LogHistogram:
+        """For each breadcrumb: creation to its receipt by the last agent (over all workers)."""
+        h = LogHistogram()
+        for seq, arrival in self.seq_last_arrival.items():
+            created = self.seq_created.get(seq)
+            if created is not None and created >= since_ns:
+                h.add(max(0, arrival - created) / 1e9)
+        return h
+
+    def digests(self) -> dict[str, tuple[int, str]]:
+        out: dict[str, tuple[int, str]] = {}
+        for r in self.reports.values():
+            out.update(r.digests)
+        return out
+
+    async def wait(self, cond: Callable[[AgentFleet], bool], timeout: float, tick: Callable[[], None] | None = None) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.poll()
+            if tick is not None:
+                tick()
+            if len(self.reports) == len(self._procs) and cond(self):
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        for pipe in self._pipes:
+            try:
+                pipe.send("stop")
+            except (BrokenPipeError, OSError):
+                pass
+        deadline = time.monotonic() + timeout
+        finals: set[int] = set()
+        while len(finals) < len(self._pipes) and time.monotonic() < deadline:
+            for i, pipe in enumerate(self._pipes):
+                try:
+                    while pipe.poll():
+                        rep = pipe.recv()
+                        self._absorb(rep)
+                        if rep.final:
+                            finals.add(i)
+                except (EOFError, OSError):
+                    finals.add(i)
+            await asyncio.sleep(0.05)
+        for proc in self._procs:
+            proc.join(timeout=max(0.1, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "agents": self.spec.agents,
+            "connected": self.total("connected"),
+            "streaming": self.total("streaming"),
+            "in_sync": self.total("in_sync"),
+            "bytes": self.total("bytes"),
+            "frames": self.total("frames"),
+            "kvs": self.total("kvs"),
+            "disconnects": self.total("disconnects"),
+        }

@@ -1,0 +1,76 @@
+"""Operational HTTP endpoints: /liveness and /readiness on the health port, /metrics on the metrics port.
+
+Readiness is the honest signal a Service routes by: ready only while the server accepts connections,
+is not shutting down, and every cache is in sync (an agent connecting to a replica that lost its
+datastore would receive a stale view). Liveness fails if the listener is gone or the event loop has
+stopped running housekeeping: "healthy but accepting nothing" is the failure users complain about.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from protocol import SyncStatus
+
+from .snapcache import SnapCache
+from .syncserver import SyncServer
+
+
+def readiness(server: SyncServer, caches: Mapping[str, SnapCache]) -> tuple[bool, str]:
+    if server.shutting_down:
+        return False, "shutting down"
+    if not server.accepting:
+        return False, "not accepting connections"
+    lagging = [f"{name}={cache.status.name}" for name, cache in caches.items() if cache.status is not SyncStatus.IN_SYNC]
+    if lagging:
+        return False, "caches not in sync: " + ", ".join(sorted(lagging))
+    return True, "ready"
+
+
+def liveness(server: SyncServer, stale_after: float) -> tuple[bool, str]:
+    if not server.shutting_down and not server.accepting:
+        return False, "listener closed"
+    age = time.monotonic() - server.last_housekeeping
+    if age > stale_after:
+        return False, f"housekeeping last ran {age:.1f}s ago"
+    return True, "live"
+
+
+def _reply(check: Callable[[], tuple[bool, str]]) -> Callable[[web.Request], object]:
+    async def handler(request: web.Request) -> web.Response:
+        ok, why = check()
+        return web.Response(status=200 if ok else 503, text=why + "\n")
+
+    return handler
+
+
+def health_app(server: SyncServer, caches: Mapping[str, SnapCache]) -> web.Application:
+    app = web.Application()
+    stale = max(10.0, 10 * server.config.housekeeping_interval)
+    app.router.add_get("/liveness", _reply(lambda: liveness(server, stale)))
+    app.router.add_get("/readiness", _reply(lambda: readiness(server, caches)))
+    return app
+
+
+def metrics_app(registry: CollectorRegistry) -> web.Application:
+    async def metrics(request: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Start `app` on host:port (port 0 picks one); returns the runner and the bound port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    bound = runner.addresses[0][1] if runner.addresses else port
+    return runner, bound
