@@ -18,7 +18,6 @@ the spawn start method: forking a process that runs an event loop copies its sta
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import multiprocessing as mp
 import os
 import time
@@ -29,6 +28,7 @@ from typing import Any
 
 from protocol import Message, SnapshotChunk, SyncStatusChange, Updates
 from protocol.client import SyncClient
+from protocol.digest import state_digest
 
 from .histogram import LogHistogram
 
@@ -45,17 +45,6 @@ class FleetSpec:
     compression: bool = True
     report_interval: float = 0.5
     track_seq_arrivals: bool = True
-
-
-def state_digest(items: Sequence[tuple[str, bytes | None]]) -> str:
-    """Order-independent digest of a key/value view, for comparing agents with the truth cheaply."""
-    h = hashlib.sha256()
-    for key, value in sorted(items):
-        h.update(key.encode())
-        h.update(b"\0")
-        h.update(value or b"")
-        h.update(b"\1")
-    return h.hexdigest()
 
 
 @dataclass(slots=True)

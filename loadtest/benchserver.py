@@ -25,7 +25,7 @@ from protocol import SyncStatus
 from typha.snapcache import SnapCache
 from typha.syncserver import ServerConfig, SyncServer
 
-from .agents import state_digest
+from protocol.digest import state_digest
 
 
 def rss_bytes(pid: int | None = None) -> int:

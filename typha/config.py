@@ -39,6 +39,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("synthetic_pods_per_node", int, 30, "Synthetic datastore: pods per node.", non_negative),
     Setting("synthetic_policies", int, 50, "Synthetic datastore: network policies.", non_negative),
     Setting("synthetic_churn_rate", float, 10.0, "Synthetic datastore: changes per second (0 for none).", non_negative),
+    Setting("synthetic_churn_seconds", float, 0.0, "Synthetic datastore: stop churning after this long (0: never).", non_negative),
     Setting("synthetic_seed", int, 1, "Synthetic datastore: random seed."),
     Setting("log_level", str, "INFO", "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 )
@@ -73,6 +74,7 @@ class TyphaConfig:
     synthetic_pods_per_node: int
     synthetic_policies: int
     synthetic_churn_rate: float
+    synthetic_churn_seconds: float
     synthetic_seed: int
     log_level: str
 

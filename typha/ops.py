@@ -15,6 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from protocol import SyncStatus
+from protocol.digest import state_digest
 
 from .snapcache import SnapCache
 from .syncserver import SyncServer
@@ -48,11 +49,32 @@ def _reply(check: Callable[[], tuple[bool, str]]) -> Callable[[web.Request], obj
     return handler
 
 
+def status(server: SyncServer, caches: Mapping[str, SnapCache], with_digest: bool) -> dict[str, object]:
+    """What this replica serves: per syncer its status, head seq and size (and a digest on request)."""
+    out: dict[str, object] = {
+        "server_id": server.config.server_id,
+        "connections": len(server.connections),
+        "syncers": {},
+    }
+    for name, cache in caches.items():
+        entry: dict[str, object] = {"status": cache.status.name, "seq": cache.head.seq, "keys": len(cache)}
+        if with_digest:
+            entry["digest"] = state_digest((k, v) for k, (_, v, _) in cache.items().items())
+        out["syncers"][name] = entry  # type: ignore[index]
+    return out
+
+
 def health_app(server: SyncServer, caches: Mapping[str, SnapCache]) -> web.Application:
     app = web.Application()
     stale = max(10.0, 10 * server.config.housekeeping_interval)
+
+    async def status_handler(request: web.Request) -> web.Response:
+        digest = request.query.get("digest", "") in ("1", "true")
+        return web.json_response(status(server, caches, digest))
+
     app.router.add_get("/liveness", _reply(lambda: liveness(server, stale)))
     app.router.add_get("/readiness", _reply(lambda: readiness(server, caches)))
+    app.router.add_get("/status", status_handler)
     return app
 
 

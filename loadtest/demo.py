@@ -1,0 +1,195 @@
+"""`loadtest demo`: a real typha process on a synthetic cluster, served to hundreds of simulated agents.
+
+The newcomer's first look: it starts `typha` (embedded synthetic datastore, churning for a bounded
+time), waits for it to be ready, connects the agents from worker processes, shows live progress, and
+ends with a summary and a verification: every agent reached typha's final sequence number, and the
+sampled agents that decoded everything hold exactly typha's state (digest match).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from .agents import AgentFleet, FleetSpec
+
+
+@dataclass
+class DemoOptions:
+    agents: int = 300
+    processes: int = 2
+    nodes: int = 300
+    pods_per_node: int = 30
+    churn: float = 100.0
+    seconds: float = 20.0
+    full_decode: int = 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TyphaProcess:
+    """A `typha` subprocess on loopback ports, with helpers to read its health and metrics."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.port, self.health_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.args = [
+            sys.executable, "-m", "typha", "--listen-host", "127.0.0.1", "--health-host", "127.0.0.1",
+            "--port", str(self.port), "--health-port", str(self.health_port), "--metrics-port", str(self.metrics_port),
+            "--shutdown-timeout", "2", *args,
+        ]
+        self.proc: asyncio.subprocess.Process | None = None
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self, ready_timeout: float = 120.0) -> None:
+        self.proc = await asyncio.create_subprocess_exec(*self.args)
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.returncode is not None:
+                raise RuntimeError(f"typha exited with {self.proc.returncode}")
+            try:
+                async with self.session.get(f"http://127.0.0.1:{self.health_port}/readiness") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+        raise RuntimeError("typha did not become ready in time")
+
+    async def status(self, digest: bool = False) -> dict[str, Any]:
+        assert self.session is not None
+        q = "?digest=1" if digest else ""
+        async with self.session.get(f"http://127.0.0.1:{self.health_port}/status{q}") as r:
+            return await r.json()
+
+    async def metrics(self) -> dict[str, float]:
+        """Flattened samples: 'name{label=value}' -> value (labels sorted)."""
+        assert self.session is not None
+        async with self.session.get(f"http://127.0.0.1:{self.metrics_port}/metrics") as r:
+            text = await r.text()
+        out: dict[str, float] = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+        return out
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 15)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+def _progress(title: str, fleet: AgentFleet, typha: dict[str, Any], metrics: dict[str, float]) -> Table:
+    d = fleet.describe()
+    lat = fleet.merged("latency")
+    felix = typha.get("syncers", {}).get("felix", {})
+    t = Table(title=title, show_header=False)
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    t.add_row("agents connected / in sync", f"{d['connected']:,} / {d['in_sync']:,} of {d['agents']:,}")
+    t.add_row("typha keys (felix) / seq", f"{felix.get('keys', 0):,} / {felix.get('seq', 0):,}")
+    t.add_row("updates in / skipped as duplicates", f"{metrics.get('typha_updates_total{syncer=felix}', 0):,.0f} / {metrics.get('typha_updates_skipped_total{syncer=felix}', 0):,.0f}")
+    t.add_row("KVs delivered to agents", f"{d['kvs']:,}")
+    t.add_row("bytes delivered", f"{d['bytes'] / 1e6:,.1f} MB")
+    t.add_row("update latency p50 / p99", f"{lat.percentile(50) * 1e3:.1f} / {lat.percentile(99) * 1e3:.1f} ms")
+    return t
+
+
+async def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
+    console = console or Console(stderr=True)
+    typha = TyphaProcess([
+        "--synthetic-nodes", str(opts.nodes), "--synthetic-pods-per-node", str(opts.pods_per_node),
+        "--synthetic-churn-rate", str(opts.churn), "--synthetic-churn-seconds", str(opts.seconds), "--log-level", "WARNING",
+    ])
+    console.print(f"[bold]starting typha[/] on 127.0.0.1:{typha.port}: synthetic cluster of {opts.nodes} nodes x {opts.pods_per_node} pods, {opts.churn:g} changes/s for {opts.seconds:g}s")
+    fleet: AgentFleet | None = None
+    try:
+        t0 = time.monotonic()
+        await typha.start()
+        console.print(f"typha ready in {time.monotonic() - t0:.1f}s; connecting {opts.agents} agents from {opts.processes} processes")
+        fleet = AgentFleet(FleetSpec([("127.0.0.1", typha.port)], agents=opts.agents, processes=opts.processes,
+                                     full_decode=opts.full_decode, connect_spread=2.0))
+        t1 = time.monotonic()
+        fleet.start()
+        final_seq = -1
+        with Live(console=console, refresh_per_second=4) as live:
+            quiet_since = None
+            last_seq = -1
+            while True:
+                fleet.poll()
+                st = await typha.status()
+                m = await typha.metrics()
+                seq = st["syncers"]["felix"]["seq"]
+                live.update(_progress(f"demo {time.monotonic() - t1:5.1f}s", fleet, st, m))
+                # Done when churn is over (seq stable for a second) and every agent has the final seq.
+                if seq != last_seq:
+                    last_seq, quiet_since = seq, time.monotonic()
+                elif (
+                    time.monotonic() - t1 > opts.seconds
+                    and time.monotonic() - (quiet_since or 0) > 1.0
+                    and len(fleet.reports) == len(fleet._procs)
+                    and all(r.min_seq >= seq for r in fleet.reports.values())
+                    and fleet.total("in_sync") == opts.agents
+                ):
+                    final_seq = seq
+                    break
+                if time.monotonic() - t1 > opts.seconds + 120:
+                    break
+                await asyncio.sleep(0.25)
+        truth = await typha.status(digest=True)
+        metrics = await typha.metrics()
+        elapsed = time.monotonic() - t1
+        await fleet.stop()
+        felix = truth["syncers"]["felix"]
+        digests = fleet.digests()
+        matching = sum(1 for _, d in digests.values() if d == felix["digest"])
+        d = fleet.describe()
+        lat = fleet.merged("latency")
+        last = fleet.last_agent_latency()
+        snap = fleet.merged("snapshot_seconds")
+        updates = metrics.get("typha_updates_total{syncer=felix}", 0)
+        skipped = metrics.get("typha_updates_skipped_total{syncer=felix}", 0)
+        t = Table(title="demo summary", show_header=False)
+        t.add_column("what")
+        t.add_column("value", justify="right")
+        t.add_row("agents (processes)", f"{opts.agents:,} ({opts.processes})")
+        t.add_row("agents at typha's final seq", f"{sum(r.agents for r in fleet.reports.values() if r.min_seq >= felix['seq']):,}")
+        t.add_row("keys in typha's felix cache", f"{felix['keys']:,}")
+        t.add_row("KVs delivered (all agents)", f"{d['kvs']:,}")
+        t.add_row("bytes delivered", f"{d['bytes'] / 1e6:,.1f} MB in {elapsed:.1f}s")
+        t.add_row("updates in / dropped as unchanged", f"{updates:,.0f} / {skipped:,.0f} ({skipped / max(updates, 1):.0%})")
+        t.add_row("snapshot time per agent p50 / p99", f"{snap.percentile(50) * 1e3:.0f} / {snap.percentile(99) * 1e3:.0f} ms")
+        t.add_row("update latency p50 / p99 / max", f"{lat.percentile(50) * 1e3:.1f} / {lat.percentile(99) * 1e3:.1f} / {lat.max * 1e3:.1f} ms")
+        t.add_row("update to last agent p50 / p99", f"{last.percentile(50) * 1e3:.1f} / {last.percentile(99) * 1e3:.1f} ms")
+        t.add_row("reconnects", f"{d['disconnects']:,}")
+        t.add_row("sampled agents matching typha's state", f"{matching}/{len(digests)}")
+        console.print(t)
+        fleet = None
+        ok = final_seq >= 0 and matching == len(digests) and len(digests) > 0
+        console.print("[bold green]PASS[/]" if ok else "[bold red]FAIL[/]: not every agent converged on typha's state")
+        return 0 if ok else 1
+    finally:
+        if fleet is not None:
+            await fleet.stop()
+        await typha.stop()

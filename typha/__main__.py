@@ -1,0 +1,110 @@
+"""`typha`: run the fan-out cache.
+
+Wires the pieces together and owns the process lifecycle: caches per syncer type, the datastore that
+feeds them, the sync server, health and metrics endpoints, and graceful shutdown on SIGTERM (stop
+accepting, then close connections paced over 95% of the termination grace period; a second signal
+closes the rest at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from protocol import SYNCER_BGP, SYNCER_FELIX
+from protocol.settings import SettingsError
+
+from .config import TyphaConfig, load_config
+from .datastores.synthetic import SyntheticDatastore, SyntheticOptions
+from .ingest import Ingestor
+from .metrics import ServerMetrics
+from .ops import health_app, metrics_app, start_site
+from .snapcache import SnapCache
+from .syncserver import ServerConfig, SyncServer
+
+log = logging.getLogger("typha")
+
+
+def server_config(cfg: TyphaConfig) -> ServerConfig:
+    return ServerConfig(
+        host=cfg.listen_host, port=cfg.port, handshake_timeout=cfg.handshake_timeout, ping_interval=cfg.ping_interval,
+        ping_timeout=cfg.ping_timeout, write_timeout=cfg.write_timeout, max_fall_behind=cfg.max_fall_behind,
+        new_client_grace=cfg.new_client_grace, max_connections=cfg.max_connections, max_frame=cfg.max_frame,
+        compression=cfg.compression, server_id=cfg.server_id,
+    )
+
+
+def _report_datastore_end(task: asyncio.Task[None]) -> None:
+    # Agents keep the last good state; readiness already reflects the caches' status.
+    if not task.cancelled() and task.exception() is not None:
+        log.error("datastore stopped with an error: %r", task.exception())
+
+
+async def run(cfg: TyphaConfig) -> None:
+    caches = {name: SnapCache(name) for name in (SYNCER_FELIX, SYNCER_BGP)}
+    metrics = ServerMetrics()
+    metrics.watch_caches(lambda: caches)
+    server = SyncServer(caches, server_config(cfg), metrics)
+    ingestor = Ingestor(caches)
+    datastore = SyntheticDatastore(ingestor, SyntheticOptions(
+        nodes=cfg.synthetic_nodes, pods_per_node=cfg.synthetic_pods_per_node, policies=cfg.synthetic_policies,
+        churn_rate=cfg.synthetic_churn_rate, churn_seconds=cfg.synthetic_churn_seconds, seed=cfg.synthetic_seed,
+    ))
+    await server.start()
+    runners = []
+    if cfg.health_port:
+        runner, port = await start_site(health_app(server, caches), cfg.health_host, cfg.health_port)
+        runners.append(runner)
+        log.info("health endpoints on %s:%d", cfg.health_host, port)
+    if cfg.metrics_port:
+        runner, port = await start_site(metrics_app(metrics.registry), cfg.health_host, cfg.metrics_port)
+        runners.append(runner)
+        log.info("metrics on %s:%d", cfg.health_host, port)
+    source = asyncio.create_task(datastore.run(), name="datastore")
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log.info("received %s: draining connections over %.0fs", signal.Signals(signum).name, cfg.drain_seconds)
+            stop.set()
+        else:
+            log.warning("second signal: closing remaining connections now")
+            drain.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    source.add_done_callback(_report_datastore_end)
+    await stop.wait()
+    drain = asyncio.create_task(server.shutdown(cfg.drain_seconds))
+    try:
+        await drain
+    except asyncio.CancelledError:
+        await server.shutdown(0)
+    source.cancel()
+    for runner in runners:
+        await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        cfg = load_config(argv)
+    except SettingsError as exc:
+        print(f"typha: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvloop
+
+    uvloop.run(run(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Datastores: where typha's state comes from. Each reports object events to an `Ingestor`."""

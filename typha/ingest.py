@@ -1,0 +1,162 @@
+"""Ingest: object events from a datastore -> projected, encoded KV updates in each syncer's cache.
+
+Design note
+-----------
+Every datastore (the embedded synthetic cluster, the Kubernetes watchers) reports *objects*; the
+caches hold *keys*. This layer sits between them, so datastores never know about keys and the cache
+never knows about Kubernetes. It remembers which keys each object produced last time, because an
+object's keys can change (a pod losing its IP, a policy changing namespace-scoped name) and because a
+relist must delete the keys of objects that vanished while the watch was down: both become deletions
+of exactly the keys that are no longer produced, and nothing else.
+
+Values are encoded here, once, as canonical JSON (sorted keys): identical content gives identical
+bytes, which is what lets the cache drop a pod-status heartbeat as "no change".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping
+
+import orjson
+
+from protocol import SyncStatus
+
+from .k8s.projection import RESOURCES, ProjectionError, project, project_delete
+from .snapcache import SnapCache, Update
+
+log = logging.getLogger("typha.ingest")
+
+ADDED, MODIFIED, DELETED = "ADDED", "MODIFIED", "DELETED"
+ObjectEvent = tuple[str, str, dict]  # (event type, resource name, object)
+_Ident = tuple[str, str, str]  # (resource, namespace or "", name)
+
+
+def encode_value(value: object) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def _ident(resource: str, obj: dict) -> _Ident | None:
+    md = obj.get("metadata") if isinstance(obj, dict) else None
+    if not isinstance(md, dict) or not isinstance(md.get("name"), str):
+        return None
+    ns = md.get("namespace")
+    return (resource, ns if isinstance(ns, str) else "", md["name"])
+
+
+def _revision(obj: dict) -> str:
+    md = obj.get("metadata")
+    rv = md.get("resourceVersion") if isinstance(md, dict) else None
+    return rv if isinstance(rv, str) else ""
+
+
+class Ingestor:
+    """Feeds the caches of every syncer type that wants each resource."""
+
+    def __init__(self, caches: Mapping[str, SnapCache]) -> None:
+        self.caches = dict(caches)
+        self._targets: dict[str, list[SnapCache]] = {
+            name: [c for s, c in self.caches.items() if s in res.syncers] for name, res in RESOURCES.items()
+        }
+        self._keys: dict[_Ident, tuple[str, ...]] = {}
+        self.errors: Counter[str] = Counter()  # resource -> malformed objects skipped
+        self.events: Counter[str] = Counter()  # resource -> events handled
+
+    def wanted(self, resource: str) -> bool:
+        """True if any served syncer needs this resource (datastores watch only those)."""
+        return bool(self._targets.get(resource))
+
+    def set_status(self, status: SyncStatus, resources: Iterable[str] | None = None) -> None:
+        """Set the status of the caches fed by `resources` (all caches if None)."""
+        if resources is None:
+            targets = list(self.caches.values())
+        else:
+            targets = list({id(c): c for r in resources for c in self._targets.get(r, [])}.values())
+        for cache in targets:
+            cache.set_status(status)
+
+    def handle(self, events: Iterable[ObjectEvent]) -> int:
+        """Project and apply a batch of events; returns the number of KV updates produced."""
+        batches: dict[int, tuple[SnapCache, list[Update]]] = {}
+        produced = 0
+        for etype, resource, obj in events:
+            targets = self._targets.get(resource)
+            if not targets:
+                continue
+            self.events[resource] += 1
+            updates = self._updates_for(etype, resource, obj)
+            if not updates:
+                continue
+            produced += len(updates)
+            for cache in targets:
+                batches.setdefault(id(cache), (cache, []))[1].extend(updates)
+        for cache, batch in batches.values():
+            cache.apply(batch)
+        return produced
+
+    def _updates_for(self, etype: str, resource: str, obj: dict) -> list[Update]:
+        ident = _ident(resource, obj)
+        if ident is None:
+            self._bad(resource, "object without metadata.name")
+            return []
+        rev = _revision(obj)
+        old = self._keys.get(ident, ())
+        if etype == DELETED:
+            self._keys.pop(ident, None)
+            keys = old
+            if not keys:  # never seen (e.g. deleted before we listed): derive from the object
+                try:
+                    keys = tuple(project_delete(resource, obj))
+                except ProjectionError as exc:
+                    self._bad(resource, str(exc))
+                    return []
+            return [(k, None, rev) for k in keys]
+        try:
+            projected = project(resource, obj)
+        except ProjectionError as exc:
+            self._bad(resource, str(exc))
+            return []
+        updates: list[Update] = []
+        live: list[str] = []
+        for key, value in projected:
+            if value is None:
+                updates.append((key, None, rev))
+            else:
+                live.append(key)
+                updates.append((key, encode_value(value), rev))
+        for key in old:
+            if key not in live and all(key != k for k, _ in projected):
+                updates.append((key, None, rev))
+        if live:
+            self._keys[ident] = tuple(live)
+        else:
+            self._keys.pop(ident, None)
+        return updates
+
+    def resync(self, resource: str, objects: Iterable[dict]) -> int:
+        """Apply a complete listing of `resource`: upsert everything, delete what vanished."""
+        events: list[ObjectEvent] = []
+        present: set[_Ident] = set()
+        for obj in objects:
+            ident = _ident(resource, obj)
+            if ident is not None:
+                present.add(ident)
+            events.append((MODIFIED, resource, obj))
+        gone = [i for i in self._keys if i[0] == resource and i not in present]
+        for ident in gone:
+            _, ns, name = ident
+            md: dict[str, str] = {"name": name}
+            if ns:
+                md["namespace"] = ns
+            events.append((DELETED, resource, {"metadata": md}))
+        return self.handle(events)
+
+    def _bad(self, resource: str, why: str) -> None:
+        self.errors[resource] += 1
+        # Log the first few of each resource loudly, then quietly: one bad CRD must not flood the logs.
+        level = logging.WARNING if self.errors[resource] <= 5 else logging.DEBUG
+        log.log(level, "skipping malformed %s: %s", resource, why)
+
+    def tracked_objects(self) -> int:
+        return len(self._keys)
