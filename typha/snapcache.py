@@ -47,7 +47,7 @@ DEFAULT_SNAPSHOT_REUSE_NS = 1_000_000_000
 class Breadcrumb:
     """One step of the cache's history; immutable once published except for `next`."""
 
-    __slots__ = ("seq", "prev_seq", "created_ns", "status", "count", "wire", "next")
+    __slots__ = ("seq", "prev_seq", "created_ns", "status", "count", "wire", "next", "__weakref__")
 
     def __init__(
         self, seq: int, prev_seq: int, created_ns: int, status: SyncStatus, count: int, wire: bytes

@@ -1,0 +1,61 @@
+"""Typha's settings: flags, env vars, validation, and the README table generated from them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from protocol.settings import SettingsError, markdown_table
+from typha.config import ENV_PREFIX, SETTINGS, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_match_calico() -> None:
+    cfg = load_config([], environ={})
+    assert (cfg.port, cfg.health_port, cfg.metrics_port) == (5473, 9098, 9093)
+    assert (cfg.handshake_timeout, cfg.ping_interval, cfg.ping_timeout) == (10, 10, 60)
+    assert (cfg.write_timeout, cfg.max_fall_behind, cfg.new_client_grace) == (120, 300, 300)
+    assert cfg.max_frame == 1 << 20
+    assert cfg.drain_seconds == pytest.approx(285)
+    assert cfg.server_id  # defaults to the hostname
+
+
+def test_env_and_flag_precedence() -> None:
+    env = {"TYPHA_PORT": "6000", "TYPHA_COMPRESSION": "false", "TYPHA_PING_INTERVAL": "5"}
+    cfg = load_config([], environ=env)
+    assert (cfg.port, cfg.compression, cfg.ping_interval) == (6000, False, 5.0)
+    cfg = load_config(["--port", "7000"], environ=env)
+    assert cfg.port == 7000
+
+
+@pytest.mark.parametrize(
+    "argv, env, message",
+    [
+        (["--port", "70000"], {}, "--port='70000': must be a TCP port"),
+        (["--ping-interval", "-1"], {}, "must be greater than 0"),
+        ([], {"TYPHA_MAX_CONNECTIONS": "lots"}, "TYPHA_MAX_CONNECTIONS='lots'"),
+        ([], {"TYPHA_COMPRESSION": "maybe"}, "expected true/false"),
+        (["--ping-interval", "30", "--ping-timeout", "20"], {}, "must be longer than --ping-interval"),
+        (["--max-frame", "10"], {}, "at least 4096"),
+        ([], {"TYPHA_DATASTORE": "etcd"}, "must be one of"),
+    ],
+)
+def test_bad_values_rejected_with_clear_message(argv: list[str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load_config(argv, environ=env)
+
+
+def test_main_reports_bad_config_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from typha.__main__ import main
+
+    assert main(["--port", "nope"]) == 2
+    assert "typha: error: --port='nope'" in capsys.readouterr().err
+
+
+def test_readme_settings_table_is_current() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- typha-settings:begin", 1)[1].split("-->", 1)[1].split("<!-- typha-settings:end -->")[0]
+    assert block.strip() == markdown_table(SETTINGS, ENV_PREFIX).strip(), "regenerate the README table"
