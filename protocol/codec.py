@@ -15,6 +15,7 @@ socket: anything unexpected becomes a ProtocolError with a message saying what w
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -87,7 +88,8 @@ class Decompressor:
                 f"compressed payload expands to {size} bytes; the limit is {self.max_output}"
             )
         try:
-            return self._d.decompress(data, max_output_size=self.max_output)
+            # One frame, nothing after it: trailing bytes (or a second frame) would otherwise be ignored.
+            return self._d.decompress(data, max_output_size=self.max_output, allow_extra_data=False)
         except zstandard.ZstdError as exc:
             raise ProtocolError(f"corrupt zstd payload: {exc}") from None
 
@@ -249,10 +251,10 @@ def decode_kv_payload(
         raise ProtocolError("KV payload must be an array")
     if len(entries) != count:
         raise ProtocolError(f"KV payload holds {len(entries)} entries, preamble says {count}")
-    try:
-        kvs = [KV(k, v, r) for k, v, r in entries]
-    except (TypeError, ValueError):
-        raise ProtocolError("KV entries must be [key, value, revision] arrays") from None
+    # Each entry must itself be an array: unpacking a 3-entry *map* would silently yield its keys.
+    if not all(type(e) is tuple and len(e) == 3 for e in entries):
+        raise ProtocolError("KV entries must be [key, value, revision] arrays")
+    kvs = [KV(k, v, r) for k, v, r in entries]
     for kv in kvs:
         if (
             type(kv.key) is not str
@@ -275,6 +277,8 @@ def decode(
     if mtype in SEQUENCED_TYPES:
         pre = parse_preamble(body)
         status = _status(pre.status)
+        if mtype is not MsgType.SNAPSHOT and pre.seq <= pre.base:
+            raise ProtocolError(f"{mtype.name} frame with seq {pre.seq} not after base {pre.base}")
         if mtype is MsgType.SYNC_STATUS:
             if len(body) != PREAMBLE_SIZE or pre.count:
                 raise ProtocolError("SYNC_STATUS frame must carry no payload")
@@ -283,8 +287,6 @@ def decode(
         if decode_kvs:
             kvs = decode_kv_payload(memoryview(body)[PREAMBLE_SIZE:], flags, pre.count, decompressor)
         if mtype is MsgType.UPDATES:
-            if pre.seq <= pre.base:
-                raise ProtocolError(f"UPDATES frame with seq {pre.seq} not after base {pre.base}")
             return Updates(pre.base, pre.seq, pre.created_ns, status, pre.count, kvs)
         return SnapshotChunk(
             pre.seq, pre.base, pre.created_ns, status, pre.count, bool(flags & FLAG_FINAL), kvs
@@ -311,12 +313,15 @@ def decode(
         compression = obj.get("compression")
         if compression is not None and not isinstance(compression, str):
             raise ProtocolError(f"{what}: 'compression' must be a string or nil")
+        ping_interval = float(_opt_field(obj, "ping_interval", (int, float), 10.0, what))
+        if not 0.0 < ping_interval < math.inf:  # also rejects NaN; clients derive read timeouts from it
+            raise ProtocolError(f"{what}: 'ping_interval' must be a positive number, got {ping_interval}")
         return ServerHello(
             version=_field(obj, "version", int, what),
             syncer_type=_field(obj, "syncer_type", str, what),
             compression=compression,
             server_id=_opt_field(obj, "server_id", str, "", what),
-            ping_interval=float(_opt_field(obj, "ping_interval", (int, float), 10.0, what)),
+            ping_interval=ping_interval,
         )
     if mtype is MsgType.PING:
         return Ping(_field(obj, "ts", int, what))

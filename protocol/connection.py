@@ -135,6 +135,8 @@ class ClientConnection:
         if sh.compression is not None:
             if sh.compression not in self.hello.compression:
                 raise HandshakeRejected(f"server chose compression {sh.compression!r} we did not offer")
+            if sh.compression != COMPRESSION_ZSTD:
+                raise HandshakeRejected(f"server chose compression {sh.compression!r}; only zstd is implemented")
             self._decompressor = Decompressor(self._max_frame)
         self.server_hello = sh
         self.state = ConnState.SNAPSHOT

@@ -18,7 +18,7 @@ networking.k8s.io and crd.projectcalico.org define it).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 CALICO_GROUP = "crd.projectcalico.org"
 
@@ -132,7 +132,7 @@ class ResourceRegistry:
             for alias in {rt.plural, rt.kind, rt.kind.lower(), *rt.short_names}:
                 self._by_alias.setdefault(alias, []).append(rt)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[ResourceType]:
         return iter(self._by_key.values())
 
     def resolve(self, name: str | ResourceType) -> ResourceType:

@@ -35,7 +35,27 @@ _FIELDS = (
 
 
 class ResourceStats:
+    """Counters for one resource (see the field list above for meanings)."""
+
     __slots__ = _FIELDS
+    open_watches: int
+    watches_total: int
+    watches_closed_slow: int
+    watches_cut: int
+    watches_expired: int
+    events_sent: int
+    bookmarks_sent: int
+    bytes_sent: int
+    list_requests: int
+    list_items_sent: int
+    list_bytes_sent: int
+    list_expired: int
+    get_requests: int
+    creates: int
+    updates: int
+    patches: int
+    deletes: int
+    events_generated: int
 
     def __init__(self) -> None:
         for f in _FIELDS:

@@ -74,5 +74,5 @@ class SyntheticDatastore:
                 return
             due = int(opts.churn_rate * elapsed) - self.churned
             if due > 0:
-                self.ingestor.handle(self.cluster.churn(due))
+                self.ingestor.handle(self.cluster.churn(due, count_events=True))
                 self.churned += due

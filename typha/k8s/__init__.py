@@ -1,0 +1,1 @@
+"""Kubernetes datastore support: resource table, key layout and object -> key/value projection."""
