@@ -72,7 +72,7 @@ class WorkerReport:
     seq_last_arrival: dict[int, int] = field(default_factory=dict)  # seq -> latest receipt (ns)
     seq_created: dict[int, int] = field(default_factory=dict)  # seq -> breadcrumb creation (ns)
     digests: dict[str, tuple[int, str]] = field(default_factory=dict)  # hostname -> (keys, digest)
-    errors: list[str] = field(default_factory=list)
+    disconnect_reasons: dict[str, int] = field(default_factory=dict)  # first words of each agent's last error
     final: bool = False
 
 
@@ -137,6 +137,12 @@ async def _worker(spec: FleetSpec, worker: int, agent_ids: list[int], conn: Conn
         seqs = [c.seq for c in clients]
         report.min_seq, report.max_seq = (min(seqs), max(seqs)) if seqs else (0, 0)
         report.final = final
+        reasons: dict[str, int] = {}
+        for c in clients:
+            if c.stats.disconnects:
+                why = " ".join(c.stats.last_error.split()[:4])
+                reasons[why] = reasons.get(why, 0) + 1
+        report.disconnect_reasons = reasons
         if final:
             for c in clients:
                 if c.decode_kvs:

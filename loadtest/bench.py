@@ -182,6 +182,11 @@ async def run_fanout(opts: FanoutOptions, console: Console | None = None) -> dic
         truth = await server.call(cmd="digest")
         await fleet.stop()
         fleet_digests = fleet.digests()
+        reasons: dict[str, int] = {}
+        for r in fleet.reports.values():
+            for why, n in r.disconnect_reasons.items():
+                reasons[why] = reasons.get(why, 0) + n
+        results["disconnect_reasons"] = reasons
         results["verification"] = {
             "final_seq": truth["seq"],
             "agents_at_final_seq": sum(r.agents for r in fleet.reports.values() if r.min_seq >= truth["seq"]),

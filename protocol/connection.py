@@ -61,7 +61,7 @@ class ClientConnection:
         self.seq = 0  # last breadcrumb seq applied (valid once STREAMING)
         self.snapshot_seq = 0
         self._next_chunk = 0
-        self._reader = FrameReader(max_frame)
+        self._reader = FrameReader(max_frame, headers_only=not decode_kvs)
         self._decompressor: Decompressor | None = None
         self._max_frame = max_frame
 

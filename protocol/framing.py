@@ -100,19 +100,33 @@ class FrameReader:
 
     `feed()` never raises; `next_frame()` raises ProtocolError as soon as the buffered bytes prove the
     stream invalid (an oversized length is detected from the header alone).
+
+    With `headers_only`, the payload of a sequenced frame is skipped without ever being buffered: the
+    frame is returned with only its preamble as body. That is the load test's cheap mode, where an
+    agent checks sequence continuity and counts but has no use for the values.
     """
 
-    __slots__ = ("_buf", "_pos", "max_body", "bytes_received", "frames_received")
+    __slots__ = ("_buf", "_pos", "_skip", "max_body", "headers_only", "bytes_received", "frames_received")
 
-    def __init__(self, max_body: int = DEFAULT_MAX_CLIENT_FRAME) -> None:
+    def __init__(self, max_body: int = DEFAULT_MAX_CLIENT_FRAME, headers_only: bool = False) -> None:
         self._buf = bytearray()
         self._pos = 0
+        self._skip = 0  # payload bytes still to discard (headers_only)
         self.max_body = max_body
+        self.headers_only = headers_only
         self.bytes_received = 0
         self.frames_received = 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        self.bytes_received += len(data)
+        n = len(data)
+        self.bytes_received += n
+        if self._skip and self._pos == len(self._buf):
+            # Discarding a payload and nothing is buffered: drop bytes without copying them.
+            if n <= self._skip:
+                self._skip -= n
+                return
+            data = memoryview(data)[self._skip :]
+            self._skip = 0
         if self._pos and self._pos == len(self._buf):
             # Everything consumed: restart cheaply instead of growing forever.
             self._buf.clear()
@@ -123,7 +137,22 @@ class FrameReader:
     def buffered(self) -> int:
         return len(self._buf) - self._pos
 
+    def _consume(self, end: int) -> None:
+        buf = self._buf
+        if end >= 65536 and end * 2 >= len(buf):
+            # Drop the consumed prefix once it dominates the buffer: amortised O(1) per byte.
+            del buf[:end]
+            self._pos = 0
+        else:
+            self._pos = end
+
     def next_frame(self) -> Frame | None:
+        if self._skip:
+            take = min(self._skip, len(self._buf) - self._pos)
+            self._skip -= take
+            self._consume(self._pos + take)
+            if self._skip:
+                return None
         buf, pos = self._buf, self._pos
         if len(buf) - pos < HEADER_SIZE:
             return None
@@ -134,16 +163,21 @@ class FrameReader:
             )
         if flags & ~KNOWN_FLAGS:
             raise ProtocolError(f"frame of type {msg_type} has unknown flags {flags:#04x}")
-        end = pos + HEADER_SIZE + body_len
+        start = pos + HEADER_SIZE
+        if self.headers_only and body_len > PREAMBLE_SIZE and msg_type in SEQUENCED_TYPES:
+            if len(buf) < start + PREAMBLE_SIZE:
+                return None
+            body = bytes(buf[start : start + PREAMBLE_SIZE])
+            self._skip = body_len - PREAMBLE_SIZE
+            self._consume(start + PREAMBLE_SIZE)
+            self.frames_received += 1
+            return Frame(msg_type, flags, body)
+        end = start + body_len
         if len(buf) < end:
             return None
-        body = bytes(buf[pos + HEADER_SIZE : end])
-        if end >= 65536 and end * 2 >= len(buf):
-            # Drop the consumed prefix once it dominates the buffer: amortised O(1) per byte.
-            del buf[:end]
-            self._pos = 0
-        else:
-            self._pos = end
+        with memoryview(buf) as view:
+            body = bytes(view[start:end])  # one copy, not a bytearray slice and then a bytes copy
+        self._consume(end)
         self.frames_received += 1
         return Frame(msg_type, flags, body)
 

@@ -453,7 +453,7 @@ def follow(cache: SnapCache, compressed: bool, hello: ClientHello = HELLO) -> tu
     """Hello + snapshot for a new client of `cache`, decoded; returns the connection, snapshot, wire, msgs."""
     snap = cache.snapshot(compressed)
     wire = encode(ServerHello(1, cache.syncer_type, "zstd" if compressed else None)) + b"".join(
-        snap.chunk(i) for i in range(snap.num_chunks)
+        frame for frame in snap.frames()
     )
     conn = ClientConnection(hello)
     msgs = conn.receive_data(wire)

@@ -47,6 +47,7 @@ from protocol.framing import (
     KNOWN_FLAGS,
     PREAMBLE,
     PREAMBLE_SIZE,
+    SEQUENCED_TYPES,
     encode_sequenced_frame,
     parse_preamble,
 )
@@ -234,6 +235,28 @@ def test_frame_reader_is_independent_of_how_the_stream_is_split(msgs, cuts) -> N
     assert reader.buffered == 0
     assert reader.bytes_received == len(stream)
     assert reader.frames_received == len(msgs)
+
+
+@FAST
+@given(st.lists(messages, min_size=1, max_size=8), st.lists(st.integers(0, 10_000), max_size=30))
+def test_headers_only_reader_skips_payloads_but_keeps_every_preamble(msgs, cuts) -> None:
+    stream = b"".join(encode(m) for m in msgs)
+    points = sorted({c % (len(stream) + 1) for c in cuts})
+    pieces = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)])]
+    reader = FrameReader(BIG, headers_only=True)
+    frames = []
+    for piece in pieces:
+        reader.feed(piece)
+        frames.extend(reader.frames())
+    full = read_all(stream)
+    assert [(f.msg_type, f.flags) for f in frames] == [(f.msg_type, f.flags) for f in full]
+    for cheap, whole in zip(frames, full):
+        if whole.msg_type in SEQUENCED_TYPES:
+            assert cheap.body == whole.body[:PREAMBLE_SIZE]
+            assert decode(cheap, decode_kvs=False) == decode(whole, decode_kvs=False)
+        else:
+            assert cheap.body == whole.body
+    assert reader.buffered == 0 and reader.bytes_received == len(stream)
 
 
 @settings(max_examples=15, deadline=None)

@@ -22,8 +22,8 @@ def decode_all(cache: SnapCache, snap_compressed: bool = False) -> ClientConnect
     conn = ClientConnection(ClientHello("t", cache.syncer_type))
     conn.receive_data(encode(negotiate(conn.hello, [cache.syncer_type], snap_compressed)))
     snap = cache.snapshot(snap_compressed)
-    for i in range(snap.num_chunks):
-        conn.receive_data(snap.chunk(i))
+    for frame in snap.frames():
+        conn.receive_data(frame)
     return conn
 
 
@@ -91,7 +91,7 @@ def test_snapshot_chunks_cover_state_and_are_reused() -> None:
     c.apply([(f"k{i:05d}", b"v%d" % i, "1") for i in range(2500)])
     c.set_status(SyncStatus.IN_SYNC)
     s1 = c.snapshot(True)
-    assert s1.num_chunks == 3
+    assert len(list(s1.frames())) == 3
     assert c.snapshot(True) is s1  # same head: reused
     clock.now += 500_000_000
     c.apply([("new", b"1", "2")])
@@ -107,7 +107,7 @@ def test_snapshot_chunks_cover_state_and_are_reused() -> None:
 def test_empty_cache_snapshot_is_one_final_chunk() -> None:
     c = SnapCache("bgp")
     snap = c.snapshot(False)
-    assert snap.num_chunks == 1
+    assert len(list(snap.frames())) == 1
     conn = decode_all(c)
     assert conn.state.name == "STREAMING"
 
@@ -121,8 +121,8 @@ def test_snapshot_is_consistent_while_state_changes() -> None:
     conn = ClientConnection(ClientHello("t", "felix"))
     conn.receive_data(encode(negotiate(conn.hello, ["felix"], False)))
     values = set()
-    for i in range(snap.num_chunks):
-        for m in conn.receive_data(snap.chunk(i)):
+    for frame in snap.frames():
+        for m in conn.receive_data(frame):
             values.update(kv.value for kv in m.kvs)
     assert values == {b"old"}  # the snapshot is the state as of its breadcrumb, whatever happens later
 
@@ -160,3 +160,13 @@ def test_long_chain_frees_without_recursion_error() -> None:
     del holder  # frees 200k breadcrumbs in one cascade
     assert sys.getrecursionlimit() < 200_000
 
+
+
+def test_snapshot_chunks_end_early_for_large_values() -> None:
+    c = SnapCache("felix", snapshot_chunk=1000)
+    big = b"v" * (1 << 20)
+    c.apply([(f"k{i}", big, "1") for i in range(10)])
+    frames = list(c.snapshot(False).frames())
+    assert len(frames) == 3  # 4 MiB per chunk: 4 + 4 + 2 values, not one 10 MiB frame
+    conn = decode_all(c)
+    assert conn.seq == c.head.seq

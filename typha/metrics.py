@@ -1,16 +1,22 @@
 """Prometheus metrics for typha.
 
 Counters that the cache keeps as plain integers (updates, skips, breadcrumbs, snapshots) are exported by
-a custom collector that reads them at scrape time, so the hot path pays nothing for them. Per-write
-observations (latency, KVs per message) use ordinary histograms.
+a custom collector that reads them at scrape time, so the hot path pays nothing for them.
+
+Per-write observations (client latency, write latency, KVs per message, bytes) happen once per client
+per fan-out pass: at 1,000 clients and 100 passes a second that is 100k observations a second, and
+prometheus-client's thread-safe Histogram (a lock plus a bucket search, about 1.5 us) made them a
+large share of the server's CPU. `HotHistogram` is the lock-free, single-threaded equivalent (the
+event loop is the only writer) and is exported through the same collector at scrape time.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from .snapcache import SnapCache
@@ -18,6 +24,56 @@ from .snapcache import SnapCache
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _SEND_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _KV_BUCKETS = (0, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)
+
+
+class HotHistogram:
+    """A histogram for the event loop's hot path: no lock, and `observe` takes a weight."""
+
+    __slots__ = ("name", "doc", "buckets", "counts", "sum")
+
+    def __init__(self, name: str, doc: str, buckets: tuple[float, ...]) -> None:
+        self.name = name
+        self.doc = doc
+        self.buckets = tuple(sorted(buckets))
+        self.counts = [0] * (len(self.buckets) + 1)  # the last slot is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float, n: int = 1) -> None:
+        self.counts[bisect_left(self.buckets, value)] += n
+        self.sum += value * n
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def family(self) -> HistogramMetricFamily:
+        cumulative = []
+        acc = 0
+        for bound, c in zip((*self.buckets, float("inf")), self.counts):
+            acc += c
+            cumulative.append((str(bound) if bound != float("inf") else "+Inf", acc))
+        return HistogramMetricFamily(self.name, self.doc, buckets=cumulative, sum_value=self.sum)
+
+
+class HotCounter:
+    __slots__ = ("name", "doc", "value")
+
+    def __init__(self, name: str, doc: str) -> None:
+        self.name, self.doc, self.value = name, doc, 0
+
+    def inc(self, n: float = 1) -> None:
+        self.value += n
+
+    def family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.name, self.doc, value=self.value)
+
+
+class _HotCollector(Collector):
+    def __init__(self, metrics: list[HotHistogram | HotCounter]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[object]:
+        return [m.family() for m in self._metrics]
 
 
 class _CacheCollector(Collector):
@@ -73,11 +129,11 @@ class ServerMetrics:
         self.snapshot_send = Histogram(
             "typha_client_snapshot_send_seconds", "Time to send a snapshot to one client.", buckets=_SEND_BUCKETS, registry=r
         )
-        self.client_latency = Histogram(
-            "typha_client_latency_seconds", "Breadcrumb creation to its write to a client.", buckets=_LATENCY_BUCKETS, registry=r
+        self.client_latency = HotHistogram(
+            "typha_client_latency_seconds", "Breadcrumb creation to its write to a client.", _LATENCY_BUCKETS
         )
-        self.write_latency = Histogram(
-            "typha_client_write_latency_seconds", "Time spent in one write to a client socket.", buckets=_LATENCY_BUCKETS, registry=r
+        self.write_latency = HotHistogram(
+            "typha_client_write_latency_seconds", "Time spent in one write to a client socket.", _LATENCY_BUCKETS
         )
         self.next_breadcrumb_latency = Histogram(
             "typha_next_breadcrumb_latency_seconds",
@@ -86,8 +142,9 @@ class ServerMetrics:
             registry=r,
         )
         self.ping_latency = Histogram("typha_ping_latency_seconds", "Ping round trip.", buckets=_LATENCY_BUCKETS, registry=r)
-        self.kvs_per_msg = Histogram("typha_kvs_per_msg", "KVs carried by one write to a client.", buckets=_KV_BUCKETS, registry=r)
-        self.bytes_sent = Counter("typha_bytes_sent", "Bytes written to clients.", registry=r)
+        self.kvs_per_msg = HotHistogram("typha_kvs_per_msg", "KVs carried by one write to a client.", _KV_BUCKETS)
+        self.bytes_sent = HotCounter("typha_bytes_sent", "Bytes written to clients.")
+        r.register(_HotCollector([self.client_latency, self.write_latency, self.kvs_per_msg, self.bytes_sent]))
 
     def watch_caches(self, caches: Callable[[], Mapping[str, SnapCache]]) -> None:
         self.registry.register(_CacheCollector(caches))

@@ -30,7 +30,7 @@ keys we do not hold: that is what stops a pod-status heartbeat fanning out to ev
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from protocol import SyncStatus
@@ -41,6 +41,8 @@ Update = tuple[str, bytes | None, str]
 
 DEFAULT_MAX_BATCH = 100
 DEFAULT_SNAPSHOT_CHUNK = 1000
+#: Raw KV bytes after which a snapshot chunk ends early (well under clients' 64 MiB frame limit).
+DEFAULT_SNAPSHOT_CHUNK_BYTES = 4 << 20
 DEFAULT_SNAPSHOT_REUSE_NS = 1_000_000_000
 
 
@@ -98,11 +100,15 @@ def collect_pending(after: Breadcrumb, max_bytes: int) -> PendingWrite | None:
 
 
 class Snapshot:
-    """The cache's state as of one breadcrumb, encoded lazily into shared chunk frames."""
+    """The cache's state as of one breadcrumb, encoded lazily into shared chunk frames.
+
+    A chunk holds up to `chunk_size` KVs and stops early once it passes `chunk_bytes` of raw KV data,
+    so a cache of unusually large values can never produce a frame a client must refuse.
+    """
 
     __slots__ = (
-        "breadcrumb", "built_ns", "compressed", "kv_count", "num_chunks", "chunks",
-        "raw_bytes", "wire_bytes", "_values", "_chunk_size", "_compressor", "_on_chunk",
+        "breadcrumb", "built_ns", "compressed", "kv_count", "chunks", "raw_bytes", "wire_bytes",
+        "_values", "_next", "_chunk_size", "_chunk_bytes", "_compressor", "_on_chunk",
     )
 
     def __init__(
@@ -113,18 +119,19 @@ class Snapshot:
         chunk_size: int,
         compressor: Compressor | None,
         on_chunk: Callable[[int, int], None] | None = None,
+        chunk_bytes: int = DEFAULT_SNAPSHOT_CHUNK_BYTES,
     ) -> None:
         self.breadcrumb = breadcrumb
         self.built_ns = built_ns
         self.compressed = compressor is not None
         self.kv_count = len(values)
-        # An empty cache still sends one (empty, final) chunk so the client knows the snapshot ended.
-        self.num_chunks = max(1, -(-len(values) // chunk_size))
         self.chunks: list[bytes] = []
         self.raw_bytes = 0
         self.wire_bytes = 0
         self._values: list[Update] | None = values
+        self._next = 0  # index of the first value not yet encoded
         self._chunk_size = chunk_size
+        self._chunk_bytes = chunk_bytes
         self._compressor = compressor
         self._on_chunk = on_chunk
 
@@ -134,28 +141,45 @@ class Snapshot:
 
     @property
     def complete(self) -> bool:
-        return len(self.chunks) == self.num_chunks
+        """True once the final chunk is encoded."""
+        return self._values is None
 
     def chunk(self, index: int) -> bytes | None:
-        """Chunk `index`, encoding it (and any before it) on first request; None past the end."""
-        if index >= self.num_chunks:
-            return None
-        while len(self.chunks) <= index:
+        """Chunk `index`, encoding it (and any before it) on first request; None past the end.
+
+        An empty cache still has one (empty, final) chunk, so the client knows the snapshot ended.
+        """
+        while len(self.chunks) <= index and self._values is not None:
             self._encode_next()
-        return self.chunks[index]
+        return self.chunks[index] if index < len(self.chunks) else None
+
+    def frames(self) -> Iterator[bytes]:
+        """Every chunk frame in order (encoding as needed)."""
+        i = 0
+        while (data := self.chunk(i)) is not None:
+            yield data
+            i += 1
 
     def _encode_next(self) -> None:
-        i = len(self.chunks)
         values = self._values
         assert values is not None
-        part = values[i * self._chunk_size : (i + 1) * self._chunk_size]
+        start = self._next
+        stop = min(len(values), start + self._chunk_size)
+        raw = 0
+        end = start
+        while end < stop:
+            k, v, r = values[end]
+            raw += len(k) + (len(v) if v else 0) + len(r)
+            end += 1
+            if raw >= self._chunk_bytes:
+                break
+        final = end == len(values)
         bc = self.breadcrumb
-        final = i == self.num_chunks - 1
         frame = encode_snapshot_chunk(
-            bc.seq, i, bc.created_ns, bc.status, part, final, self._compressor
+            bc.seq, len(self.chunks), bc.created_ns, bc.status, values[start:end], final, self._compressor
         )
         self.chunks.append(frame)
-        raw = sum(len(k) + (len(v) if v else 0) + len(r) for k, v, r in part)
+        self._next = end
         self.wire_bytes += len(frame)
         self.raw_bytes += raw
         if final:

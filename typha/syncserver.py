@@ -187,15 +187,14 @@ class SyncConnection(asyncio.Protocol):
         snap = self.snapshot
         assert snap is not None
         while not self.paused and self.state == SNAPSHOT:
-            if self.chunk >= snap.num_chunks:
-                self._snapshot_done(snap)
-                return
             fresh = self.chunk >= len(snap.chunks)
             data = snap.chunk(self.chunk)
-            assert data is not None
+            if data is None:
+                self._snapshot_done(snap)
+                return
             self.chunk += 1
             self._write(data)
-            if fresh and self.chunk < snap.num_chunks:
+            if fresh and not snap.complete:
                 # We just spent a chunk's encoding time: let other clients run before the next one.
                 self.server.loop.call_soon(self.pump)
                 return
@@ -352,9 +351,9 @@ class SyncServer:
             conn.handshake_timer.cancel()
             conn.handshake_timer = None
         try:
-            server_hello = negotiate(
-                hello, self.caches.keys(), self.config.compression, self.config.server_id, self.config.ping_interval
-            )
+            # Pings go out on housekeeping passes, so never promise them more often than those run.
+            interval = max(self.config.ping_interval, self.config.housekeeping_interval)
+            server_hello = negotiate(hello, self.caches.keys(), self.config.compression, self.config.server_id, interval)
         except HandshakeRejected as exc:
             conn.close(exc.code, str(exc))
             return

@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--forbid", action="append", default=[], help='403 rule, e.g. "pods" or "list:nodes" (repeatable)')
     p.add_argument("--seed-nodes", type=int, default=0, help="bulk-load N synthetic nodes")
     p.add_argument("--seed-pods", type=int, default=0, help="bulk-load N synthetic pods spread over the nodes")
+    p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="event loop implementation")
     return p
 
 
@@ -57,7 +58,12 @@ async def _run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    asyncio.run(_run(args))
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(_run(args))
+    else:
+        asyncio.run(_run(args))
     return 0
 
 

@@ -156,6 +156,27 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
+def _shrink_tls_read_buffer(transport: Any, size: int = 16 * 1024) -> None:
+    """Give a long-lived watch connection a small TLS read buffer.
+
+    The stdlib asyncio SSLProtocol allocates (and zero-fills) a 256 KiB read buffer per
+    connection: 2,000 watches would pin ~500 MB for buffers that only ever see tiny
+    requests. It is safe to swap here: the buffer is only touched inside one synchronous
+    get_buffer/recv_into/buffer_updated callback, never across an await. Other loops
+    (uvloop) or Python versions without these attributes are left alone.
+    """
+    proto = getattr(transport, "_ssl_protocol", None)
+    buf = getattr(proto, "_ssl_buffer", None)
+    if proto is None or not isinstance(buf, bytearray) or len(buf) <= size:
+        return
+    try:
+        proto.max_size = size  # instance attribute; caps future get_buffer() growth
+        proto._ssl_buffer = bytearray(size)
+        proto._ssl_buffer_view = memoryview(proto._ssl_buffer)
+    except (AttributeError, TypeError):
+        pass
+
+
 def _qbool(v: str | None) -> bool:
     return v in _TRUE
 
@@ -394,6 +415,7 @@ class ApiServerApp:
         resp = web.StreamResponse(status=200, headers={"Content-Type": _JSON,
                                                        "Cache-Control": "no-cache, private"})
         resp.enable_chunked_encoding()
+        _shrink_tls_read_buffer(request.transport)
         try:
             await resp.prepare(request)
             if error is not None:
