@@ -18,6 +18,7 @@ from protocol import SYNCER_BGP, SYNCER_FELIX
 from protocol.settings import SettingsError
 
 from .config import TyphaConfig, load_config
+from .datastores.kubernetes import KubernetesDatastore
 from .datastores.synthetic import SyntheticDatastore, SyntheticOptions
 from .ingest import Ingestor
 from .metrics import ServerMetrics
@@ -37,6 +38,27 @@ def server_config(cfg: TyphaConfig) -> ServerConfig:
     )
 
 
+class StartupError(Exception):
+    """Typha cannot start as configured; the message says why."""
+
+
+async def kubernetes_api(cfg: TyphaConfig) -> object:
+    """An ApiClient from --kubeconfig, or from the in-cluster service account."""
+    from kubernetes_asyncio import client
+    from kubernetes_asyncio import config as kconfig
+
+    conf = client.Configuration()
+    try:
+        if cfg.kubeconfig:
+            await kconfig.load_kube_config(config_file=cfg.kubeconfig, client_configuration=conf)
+        else:
+            kconfig.load_incluster_config(client_configuration=conf)
+    except Exception as exc:  # the loader raises ConfigException, OSError, YAML and key errors alike
+        where = cfg.kubeconfig or "in-cluster config (no --kubeconfig given)"
+        raise StartupError(f"cannot load {where}: {type(exc).__name__}: {exc}") from None
+    return client.ApiClient(conf)
+
+
 def _report_datastore_end(task: asyncio.Task[None]) -> None:
     # Agents keep the last good state; readiness already reflects the caches' status.
     if not task.cancelled() and task.exception() is not None:
@@ -49,10 +71,16 @@ async def run(cfg: TyphaConfig) -> None:
     metrics.watch_caches(lambda: caches)
     server = SyncServer(caches, server_config(cfg), metrics)
     ingestor = Ingestor(caches)
-    datastore = SyntheticDatastore(ingestor, SyntheticOptions(
-        nodes=cfg.synthetic_nodes, pods_per_node=cfg.synthetic_pods_per_node, policies=cfg.synthetic_policies,
-        churn_rate=cfg.synthetic_churn_rate, churn_seconds=cfg.synthetic_churn_seconds, seed=cfg.synthetic_seed,
-    ))
+    api = None
+    datastore: KubernetesDatastore | SyntheticDatastore
+    if cfg.datastore == "kubernetes":
+        api = await kubernetes_api(cfg)
+        datastore = KubernetesDatastore(ingestor, api, page_size=cfg.k8s_page_size)
+    else:
+        datastore = SyntheticDatastore(ingestor, SyntheticOptions(
+            nodes=cfg.synthetic_nodes, pods_per_node=cfg.synthetic_pods_per_node, policies=cfg.synthetic_policies,
+            churn_rate=cfg.synthetic_churn_rate, churn_seconds=cfg.synthetic_churn_seconds, seed=cfg.synthetic_seed,
+        ))
     await server.start()
     runners = []
     if cfg.health_port:
@@ -91,6 +119,8 @@ async def run(cfg: TyphaConfig) -> None:
     source.cancel()
     for runner in runners:
         await runner.cleanup()
+    if api is not None:
+        await api.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,7 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvloop
 
-    uvloop.run(run(cfg))
+    try:
+        uvloop.run(run(cfg))
+    except StartupError as exc:
+        print(f"typha: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from protocol.settings import Setting, non_negative, parse_bool, parse_settings, port, positive
 
 ENV_PREFIX = "TYPHA"
-DATASTORES = ("synthetic",)
+DATASTORES = ("kubernetes", "synthetic")
 
 
 def _min_frame(v: int) -> str | None:
@@ -18,7 +18,13 @@ def _min_frame(v: int) -> str | None:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("datastore", str, "synthetic", "Where state comes from: 'synthetic' (an embedded generated cluster).", choices=DATASTORES),
+    Setting(
+        "datastore", str, "synthetic",
+        "Where state comes from: 'kubernetes' (list+watch the API server) or 'synthetic' (an embedded generated cluster).",
+        choices=DATASTORES,
+    ),
+    Setting("kubeconfig", str, "", "Kubeconfig file for the kubernetes datastore (default: in-cluster config)."),
+    Setting("k8s_page_size", int, 500, "Objects per page when listing from the API server.", positive),
     Setting("listen_host", str, "0.0.0.0", "Address the sync server listens on."),
     Setting("port", int, 5473, "Sync server port.", port),
     Setting("health_host", str, "0.0.0.0", "Address of the health endpoints."),
@@ -54,6 +60,8 @@ def _ping_order(v: dict[str, Any]) -> str | None:
 @dataclass(slots=True)
 class TyphaConfig:
     datastore: str
+    kubeconfig: str
+    k8s_page_size: int
     listen_host: str
     port: int
     health_host: str

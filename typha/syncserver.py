@@ -226,14 +226,14 @@ class SyncConnection(asyncio.Protocol):
             metrics.kvs_per_msg.observe(pending.kvs)
 
     # -- closing -------------------------------------------------------------------------------------
-    def close(self, code: str, reason: str, send: bool = True, count: bool = True) -> None:
+    def close(self, code: str, reason: str, send: bool = True, count: bool = True, level: int = logging.WARNING) -> None:
         """Say goodbye (if the socket can take it) and close; abort if the peer will not drain."""
         if self.state == CLOSED or self.transport is None:
             return
         code_s = code.value if isinstance(code, GoodbyeCode) else str(code)
         if count:
             self.server.metrics.dropped.labels(code_s).inc()
-            log.warning("dropping %r: %s: %s", self, code_s, reason)
+            log.log(level, "closing %r: %s: %s", self, code_s, reason)
         self.close_reason = code_s
         self.state = CLOSED
         transport = self.transport
@@ -309,7 +309,7 @@ class SyncServer:
         interval = drain_seconds / len(conns) if conns else 0.0
         log.info("shutting down: closing %d connections over %.1fs", len(conns), drain_seconds)
         for conn in conns:
-            conn.close(GoodbyeCode.SHUTTING_DOWN, "server shutting down; reconnect to another replica")
+            conn.close(GoodbyeCode.SHUTTING_DOWN, "server shutting down; reconnect to another replica", level=logging.INFO)
             if interval:
                 await asyncio.sleep(interval)
         if self._housekeeper is not None:

@@ -1,0 +1,277 @@
+"""Typha's Kubernetes datastore against the API-server emulator, over HTTPS with kubernetes-asyncio.
+
+Agents are real SyncClients on loopback; the truth is the projection of the emulator's contents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kubernetes_asyncio import client as kclient
+from kubernetes_asyncio import config as kconfig
+
+from loadtest.apiserver import start_apiserver
+from loadtest.cluster import apply_events, seed, store_key, truth
+from protocol import SYNCER_BGP, SYNCER_FELIX, KV, SyncStatus
+from protocol.client import SyncClient
+from typha.datastores.kubernetes import ApiError, Gone, KubernetesDatastore, ResourceStats, parse_watch_lines
+from typha.ingest import Ingestor
+from typha.snapcache import SnapCache
+from typha.synthetic import SyntheticCluster
+from typha.syncserver import ServerConfig, SyncServer
+
+from .conftest import wait_for
+
+
+@dataclass
+class Rig:
+    api: object
+    store: object
+    cluster: SyntheticCluster
+    caches: dict[str, SnapCache]
+    datastore: KubernetesDatastore
+    server: SyncServer
+    task: asyncio.Task
+    kubeconfig: Path
+
+    def agents(self, n: int, syncer: str = SYNCER_FELIX, **kw) -> list[SyncClient]:
+        return [SyncClient([("127.0.0.1", self.server.port)], syncer, hostname=f"node-{i}", **kw) for i in range(n)]
+
+
+async def make_api_client(path: Path) -> kclient.ApiClient:
+    conf = kclient.Configuration()
+    await kconfig.load_kube_config(config_file=str(path), client_configuration=conf)
+    return kclient.ApiClient(conf)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    api = await start_apiserver(window_size=200, bookmark_interval=0.5)
+    cluster = SyntheticCluster(nodes=20, pods_per_node=10, policies=5, seed=3)
+    seed(api.store, cluster)
+    kc = tmp_path / "kubeconfig"
+    api.write_kubeconfig(str(kc))
+    caches = {SYNCER_FELIX: SnapCache(SYNCER_FELIX), SYNCER_BGP: SnapCache(SYNCER_BGP)}
+    ingestor = Ingestor(caches)
+    k8s = await make_api_client(kc)
+    datastore = KubernetesDatastore(ingestor, k8s, page_size=50, backoff_initial=0.05, backoff_max=0.5)
+    server = SyncServer(caches, ServerConfig(host="127.0.0.1", port=0))
+    await server.start()
+    task = asyncio.create_task(datastore.run())
+    rig = Rig(api, api.store, cluster, caches, datastore, server, task, kc)
+    try:
+        yield rig
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await server.shutdown()
+        await k8s.close()
+        await api.stop()
+
+
+def values(c: SyncClient) -> dict[str, bytes]:
+    return {k: kv.value for k, kv in c.state.items() if kv.value is not None}
+
+
+async def run_agents(agents: list[SyncClient]) -> list[asyncio.Task]:
+    tasks = [asyncio.create_task(a.run()) for a in agents]
+    await asyncio.gather(*(a.wait_in_sync(20) for a in agents))
+    return tasks
+
+
+async def stop_agents(agents: list[SyncClient], tasks: list[asyncio.Task]) -> None:
+    for a in agents:
+        a.stop()
+    await asyncio.wait_for(asyncio.gather(*tasks), 10)
+
+
+async def converged(rig: Rig, agents: list[SyncClient], syncer: str = SYNCER_FELIX, timeout: float = 20) -> None:
+    want = truth(rig.store, syncer)
+    cache = rig.caches[syncer]
+    await wait_for(
+        lambda: all(a.seq == cache.head.seq for a in agents) and {k: v for k, (_, v, _) in cache.items().items()} == want,
+        timeout, "agents and cache to match the emulator",
+    )
+    for a in agents:
+        assert values(a) == want
+
+
+def pod_watches(rig: Rig) -> int:
+    return rig.api.stats.resource("pods").open_watches
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+async def test_agents_hold_the_projection_of_the_api_server(rig: Rig) -> None:
+    agents = rig.agents(30) + rig.agents(3, SYNCER_BGP)
+    tasks = await run_agents(agents)
+    await converged(rig, agents[:30])
+    await converged(rig, agents[30:], SYNCER_BGP)
+    # However many agents, one watch per resource type upstream.
+    def one_watch_each() -> bool:
+        return all(rig.api.stats.resource(store_key(r.name)).open_watches == 1 for r in rig.datastore.resources)
+
+    await wait_for(one_watch_each, 10, "one watch per resource")
+    assert rig.caches[SYNCER_FELIX].status is SyncStatus.IN_SYNC
+    await stop_agents(agents, tasks)
+
+
+async def test_random_churn_no_update_lost_or_duplicated(rig: Rig) -> None:
+    seen: dict[str, list[bytes | None]] = {}
+
+    def record(kvs: list[KV]) -> None:
+        for kv in kvs:
+            seen.setdefault(kv.key, []).append(kv.value)
+
+    recorder = rig.agents(1, on_updates=record)
+    agents = rig.agents(10) + recorder
+    tasks = await run_agents(agents)
+    for _ in range(30):
+        apply_events(rig.store, rig.cluster.churn(10))
+        await asyncio.sleep(0.01)
+    await converged(rig, agents)
+    for key, history in seen.items():
+        for a, b in zip(history, history[1:]):
+            assert a != b, f"{key} reported the same value twice in a row"
+    await stop_agents(agents, tasks)
+
+
+async def test_status_only_pod_updates_are_skipped_and_never_reach_agents(rig: Rig) -> None:
+    reported: list[KV] = []
+    agents = rig.agents(1, on_updates=reported.extend)
+    tasks = await run_agents(agents)
+    await converged(rig, agents)
+    reported.clear()
+    cache = rig.caches[SYNCER_FELIX]
+    skipped0, seq0 = cache.stats.updates_skipped, cache.head.seq
+    events = rig.cluster.churn(40, mix={"pod_status": 1})
+    assert events and all(r == "pods" for _, r, _ in events)
+    apply_events(rig.store, events)
+    await wait_for(lambda: cache.stats.updates_skipped - skipped0 >= len(events), 10, "heartbeats counted as skipped")
+    assert cache.head.seq == seq0
+    assert reported == []
+    await stop_agents(agents, tasks)
+
+
+async def test_watch_cut_mid_stream_resumes_without_relist(rig: Rig) -> None:
+    agents = rig.agents(5)
+    tasks = await run_agents(agents)
+    lists = {r: s.lists for r, s in rig.datastore.stats.items()}
+    for _ in range(5):
+        rig.api.cut_watches()
+        apply_events(rig.store, rig.cluster.churn(15))
+        await wait_for(lambda: pod_watches(rig) == 1, 10, "pods watch re-established")
+    await converged(rig, agents)
+    assert {r: s.lists for r, s in rig.datastore.stats.items()} == lists  # resumed from the last version
+    await stop_agents(agents, tasks)
+
+
+async def test_compaction_forces_relist_that_synthesizes_deletions(rig: Rig) -> None:
+    agents = rig.agents(5)
+    tasks = await run_agents(agents)
+    stats = rig.datastore.stats["pods"]
+    relists = stats.relists_410
+    # Cut the watches, change the world (including deletions), and compact so resuming gets 410.
+    rig.api.cut_watches()
+    victims = [o for o in rig.store.list("pods").items][:15]
+    victim_keys = {k for k in agents[0].state for v in victims if f"/{v.namespace}%2f{v.name}/" in k}
+    assert victim_keys
+    for v in victims:
+        rig.store.delete("pods", v.name, namespace=v.namespace)
+    apply_events(rig.store, rig.cluster.churn(100))
+    rig.api.compact()
+    await wait_for(lambda: stats.relists_410 > relists, 10, "a 410 relist")
+    await converged(rig, agents)
+    still_gone = {k for k in victim_keys if k not in truth(rig.store)}
+    assert still_gone
+    for a in agents:
+        assert not still_gone & a.state.keys()
+    await stop_agents(agents, tasks)
+
+
+async def test_api_server_restart_drops_status_then_recovers(rig: Rig) -> None:
+    agents = rig.agents(3)
+    tasks = await run_agents(agents)
+    statuses: list[SyncStatus] = []
+    watcher = rig.agents(1, on_status=statuses.append)
+    tasks += await run_agents(watcher)
+    port = rig.api.port
+    store = rig.store
+    await rig.api.stop()
+    cache = rig.caches[SYNCER_FELIX]
+    await wait_for(lambda: cache.status is SyncStatus.WAIT_FOR_DATASTORE, 15, "typha to notice the API server is gone")
+    await wait_for(lambda: SyncStatus.WAIT_FOR_DATASTORE in statuses, 5, "agents told")
+    apply_events(store, rig.cluster.churn(20))  # changes while typha cannot see them
+    # Same store, same port, same certificate: a restarted API server.
+    rig.api = await start_apiserver(port=port, store=store, token=rig.api.token, tls=rig.api.tls)
+    await wait_for(lambda: cache.status is SyncStatus.IN_SYNC, 20, "typha back in sync")
+    await converged(rig, agents + watcher)
+    await stop_agents(agents + watcher, tasks)
+
+
+async def test_bad_token_and_forbidden_resource_are_retried_not_fatal(tmp_path: Path) -> None:
+    api = await start_apiserver()
+    seed(api.store, SyntheticCluster(nodes=3, pods_per_node=2, seed=1))
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    api.write_kubeconfig(str(good))
+    api.write_kubeconfig(str(bad), token="wrong")
+    caches = {SYNCER_FELIX: SnapCache(SYNCER_FELIX)}
+    try:
+        # 401: everything waits for the datastore; typha keeps running and retrying.
+        k8s = await make_api_client(bad)
+        ds = KubernetesDatastore(Ingestor(caches), k8s, backoff_initial=0.01, backoff_max=0.05)
+        task = asyncio.create_task(ds.run())
+        await wait_for(lambda: ds.stats["pods"].errors["unauthorized"] >= 3, 10, "401s retried")
+        assert caches[SYNCER_FELIX].status is SyncStatus.WAIT_FOR_DATASTORE and not task.done()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await k8s.close()
+        # 403 on one resource: the others sync, the cache does not claim in-sync.
+        api.forbid("list:ippools.crd.projectcalico.org")
+        k8s = await make_api_client(good)
+        ds = KubernetesDatastore(Ingestor(caches), k8s, backoff_initial=0.01, backoff_max=0.05)
+        task = asyncio.create_task(ds.run())
+        await wait_for(lambda: ds.stats["ippools"].errors["forbidden"] >= 2 and ds.stats["pods"].state is SyncStatus.IN_SYNC, 10, "403 retried")
+        assert caches[SYNCER_FELIX].status is SyncStatus.WAIT_FOR_DATASTORE
+        api.allow("list:ippools.crd.projectcalico.org")
+        await wait_for(lambda: caches[SYNCER_FELIX].status is SyncStatus.IN_SYNC, 10, "in sync once allowed")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await k8s.close()
+    finally:
+        await api.stop()
+
+
+async def test_objects_missing_fields_are_skipped_and_counted(rig: Rig) -> None:
+    agents = rig.agents(1)
+    tasks = await run_agents(agents)
+    ingestor = rig.datastore.ingestor
+    rig.store.create("pods", {"metadata": {"name": "broken", "namespace": "default"}, "spec": {"nodeName": 7}, "status": {"podIP": "not-an-ip"}})
+    await wait_for(lambda: ingestor.errors["pods"] >= 1, 10, "malformed pod counted")
+    apply_events(rig.store, rig.cluster.churn(10))
+    await converged(rig, agents)  # the stream carried on past the bad object
+    await stop_agents(agents, tasks)
+
+
+def test_watch_line_parser_skips_garbage_and_raises_on_errors() -> None:
+    st = ResourceStats()
+    lines = [
+        b'{"type":"ADDED","object":{"metadata":{"name":"a","resourceVersion":"5"}}}',
+        b"not json at all",
+        b'{"type":"WEIRD","object":{}}',
+        b'["array"]',
+        b"",
+        b'{"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"9"}}}',
+    ]
+    events, rv = parse_watch_lines(lines, st)
+    assert [t for t, _ in events] == ["ADDED"] and rv == "9"
+    assert st.malformed == 3 and st.bookmarks == 1
+    with pytest.raises(Gone):
+        parse_watch_lines([b'{"type":"ERROR","object":{"kind":"Status","code":410,"message":"too old"}}'], st)
+    with pytest.raises(ApiError):
+        parse_watch_lines([b'{"type":"ERROR","object":{"kind":"Status","code":500}}'], st)
