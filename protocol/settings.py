@@ -115,3 +115,28 @@ def markdown_table(settings: Sequence[Setting], prefix: str) -> str:
     for s in settings:
         rows.append(f"| `{s.flag}` | `{s.env(prefix)}` | `{s.default}` | {s.help} |")
     return "\n".join(rows)
+
+
+def replace_block(text: str, marker: str, body: str) -> str:
+    """Replace what lies between `<!-- marker:begin ... -->` and `<!-- marker:end -->` with `body`."""
+    begin = text.index(f"<!-- {marker}:begin")
+    begin = text.index("-->", begin) + 3
+    end = text.index(f"<!-- {marker}:end -->", begin)
+    return text[:begin] + "\n" + body.strip() + "\n" + text[end:]
+
+
+if __name__ == "__main__":
+    # Regenerate the README's settings tables: python -m protocol.settings README.md
+    import importlib
+    import sys
+
+    path = sys.argv[1] if len(sys.argv) > 1 else "README.md"
+    with open(path) as f:
+        text = f.read()
+    for module, marker in (("typha.config", "typha-settings"), ("felix.config", "felix-settings")):
+        if f"<!-- {marker}:begin" not in text:
+            continue
+        mod = importlib.import_module(module)
+        text = replace_block(text, marker, markdown_table(mod.SETTINGS, mod.ENV_PREFIX))
+    with open(path, "w") as f:
+        f.write(text)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.settings import SettingsError, markdown_table
+from protocol.settings import SettingsError, markdown_table, replace_block
 from typha.config import ENV_PREFIX, SETTINGS, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,5 +57,5 @@ def test_main_reports_bad_config_and_exits_2(capsys: pytest.CaptureFixture[str])
 
 def test_readme_settings_table_is_current() -> None:
     readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- typha-settings:begin", 1)[1].split("-->", 1)[1].split("<!-- typha-settings:end -->")[0]
-    assert block.strip() == markdown_table(SETTINGS, ENV_PREFIX).strip(), "regenerate the README table"
+    fresh = replace_block(readme, "typha-settings", markdown_table(SETTINGS, ENV_PREFIX))
+    assert readme == fresh, "run: .venv/bin/python -m protocol.settings README.md"
