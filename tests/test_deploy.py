@@ -38,14 +38,6 @@ K8S_VERSIONS = ("1.30", latest_version())
 TYPHA_PREFIX = typha_config.ENV_PREFIX
 FELIX_PREFIX = "FELIX"
 
-# Values the manifest is *meant* to carry but typha.config does not accept yet. The typha manifest is
-# written for the Kubernetes datastore; typha implements only 'synthetic' so far. While
-# typha.config.DATASTORES lacks the value, the test insists the manifest says exactly this (so a typo
-# cannot hide behind the exception) and parses the rest of the settings with the datastore swapped
-# for one that exists. Once the value is implemented the exception switches itself off and the
-# manifest's own value is parsed like any other.
-FUTURE_TYPHA_VALUES = {"TYPHA_DATASTORE": ("kubernetes", typha_config.DATASTORES, "synthetic")}
-
 # Values the downward API would fill in, for parsing env vars that use `valueFrom.fieldRef`.
 FIELD_REF_PLACEHOLDERS = {
     "metadata.name": "pod-name-abcde",
@@ -264,18 +256,9 @@ def typha_env() -> dict[str, str]:
     return {k: v for k, v in env.items() if k.startswith(TYPHA_PREFIX + "_")}
 
 
-def parseable_typha_env() -> dict[str, str]:
-    """The manifest's TYPHA_* variables, with FUTURE_TYPHA_VALUES swapped out while not yet implemented."""
-    env = typha_env()
-    for name, (future, implemented, stand_in) in FUTURE_TYPHA_VALUES.items():
-        if future not in implemented:
-            assert env.get(name) == future, f"{name} should be {future!r} (the value typha is meant to run with)"
-            env[name] = stand_in
-    return env
-
-
 def typha_cfg() -> typha_config.TyphaConfig:
-    return typha_config.load_config([], environ=parseable_typha_env())
+    # load_config is the exact path `typha` takes at start-up: types, checks, choices and cross-checks.
+    return typha_config.load_config([], environ=typha_env())
 
 
 def test_typha_env_vars_are_known_settings() -> None:
@@ -289,23 +272,23 @@ def test_typha_env_vars_are_known_settings() -> None:
 
 
 def test_typha_env_values_parse_through_settings() -> None:
-    # load_config is the exact path `typha` takes at start-up: types, checks, choices and cross-checks.
-    cfg = typha_cfg()
-    env = parseable_typha_env()
+    cfg, env = typha_cfg(), typha_env()
     for s in typha_config.SETTINGS:
         if s.env(TYPHA_PREFIX) in env and s.name != "server_id":
             assert getattr(cfg, s.name) == s.type(env[s.env(TYPHA_PREFIX)])
 
 
-def test_typha_datastore_is_kubernetes() -> None:
-    """Explicit about the one exception: the manifest targets the Kubernetes datastore."""
-    assert typha_env()["TYPHA_DATASTORE"] == "kubernetes"
-    if "kubernetes" in typha_config.DATASTORES:
-        assert typha_config.load_config([], environ=typha_env()).datastore == "kubernetes"
-    else:
-        # Still refused at start-up today: make sure that is the only reason.
-        with pytest.raises(SettingsError, match="TYPHA_DATASTORE='kubernetes': must be one of"):
-            typha_config.load_config([], environ=typha_env())
+def test_typha_runs_on_the_kubernetes_datastore_with_in_cluster_config() -> None:
+    cfg = typha_cfg()
+    assert cfg.datastore == "kubernetes"
+    assert cfg.kubeconfig == "", "in a pod typha uses its service account (in-cluster config)"
+    assert typha_deployment()["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+
+
+def test_bad_typha_env_value_is_reported() -> None:
+    """Guard the guard: the env built from the manifest really goes through the settings' checks."""
+    with pytest.raises(SettingsError, match="TYPHA_DATASTORE='kubernets'"):
+        typha_config.load_config([], environ={**typha_env(), "TYPHA_DATASTORE": "kubernets"})
 
 
 def test_typha_pins_the_settings_its_ports_and_grace_period_depend_on() -> None:
