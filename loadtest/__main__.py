@@ -30,7 +30,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     return uvloop.run(run_demo(DemoOptions(
         agents=args.agents, nodes=args.nodes, pods_per_node=args.pods_per_node, churn=args.churn,
-        seconds=args.seconds, processes=args.processes,
+        seconds=args.seconds, processes=args.processes, datastore=args.datastore, kubeconfig=args.kubeconfig,
     )))
 
 
@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--pods-per-node", type=int, default=30)
     demo.add_argument("--churn", type=float, default=100.0, help="changes per second")
     demo.add_argument("--seconds", type=float, default=20.0)
+    demo.add_argument("--datastore", choices=["emulator", "synthetic"], default="emulator",
+                      help="emulator: typha watches the API-server emulator (default); synthetic: typha's embedded generator")
+    demo.add_argument("--kubeconfig", help="follow a real cluster through this kubeconfig instead (no churn is written)")
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("which", choices=["fanout"])

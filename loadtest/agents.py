@@ -52,6 +52,7 @@ class _AgentProbe:
     client: SyncClient
     started: float
     snapshot_done: float = 0.0
+    snapshot_done_ns: int = 1 << 62  # until the first snapshot completes, nothing counts as live
 
 
 @dataclass(slots=True)
@@ -92,6 +93,10 @@ async def _worker(spec: FleetSpec, worker: int, agent_ids: list[int], conn: Conn
         def on_message(msg: Message) -> None:
             now = time.time_ns()
             if isinstance(msg, (Updates, SyncStatusChange)):
+                # Breadcrumbs older than this agent's snapshot are catch-up after joining (a reused
+                # snapshot may be up to a second old), not the latency of a live update.
+                if msg.created_ns < probes[probe_index].snapshot_done_ns:
+                    return
                 report.latency.add(max(0, now - msg.created_ns) / 1e9)
                 if spec.track_seq_arrivals:
                     if report.seq_last_arrival.get(msg.seq, 0) < now:
@@ -100,6 +105,7 @@ async def _worker(spec: FleetSpec, worker: int, agent_ids: list[int], conn: Conn
             elif isinstance(msg, SnapshotChunk) and msg.final:
                 probe = probes[probe_index]
                 probe.snapshot_done = time.monotonic()
+                probe.snapshot_done_ns = now
                 report.snapshot_seconds.add(probe.snapshot_done - probe.started)
 
         return on_message

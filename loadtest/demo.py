@@ -1,9 +1,12 @@
-"""`loadtest demo`: a real typha process on a synthetic cluster, served to hundreds of simulated agents.
+"""`loadtest demo`: a real typha process serving a cluster to hundreds of simulated agents.
 
-The newcomer's first look: it starts `typha` (embedded synthetic datastore, churning for a bounded
-time), waits for it to be ready, connects the agents from worker processes, shows live progress, and
-ends with a summary and a verification: every agent reached typha's final sequence number, and the
-sampled agents that decoded everything hold exactly typha's state (digest match).
+The newcomer's first look. By default it starts the Kubernetes API-server emulator with a synthetic
+cluster, runs `typha --datastore kubernetes` against it over HTTPS, drives churn through the API for a
+bounded time, connects the agents from worker processes, shows live progress, and ends with a summary
+and a verification: every agent reached typha's final sequence number, and the sampled agents that
+decoded everything hold exactly the projection of the API server's contents. With `--kubeconfig`
+typha follows that cluster instead (no churn is written); with `--datastore synthetic` it uses its
+embedded generator and no API server at all.
 """
 
 from __future__ import annotations
@@ -11,9 +14,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+import tempfile
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
+
+from typha.synthetic import SyntheticCluster
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,7 +28,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from protocol.digest import state_digest
+
 from .agents import AgentFleet, FleetSpec
+from .apiserver import start_apiserver
+from .cluster import apply_events, seed, truth
 
 
 @dataclass
@@ -33,6 +44,8 @@ class DemoOptions:
     churn: float = 100.0
     seconds: float = 20.0
     full_decode: int = 4
+    datastore: str = "emulator"  # "emulator" or "synthetic"; ignored when kubeconfig is given
+    kubeconfig: str | None = None
 
 
 def free_port() -> int:
@@ -116,13 +129,44 @@ def _progress(title: str, fleet: AgentFleet, typha: dict[str, Any], metrics: dic
     return t
 
 
+async def _churn(store: Any, cluster: SyntheticCluster, rate: float, seconds: float) -> int:
+    """Write the generator's churn into the emulator at `rate` changes/s for `seconds`."""
+    start = time.monotonic()
+    done = 0
+    while (elapsed := time.monotonic() - start) < seconds:
+        due = int(rate * elapsed) - done
+        if due > 0:
+            apply_events(store, cluster.churn(due, count_events=True))
+            done += due
+        await asyncio.sleep(0.05)
+    return done
+
+
 async def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
     console = console or Console(stderr=True)
-    typha = TyphaProcess([
-        "--synthetic-nodes", str(opts.nodes), "--synthetic-pods-per-node", str(opts.pods_per_node),
-        "--synthetic-churn-rate", str(opts.churn), "--synthetic-churn-seconds", str(opts.seconds), "--log-level", "WARNING",
-    ])
-    console.print(f"[bold]starting typha[/] on 127.0.0.1:{typha.port}: synthetic cluster of {opts.nodes} nodes x {opts.pods_per_node} pods, {opts.churn:g} changes/s for {opts.seconds:g}s")
+    api = None
+    churner: asyncio.Task[int] | None = None
+    workdir = tempfile.TemporaryDirectory(prefix="pytypha-demo-")
+    if opts.kubeconfig:
+        args = ["--datastore", "kubernetes", "--kubeconfig", opts.kubeconfig]
+        where = f"the cluster in {opts.kubeconfig}"
+    elif opts.datastore == "synthetic":
+        args = [
+            "--datastore", "synthetic", "--synthetic-nodes", str(opts.nodes), "--synthetic-pods-per-node", str(opts.pods_per_node),
+            "--synthetic-churn-rate", str(opts.churn), "--synthetic-churn-seconds", str(opts.seconds),
+        ]
+        where = f"its embedded synthetic cluster ({opts.nodes} nodes x {opts.pods_per_node} pods)"
+    else:
+        api = await start_apiserver()
+        cluster = SyntheticCluster(nodes=opts.nodes, pods_per_node=opts.pods_per_node, seed=1)
+        t0 = time.monotonic()
+        objects = seed(api.store, cluster)
+        kubeconfig = str(Path(workdir.name) / "kubeconfig")
+        api.write_kubeconfig(kubeconfig)
+        args = ["--datastore", "kubernetes", "--kubeconfig", kubeconfig]
+        where = f"the API-server emulator at {api.url} ({objects:,} objects, seeded in {time.monotonic() - t0:.1f}s)"
+    typha = TyphaProcess([*args, "--log-level", "WARNING"])
+    console.print(f"[bold]starting typha[/] on 127.0.0.1:{typha.port}, following {where}")
     fleet: AgentFleet | None = None
     try:
         t0 = time.monotonic()
@@ -132,22 +176,29 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
                                      full_decode=opts.full_decode, connect_spread=2.0))
         t1 = time.monotonic()
         fleet.start()
+        if api is not None and opts.churn > 0:
+            churner = asyncio.create_task(_churn(api.store, cluster, opts.churn, opts.seconds))
         final_seq = -1
         with Live(console=console, refresh_per_second=4) as live:
-            quiet_since = None
+            quiet_since = time.monotonic()
             last_seq = -1
             while True:
                 fleet.poll()
                 st = await typha.status()
                 m = await typha.metrics()
                 seq = st["syncers"]["felix"]["seq"]
-                live.update(_progress(f"demo {time.monotonic() - t1:5.1f}s", fleet, st, m))
+                table = _progress(f"demo {time.monotonic() - t1:5.1f}s", fleet, st, m)
+                if api is not None:
+                    watches = sum(r.open_watches for r in api.stats.resources.values())
+                    table.add_row("API-server watches open / events sent", f"{watches} / {sum(r.events_sent for r in api.stats.resources.values()):,}")
+                live.update(table)
                 # Done when churn is over (seq stable for a second) and every agent has the final seq.
                 if seq != last_seq:
                     last_seq, quiet_since = seq, time.monotonic()
                 elif (
                     time.monotonic() - t1 > opts.seconds
-                    and time.monotonic() - (quiet_since or 0) > 1.0
+                    and (churner is None or churner.done())
+                    and time.monotonic() - quiet_since > 1.0
                     and len(fleet.reports) == len(fleet._procs)
                     and all(r.min_seq >= seq for r in fleet.reports.values())
                     and fleet.total("in_sync") == opts.agents
@@ -157,13 +208,16 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
                 if time.monotonic() - t1 > opts.seconds + 120:
                     break
                 await asyncio.sleep(0.25)
-        truth = await typha.status(digest=True)
+        served = await typha.status(digest=True)
         metrics = await typha.metrics()
         elapsed = time.monotonic() - t1
         await fleet.stop()
-        felix = truth["syncers"]["felix"]
+        felix = served["syncers"]["felix"]
+        expected = felix["digest"]
+        if api is not None:
+            expected = state_digest(truth(api.store).items())
         digests = fleet.digests()
-        matching = sum(1 for _, d in digests.values() if d == felix["digest"])
+        matching = sum(1 for _, d in digests.values() if d == expected)
         d = fleet.describe()
         lat = fleet.merged("latency")
         last = fleet.last_agent_latency()
@@ -183,13 +237,25 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         t.add_row("update latency p50 / p99 / max", f"{lat.percentile(50) * 1e3:.1f} / {lat.percentile(99) * 1e3:.1f} / {lat.max * 1e3:.1f} ms")
         t.add_row("update to last agent p50 / p99", f"{last.percentile(50) * 1e3:.1f} / {last.percentile(99) * 1e3:.1f} ms")
         t.add_row("reconnects", f"{d['disconnects']:,}")
-        t.add_row("sampled agents matching typha's state", f"{matching}/{len(digests)}")
+        if api is not None:
+            res = api.stats.resources.values()
+            watched = [r for r in res if r.watches_total]
+            t.add_row("API-server watches opened by typha", f"{sum(r.watches_total for r in watched)}")
+            t.add_row("... if agents watched directly", f"{opts.agents * len(watched):,} ({opts.agents} x {len(watched)} resources)")
+            t.add_row("API-server watch bytes sent", f"{sum(r.bytes_sent for r in res) / 1e6:,.1f} MB")
+        source = "the API server's contents" if api is not None else "typha's state"
+        t.add_row(f"sampled agents matching {source}", f"{matching}/{len(digests)}")
         console.print(t)
         fleet = None
         ok = final_seq >= 0 and matching == len(digests) and len(digests) > 0
-        console.print("[bold green]PASS[/]" if ok else "[bold red]FAIL[/]: not every agent converged on typha's state")
+        console.print("[bold green]PASS[/]" if ok else "[bold red]FAIL[/]: not every agent converged on the expected state")
         return 0 if ok else 1
     finally:
+        if churner is not None:
+            churner.cancel()
         if fleet is not None:
             await fleet.stop()
         await typha.stop()
+        if api is not None:
+            await api.stop()
+        workdir.cleanup()

@@ -186,6 +186,7 @@ class SyncConnection(asyncio.Protocol):
     def _pump_snapshot(self) -> None:
         snap = self.snapshot
         assert snap is not None
+        budget = self.server.config.max_write_bytes
         while not self.paused and self.state == SNAPSHOT:
             fresh = self.chunk >= len(snap.chunks)
             data = snap.chunk(self.chunk)
@@ -194,8 +195,10 @@ class SyncConnection(asyncio.Protocol):
                 return
             self.chunk += 1
             self._write(data)
-            if fresh and not snap.complete:
-                # We just spent a chunk's encoding time: let other clients run before the next one.
+            budget -= len(data)
+            if (fresh and not snap.complete) or budget <= 0:
+                # We spent a chunk's encoding time, or a fair share of writing: let the fan-out and
+                # other clients run before our next chunk (new agents must not delay old ones' updates).
                 self.server.loop.call_soon(self.pump)
                 return
 
