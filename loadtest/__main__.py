@@ -9,17 +9,36 @@ import sys
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import FanoutOptions, run_fanout
+    import json
 
-    opts = FanoutOptions(
-        agents=args.agents, processes=args.processes, kvs=args.kvs, value_size=args.value_size, rate=args.rate,
-        seconds=args.seconds, compression=not args.no_compression, full_decode=args.full_decode, output=args.output,
-    )
     import uvloop
 
-    results = uvloop.run(run_fanout(opts))
-    v = results["verification"]
-    ok = v["sampled_agents_matching"] == v["sampled_agents"] and v["agents_at_final_seq"] == opts.agents
+    if args.which == "fanout":
+        from .bench import FanoutOptions, run_fanout
+
+        opts = FanoutOptions(
+            agents=args.agents, processes=args.processes, kvs=args.kvs, value_size=args.value_size, rate=args.rate,
+            seconds=args.seconds, compression=not args.no_compression, full_decode=args.full_decode, output=args.output,
+        )
+        results = uvloop.run(run_fanout(opts))
+        v = results["verification"]
+        return 0 if v["sampled_agents_matching"] == v["sampled_agents"] and v["agents_at_final_seq"] == opts.agents else 1
+    if args.which == "apiload":
+        from .apiload import ApiLoadOptions, run_apiload
+
+        results = uvloop.run(run_apiload(ApiLoadOptions(
+            agents=args.agents, processes=args.processes, nodes=args.nodes, pods_per_node=args.pods_per_node,
+            churn=args.churn, seconds=args.seconds, modes=tuple(args.modes.split(",")),
+        )))
+        ok = all(r["all_agents_synced"] for r in results.values())
+    else:
+        from .apiload import run_ingest
+
+        results = uvloop.run(run_ingest(args.nodes, args.pods_per_node, args.burst))
+        ok = True
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(results, f, indent=2)
     return 0 if ok else 1
 
 
@@ -57,17 +76,32 @@ def main(argv: list[str] | None = None) -> int:
                       help="emulator: typha watches the API-server emulator (default); synthetic: typha's embedded generator")
     demo.add_argument("--kubeconfig", help="follow a real cluster through this kubeconfig instead (no churn is written)")
 
-    bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("which", choices=["fanout"])
-    bench.add_argument("--agents", type=int, default=1000)
-    bench.add_argument("--processes", type=int, default=2)
-    bench.add_argument("--kvs", type=int, default=100_000)
-    bench.add_argument("--value-size", type=int, default=500)
-    bench.add_argument("--rate", type=float, default=1000.0)
-    bench.add_argument("--seconds", type=float, default=10.0)
-    bench.add_argument("--full-decode", type=int, default=2)
-    bench.add_argument("--no-compression", action="store_true")
-    bench.add_argument("--output", help="write results JSON here")
+    bench = sub.add_parser("bench", help="benchmarks (results go in docs/benchmarks.md)")
+    which = bench.add_subparsers(dest="which", required=True)
+    fan = which.add_parser("fanout", help="snapshot throughput, update latency and memory per agent")
+    fan.add_argument("--agents", type=int, default=1000)
+    fan.add_argument("--processes", type=int, default=2)
+    fan.add_argument("--kvs", type=int, default=100_000)
+    fan.add_argument("--value-size", type=int, default=500)
+    fan.add_argument("--rate", type=float, default=1000.0)
+    fan.add_argument("--seconds", type=float, default=10.0)
+    fan.add_argument("--full-decode", type=int, default=2)
+    fan.add_argument("--no-compression", action="store_true")
+    fan.add_argument("--output", help="write results JSON here")
+    load = which.add_parser("apiload", help="API-server load through typha vs agents watching directly")
+    load.add_argument("--agents", type=int, default=200)
+    load.add_argument("--processes", type=int, default=2)
+    load.add_argument("--nodes", type=int, default=200)
+    load.add_argument("--pods-per-node", type=int, default=30)
+    load.add_argument("--churn", type=float, default=50.0)
+    load.add_argument("--seconds", type=float, default=20.0)
+    load.add_argument("--modes", default="typha,direct")
+    load.add_argument("--output")
+    ing = which.add_parser("ingest", help="typha's list/project and watch ingest rate per CPU-second")
+    ing.add_argument("--nodes", type=int, default=1000)
+    ing.add_argument("--pods-per-node", type=int, default=30)
+    ing.add_argument("--burst", type=int, default=20_000)
+    ing.add_argument("--output")
 
     sub.add_parser("apiserver", help="run the Kubernetes API-server emulator (see its --help)", add_help=False)
 

@@ -30,7 +30,7 @@ from protocol import Message, SnapshotChunk, SyncStatusChange, Updates
 from protocol.client import SyncClient
 from protocol.digest import state_digest
 
-from .histogram import LogHistogram
+from .histogram import LogHistogram, arrival_latency, merge_arrivals
 
 
 @dataclass(slots=True)
@@ -72,6 +72,7 @@ class WorkerReport:
     snapshot_seconds: LogHistogram = field(default_factory=LogHistogram)
     seq_last_arrival: dict[int, int] = field(default_factory=dict)  # seq -> latest receipt (ns)
     seq_created: dict[int, int] = field(default_factory=dict)  # seq -> breadcrumb creation (ns)
+    rv_last_arrival: dict[int, int] = field(default_factory=dict)  # KV revision -> latest receipt by a decoding agent
     digests: dict[str, tuple[int, str]] = field(default_factory=dict)  # hostname -> (keys, digest)
     disconnect_reasons: dict[str, int] = field(default_factory=dict)  # first words of each agent's last error
     final: bool = False
@@ -98,6 +99,11 @@ async def _worker(spec: FleetSpec, worker: int, agent_ids: list[int], conn: Conn
                 if msg.created_ns < probes[probe_index].snapshot_done_ns:
                     return
                 report.latency.add(max(0, now - msg.created_ns) / 1e9)
+                if isinstance(msg, Updates) and msg.kvs:
+                    arrivals = report.rv_last_arrival
+                    for kv in msg.kvs:
+                        if kv.revision.isdigit():
+                            arrivals[int(kv.revision)] = now
                 if spec.track_seq_arrivals:
                     if report.seq_last_arrival.get(msg.seq, 0) < now:
                         report.seq_last_arrival[msg.seq] = now
@@ -165,6 +171,7 @@ async def _worker(spec: FleetSpec, worker: int, agent_ids: list[int], conn: Conn
             conn.send(fill(False))
             report.seq_last_arrival = {}
             report.seq_created = {}
+            report.rv_last_arrival = {}
             await asyncio.sleep(spec.report_interval)
     finally:
         final = fill(True)
@@ -186,6 +193,7 @@ class AgentFleet:
         self.latency = LogHistogram()
         self.seq_last_arrival: dict[int, int] = {}
         self.seq_created: dict[int, int] = {}
+        self.rv_last_arrival: dict[int, int] = {}
 
     def start(self) -> None:
         ctx = mp.get_context("spawn")
@@ -199,6 +207,9 @@ class AgentFleet:
             self._procs.append(proc)
             self._pipes.append(parent)
 
+    def dead_workers(self) -> list[str]:
+        return [f"{p.name} exited with {p.exitcode}" for p in self._procs if p.exitcode is not None]
+
     def poll(self) -> None:
         """Absorb every report waiting in the pipes (non-blocking)."""
         for pipe in self._pipes:
@@ -209,10 +220,9 @@ class AgentFleet:
                 continue
 
     def _absorb(self, rep: WorkerReport) -> None:
-        # Latency histograms are cumulative per worker; seq arrivals are deltas since the last report.
-        for seq, t in rep.seq_last_arrival.items():
-            if self.seq_last_arrival.get(seq, 0) < t:
-                self.seq_last_arrival[seq] = t
+        # Latency histograms are cumulative per worker; arrivals are deltas since the last report.
+        merge_arrivals(self.seq_last_arrival, rep.seq_last_arrival)
+        merge_arrivals(self.rv_last_arrival, rep.rv_last_arrival)
         self.seq_created.update(rep.seq_created)
         self.reports[rep.worker] = rep
 
@@ -227,12 +237,7 @@ class AgentFleet:
 
     def last_agent_latency(self, since_ns: int = 0) -> LogHistogram:
         """For each breadcrumb: creation to its receipt by the last agent (over all workers)."""
-        h = LogHistogram()
-        for seq, arrival in self.seq_last_arrival.items():
-            created = self.seq_created.get(seq)
-            if created is not None and created >= since_ns:
-                h.add(max(0, arrival - created) / 1e9)
-        return h
+        return arrival_latency(self.seq_last_arrival, self.seq_created, since_ns)
 
     def digests(self) -> dict[str, tuple[int, str]]:
         out: dict[str, tuple[int, str]] = {}
@@ -246,6 +251,8 @@ class AgentFleet:
             self.poll()
             if tick is not None:
                 tick()
+            if dead := self.dead_workers():
+                raise RuntimeError("agent workers died: " + "; ".join(dead))
             if len(self.reports) == len(self._procs) and cond(self):
                 return True
             await asyncio.sleep(0.1)

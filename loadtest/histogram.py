@@ -95,3 +95,20 @@ class LogHistogram:
             "p99": self.percentile(99),
             "max": self.max,
         }
+
+
+def merge_arrivals(into: dict[int, int], new: Mapping[int, int]) -> None:
+    """Keep, per key (a seq or resourceVersion), the latest arrival time seen by any agent."""
+    for key, t in new.items():
+        if into.get(key, 0) < t:
+            into[key] = t
+
+
+def arrival_latency(arrivals: Mapping[int, int], created: Mapping[int, int], since_ns: int = 0) -> LogHistogram:
+    """For every key with both times: creation (or write) to the last arrival, in seconds."""
+    h = LogHistogram()
+    for key, arrival in arrivals.items():
+        t0 = created.get(key)
+        if t0 is not None and t0 >= since_ns:
+            h.add(max(0, arrival - t0) / 1e9)
+    return h

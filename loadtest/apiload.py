@@ -1,0 +1,221 @@
+"""`loadtest bench apiload` and `loadtest bench ingest`: what typha saves the API server, and how fast
+typha ingests.
+
+apiload runs the same cluster and churn twice against the API-server emulator (which runs in this
+process, so this process's CPU is the emulator's, plus the churn writer common to both modes):
+- typha: one typha process watches the emulator and serves N agents;
+- direct: N agents each list and watch every resource themselves, as Felix would without typha.
+It reports watches opened, bytes and events the emulator sent, and the emulator's CPU, side by side.
+
+ingest measures typha alone: the initial list+projection of the whole cluster, then a burst of
+events written as fast as the emulator takes them, each as objects (or events) per second of typha
+CPU, which is the per-core ingest rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from typha.k8s.projection import resources_for_syncer
+from typha.synthetic import SyntheticCluster
+
+from .agents import AgentFleet, FleetSpec
+from .apiserver import start_apiserver
+from .cluster import apply_events, seed
+from .direct import DirectFleet, DirectSpec
+from .histogram import arrival_latency
+from .processes import TyphaProcess
+
+
+@dataclass
+class ApiLoadOptions:
+    agents: int = 200
+    processes: int = 2
+    nodes: int = 200
+    pods_per_node: int = 30
+    churn: float = 50.0
+    seconds: float = 20.0
+    modes: tuple[str, ...] = ("typha", "direct")
+
+
+def _self_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _emulator_totals(api: Any) -> dict[str, int]:
+    res = list(api.stats.resources.values())
+    return {
+        "watches_opened": sum(r.watches_total for r in res),
+        "events_sent": sum(r.events_sent for r in res),
+        "watch_bytes": sum(r.bytes_sent for r in res),
+        "list_bytes": sum(r.list_bytes_sent for r in res),
+        "requests": api.stats.requests_total,
+    }
+
+
+async def _churn(api: Any, cluster: SyntheticCluster, rate: float, seconds: float, rv_times: dict[int, int]) -> int:
+    start = time.monotonic()
+    done = 0
+    while (elapsed := time.monotonic() - start) < seconds:
+        due = int(rate * elapsed) - done
+        if due > 0:
+            for ev in cluster.churn(due, count_events=True):
+                apply_events(api.store, [ev])
+                rv_times[api.store.rv] = time.time_ns()
+            done += due
+        await asyncio.sleep(0.02)
+    return done
+
+
+async def _one_mode(mode: str, opts: ApiLoadOptions, console: Console) -> dict[str, Any]:
+    api = await start_apiserver(bookmark_interval=60)
+    cluster = SyntheticCluster(nodes=opts.nodes, pods_per_node=opts.pods_per_node, seed=1)
+    seed(api.store, cluster)
+    workdir = tempfile.TemporaryDirectory(prefix="pytypha-apiload-")
+    out: dict[str, Any] = {"mode": mode}
+    typha: TyphaProcess | None = None
+    fleet: AgentFleet | DirectFleet | None = None
+    try:
+        cpu0 = _self_cpu()
+        t0 = time.monotonic()
+        if mode == "typha":
+            kc = str(Path(workdir.name) / "kubeconfig")
+            api.write_kubeconfig(kc)
+            typha = TyphaProcess(["--datastore", "kubernetes", "--kubeconfig", kc, "--log-level", "WARNING"])
+            await typha.start()
+            fleet = AgentFleet(FleetSpec([("127.0.0.1", typha.port)], agents=opts.agents, processes=opts.processes, full_decode=2))
+            fleet.start()
+            ok = await fleet.wait(lambda f: f.total("in_sync") == opts.agents, 300)
+        else:
+            paths = [r.path() for r in resources_for_syncer("felix")]
+            ca = api.ca_pem.decode() if isinstance(api.ca_pem, bytes) else api.ca_pem
+            fleet = DirectFleet(DirectSpec(api.url, api.token, ca, paths, opts.agents, opts.processes))
+            fleet.start()
+            ok = False
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                fleet.poll()
+                if dead := fleet.dead_workers():
+                    raise RuntimeError("direct agent workers died: " + "; ".join(dead))
+                if fleet.total("listed") == opts.agents and fleet.total("watches_open") == opts.agents * len(paths):
+                    ok = True
+                    break
+                await asyncio.sleep(0.2)
+        out["startup_seconds"] = time.monotonic() - t0
+        out["all_agents_synced"] = ok
+        startup = _emulator_totals(api)
+        cpu1 = _self_cpu()
+        out["emulator_cpu_startup"] = cpu1 - cpu0
+        console.print(f"  {mode}: {opts.agents} agents synced in {out['startup_seconds']:.1f}s; churning {opts.churn:g}/s for {opts.seconds:g}s")
+        rv_times: dict[int, int] = {}
+        typha_cpu0 = typha.cpu_seconds() if typha else 0.0
+        churner = asyncio.create_task(_churn(api, cluster, opts.churn, opts.seconds, rv_times))
+        max_watches = 0
+        while not churner.done():
+            fleet.poll()
+            max_watches = max(max_watches, sum(r.open_watches for r in api.stats.resources.values()))
+            await asyncio.sleep(0.25)
+        out["changes_written"] = churner.result()
+        await asyncio.sleep(2)  # let the last events drain
+        fleet.poll()
+        steady = _emulator_totals(api)
+        out["emulator_cpu_steady"] = _self_cpu() - cpu1
+        out["open_watches_max"] = max_watches
+        out["startup"] = startup
+        out["steady"] = {k: steady[k] - startup[k] for k in steady}
+        # API write -> arrival at the last agent that reports revisions (all direct agents; the
+        # decoding sample of typha agents: cheap agents see sequence numbers, not revisions).
+        out["write_to_agent_latency"] = arrival_latency(fleet.rv_last_arrival, rv_times).summary()
+        if typha is not None:
+            out["typha_cpu_steady"] = typha.cpu_seconds() - typha_cpu0
+            out["typha_rss"] = typha.rss_bytes()
+            assert isinstance(fleet, AgentFleet)
+            out["typha_to_last_agent_latency"] = fleet.last_agent_latency().summary()
+    finally:
+        if fleet is not None:
+            await fleet.stop()
+        if typha is not None:
+            await typha.stop()
+        await api.stop()
+        workdir.cleanup()
+    return out
+
+
+async def run_apiload(opts: ApiLoadOptions, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console(stderr=True)
+    console.print(f"[bold]API-server load[/]: {opts.agents} agents, {opts.nodes} nodes x {opts.pods_per_node} pods, modes {', '.join(opts.modes)}")
+    results = {m: await _one_mode(m, opts, console) for m in opts.modes}
+    t = Table(title="API-server load: through typha vs agents watching directly")
+    t.add_column("measure")
+    for m in opts.modes:
+        t.add_column(m, justify="right")
+    rows = [
+        ("watches opened (startup)", lambda r: f"{r['startup']['watches_opened']:,}"),
+        ("open watches (max, steady)", lambda r: f"{r['open_watches_max']:,}"),
+        ("list bytes (startup)", lambda r: f"{r['startup']['list_bytes'] / 1e6:,.1f} MB"),
+        ("watch events sent (steady)", lambda r: f"{r['steady']['events_sent']:,}"),
+        ("watch bytes sent (steady)", lambda r: f"{r['steady']['watch_bytes'] / 1e6:,.1f} MB"),
+        ("emulator CPU, startup", lambda r: f"{r['emulator_cpu_startup']:.1f} s"),
+        ("emulator CPU, steady churn", lambda r: f"{r['emulator_cpu_steady']:.1f} s"),
+        ("agents synced in", lambda r: f"{r['startup_seconds']:.1f} s"),
+        ("API write -> agent p50 / p99", lambda r: f"{r['write_to_agent_latency']['p50'] * 1e3:.0f} / {r['write_to_agent_latency']['p99'] * 1e3:.0f} ms"),
+    ]
+    for name, fmt in rows:
+        t.add_row(name, *(fmt(results[m]) for m in opts.modes))
+    console.print(t)
+    return results
+
+
+async def run_ingest(nodes: int, pods_per_node: int, burst: int, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console(stderr=True)
+    api = await start_apiserver(window_size=max(10_000, burst * 2))
+    cluster = SyntheticCluster(nodes=nodes, pods_per_node=pods_per_node, seed=1)
+    objects = seed(api.store, cluster)
+    workdir = tempfile.TemporaryDirectory(prefix="pytypha-ingest-")
+    kc = str(Path(workdir.name) / "kubeconfig")
+    api.write_kubeconfig(kc)
+    typha = TyphaProcess(["--datastore", "kubernetes", "--kubeconfig", kc, "--log-level", "WARNING", "--k8s-page-size", "1000"])
+    out: dict[str, Any] = {"objects": objects}
+    try:
+        t0 = time.monotonic()
+        await typha.start(ready_timeout=600)
+        out["initial_seconds"] = time.monotonic() - t0
+        out["initial_typha_cpu"] = typha.cpu_seconds()
+        out["initial_objects_per_cpu_second"] = objects / out["initial_typha_cpu"]
+        console.print(f"initial list+project of {objects:,} objects: {out['initial_seconds']:.1f}s wall, {out['initial_typha_cpu']:.1f}s typha CPU")
+        events = cluster.churn(burst, count_events=True)
+        m0 = await typha.metrics()
+        cpu0 = typha.cpu_seconds()
+        t1 = time.monotonic()
+        apply_events(api.store, events)
+        out["write_seconds"] = time.monotonic() - t1
+        # typha is done when its updates counter stops moving.
+        last, still = -1.0, 0
+        while still < 4:
+            await asyncio.sleep(0.25)
+            m = await typha.metrics()
+            cur = m.get("typha_updates_total{syncer=felix}", 0.0)
+            still = still + 1 if cur == last else 0
+            last = cur
+        cpu = typha.cpu_seconds() - cpu0 - 0.0
+        out["burst_events"] = len(events)
+        out["burst_kv_updates"] = last - m0.get("typha_updates_total{syncer=felix}", 0.0)
+        out["burst_typha_cpu"] = cpu
+        out["burst_events_per_cpu_second"] = len(events) / cpu if cpu else 0.0
+        out["typha_rss"] = typha.rss_bytes()
+        console.print(f"burst of {len(events):,} events: {cpu:.2f}s typha CPU -> {out['burst_events_per_cpu_second']:,.0f} events per CPU-second")
+    finally:
+        await typha.stop()
+        await api.stop()
+        workdir.cleanup()
+    return out

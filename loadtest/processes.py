@@ -1,0 +1,101 @@
+"""Child processes a load test drives: a real `typha`, with its health, metrics, CPU and memory."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (works for children we did not fork ourselves)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TyphaProcess:
+    """A `typha` subprocess on loopback ports, with helpers to read its health and metrics."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.port, self.health_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.args = [
+            sys.executable, "-m", "typha", "--listen-host", "127.0.0.1", "--health-host", "127.0.0.1",
+            "--port", str(self.port), "--health-port", str(self.health_port), "--metrics-port", str(self.metrics_port),
+            "--shutdown-timeout", "2", *args,
+        ]
+        self.proc: asyncio.subprocess.Process | None = None
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self, ready_timeout: float = 120.0) -> None:
+        self.proc = await asyncio.create_subprocess_exec(*self.args)
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.returncode is not None:
+                raise RuntimeError(f"typha exited with {self.proc.returncode}")
+            try:
+                async with self.session.get(f"http://127.0.0.1:{self.health_port}/readiness") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+        raise RuntimeError("typha did not become ready in time")
+
+    async def status(self, digest: bool = False) -> dict[str, Any]:
+        assert self.session is not None
+        q = "?digest=1" if digest else ""
+        async with self.session.get(f"http://127.0.0.1:{self.health_port}/status{q}") as r:
+            return await r.json()
+
+    async def metrics(self) -> dict[str, float]:
+        """Flattened samples: 'name{label=value}' -> value (labels sorted)."""
+        assert self.session is not None
+        async with self.session.get(f"http://127.0.0.1:{self.metrics_port}/metrics") as r:
+            text = await r.text()
+        out: dict[str, float] = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+        return out
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.pid)
+
+    def rss_bytes(self) -> int:
+        return process_rss_bytes(self.pid)
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 15)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
