@@ -11,12 +11,20 @@ of exactly the keys that are no longer produced, and nothing else.
 
 Values are encoded here, once, as canonical JSON (sorted keys): identical content gives identical
 bytes, which is what lets the cache drop a pod-status heartbeat as "no change".
+
+A batch of events allocates many short-lived dicts (parsed objects, projected values), all freed by
+reference counting when the batch is done. CPython's cyclic GC would meanwhile run generation-2
+passes over everything the process holds, tripling ingest cost on a large cluster (measured), so
+`gc_paused()` holds it off for the duration of a batch.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from collections.abc import Iterable, Mapping
 
 import orjson
@@ -31,6 +39,18 @@ log = logging.getLogger("typha.ingest")
 ADDED, MODIFIED, DELETED = "ADDED", "MODIFIED", "DELETED"
 ObjectEvent = tuple[str, str, dict]  # (event type, resource name, object)
 _Ident = tuple[str, str, str]  # (resource, namespace or "", name)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Suspend the cyclic GC for one bulk step (nested use is fine; the outermost re-enables it)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def encode_value(value: object) -> bytes:
@@ -78,6 +98,10 @@ class Ingestor:
 
     def handle(self, events: Iterable[ObjectEvent]) -> int:
         """Project and apply a batch of events; returns the number of KV updates produced."""
+        with gc_paused():
+            return self._handle(events)
+
+    def _handle(self, events: Iterable[ObjectEvent]) -> int:
         batches: dict[int, tuple[SnapCache, list[Update]]] = {}
         produced = 0
         for etype, resource, obj in events:

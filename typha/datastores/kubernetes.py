@@ -25,6 +25,7 @@ follows it, so a typha that lost its API server stops attracting new agents and 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
 import time
@@ -38,7 +39,7 @@ import orjson
 
 from protocol import SyncStatus
 
-from ..ingest import DELETED, Ingestor, ObjectEvent
+from ..ingest import DELETED, Ingestor, ObjectEvent, gc_paused
 from ..k8s.projection import RESOURCES, Resource
 
 log = logging.getLogger("typha.kubernetes")
@@ -155,6 +156,7 @@ class KubernetesDatastore:
             name: [r.name for r in self.resources if name in r.syncers] for name in ingestor.caches
         }
         self.synced = asyncio.Event()
+        self._frozen = False
 
     # -- status ----------------------------------------------------------------------------------------
     def _set_state(self, resource: str, state: SyncStatus) -> None:
@@ -166,6 +168,12 @@ class KubernetesDatastore:
             if resource in feeds:
                 self.ingestor.caches[cache_name].set_status(min(self.stats[r].state for r in feeds))
         if all(s.state == SYNCED for s in self.stats.values()):
+            if not self.synced.is_set() and not self._frozen:
+                # Everything alive now (caches, indexes, clients) lives as long as the process: move
+                # it out of the GC's view so later collections stay proportional to new garbage.
+                gc.collect()
+                gc.freeze()
+                self._frozen = True
             self.synced.set()
         else:
             self.synced.clear()
@@ -199,7 +207,8 @@ class KubernetesDatastore:
             finally:
                 resp.release()
             try:
-                data = orjson.loads(body)
+                with gc_paused():
+                    data = orjson.loads(body)
                 md = data["metadata"]
                 page = data.get("items") or []
                 rv = md["resourceVersion"]
@@ -230,11 +239,12 @@ class KubernetesDatastore:
                 if b"\n" not in chunk:
                     continue
                 *lines, pending = pending.split(b"\n")
-                events, newest = parse_watch_lines(lines, st)
-                if events:
-                    st.events += len(events)
-                    batch: list[ObjectEvent] = [(t, res.name, o) for t, o in events]
-                    self.ingestor.handle(batch)
+                with gc_paused():
+                    events, newest = parse_watch_lines(lines, st)
+                    if events:
+                        st.events += len(events)
+                        batch: list[ObjectEvent] = [(t, res.name, o) for t, o in events]
+                        self.ingestor.handle(batch)
                 if newest is not None:
                     rv = newest
                     st.resource_version = rv
@@ -255,7 +265,9 @@ class KubernetesDatastore:
                     items, rv = await self.list_all(res)
                     st.lists += 1
                     st.resource_version = rv
-                    self.ingestor.resync(res.name, items)
+                    with gc_paused():
+                        self.ingestor.resync(res.name, items)
+                    del items
                     self._set_state(res.name, SYNCED)
                     log.info("%s: listed %d objects at rv %s in %.2fs", res.name, len(items), rv, time.monotonic() - t0)
                 rv = await self._watch(res, rv)
