@@ -18,7 +18,6 @@ the spawn start method: forking a process that runs an event loop copies its sta
 from __future__ import annotations
 
 import asyncio
-import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ from protocol.client import SyncClient
 from protocol.digest import state_digest
 
 from .histogram import LogHistogram, arrival_latency, merge_arrivals
+from .workers import WorkerFleet
 
 
 @dataclass(slots=True)
@@ -182,52 +182,30 @@ async def _worker(spec: FleetSpec, worker: int, agent_ids: list[int], conn: Conn
         conn.close()
 
 
-class AgentFleet:
-    """Parent-side handle: starts worker processes and merges their reports."""
+class AgentFleet(WorkerFleet[WorkerReport]):
+    """Parent-side handle: starts the agent workers and merges their reports."""
+
+    name = "agents"
 
     def __init__(self, spec: FleetSpec) -> None:
+        super().__init__(spec.processes, spec.agents)
         self.spec = spec
-        self._procs: list[mp.process.BaseProcess] = []
-        self._pipes: list[Connection] = []
-        self.reports: dict[int, WorkerReport] = {}
-        self.latency = LogHistogram()
         self.seq_last_arrival: dict[int, int] = {}
         self.seq_created: dict[int, int] = {}
         self.rv_last_arrival: dict[int, int] = {}
 
-    def start(self) -> None:
-        ctx = mp.get_context("spawn")
-        n = max(1, min(self.spec.processes, self.spec.agents))
-        for w in range(n):
-            ids = list(range(w, self.spec.agents, n))
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, args=(self.spec, w, ids, child), name=f"agents-{w}", daemon=True)
-            proc.start()
-            child.close()
-            self._procs.append(proc)
-            self._pipes.append(parent)
+    def worker_target(self) -> Callable[..., None]:
+        return _worker_main
 
-    def dead_workers(self) -> list[str]:
-        return [f"{p.name} exited with {p.exitcode}" for p in self._procs if p.exitcode is not None]
+    def worker_args(self, worker: int, agent_ids: list[int]) -> tuple[Any, ...]:
+        return (self.spec, worker, agent_ids)
 
-    def poll(self) -> None:
-        """Absorb every report waiting in the pipes (non-blocking)."""
-        for pipe in self._pipes:
-            try:
-                while pipe.poll():
-                    self._absorb(pipe.recv())
-            except (EOFError, OSError):
-                continue
-
-    def _absorb(self, rep: WorkerReport) -> None:
+    def absorb(self, rep: WorkerReport) -> None:
         # Latency histograms are cumulative per worker; arrivals are deltas since the last report.
         merge_arrivals(self.seq_last_arrival, rep.seq_last_arrival)
         merge_arrivals(self.rv_last_arrival, rep.rv_last_arrival)
         self.seq_created.update(rep.seq_created)
         self.reports[rep.worker] = rep
-
-    def total(self, attr: str) -> int:
-        return sum(getattr(r, attr) for r in self.reports.values())
 
     def merged(self, attr: str) -> LogHistogram:
         h = LogHistogram()
@@ -244,43 +222,6 @@ class AgentFleet:
         for r in self.reports.values():
             out.update(r.digests)
         return out
-
-    async def wait(self, cond: Callable[[AgentFleet], bool], timeout: float, tick: Callable[[], None] | None = None) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.poll()
-            if tick is not None:
-                tick()
-            if dead := self.dead_workers():
-                raise RuntimeError("agent workers died: " + "; ".join(dead))
-            if len(self.reports) == len(self._procs) and cond(self):
-                return True
-            await asyncio.sleep(0.1)
-        return False
-
-    async def stop(self, timeout: float = 30.0) -> None:
-        for pipe in self._pipes:
-            try:
-                pipe.send("stop")
-            except (BrokenPipeError, OSError):
-                pass
-        deadline = time.monotonic() + timeout
-        finals: set[int] = set()
-        while len(finals) < len(self._pipes) and time.monotonic() < deadline:
-            for i, pipe in enumerate(self._pipes):
-                try:
-                    while pipe.poll():
-                        rep = pipe.recv()
-                        self._absorb(rep)
-                        if rep.final:
-                            finals.add(i)
-                except (EOFError, OSError):
-                    finals.add(i)
-            await asyncio.sleep(0.05)
-        for proc in self._procs:
-            proc.join(timeout=max(0.1, deadline - time.monotonic()))
-            if proc.is_alive():
-                proc.kill()
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -101,16 +101,8 @@ async def _one_mode(mode: str, opts: ApiLoadOptions, console: Console) -> dict[s
             ca = api.ca_pem.decode() if isinstance(api.ca_pem, bytes) else api.ca_pem
             fleet = DirectFleet(DirectSpec(api.url, api.token, ca, paths, opts.agents, opts.processes))
             fleet.start()
-            ok = False
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                fleet.poll()
-                if dead := fleet.dead_workers():
-                    raise RuntimeError("direct agent workers died: " + "; ".join(dead))
-                if fleet.total("listed") == opts.agents and fleet.total("watches_open") == opts.agents * len(paths):
-                    ok = True
-                    break
-                await asyncio.sleep(0.2)
+            want = opts.agents * len(paths)
+            ok = await fleet.wait(lambda f: f.total("listed") == opts.agents and f.total("watches_open") == want, 300)
         out["startup_seconds"] = time.monotonic() - t0
         out["all_agents_synced"] = ok
         startup = _emulator_totals(api)

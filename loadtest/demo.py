@@ -130,7 +130,7 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
                     time.monotonic() - t1 > opts.seconds
                     and (churner is None or churner.done())
                     and time.monotonic() - quiet_since > 1.0
-                    and len(fleet.reports) == len(fleet._procs)
+                    and len(fleet.reports) == fleet.started
                     and all(r.min_seq >= seq for r in fleet.reports.values())
                     and fleet.total("in_sync") == opts.agents
                 ):

@@ -10,16 +10,18 @@ server's cost in both modes side by side. Agents resume from the last resourceVe
 from __future__ import annotations
 
 import asyncio
-import multiprocessing as mp
 import ssl
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from multiprocessing.connection import Connection
+from typing import Any
 
 import aiohttp
 import orjson
 
 from .histogram import merge_arrivals
+from .workers import WorkerFleet
 
 
 @dataclass(slots=True)
@@ -124,55 +126,20 @@ async def _worker(spec: DirectSpec, worker: int, count: int, conn: Connection) -
             await asyncio.sleep(spec.report_interval)
 
 
-class DirectFleet:
+class DirectFleet(WorkerFleet[DirectReport]):
+    name = "direct"
+
     def __init__(self, spec: DirectSpec) -> None:
+        super().__init__(spec.processes, spec.agents)
         self.spec = spec
-        self._procs: list[mp.process.BaseProcess] = []
-        self._pipes: list[Connection] = []
-        self.reports: dict[int, DirectReport] = {}
         self.rv_last_arrival: dict[int, int] = {}
 
-    def start(self) -> None:
-        ctx = mp.get_context("spawn")
-        n = max(1, min(self.spec.processes, self.spec.agents))
-        for w in range(n):
-            count = len(range(w, self.spec.agents, n))
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, args=(self.spec, w, count, child), daemon=True, name=f"direct-{w}")
-            proc.start()
-            child.close()
-            self._procs.append(proc)
-            self._pipes.append(parent)
+    def worker_target(self) -> Callable[..., None]:
+        return _worker_main
 
-    def dead_workers(self) -> list[str]:
-        return [f"{p.name} exited with {p.exitcode}" for p in self._procs if p.exitcode is not None]
+    def worker_args(self, worker: int, agent_ids: list[int]) -> tuple[Any, ...]:
+        return (self.spec, worker, len(agent_ids))
 
-    def poll(self) -> None:
-        for pipe in self._pipes:
-            try:
-                while pipe.poll():
-                    rep = pipe.recv()
-                    self.reports[rep.worker] = rep
-                    merge_arrivals(self.rv_last_arrival, rep.rv_last_arrival)
-            except (EOFError, OSError):
-                continue
-
-    def total(self, attr: str) -> int:
-        return sum(getattr(r, attr) for r in self.reports.values())
-
-    async def stop(self, timeout: float = 30.0) -> None:
-        for pipe in self._pipes:
-            try:
-                pipe.send("stop")
-            except OSError:
-                pass
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.poll()
-            if len(self.reports) == len(self._procs) and all(r.final for r in self.reports.values()):
-                break
-            await asyncio.sleep(0.05)
-        for proc in self._procs:
-            proc.join(timeout=1)
-            if proc.is_alive():
-                proc.kill()
+    def absorb(self, rep: DirectReport) -> None:
+        self.reports[rep.worker] = rep
+        merge_arrivals(self.rv_last_arrival, rep.rv_last_arrival)

@@ -953,13 +953,8 @@ def _projector(resource: str) -> tuple[Callable[[dict], list[Update]], Callable[
         raise ValueError(f"unknown resource {resource!r}") from None  # a caller bug, not bad data
 
 
-def project(resource: str, obj: dict) -> list[Update]:
-    """Keys an added/modified object maps to, with values; ``None`` means "must not exist".
-
-    Raises :class:`ProjectionError` for a malformed object and ``ValueError`` for an unknown
-    resource name.
-    """
-    fn = _projector(resource)[0]
+def _run(resource: str, which: int, obj: dict) -> Any:
+    fn = _projector(resource)[which]
     try:
         return fn(obj)
     except ProjectionError:
@@ -969,15 +964,18 @@ def project(resource: str, obj: dict) -> list[Update]:
         raise ProjectionError(f"{resource}: malformed object: {e}") from e
 
 
+def project(resource: str, obj: dict) -> list[Update]:
+    """Keys an added/modified object maps to, with values; ``None`` means "must not exist".
+
+    Raises :class:`ProjectionError` for a malformed object and ``ValueError`` for an unknown
+    resource name.
+    """
+    return _run(resource, 0, obj)
+
+
 def project_delete(resource: str, obj: dict) -> list[str]:
     """Keys to delete when ``obj`` (its last state, as a DELETED watch event carries it) is deleted."""
-    fn = _projector(resource)[1]
-    try:
-        return fn(obj)
-    except ProjectionError:
-        raise
-    except (TypeError, AttributeError, KeyError, ValueError) as e:
-        raise ProjectionError(f"{resource}: malformed object: {e}") from e
+    return _run(resource, 1, obj)
 
 
 def project_all(items: Iterable[tuple[str, dict]]) -> dict[str, Value]:

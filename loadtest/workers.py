@@ -1,0 +1,109 @@
+"""Worker processes that each run a share of the simulated agents and report over a pipe.
+
+One parent-side class serves both kinds of fleet (typha agents and direct API watchers): it spawns
+the workers (spawn, not fork: forking a process that runs an event loop copies the loop's state into
+the child), drains their reports without blocking, notices dead workers, and stops them, waiting for
+each one's final report. Subclasses say what a worker runs and how a report is merged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any, Generic, TypeVar
+
+R = TypeVar("R")
+
+
+class WorkerFleet(Generic[R]):
+    name = "workers"
+
+    def __init__(self, processes: int, agents: int) -> None:
+        self.processes = max(1, min(processes, agents))
+        self.agents = agents
+        self._procs: list[mp.process.BaseProcess] = []
+        self._pipes: list[Connection] = []
+        self.reports: dict[int, R] = {}
+
+    # -- what subclasses provide ---------------------------------------------------------------------
+    def worker_target(self) -> Callable[..., None]:
+        raise NotImplementedError
+
+    def worker_args(self, worker: int, agent_ids: list[int]) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    def absorb(self, report: R) -> None:
+        self.reports[report.worker] = report  # type: ignore[attr-defined]
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        ctx = mp.get_context("spawn")
+        for w in range(self.processes):
+            ids = list(range(w, self.agents, self.processes))
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=self.worker_target(), args=(*self.worker_args(w, ids), child), name=f"{self.name}-{w}", daemon=True)
+            proc.start()
+            child.close()
+            self._procs.append(proc)
+            self._pipes.append(parent)
+
+    @property
+    def started(self) -> int:
+        return len(self._procs)
+
+    def dead_workers(self) -> list[str]:
+        return [f"{p.name} exited with {p.exitcode}" for p in self._procs if p.exitcode is not None]
+
+    def poll(self) -> None:
+        """Absorb every report waiting in the pipes (non-blocking)."""
+        for pipe in self._pipes:
+            try:
+                while pipe.poll():
+                    self.absorb(pipe.recv())
+            except (EOFError, OSError):
+                continue
+
+    def total(self, attr: str) -> int:
+        return sum(getattr(r, attr) for r in self.reports.values())
+
+    async def wait(self, cond: Callable[[Any], bool], timeout: float, tick: Callable[[], None] | None = None) -> bool:
+        """Poll until every worker has reported and `cond(self)` holds; raise if a worker died."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.poll()
+            if tick is not None:
+                tick()
+            if dead := self.dead_workers():
+                raise RuntimeError(f"{self.name} workers died: " + "; ".join(dead))
+            if len(self.reports) == len(self._procs) and cond(self):
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Ask every worker to stop, collect its final report, and reap it."""
+        for pipe in self._pipes:
+            try:
+                pipe.send("stop")
+            except OSError:
+                pass
+        finals: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(finals) < len(self._pipes) and time.monotonic() < deadline:
+            for i, pipe in enumerate(self._pipes):
+                try:
+                    while pipe.poll():
+                        rep = pipe.recv()
+                        self.absorb(rep)
+                        if rep.final:
+                            finals.add(i)
+                except (EOFError, OSError):
+                    finals.add(i)
+            await asyncio.sleep(0.05)
+        for proc in self._procs:
+            proc.join(timeout=max(0.1, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
