@@ -12,13 +12,15 @@ import time
 from collections.abc import Callable, Mapping
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from protocol import SyncStatus
 from protocol.digest import state_digest
+from protocol.ops import metrics_app, start_site
 
 from .snapcache import SnapCache
 from .syncserver import SyncServer
+
+__all__ = ["health_app", "liveness", "metrics_app", "readiness", "start_site", "status"]
 
 
 def readiness(server: SyncServer, caches: Mapping[str, SnapCache]) -> tuple[bool, str]:
@@ -76,23 +78,3 @@ def health_app(server: SyncServer, caches: Mapping[str, SnapCache]) -> web.Appli
     app.router.add_get("/readiness", _reply(lambda: readiness(server, caches)))
     app.router.add_get("/status", status_handler)
     return app
-
-
-def metrics_app(registry: CollectorRegistry) -> web.Application:
-    async def metrics(request: web.Request) -> web.Response:
-        body = generate_latest(registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    return app
-
-
-async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Start `app` on host:port (port 0 picks one); returns the runner and the bound port."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    bound = runner.addresses[0][1] if runner.addresses else port
-    return runner, bound

@@ -1,0 +1,84 @@
+"""`felix`: the node agent. Finds typha, follows it, and programs this node's routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from protocol.settings import SettingsError
+
+from .agent import FelixAgent
+from .config import FelixConfig, load_config
+from .discovery import EndpointSliceDiscovery
+from .ops import health_app, metrics_app, start_site
+
+log = logging.getLogger("felix")
+
+
+async def _kubernetes_api(cfg: FelixConfig) -> object:
+    from kubernetes_asyncio import client
+    from kubernetes_asyncio import config as kconfig
+
+    conf = client.Configuration()
+    try:
+        if cfg.kubeconfig:
+            await kconfig.load_kube_config(config_file=cfg.kubeconfig, client_configuration=conf)
+        else:
+            kconfig.load_incluster_config(client_configuration=conf)
+    except Exception as exc:  # ConfigException, OSError, YAML errors alike
+        raise SystemExit(f"felix: error: cannot load {cfg.kubeconfig or 'in-cluster config'}: {type(exc).__name__}: {exc}") from None
+    return client.ApiClient(conf)
+
+
+async def run(cfg: FelixConfig) -> None:
+    api = None
+    if cfg.typha_k8s_service_name:
+        api = await _kubernetes_api(cfg)
+        typha = EndpointSliceDiscovery(api, cfg.typha_k8s_namespace, cfg.typha_k8s_service_name, cfg.typha_port_name, cfg.nodename)
+    else:
+        typha = list(cfg.typha_addresses)
+    routes = None
+    if cfg.routes_enabled:
+        from .routes import RouteManager
+
+        routes = RouteManager(resync_interval=cfg.route_refresh_interval or float("inf"))
+    agent = FelixAgent(cfg.nodename, typha, routes=routes, network_mtu=cfg.network_mtu, read_timeout=cfg.typha_read_timeout)
+    task = asyncio.create_task(agent.run(), name="felix-agent")
+    runners = []
+    if cfg.health_port:
+        runners.append((await start_site(health_app(agent, task.done), cfg.health_host, cfg.health_port))[0])
+    if cfg.metrics_port:
+        runners.append((await start_site(metrics_app(agent.metrics.registry), cfg.health_host, cfg.metrics_port))[0])
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.stop)
+    log.info("felix for node %s starting", cfg.nodename)
+    try:
+        await task
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        if routes is not None:
+            routes.close()
+        if api is not None:
+            await api.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        cfg = load_config(argv)
+    except SettingsError as exc:
+        print(f"felix: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvloop
+
+    uvloop.run(run(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

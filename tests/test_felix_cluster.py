@@ -1,0 +1,293 @@
+"""Three 'nodes' on a real kernel, a real typha, a real felix process per node: pods reach each other.
+
+Topology (every name prefixed, every namespace ours and removed afterwards):
+  root ns:  bridge ptbr0 198.18.0.254/24; typha listens there
+  node i:   netns pt-node<i>, eth0 198.18.0.<i>/24 on the bridge, default route via .254 (so proxy ARP
+            answers for the pods' gateway), forwarding on; felix runs inside it
+  pod:      netns pt-n<i>-<name>, eth0 = peer of cali<hash> in the node, <ip>/32,
+            default via 169.254.1.1 (the fictitious gateway felix makes work with proxy ARP)
+Addresses come from the benchmarking ranges 198.18.0.0/15 (RFC 2544): lab-only, never routed.
+Pool 198.19.0.0/16 with /26 blocks, native routing (no encapsulation: this kernel has no ipip/vxlan).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from felix.routes import RTPROT_FELIX, run_in_netns
+from loadtest.apiserver.fixtures import make_calico_object, make_namespace, make_node, make_pod
+from protocol import SYNCER_FELIX, SyncStatus
+from typha.ingest import ADDED, DELETED, Ingestor
+from typha.snapcache import SnapCache
+from typha.syncserver import ServerConfig, SyncServer
+
+from .conftest import kernel_skip, wait_for
+
+pytestmark = pytest.mark.kernel
+
+BRIDGE_IP = "198.18.0.254"
+POOL = "198.19.0.0/16"
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), check=check, capture_output=True, text=True)
+
+
+def iface_for(ns: str, pod: str) -> str:
+    return "cali" + hashlib.sha1(f"{ns}.{pod}".encode()).hexdigest()[:11]
+
+
+def block_of(ip: str) -> str:
+    a, b, c, d = (int(x) for x in ip.split("."))
+    return f"{a}.{b}.{c}.{d & ~63}/26"
+
+
+@dataclass
+class Cluster:
+    tag: str
+    ingestor: Ingestor
+    server: SyncServer
+    nodes: list[str] = field(default_factory=list)
+    pods: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # name -> (node, ip, pod netns)
+    felix: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def node_ns(self, node: str) -> str:
+        return f"pt{self.tag}-{node}"
+
+    def pod_ns(self, pod: str) -> str:
+        return f"pt{self.tag}-p-{pod}"
+
+    def apply(self, *events: tuple[str, str, dict]) -> None:
+        self.ingestor.handle(events)
+
+    def add_node(self, index: int) -> str:
+        node = f"node{index}"
+        ns = self.node_ns(node)
+        ip = f"198.18.0.{index}"
+        host_if = f"pt{self.tag}n{index}"
+        sh("ip", "netns", "add", ns)
+        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        sh("ip", "link", "set", host_if, "master", f"pt{self.tag}br", "up")
+        for cmd in (
+            ["ip", "addr", "add", f"{ip}/24", "dev", "eth0"],
+            ["ip", "link", "set", "eth0", "up"],
+            ["ip", "link", "set", "lo", "up"],
+            ["ip", "route", "add", "default", "via", BRIDGE_IP],
+            ["sysctl", "-qw", "net.ipv4.ip_forward=1"],
+        ):
+            sh("ip", "netns", "exec", ns, *cmd)
+        self.nodes.append(node)
+        self.apply((ADDED, "nodes", make_node(node, ip)))
+        return node
+
+    def add_block(self, node: str, cidr: str) -> None:
+        name = cidr.replace("/", "-")
+        self.apply(
+            (ADDED, "blockaffinities", make_calico_object("BlockAffinity", f"{node}-{name}", {"node": node, "cidr": cidr, "state": "confirmed", "deleted": "false"})),
+            (ADDED, "ipamblocks", self._block(cidr, node, {})),
+        )
+
+    @staticmethod
+    def _block(cidr: str, owner: str, borrowed: dict[int, str]) -> dict:
+        allocations: list[int | None] = [None] * 64
+        attributes = []
+        for ordinal, node in borrowed.items():
+            allocations[ordinal] = len(attributes)
+            attributes.append({"handle_id": f"h-{ordinal}", "secondary": {"node": node}})
+        spec = {"cidr": cidr, "affinity": f"host:{owner}", "allocations": allocations, "attributes": attributes, "unallocated": []}
+        return make_calico_object("IPAMBlock", cidr.replace("/", "-"), spec)
+
+    def borrow(self, cidr: str, owner: str, ip: str, node: str) -> None:
+        ordinal = int(ip.split(".")[3]) & 63
+        self.apply((ADDED, "ipamblocks", self._block(cidr, owner, {ordinal: node})))
+
+    def add_pod(self, name: str, node: str, ip: str) -> None:
+        node_ns, pod_ns = self.node_ns(node), self.pod_ns(name)
+        iface = iface_for("default", name)
+        sh("ip", "netns", "add", pod_ns)
+        sh("ip", "netns", "exec", node_ns, "ip", "link", "add", iface, "type", "veth", "peer", "name", "eth0", "netns", pod_ns)
+        sh("ip", "netns", "exec", node_ns, "ip", "link", "set", iface, "up")
+        for cmd in (
+            ["ip", "addr", "add", f"{ip}/32", "dev", "eth0"],
+            ["ip", "link", "set", "eth0", "up"],
+            ["ip", "link", "set", "lo", "up"],
+            ["ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"],
+            ["ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"],
+        ):
+            sh("ip", "netns", "exec", pod_ns, *cmd)
+        self.pods[name] = (node, ip, pod_ns)
+        self.apply((ADDED, "pods", make_pod("default", name, node, ip)))
+
+    def remove_pod(self, name: str) -> None:
+        node, ip, pod_ns = self.pods.pop(name)
+        self.apply((DELETED, "pods", make_pod("default", name, node, ip)))
+        sh("ip", "netns", "del", pod_ns, check=False)  # takes the veth pair with it
+
+    def start_felix(self, node: str) -> None:
+        env = {**os.environ, "FELIX_NODENAME": node, "FELIX_TYPHA_ADDRESSES": f"{BRIDGE_IP}:{self.server.port}",
+               "FELIX_HEALTH_PORT": "0", "FELIX_METRICS_PORT": "0", "FELIX_ROUTE_REFRESH_INTERVAL": "1",
+               "FELIX_LOG_LEVEL": "INFO"}
+        self.felix[node] = subprocess.Popen(
+            ["ip", "netns", "exec", self.node_ns(node), sys.executable, "-m", "felix"], env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+
+    def routes(self, node: str) -> str:
+        return sh("ip", "netns", "exec", self.node_ns(node), "ip", "route", "show", "proto", str(RTPROT_FELIX)).stdout
+
+
+def can_connect(src_ns: str, dst_ip: str, port: int, timeout: float = 1.0) -> bool:
+    def attempt() -> bool:
+        s = socket.socket()
+        s.settimeout(timeout)
+        try:
+            s.connect((dst_ip, port))
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    return run_in_netns(src_ns, attempt)
+
+
+def listen(ns: str, port: int) -> socket.socket:
+    def make() -> socket.socket:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", port))
+        s.listen(16)
+        return s
+
+    return run_in_netns(ns, make)
+
+
+async def eventually_connects(src_ns: str, ip: str, port: int, timeout: float = 15.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if await loop.run_in_executor(None, can_connect, src_ns, ip, port, 0.5):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{src_ns} could not reach {ip}:{port} within {timeout}s")
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    if os.geteuid() != 0:
+        kernel_skip("needs root for network namespaces")
+    if shutil.which("ip") is None or sh("ip", "netns", "list", check=False).returncode != 0:
+        kernel_skip("iproute2 with netns support is not available")
+    tag = uuid.uuid4().hex[:4]
+    bridge = f"pt{tag}br"
+    sh("ip", "link", "add", bridge, "type", "bridge")
+    sh("ip", "addr", "add", f"{BRIDGE_IP}/24", "dev", bridge)
+    sh("ip", "link", "set", bridge, "up")
+    cache = SnapCache(SYNCER_FELIX)
+    server = SyncServer({SYNCER_FELIX: cache}, ServerConfig(host=BRIDGE_IP, port=0))
+    await server.start()
+    ingestor = Ingestor({SYNCER_FELIX: cache})
+    c = Cluster(tag, ingestor, server)
+    c.apply((ADDED, "namespaces", make_namespace("default")),
+            (ADDED, "ippools", make_calico_object("IPPool", "default-pool", {"cidr": POOL, "ipipMode": "Never", "vxlanMode": "Never", "blockSize": 26})))
+    try:
+        yield c
+    finally:
+        for proc in c.felix.values():
+            proc.terminate()
+        for proc in c.felix.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        await server.shutdown()
+        for line in sh("ip", "netns", "list").stdout.splitlines():
+            name = line.split()[0]
+            if name.startswith(f"pt{tag}-"):
+                sh("ip", "netns", "del", name, check=False)
+        sh("ip", "link", "del", bridge, check=False)
+
+
+async def three_nodes(c: Cluster) -> None:
+    for i in (1, 2, 3):
+        node = c.add_node(i)
+        c.add_block(node, f"198.19.{i}.0/26")
+    c.add_pod("a1", "node1", "198.19.1.2")
+    c.add_pod("b2", "node2", "198.19.2.2")
+    c.add_pod("c3", "node3", "198.19.3.2")
+    c.ingestor.caches[SYNCER_FELIX].set_status(SyncStatus.IN_SYNC)
+    for node in c.nodes:
+        c.start_felix(node)
+    for node in c.nodes:
+        await wait_for(lambda n=node: "198.19." in c.routes(n), 20, f"felix on {node} to program routes")
+
+
+async def test_pods_on_different_nodes_reach_each_other(cluster: Cluster) -> None:
+    await three_nodes(cluster)
+    routes = cluster.routes("node1")
+    assert "blackhole 198.19.1.0/26" in routes
+    assert "198.19.1.2 dev " + iface_for("default", "a1") + " scope link" in routes
+    assert "198.19.2.0/26 via 198.18.0.2 dev eth0" in routes
+    servers = {name: listen(ns, 8080) for name, (_, _, ns) in cluster.pods.items()}
+    try:
+        for src, (_, _, src_ns) in cluster.pods.items():
+            for dst, (_, ip, _) in cluster.pods.items():
+                if src != dst:
+                    await eventually_connects(src_ns, ip, 8080)
+    finally:
+        for s in servers.values():
+            s.close()
+
+
+async def test_borrowed_address_is_reachable_from_every_node(cluster: Cluster) -> None:
+    await three_nodes(cluster)
+    # node3 borrows an address from node1's block (seed 000): node1's blackhole must not eat it.
+    cluster.add_pod("borrower", "node3", "198.19.1.40")
+    cluster.borrow("198.19.1.0/26", "node1", "198.19.1.40", "node3")
+    await wait_for(lambda: "198.19.1.40 via 198.18.0.3" in cluster.routes("node1"), 15, "borrowed /32 on the block owner")
+    srv = listen(cluster.pod_ns("borrower"), 9090)
+    try:
+        for src in ("a1", "b2", "c3"):
+            await eventually_connects(cluster.pod_ns(src), "198.19.1.40", 9090)
+    finally:
+        srv.close()
+
+
+async def test_drift_repaired_and_foreign_routes_left_alone(cluster: Cluster) -> None:
+    await three_nodes(cluster)
+    ns = cluster.node_ns("node1")
+    sh("ip", "netns", "exec", ns, "ip", "route", "add", "203.0.113.0/24", "via", BRIDGE_IP, "proto", "static")
+    sh("ip", "netns", "exec", ns, "ip", "route", "del", "198.19.2.0/26")
+    await wait_for(lambda: "198.19.2.0/26 via 198.18.0.2" in cluster.routes("node1"), 10, "deleted route repaired by resync")
+    assert "203.0.113.0/24" in sh("ip", "netns", "exec", ns, "ip", "route", "show", "proto", "static").stdout
+    srv = listen(cluster.pod_ns("b2"), 7070)
+    try:
+        await eventually_connects(cluster.pod_ns("a1"), "198.19.2.2", 7070)
+    finally:
+        srv.close()
+
+
+async def test_moving_a_pod_moves_its_route(cluster: Cluster) -> None:
+    await three_nodes(cluster)
+    # The pod's address moves from node2 to node1 (same IP, borrowed from node2's block).
+    cluster.remove_pod("b2")
+    cluster.add_pod("b2-moved", "node1", "198.19.2.2")
+    cluster.borrow("198.19.2.0/26", "node2", "198.19.2.2", "node1")
+    await wait_for(lambda: "198.19.2.2 via 198.18.0.1" in cluster.routes("node3"), 15, "node3 to route the moved pod via node1")
+    await wait_for(lambda: "198.19.2.2 dev " + iface_for("default", "b2-moved") in cluster.routes("node1"), 15, "local route on node1")
+    srv = listen(cluster.pod_ns("b2-moved"), 6060)
+    try:
+        await eventually_connects(cluster.pod_ns("c3"), "198.19.2.2", 6060)
+    finally:
+        srv.close()
