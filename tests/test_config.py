@@ -59,3 +59,12 @@ def test_readme_settings_table_is_current() -> None:
     readme = (ROOT / "README.md").read_text()
     fresh = replace_block(readme, "typha-settings", markdown_table(SETTINGS, ENV_PREFIX))
     assert readme == fresh, "run: .venv/bin/python -m protocol.settings README.md"
+
+
+def test_readme_felix_settings_table_is_current() -> None:
+    from felix.config import ENV_PREFIX as FELIX_PREFIX
+    from felix.config import SETTINGS as FELIX_SETTINGS
+
+    readme = (ROOT / "README.md").read_text()
+    fresh = replace_block(readme, "felix-settings", markdown_table(FELIX_SETTINGS, FELIX_PREFIX))
+    assert readme == fresh, "run: .venv/bin/python -m protocol.settings README.md"
