@@ -117,6 +117,8 @@ async def test_agents_hold_the_projection_of_the_api_server(rig: Rig) -> None:
         return all(rig.api.stats.resource(store_key(r.name)).open_watches == 1 for r in rig.datastore.resources)
 
     await wait_for(one_watch_each, 10, "one watch per resource")
+    assert {r: dict(s.errors) for r, s in rig.datastore.stats.items() if s.errors} == {}  # a clean start has no errors
+    assert all(s.lists == 1 for s in rig.datastore.stats.values())
     assert rig.caches[SYNCER_FELIX].status is SyncStatus.IN_SYNC
     await stop_agents(agents, tasks)
 

@@ -265,11 +265,12 @@ class KubernetesDatastore:
                     items, rv = await self.list_all(res)
                     st.lists += 1
                     st.resource_version = rv
+                    listed = len(items)
                     with gc_paused():
                         self.ingestor.resync(res.name, items)
-                    del items
+                    del items  # the listing is ingested: free it before the watch runs for minutes
                     self._set_state(res.name, SYNCED)
-                    log.info("%s: listed %d objects at rv %s in %.2fs", res.name, len(items), rv, time.monotonic() - t0)
+                    log.info("%s: listed %d objects at rv %s in %.2fs", res.name, listed, rv, time.monotonic() - t0)
                 rv = await self._watch(res, rv)
                 failures = 0  # a watch that ran and ended normally: resume at once
             except Gone as exc:
