@@ -44,8 +44,11 @@ async def run(cfg: FelixConfig) -> None:
     if cfg.routes_enabled:
         from .routes import RouteManager
 
-        routes = RouteManager(resync_interval=cfg.route_refresh_interval or float("inf"))
-    agent = FelixAgent(cfg.nodename, typha, routes=routes, network_mtu=cfg.network_mtu, read_timeout=cfg.typha_read_timeout)
+        routes = RouteManager(cfg.netns or None, resync_interval=cfg.route_refresh_interval or float("inf"))
+    agent = FelixAgent(
+        cfg.nodename, typha, routes=routes, network_mtu=cfg.network_mtu, read_timeout=cfg.typha_read_timeout,
+        netns=cfg.netns or None,
+    )
     task = asyncio.create_task(agent.run(), name="felix-agent")
     runners = []
     if cfg.health_port:

@@ -42,6 +42,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("route_refresh_interval", float, 90.0, "Seconds between full route resyncs that repair drift (0 disables).", non_negative),
     Setting("network_mtu", int, 1500, "MTU of the node network; encapsulated routes subtract their overhead.", positive),
     Setting("routes_enabled", parse_bool, True, "Program routes into the kernel."),
+    Setting("netns", str, "", "Program this named network namespace instead of felix's own (tests, benchmarks, sidecars)."),
     Setting("log_level", str, "INFO", "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 )
 
@@ -61,6 +62,7 @@ class FelixConfig:
     route_refresh_interval: float
     network_mtu: int
     routes_enabled: bool
+    netns: str
     log_level: str
 
 

@@ -31,6 +31,11 @@ def _bench(args: argparse.Namespace) -> int:
             churn=args.churn, seconds=args.seconds, modes=tuple(args.modes.split(",")),
         )))
         ok = all(r["all_agents_synced"] for r in results.values())
+    elif args.which == "felix":
+        from .bench_felix import run_felix_bench
+
+        results = uvloop.run(run_felix_bench(args.nodes, args.blocks_per_node, args.pods))
+        ok = True
     else:
         from .apiload import run_ingest
 
@@ -97,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--seconds", type=float, default=20.0)
     load.add_argument("--modes", default="typha,direct")
     load.add_argument("--output")
+    fx = which.add_parser("felix", help="felix cold start with N routes, and API event -> kernel route (root)")
+    fx.add_argument("--nodes", type=int, default=500)
+    fx.add_argument("--blocks-per-node", type=int, default=20)
+    fx.add_argument("--pods", type=int, default=20)
+    fx.add_argument("--output")
     ing = which.add_parser("ingest", help="typha's list/project and watch ingest rate per CPU-second")
     ing.add_argument("--nodes", type=int, default=1000)
     ing.add_argument("--pods-per-node", type=int, default=30)
