@@ -39,7 +39,7 @@ import orjson
 
 from protocol import SyncStatus
 
-from ..ingest import DELETED, Ingestor, ObjectEvent, gc_paused
+from ..ingest import DELETED, Ingestor, ObjectEvent, Resync, gc_paused
 from ..k8s.projection import RESOURCES, Resource
 
 log = logging.getLogger("typha.kubernetes")
@@ -192,10 +192,13 @@ class KubernetesDatastore:
             raise cls(resp.status, _status_message(body))
         return resp
 
-    async def list_all(self, res: Resource) -> tuple[list[dict], str]:
-        """A consistent listing, page by page; returns (items, the list's resourceVersion)."""
+    async def list_into(self, res: Resource, resync: Resync) -> str:
+        """List `res` page by page (limit/continue), feeding each page to `resync` as it arrives.
+
+        Returns the list's resourceVersion. Pages of one list are a consistent snapshot (the
+        continue token pins the version); a 410 on a continue token raises Gone and we relist.
+        """
         st = self.stats[res.name]
-        items: list[dict] = []
         cont = ""
         while True:
             params = [("limit", str(self.page_size))]
@@ -206,21 +209,23 @@ class KubernetesDatastore:
                 body = await resp.read()
             finally:
                 resp.release()
-            try:
-                with gc_paused():
+            with gc_paused():
+                try:
                     data = orjson.loads(body)
-                md = data["metadata"]
-                page = data.get("items") or []
-                rv = md["resourceVersion"]
-                if not isinstance(page, list) or not isinstance(rv, str):
-                    raise TypeError
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                raise ApiError(200, f"malformed list response for {res.name}: {body[:120]!r}") from None
-            st.list_pages += 1
-            items.extend(i for i in page if isinstance(i, dict))
+                    md = data["metadata"]
+                    page = data.get("items") or []
+                    rv = md["resourceVersion"]
+                    if not isinstance(page, list) or not isinstance(rv, str):
+                        raise TypeError
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    raise ApiError(200, f"malformed list response for {res.name}: {body[:120]!r}") from None
+                del body
+                st.list_pages += 1
+                resync.page(i for i in page if isinstance(i, dict))
+                del page, data
             cont = md.get("continue") or ""
             if not cont:
-                return items, rv
+                return rv
 
     async def _watch(self, res: Resource, rv: str) -> str:
         """Stream events from `rv` until the server ends the watch; returns the newest version seen."""
@@ -262,15 +267,14 @@ class KubernetesDatastore:
                 if not rv:
                     self._set_state(res.name, RESYNCING)
                     t0 = time.monotonic()
-                    items, rv = await self.list_all(res)
+                    resync = self.ingestor.begin_resync(res.name)
+                    rv = await self.list_into(res, resync)
+                    with gc_paused():
+                        resync.finish()
                     st.lists += 1
                     st.resource_version = rv
-                    listed = len(items)
-                    with gc_paused():
-                        self.ingestor.resync(res.name, items)
-                    del items  # the listing is ingested: free it before the watch runs for minutes
                     self._set_state(res.name, SYNCED)
-                    log.info("%s: listed %d objects at rv %s in %.2fs", res.name, listed, rv, time.monotonic() - t0)
+                    log.info("%s: listed %d objects at rv %s in %.2fs", res.name, resync.objects, rv, time.monotonic() - t0)
                 rv = await self._watch(res, rv)
                 failures = 0  # a watch that ran and ended normally: resume at once
             except Gone as exc:
