@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from protocol.settings import SettingsError
+from protocol.runtime import kubernetes_client, run_main
 
 from .agent import FelixAgent
 from .config import FelixConfig, load_config
@@ -18,25 +18,10 @@ from .ops import health_app, metrics_app, start_site
 log = logging.getLogger("felix")
 
 
-async def _kubernetes_api(cfg: FelixConfig) -> object:
-    from kubernetes_asyncio import client
-    from kubernetes_asyncio import config as kconfig
-
-    conf = client.Configuration()
-    try:
-        if cfg.kubeconfig:
-            await kconfig.load_kube_config(config_file=cfg.kubeconfig, client_configuration=conf)
-        else:
-            kconfig.load_incluster_config(client_configuration=conf)
-    except Exception as exc:  # ConfigException, OSError, YAML errors alike
-        raise SystemExit(f"felix: error: cannot load {cfg.kubeconfig or 'in-cluster config'}: {type(exc).__name__}: {exc}") from None
-    return client.ApiClient(conf)
-
-
 async def run(cfg: FelixConfig) -> None:
     api = None
     if cfg.typha_k8s_service_name:
-        api = await _kubernetes_api(cfg)
+        api = await kubernetes_client(cfg.kubeconfig)
         typha = EndpointSliceDiscovery(api, cfg.typha_k8s_namespace, cfg.typha_k8s_service_name, cfg.typha_port_name, cfg.nodename)
     else:
         typha = list(cfg.typha_addresses)
@@ -71,16 +56,7 @@ async def run(cfg: FelixConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        cfg = load_config(argv)
-    except SettingsError as exc:
-        print(f"felix: error: {exc}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import uvloop
-
-    uvloop.run(run(cfg))
-    return 0
+    return run_main("felix", argv, load_config, run)
 
 
 if __name__ == "__main__":

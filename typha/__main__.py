@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from protocol import SYNCER_BGP, SYNCER_FELIX
-from protocol.settings import SettingsError
+from protocol.runtime import kubernetes_client, run_main
 
 from .config import TyphaConfig, load_config
 from .datastores.kubernetes import KubernetesDatastore
@@ -38,27 +38,6 @@ def server_config(cfg: TyphaConfig) -> ServerConfig:
     )
 
 
-class StartupError(Exception):
-    """Typha cannot start as configured; the message says why."""
-
-
-async def kubernetes_api(cfg: TyphaConfig) -> object:
-    """An ApiClient from --kubeconfig, or from the in-cluster service account."""
-    from kubernetes_asyncio import client
-    from kubernetes_asyncio import config as kconfig
-
-    conf = client.Configuration()
-    try:
-        if cfg.kubeconfig:
-            await kconfig.load_kube_config(config_file=cfg.kubeconfig, client_configuration=conf)
-        else:
-            kconfig.load_incluster_config(client_configuration=conf)
-    except Exception as exc:  # the loader raises ConfigException, OSError, YAML and key errors alike
-        where = cfg.kubeconfig or "in-cluster config (no --kubeconfig given)"
-        raise StartupError(f"cannot load {where}: {type(exc).__name__}: {exc}") from None
-    return client.ApiClient(conf)
-
-
 def _report_datastore_end(task: asyncio.Task[None]) -> None:
     # Agents keep the last good state; readiness already reflects the caches' status.
     if not task.cancelled() and task.exception() is not None:
@@ -74,7 +53,7 @@ async def run(cfg: TyphaConfig) -> None:
     api = None
     datastore: KubernetesDatastore | SyntheticDatastore
     if cfg.datastore == "kubernetes":
-        api = await kubernetes_api(cfg)
+        api = await kubernetes_client(cfg.kubeconfig)
         datastore = KubernetesDatastore(ingestor, api, page_size=cfg.k8s_page_size)
     else:
         datastore = SyntheticDatastore(ingestor, SyntheticOptions(
@@ -124,20 +103,7 @@ async def run(cfg: TyphaConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        cfg = load_config(argv)
-    except SettingsError as exc:
-        print(f"typha: error: {exc}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import uvloop
-
-    try:
-        uvloop.run(run(cfg))
-    except StartupError as exc:
-        print(f"typha: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main("typha", argv, load_config, run)
 
 
 if __name__ == "__main__":
