@@ -20,7 +20,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
-import orjson
+
+from protocol.endpoints import list_endpoint_slices, ready_endpoints
 
 log = logging.getLogger("felix.discovery")
 
@@ -33,17 +34,8 @@ def order_endpoints(
     """Ready typha addresses from EndpointSlice objects: this node's first, the rest shuffled."""
     local: list[Address] = []
     remote: list[Address] = []
-    for sl in slices:
-        ports = [p for p in sl.get("ports") or [] if p.get("name") == port_name and isinstance(p.get("port"), int)]
-        if not ports:
-            continue
-        port = ports[0]["port"]
-        for ep in sl.get("endpoints") or []:
-            cond = ep.get("conditions") or {}
-            if cond.get("ready") is False or cond.get("terminating") is True:
-                continue
-            for addr in (ep.get("addresses") or [])[:1]:  # all addresses of an endpoint are one pod
-                (local if ep.get("nodeName") == nodename else remote).append((addr, port))
+    for ep in ready_endpoints(slices, port_name):
+        (local if ep.node == nodename else remote).append((ep.address, ep.port))
     (rng or random).shuffle(remote)
     return local + remote
 
@@ -60,18 +52,8 @@ class EndpointSliceDiscovery:
         self.last: list[Address] = []
 
     async def __call__(self) -> list[Address]:
-        path = f"/apis/discovery.k8s.io/v1/namespaces/{self.namespace}/endpointslices"
         try:
-            resp = await self.api.call_api(
-                path, "GET", query_params=[("labelSelector", f"kubernetes.io/service-name={self.service}")],
-                header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
-                _preload_content=False, _return_http_data_only=True, _request_timeout=10,
-            )
-            body = await resp.read()
-            resp.release()
-            if resp.status != 200:
-                raise OSError(f"listing EndpointSlices of {self.namespace}/{self.service}: HTTP {resp.status}")
-            items = orjson.loads(body).get("items") or []
+            items = await list_endpoint_slices(self.api, self.namespace, self.service)
         except (OSError, ValueError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
             if self.last:
                 log.warning("typha discovery failed (%s); using the last known addresses", exc)

@@ -353,6 +353,13 @@ def test_typha_rbac_is_exactly_list_watch_on_the_projected_resources() -> None:
     one("typha.yaml", "ServiceAccount", sa)
 
 
+def test_typha_may_only_list_its_own_endpointslices() -> None:
+    role = one("typha.yaml", "Role", "pytypha")
+    assert role["rules"] == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list"]}]
+    binding = one("typha.yaml", "RoleBinding", "pytypha")
+    assert binding["roleRef"]["name"] == "pytypha" and binding["metadata"]["namespace"] == role["metadata"]["namespace"]
+
+
 def test_typha_deployment_is_spread_hardened_and_sized() -> None:
     dep = typha_deployment()
     spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
@@ -445,7 +452,7 @@ def test_felix_rbac_is_only_reading_typha_endpointslices() -> None:
     namespace = one("typha.yaml", "Service", "pytypha")["metadata"]["namespace"]
     role = one("felix.yaml", "Role", "pyfelix")
     assert role["metadata"]["namespace"] == namespace
-    assert role["rules"] == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}]
+    assert role["rules"] == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list"]}]
     sa = felix_daemonset()["spec"]["template"]["spec"]["serviceAccountName"]
     binding = one("felix.yaml", "RoleBinding", "pyfelix")
     assert binding["metadata"]["namespace"] == namespace

@@ -277,3 +277,34 @@ def test_watch_line_parser_skips_garbage_and_raises_on_errors() -> None:
         parse_watch_lines([b'{"type":"ERROR","object":{"kind":"Status","code":410,"message":"too old"}}'], st)
     with pytest.raises(ApiError):
         parse_watch_lines([b'{"type":"ERROR","object":{"kind":"Status","code":500}}'], st)
+
+
+def test_connection_target_formula() -> None:
+    from typha.rebalance import connection_target
+
+    assert connection_target(2, 0, 3) == 400  # small clusters: the floor
+    assert connection_target(2, 1000, 3) == int(2 * (1 + 1000 * 1.2 / 2))  # 1,202: room to lose one replica
+    assert connection_target(2, 1000, 1) == int(2 * (1 + 1000 * 1.2))  # one replica carries everything
+    assert connection_target(2, 100_000, 3) == 10_000  # the ceiling
+
+
+async def test_rebalancer_counts_nodes_and_ready_replicas(rig: Rig) -> None:
+    from loadtest.apiserver.fixtures import make_node
+    from typha.rebalance import Rebalancer
+
+    def slice_(ready: list[bool]) -> dict:
+        return {
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": {"name": "pytypha-x", "namespace": "pytypha", "labels": {"kubernetes.io/service-name": "pytypha"}},
+            "ports": [{"name": "calico-typha", "port": 5473}],
+            "endpoints": [{"addresses": [f"198.18.1.{i}"], "conditions": {"ready": r}} for i, r in enumerate(ready)],
+        }
+
+    rig.store.create("endpointslices", slice_([True, True, True, False]))
+    for i in range(800):
+        rig.store.create("nodes", make_node(f"extra-{i}", f"198.18.{2 + i // 250}.{i % 250}"))
+    await wait_for(lambda: rig.datastore.ingestor.objects["nodes"] == 820, 10, "nodes ingested")
+    rb = Rebalancer(rig.server, rig.datastore.ingestor, rig.datastore.api, "pytypha", "pytypha")
+    target = await rb.update()
+    assert rb.replicas == 3  # the not-ready endpoint does not count
+    assert target == int(2 * (1 + 820 * 1.2 / 2)) == rig.server.rebalance_target

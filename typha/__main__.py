@@ -23,6 +23,7 @@ from .datastores.synthetic import SyntheticDatastore, SyntheticOptions
 from .ingest import Ingestor
 from .metrics import ServerMetrics
 from .ops import health_app, metrics_app, start_site
+from .rebalance import Rebalancer
 from .snapcache import SnapCache
 from .syncserver import ServerConfig, SyncServer
 
@@ -71,6 +72,12 @@ async def run(cfg: TyphaConfig) -> None:
         runners.append(runner)
         log.info("metrics on %s:%d", cfg.health_host, port)
     source = asyncio.create_task(datastore.run(), name="datastore")
+    rebalancer = None
+    if api is not None and cfg.k8s_service_name:
+        rebalancer = asyncio.create_task(
+            Rebalancer(server, ingestor, api, cfg.k8s_namespace, cfg.k8s_service_name, interval=cfg.rebalance_interval).run(),
+            name="rebalance",
+        )
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -90,6 +97,8 @@ async def run(cfg: TyphaConfig) -> None:
         loop.add_signal_handler(sig, on_signal, sig)
     source.add_done_callback(_report_datastore_end)
     await stop.wait()
+    if rebalancer is not None:
+        rebalancer.cancel()  # shedding is over: every connection goes now, paced
     drain = asyncio.create_task(server.shutdown(cfg.drain_seconds))
     try:
         await drain

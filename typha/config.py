@@ -25,6 +25,9 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("kubeconfig", str, "", "Kubeconfig file for the kubernetes datastore (default: in-cluster config)."),
     Setting("k8s_page_size", int, 500, "Objects per page when listing from the API server.", positive),
+    Setting("k8s_service_name", str, "", "typha's own Service: count ready replicas to rebalance connections ('' disables)."),
+    Setting("k8s_namespace", str, "pytypha", "Namespace of typha's Service."),
+    Setting("rebalance_interval", float, 30.0, "Seconds between recomputing this replica's connection target.", positive),
     Setting("listen_host", str, "0.0.0.0", "Address the sync server listens on."),
     Setting("port", int, 5473, "Sync server port.", port),
     Setting("health_host", str, "0.0.0.0", "Address of the health endpoints."),
@@ -62,6 +65,9 @@ class TyphaConfig:
     datastore: str
     kubeconfig: str
     k8s_page_size: int
+    k8s_service_name: str
+    k8s_namespace: str
+    rebalance_interval: float
     listen_host: str
     port: int
     health_host: str

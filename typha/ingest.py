@@ -82,6 +82,7 @@ class Ingestor:
             name: [c for s, c in self.caches.items() if s in res.syncers] for name, res in RESOURCES.items()
         }
         self._keys: dict[_Ident, tuple[str, ...]] = {}
+        self.objects: Counter[str] = Counter()  # resource -> objects currently producing keys
         self.errors: Counter[str] = Counter()  # resource -> malformed objects skipped
         self.events: Counter[str] = Counter()  # resource -> events handled
 
@@ -129,7 +130,7 @@ class Ingestor:
         rev = _revision(obj)
         old = self._keys.get(ident, ())
         if etype == DELETED:
-            self._keys.pop(ident, None)
+            self._forget(ident)
             keys = old
             if not keys:  # never seen (e.g. deleted before we listed): derive from the object
                 try:
@@ -155,10 +156,16 @@ class Ingestor:
             if key not in live and all(key != k for k, _ in projected):
                 updates.append((key, None, rev))
         if live:
+            if ident not in self._keys:
+                self.objects[resource] += 1
             self._keys[ident] = tuple(live)
         else:
-            self._keys.pop(ident, None)
+            self._forget(ident)
         return updates
+
+    def _forget(self, ident: _Ident) -> None:
+        if self._keys.pop(ident, None) is not None:
+            self.objects[ident[0]] -= 1
 
     def begin_resync(self, resource: str) -> Resync:
         """Start applying a complete listing of `resource`, page by page (see `Resync`)."""
