@@ -20,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from protocol import Message, SnapshotChunk, SyncStatusChange, Updates
+from protocol import Message, SnapshotChunk, SyncStatus, SyncStatusChange, Updates
 from protocol.client import SyncClient
 from protocol.digest import state_digest
 
@@ -45,6 +46,13 @@ class FleetSpec:
     compression: bool = True
     report_interval: float = 0.5
     track_seq_arrivals: bool = True
+    # Additions for `loadtest run` (defaults keep the original behaviour):
+    rotate_addresses: bool = False  # agent i starts at addresses[i % n] (spreads agents over replicas)
+    decode_ids: list[int] | None = None  # exactly these agent ids decode (instead of every Nth)
+    # "seq": arrivals keyed by breadcrumb seq; "created": by the breadcrumb's creation time (ns), which
+    # stays unique across several typha replicas and restarts, whose seq numbers collide.
+    arrival_key: str = "seq"
+    state_hashes: bool = False  # final report carries key -> crc32(value) of every decoding agent
 
 
 @dataclass(slots=True)
@@ -53,6 +61,9 @@ class _AgentProbe:
     started: float
     snapshot_done: float = 0.0
     snapshot_done_ns: int = 1 << 62  # until the first snapshot completes, nothing counts as live
+    disconnected_at: float = 0.0  # monotonic time of the last disconnect, until back in sync (0: none)
+    resnapshotted: bool = False  # a snapshot completed since that disconnect
+    seen_revisions: set[int] | None = None  # with arrival_key "created": revisions this (decoding) agent already received
 
 
 @dataclass(slots=True)
@@ -76,6 +87,12 @@ class WorkerReport:
     digests: dict[str, tuple[int, str]] = field(default_factory=dict)  # hostname -> (keys, digest)
     disconnect_reasons: dict[str, int] = field(default_factory=dict)  # first words of each agent's last error
     final: bool = False
+    # Additions for `loadtest run`:
+    reconnect_seconds: LogHistogram = field(default_factory=LogHistogram)  # disconnect -> next snapshot + in-sync
+    seqs_by_server: dict[str, dict[int, int]] = field(default_factory=dict)  # "host:port" -> {seq: agents}
+    not_connected: int = 0
+    rv_keys: list[tuple[int, int]] = field(default_factory=list)  # (KV revision, arrival key of its breadcrumb), since last report
+    state_hashes: dict[str, dict[str, int]] = field(default_factory=dict)  # hostname -> key -> crc32(value)
 
 
 def _worker_main(spec: FleetSpec, worker: int, agent_ids: list[int], conn: Connection) -> None:
@@ -89,47 +106,92 @@ async def _worker(spec: FleetSpec, worker: int, agent_ids: list[int], conn: Conn
     probes: list[_AgentProbe] = []
     tasks: list[asyncio.Task[None]] = []
     decode_every = max(1, spec.agents // max(1, spec.full_decode)) if spec.full_decode else 0
+    decode_ids = set(spec.decode_ids) if spec.decode_ids is not None else None
+    by_created = spec.arrival_key == "created"
 
     def on_message_for(probe_index: int) -> Callable[[Message], None]:
         def on_message(msg: Message) -> None:
             now = time.time_ns()
             if isinstance(msg, (Updates, SyncStatusChange)):
+                probe = probes[probe_index]
+                if probe.disconnected_at and probe.resnapshotted and msg.status is SyncStatus.IN_SYNC:
+                    report.reconnect_seconds.add(time.monotonic() - probe.disconnected_at)
+                    probe.disconnected_at = 0.0
                 # Breadcrumbs older than this agent's snapshot are catch-up after joining (a reused
                 # snapshot may be up to a second old), not the latency of a live update.
-                if msg.created_ns < probes[probe_index].snapshot_done_ns:
+                if msg.created_ns < probe.snapshot_done_ns:
                     return
                 report.latency.add(max(0, now - msg.created_ns) / 1e9)
+                key = msg.created_ns if by_created else msg.seq
                 if isinstance(msg, Updates) and msg.kvs:
                     arrivals = report.rv_last_arrival
+                    seen = probe.seen_revisions
                     for kv in msg.kvs:
                         if kv.revision.isdigit():
-                            arrivals[int(kv.revision)] = now
+                            rev = int(kv.revision)
+                            if seen is not None:
+                                # A revision sent again (a restarted replica's relist streamed as updates)
+                                # is not a new arrival: only the first receipt measures latency.
+                                if rev in seen:
+                                    continue
+                                seen.add(rev)
+                            arrivals[rev] = now
+                            if by_created:
+                                report.rv_keys.append((rev, key))
                 if spec.track_seq_arrivals:
-                    if report.seq_last_arrival.get(msg.seq, 0) < now:
-                        report.seq_last_arrival[msg.seq] = now
-                    report.seq_created[msg.seq] = msg.created_ns
-            elif isinstance(msg, SnapshotChunk) and msg.final:
+                    if report.seq_last_arrival.get(key, 0) < now:
+                        report.seq_last_arrival[key] = now
+                    report.seq_created[key] = msg.created_ns
+            elif isinstance(msg, SnapshotChunk):
                 probe = probes[probe_index]
+                if probe.seen_revisions is not None and msg.kvs:
+                    probe.seen_revisions.update(int(kv.revision) for kv in msg.kvs if kv.revision.isdigit())
+                if not msg.final:
+                    return
+                first = probe.snapshot_done == 0.0
                 probe.snapshot_done = time.monotonic()
                 probe.snapshot_done_ns = now
-                report.snapshot_seconds.add(probe.snapshot_done - probe.started)
+                if first:  # a resync after a reconnect is measured by reconnect_seconds instead
+                    report.snapshot_seconds.add(probe.snapshot_done - probe.started)
+                if probe.disconnected_at:
+                    probe.resnapshotted = True
+                    if msg.status is SyncStatus.IN_SYNC:
+                        report.reconnect_seconds.add(probe.snapshot_done - probe.disconnected_at)
+                        probe.disconnected_at = 0.0
 
         return on_message
 
+    def on_connection_for(probe_index: int) -> Callable[[bool, str], None]:
+        def on_connection(up: bool, _detail: str) -> None:
+            probe = probes[probe_index]
+            if not up and not probe.disconnected_at and probe.snapshot_done:
+                probe.disconnected_at = time.monotonic()
+                probe.resnapshotted = False
+
+        return on_connection
+
     for n, agent_id in enumerate(agent_ids):
-        decode = bool(decode_every) and agent_id % decode_every == 0 and agent_id // decode_every < spec.full_decode
+        if decode_ids is not None:
+            decode = agent_id in decode_ids
+        else:
+            decode = bool(decode_every) and agent_id % decode_every == 0 and agent_id // decode_every < spec.full_decode
+        addresses = list(spec.addresses)
+        if spec.rotate_addresses and addresses:
+            r = agent_id % len(addresses)
+            addresses = addresses[r:] + addresses[:r]
         client = SyncClient(
-            spec.addresses,
+            addresses,
             spec.syncer_type,
             hostname=f"{spec.hostname_prefix}-{agent_id:05d}",
             info=f"loadtest worker {worker} pid {os.getpid()}",
             decode_kvs=decode,
             compression=spec.compression,
             on_message=on_message_for(n),
+            on_connection=on_connection_for(n),
             backoff_initial=0.2,
             backoff_max=5.0,
         )
-        probes.append(_AgentProbe(client, time.monotonic()))
+        probes.append(_AgentProbe(client, time.monotonic(), seen_revisions=set() if decode and by_created else None))
     spread = spec.connect_spread / max(1, len(probes))
     for probe in probes:
         probe.started = time.monotonic()
@@ -155,11 +217,23 @@ async def _worker(spec: FleetSpec, worker: int, agent_ids: list[int], conn: Conn
                 why = " ".join(c.stats.last_error.split()[:4])
                 reasons[why] = reasons.get(why, 0) + 1
         report.disconnect_reasons = reasons
+        by_server: dict[str, dict[int, int]] = {}
+        not_connected = 0
+        for c in clients:
+            if c.connected_to is None:
+                not_connected += 1
+                continue
+            seqs_here = by_server.setdefault(f"{c.connected_to[0]}:{c.connected_to[1]}", {})
+            seqs_here[c.seq] = seqs_here.get(c.seq, 0) + 1
+        report.seqs_by_server = by_server
+        report.not_connected = not_connected
         if final:
             for c in clients:
                 if c.decode_kvs:
                     items = [(k, kv.value) for k, kv in c.state.items()]
                     report.digests[c.hostname] = (len(items), state_digest(items))
+                    if spec.state_hashes:
+                        report.state_hashes[c.hostname] = {k: zlib.crc32(v or b"") for k, v in items}
         return report
 
     try:
@@ -172,6 +246,7 @@ async def _worker(spec: FleetSpec, worker: int, agent_ids: list[int], conn: Conn
             report.seq_last_arrival = {}
             report.seq_created = {}
             report.rv_last_arrival = {}
+            report.rv_keys = []
             await asyncio.sleep(spec.report_interval)
     finally:
         final = fill(True)
@@ -193,6 +268,7 @@ class AgentFleet(WorkerFleet[WorkerReport]):
         self.seq_last_arrival: dict[int, int] = {}
         self.seq_created: dict[int, int] = {}
         self.rv_last_arrival: dict[int, int] = {}
+        self.rv_keys: dict[int, set[int]] = {}  # KV revision -> arrival keys of the breadcrumbs that carried it
 
     def worker_target(self) -> Callable[..., None]:
         return _worker_main
@@ -205,6 +281,8 @@ class AgentFleet(WorkerFleet[WorkerReport]):
         merge_arrivals(self.seq_last_arrival, rep.seq_last_arrival)
         merge_arrivals(self.rv_last_arrival, rep.rv_last_arrival)
         self.seq_created.update(rep.seq_created)
+        for rv, key in rep.rv_keys:
+            self.rv_keys.setdefault(rv, set()).add(key)
         self.reports[rep.worker] = rep
 
     def merged(self, attr: str) -> LogHistogram:
