@@ -54,11 +54,22 @@ async def _agent(spec: DirectSpec, session: aiohttp.ClientSession, ctx: ssl.SSLC
                  stop: asyncio.Event) -> None:
     headers = {"Authorization": f"Bearer {spec.token}", "Accept": "application/json"}
     versions: dict[str, str] = {}
+
+    async def list_all(path: str) -> str:
+        """A full paginated list, as an informer does; only the bytes are kept, not the objects."""
+        cont = ""
+        while True:
+            params = {"limit": "500", **({"continue": cont} if cont else {})}
+            async with session.get(spec.url + path, headers=headers, ssl=ctx, params=params) as r:
+                body = await r.read()
+            rep.bytes += len(body)
+            md = orjson.loads(body)["metadata"]
+            cont = md.get("continue") or ""
+            if not cont:
+                return md["resourceVersion"]
+
     for path in spec.paths:
-        async with session.get(spec.url + path, headers=headers, ssl=ctx, params={"limit": "500"}) as r:
-            body = await r.read()
-        rep.bytes += len(body)
-        versions[path] = orjson.loads(body)["metadata"]["resourceVersion"]
+        versions[path] = await list_all(path)
     rep.listed += 1
 
     async def follow(path: str) -> None:
@@ -74,8 +85,7 @@ async def _agent(spec: DirectSpec, session: aiohttp.ClientSession, ctx: ssl.SSLC
                             rv = ev["object"].get("metadata", {}).get("resourceVersion")
                             if ev.get("type") == "ERROR":
                                 rep.relists += 1
-                                async with session.get(spec.url + path, headers=headers, ssl=ctx) as lr:
-                                    versions[path] = orjson.loads(await lr.read())["metadata"]["resourceVersion"]
+                                versions[path] = await list_all(path)
                                 break
                             if rv:
                                 versions[path] = rv

@@ -54,7 +54,10 @@ async def typha() -> AsyncIterator[tuple[SnapCache, Ingestor, SyncServer]]:
         (ADDED, "blockaffinities", make_calico_object("BlockAffinity", "a", {"node": "other", "cidr": "10.200.1.0/26", "state": "confirmed"})),
         (ADDED, "ipamblocks", make_calico_object("IPAMBlock", "10-200-1-0-26", {"cidr": "10.200.1.0/26", "affinity": "host:other", "allocations": [], "attributes": []})),
     ])
-    cache.set_status(SyncStatus.RESYNC_IN_PROGRESS)
+    # Typha was in sync once and has since lost its API server: it serves its last good state,
+    # marked wait-for-datastore. Felix must calculate from it but program nothing until in-sync.
+    cache.set_status(SyncStatus.IN_SYNC)
+    cache.set_status(SyncStatus.WAIT_FOR_DATASTORE)
     yield cache, ing, server
     await server.shutdown()
 

@@ -187,8 +187,11 @@ async def test_compaction_forces_relist_that_synthesizes_deletions(rig: Rig) -> 
         rig.store.delete("pods", v.name, namespace=v.namespace)
     apply_events(rig.store, rig.cluster.churn(100))
     rig.api.compact()
+    statuses: list[SyncStatus] = []
+    rig.caches[SYNCER_FELIX].on_breadcrumb = (lambda prev: lambda bc: (statuses.append(bc.status), prev(bc)))(rig.caches[SYNCER_FELIX].on_breadcrumb)
     await wait_for(lambda: stats.relists_410 > relists, 10, "a 410 relist")
     await converged(rig, agents)
+    assert set(statuses) <= {SyncStatus.IN_SYNC}  # a relist while connected keeps the cache in sync
     still_gone = {k for k in victim_keys if k not in truth(rig.store)}
     assert still_gone
     for a in agents:

@@ -18,7 +18,10 @@ so a burst becomes a few breadcrumbs instead of one per event.
 
 Sync status is per cache, derived from the state of every resource that feeds it: wait-for-datastore
 while any of them cannot reach the API server (or has never listed), resync-in-progress while any is
-listing, in-sync when all are watching. Agents hear it (it travels in the breadcrumbs) and readiness
+on its first listing (or relisting after an outage), in-sync when all are watching. A relist forced
+by 410 Gone while connected does not leave in-sync: the cache already holds a state as current as the
+watch was, the relist only upserts (deletions come at its end), and dropping every agent's and the
+readiness probe's in-sync for the tens of seconds a 150k-pod relist takes would be worse than useless. Agents hear it (it travels in the breadcrumbs) and readiness
 follows it, so a typha that lost its API server stops attracting new agents and says so to old ones.
 """
 
@@ -265,7 +268,8 @@ class KubernetesDatastore:
         while True:
             try:
                 if not rv:
-                    self._set_state(res.name, RESYNCING)
+                    if st.state != SYNCED:
+                        self._set_state(res.name, RESYNCING)
                     t0 = time.monotonic()
                     resync = self.ingestor.begin_resync(res.name)
                     rv = await self.list_into(res, resync)
