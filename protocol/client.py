@@ -257,6 +257,12 @@ class SyncClient:
                 limit = self.read_timeout or 3 * ping
             idle = time.monotonic() - proto.last_data
             if idle > limit:
+                # A busy event loop (thousands of agents in one process) can wake this timer before
+                # it gets round to reads already waiting in the kernel: let one loop pass run them
+                # before calling the connection dead.
+                await asyncio.sleep(0)
+                idle = time.monotonic() - proto.last_data
+            if idle > limit:
                 proto.finish(f"read timeout: nothing from the server for {idle:.1f}s", goodbye=GoodbyeCode.PING_TIMEOUT)
                 return
             await asyncio.sleep(max(0.05, min(limit - idle, limit / 3)))
