@@ -332,6 +332,22 @@ class ModeRun:
         self.aborted = ""
 
     # -- emulator and cluster ------------------------------------------------------------------------
+    async def finish(self, res: dict[str, Any], tasks: list[asyncio.Task[Any]], stop_fleet: bool) -> None:
+        """Teardown common to both modes: stop the background tasks, keep the time series, stop the agents."""
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        res["faults"] = self.faults_log
+        res["samples"] = self.rec.samples
+        res["events"] = self.rec.events
+        res["churn_start_t"] = self.churn_start_t
+        res["churn_end_t"] = self.churn_end_t
+        if stop_fleet and self.fleet is not None:
+            try:
+                await self.fleet.stop()
+            except Exception as exc:
+                res.setdefault("errors", []).append(f"stopping agents: {exc!r}")
+
     async def start_api(self) -> None:
         sc = self.sc
         self.rec.phase = "seeding"
@@ -766,19 +782,7 @@ class TyphaRun(ModeRun):
             self.latencies()
             await self.verify(converged, finals)
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            res["faults"] = self.faults_log
-            res["samples"] = self.rec.samples
-            res["events"] = self.rec.events
-            res["churn_start_t"] = self.churn_start_t
-            res["churn_end_t"] = self.churn_end_t
-            if self.fleet is not None and not self.fleet_stopped:
-                try:
-                    await self.fleet.stop()
-                except Exception as exc:
-                    res.setdefault("errors", []).append(f"stopping agents: {exc!r}")
+            await self.finish(res, tasks, stop_fleet=not self.fleet_stopped)
             for r in self.replicas:
                 try:
                     await r.stop()
@@ -1073,19 +1077,7 @@ class DirectRun(ModeRun):
             v["passed"] = bool(v["agents_listed"] == self.agents and v["watches_open_end"] == want)
             res["verification"] = v
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            res["faults"] = self.faults_log
-            res["samples"] = self.rec.samples
-            res["events"] = self.rec.events
-            res["churn_start_t"] = self.churn_start_t
-            res["churn_end_t"] = self.churn_end_t
-            if self.fleet is not None:
-                try:
-                    await self.fleet.stop()
-                except Exception as exc:
-                    res.setdefault("errors", []).append(f"stopping agents: {exc!r}")
+            await self.finish(res, tasks, stop_fleet=True)
             if self.api is not None:
                 await self.api.stop()
         return res

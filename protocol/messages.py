@@ -60,6 +60,7 @@ class GoodbyeCode(str, enum.Enum):
     PING_TIMEOUT = "ping-timeout"
     TOO_SLOW = "too-slow"
     SERVER_FULL = "server-full"
+    NOT_READY = "not-ready"
     REBALANCE = "rebalance"
     SHUTTING_DOWN = "shutting-down"
     CLIENT_CLOSING = "client-closing"

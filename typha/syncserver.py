@@ -24,11 +24,12 @@ a chunk yields to the loop before continuing, so building a large snapshot never
 everybody else for more than one chunk's worth of work.
 
 A cache that has never been in sync (typha just started and is still listing) is not served: the
-handshake completes and the connection is kept alive with pings, but its snapshot starts only when
-the cache first reaches in-sync. A snapshot of a half-listed cache would make a reconnecting agent
-delete everything it knows that the listing has not reached yet. Later dips out of in-sync (the API
-server unreachable) are served as usual: the cache then holds the last good state, and the status
-travelling with it tells agents how current it is.
+client gets GOODBYE `not-ready` and tries another replica (or this one again after its backoff). A
+snapshot of a half-listed cache would make a reconnecting agent delete everything it knows that the
+listing has not reached yet, and holding the agent until the listing ends (tens of seconds for a
+large cluster) would keep it from a replica that could serve it now. Later dips out of in-sync (the
+API server unreachable) are served as usual: the cache then holds the last good state, and the
+status travelling with it tells agents how current it is.
 
 This module knows nothing about the datastore: it serves whatever `SnapCache`s it is given.
 """
@@ -63,8 +64,8 @@ from .snapcache import Breadcrumb, PendingWrite, SnapCache, Snapshot, collect_pe
 
 log = logging.getLogger("typha.server")
 
-# Connection states. WAITING: handshake done, but the cache has never been in sync yet.
-HANDSHAKE, SNAPSHOT, FOLLOWING, CLOSED, WAITING = range(5)
+# Connection states.
+HANDSHAKE, SNAPSHOT, FOLLOWING, CLOSED = range(4)
 
 
 @dataclass(slots=True)
@@ -93,7 +94,7 @@ class SyncConnection(asyncio.Protocol):
     __slots__ = (
         "server", "transport", "peer", "state", "proto", "syncer", "cache", "hello", "snapshot",
         "chunk", "last", "paused", "paused_since", "connected_at", "snapshot_started", "ping_sent_at",
-        "ping_ns", "last_ping_at", "handshake_timer", "close_reason", "bytes_sent", "compressed", "__weakref__",
+        "ping_ns", "last_ping_at", "handshake_timer", "close_reason", "bytes_sent", "__weakref__",
     )
 
     def __init__(self, server: SyncServer) -> None:
@@ -118,7 +119,6 @@ class SyncConnection(asyncio.Protocol):
         self.handshake_timer: asyncio.TimerHandle | None = None
         self.close_reason = ""
         self.bytes_sent = 0
-        self.compressed = False
 
     def __repr__(self) -> str:
         who = self.hello.hostname if self.hello else "?"
@@ -286,7 +286,6 @@ class SyncServer:
         self.last_housekeeping = time.monotonic()
         self.rebalance_target: int | None = None
         self._synced_once = {name for name, cache in self.caches.items() if cache.status is SyncStatus.IN_SYNC}
-        self._waiting: dict[str, list[SyncConnection]] = {name: [] for name in self.caches}
         for name, cache in self.caches.items():
             cache.on_breadcrumb = self._make_notifier(name)
 
@@ -371,33 +370,19 @@ class SyncServer:
         except HandshakeRejected as exc:
             conn.close(exc.code, str(exc))
             return
+        if hello.syncer_type not in self._synced_once:
+            conn.close(GoodbyeCode.NOT_READY, f"the {hello.syncer_type} cache has not synced with the datastore yet", level=logging.INFO)
+            return
         cache = self.caches[hello.syncer_type]
         conn.hello = hello
         conn.syncer = hello.syncer_type
         conn.cache = cache
-        conn.compressed = server_hello.compression is not None
         conn._write(encode(server_hello))
-        if conn.syncer not in self._synced_once:
-            conn.state = WAITING
-            self._waiting[conn.syncer].append(conn)
-            log.debug("%r: waiting for the %s cache's first sync", conn, conn.syncer)
-            return
-        self._start_snapshot(conn)
-
-    def _start_snapshot(self, conn: SyncConnection) -> None:
-        assert conn.cache is not None
-        conn.snapshot = conn.cache.snapshot(conn.compressed)
+        conn.snapshot = cache.snapshot(server_hello.compression is not None)
         conn.snapshot_started = time.monotonic()
         conn.chunk = 0
         conn.state = SNAPSHOT
         conn.pump()
-
-    def _release_waiting(self, syncer: str) -> None:
-        waiting, self._waiting[syncer] = self._waiting[syncer], []
-        log.info("%s cache in sync: starting snapshots for %d waiting connections", syncer, len(waiting))
-        for conn in waiting:
-            if conn.state == WAITING:
-                self._start_snapshot(conn)
 
     def _start_following(self, conn: SyncConnection) -> None:
         self._following[conn.syncer].add(conn)
@@ -406,10 +391,8 @@ class SyncServer:
     # -- fan-out -------------------------------------------------------------------------------------
     def _make_notifier(self, syncer: str):  # noqa: ANN202 - closure type is obvious
         def notify(bc: Breadcrumb) -> None:
-            if bc.status is SyncStatus.IN_SYNC and syncer not in self._synced_once:
+            if bc.status is SyncStatus.IN_SYNC:
                 self._synced_once.add(syncer)
-                if self.loop is not None:
-                    self.loop.call_soon(self._release_waiting, syncer)
             if not self._fanout_scheduled[syncer] and self.loop is not None:
                 self._fanout_scheduled[syncer] = True
                 self.loop.call_soon(self._fan_out, syncer, bc.created_ns)
