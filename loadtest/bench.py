@@ -17,8 +17,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
+from .tables import kv_table
 from .agents import AgentFleet, FleetSpec
 
 
@@ -75,15 +75,6 @@ class BenchServer:
             await self.proc.wait()
 
 
-def _table(title: str, rows: list[tuple[str, str]]) -> Table:
-    t = Table(title=title, show_header=False)
-    t.add_column("what")
-    t.add_column("value", justify="right")
-    for k, v in rows:
-        t.add_row(k, v)
-    return t
-
-
 async def run_fanout(opts: FanoutOptions, console: Console | None = None) -> dict[str, Any]:
     console = console or Console(stderr=True)
     results: dict[str, Any] = {"options": opts.__dict__.copy()}
@@ -115,7 +106,7 @@ async def run_fanout(opts: FanoutOptions, console: Console | None = None) -> dic
             def tick() -> None:
                 d = fleet.describe()
                 el = time.monotonic() - t0
-                live.update(_table(f"snapshot phase {el:5.1f}s", [
+                live.update(kv_table(f"snapshot phase {el:5.1f}s", [
                     ("agents streaming", f"{d['streaming']:,}/{opts.agents:,}"),
                     ("bytes received", f"{d['bytes'] / 1e9:,.2f} GB"),
                     ("rate", f"{d['bytes'] / 1e9 / max(el, 1e-9):,.2f} GB/s"),
@@ -146,7 +137,7 @@ async def run_fanout(opts: FanoutOptions, console: Console | None = None) -> dic
         with Live(console=console, refresh_per_second=4) as live:
             def tick2() -> None:
                 lat = fleet.merged("latency")
-                live.update(_table(f"churn phase {time.monotonic() - t1:5.1f}s / {opts.seconds:.0f}s", [
+                live.update(kv_table(f"churn phase {time.monotonic() - t1:5.1f}s / {opts.seconds:.0f}s", [
                     ("updates/s", f"{opts.rate:,.0f}"),
                     ("agent latency p50", f"{lat.percentile(50) * 1e3:.1f} ms"),
                     ("agent latency p99", f"{lat.percentile(99) * 1e3:.1f} ms"),
@@ -200,7 +191,7 @@ async def run_fanout(opts: FanoutOptions, console: Console | None = None) -> dic
         await server.stop()
 
     s, c, m = results["snapshot"], results["churn"], results["memory"]
-    console.print(_table("fan-out results", [
+    console.print(kv_table("fan-out results", [
         ("snapshot to all agents", f"{s['seconds_all_agents']:.2f} s"),
         ("aggregate wire rate", f"{s['wire_gbps']:.2f} GB/s"),
         ("aggregate raw-equivalent rate", f"{s['raw_equivalent_gbps']:.2f} GB/s"),

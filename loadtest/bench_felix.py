@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from felix.routes import RTPROT_FELIX, run_in_netns
 from typha.ingest import ADDED
 
+from .tables import kv_table
 from .apiserver import start_apiserver
 from .apiserver.fixtures import make_calico_object, make_namespace, make_node, make_pod
 from .cluster import apply_events
@@ -173,9 +173,7 @@ async def run_felix_bench(nodes: int = 500, blocks_per_node: int = 20, pods: int
         await api.stop()
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         workdir.cleanup()
-    t = Table(title="felix", show_header=False)
-    t.add_column("what")
-    t.add_column("value", justify="right")
+    t = kv_table("felix")
     t.add_row("routes at cold start", f"{want:,}")
     t.add_row("cold start to converged", f"{out['cold_start_seconds']:.2f} s")
     pl = out["pod_add_latency"]

@@ -25,6 +25,7 @@ from rich.table import Table
 from protocol.digest import state_digest
 from typha.synthetic import SyntheticCluster
 
+from .tables import kv_table
 from .agents import AgentFleet, FleetSpec
 from .apiserver import start_apiserver
 from .cluster import apply_events, seed, truth
@@ -48,9 +49,7 @@ def _progress(title: str, fleet: AgentFleet, typha: dict[str, Any], metrics: dic
     d = fleet.describe()
     lat = fleet.merged("latency")
     felix = typha.get("syncers", {}).get("felix", {})
-    t = Table(title=title, show_header=False)
-    t.add_column("what")
-    t.add_column("value", justify="right")
+    t = kv_table(title)
     t.add_row("agents connected / in sync", f"{d['connected']:,} / {d['in_sync']:,} of {d['agents']:,}")
     t.add_row("typha keys (felix) / seq", f"{felix.get('keys', 0):,} / {felix.get('seq', 0):,}")
     t.add_row("updates in / skipped as duplicates", f"{metrics.get('typha_updates_total{syncer=felix}', 0):,.0f} / {metrics.get('typha_updates_skipped_total{syncer=felix}', 0):,.0f}")
@@ -155,9 +154,7 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         snap = fleet.merged("snapshot_seconds")
         updates = metrics.get("typha_updates_total{syncer=felix}", 0)
         skipped = metrics.get("typha_updates_skipped_total{syncer=felix}", 0)
-        t = Table(title="demo summary", show_header=False)
-        t.add_column("what")
-        t.add_column("value", justify="right")
+        t = kv_table("demo summary")
         t.add_row("agents (processes)", f"{opts.agents:,} ({opts.processes})")
         t.add_row("agents at typha's final seq", f"{sum(r.agents for r in fleet.reports.values() if r.min_seq >= felix['seq']):,}")
         t.add_row("keys in typha's felix cache", f"{felix['keys']:,}")
