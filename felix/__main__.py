@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from protocol.runtime import kubernetes_client, run_main
+from protocol.runtime import StartupError, kubernetes_client, run_main
 
 from .agent import FelixAgent
 from .config import FelixConfig, load_config
@@ -29,7 +29,11 @@ async def run(cfg: FelixConfig) -> None:
     if cfg.routes_enabled:
         from .routes import RouteManager
 
-        routes = RouteManager(cfg.netns or None, resync_interval=cfg.route_refresh_interval or float("inf"))
+        try:
+            routes = RouteManager(cfg.netns or None, resync_interval=cfg.route_refresh_interval or float("inf"))
+        except OSError as exc:
+            where = f"network namespace {cfg.netns!r}" if cfg.netns else "this network namespace"
+            raise StartupError(f"cannot open netlink sockets in {where}: {exc}") from None
     agent = FelixAgent(
         cfg.nodename, typha, routes=routes, network_mtu=cfg.network_mtu, read_timeout=cfg.typha_read_timeout,
         netns=cfg.netns or None,

@@ -71,3 +71,12 @@ async def test_discovery_against_the_api_server(tmp_path: Path) -> None:
                 await fresh()
     finally:
         await api.stop()
+
+
+def test_felix_reports_bad_start_up_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from felix.__main__ import main
+
+    assert main(["--typha-addresses", "127.0.0.1:1", "--netns", "pt-no-such-ns", "--health-port", "0", "--metrics-port", "0"]) == 2
+    assert "cannot open netlink sockets in network namespace 'pt-no-such-ns'" in capsys.readouterr().err
+    assert main(["--typha-addresses", "nonsense"]) == 2
+    assert "felix: error: --typha-addresses='nonsense'" in capsys.readouterr().err
