@@ -61,6 +61,7 @@ class ClientStats:
     bytes_received: int = 0
     updates_reported: int = 0
     deletes_synthesized: int = 0
+    resumes: int = 0  # reconnects that continued the old stream instead of taking a snapshot
     last_error: str = ""
 
 
@@ -128,8 +129,10 @@ class SyncClient:
         backoff_initial: float = 0.1,
         backoff_max: float = 10.0,
         max_frame: int = DEFAULT_MAX_SERVER_FRAME,
+        resume: bool = True,
     ) -> None:
         self._addresses = addresses
+        self.resume = resume
         self.syncer_type = syncer_type
         self.hostname = hostname or socket.gethostname()
         self.info = info
@@ -156,6 +159,8 @@ class SyncClient:
         self._stopping = False
         self._proto: _StreamProtocol | None = None
         self._address_index = 0
+        self._epoch = ""  # epoch of the cache our view (up to self.seq) came from; "" = not resumable
+        self._pending_epoch = ""
 
     # -- public API ----------------------------------------------------------------------------------
     @property
@@ -224,6 +229,9 @@ class SyncClient:
             info=self.info,
             compression=("zstd",) if self.compression else (),
             connection_id=uuid.uuid4().hex,
+            # Ask to continue where the last stream left off; the server decides if it can.
+            resume_epoch=self._epoch if self.resume else "",
+            resume_seq=self.seq if self.resume and self._epoch else 0,
         )
         conn = ClientConnection(hello, self.max_frame, self.decode_kvs)
         try:
@@ -289,6 +297,16 @@ class SyncClient:
             proto.finish(f"server said goodbye: {msg.code}: {msg.reason}")
         elif isinstance(msg, ServerHello):
             self.server_id = msg.server_id
+            if msg.resumed:
+                # Our view is the server's as of our last seq; what follows is what we missed.
+                self.stats.resumes += 1
+                self._seen = None
+                self._epoch = msg.epoch
+                self._streaming.set()
+                self._set_status(self.status)
+            else:
+                self._epoch = ""  # a snapshot follows: until it completes, we have nothing to resume
+            self._pending_epoch = msg.epoch
 
     def _report(self, kvs: list[KV]) -> None:
         if kvs:
@@ -325,6 +343,7 @@ class SyncClient:
                 self._report([KV(k, None, "") for k in gone])
             self._seen = None
             self.seq = chunk.seq
+            self._epoch = self._pending_epoch
             self._streaming.set()
         self._set_status(chunk.status)
 

@@ -158,6 +158,8 @@ def encode(msg: Message, compressor: Compressor | None = None) -> bytes:
                     "syncer_type": msg.syncer_type,
                     "compression": list(msg.compression),
                     "connection_id": msg.connection_id,
+                    # Optional fields are written only when used, so older peers see the hello they know.
+                    **({"resume_epoch": msg.resume_epoch, "resume_seq": msg.resume_seq} if msg.resume_epoch else {}),
                 }
             ),
         )
@@ -171,6 +173,8 @@ def encode(msg: Message, compressor: Compressor | None = None) -> bytes:
                     "compression": msg.compression,
                     "server_id": msg.server_id,
                     "ping_interval": float(msg.ping_interval),
+                    **({"epoch": msg.epoch} if msg.epoch else {}),
+                    **({"resumed": True} if msg.resumed else {}),
                 }
             ),
         )
@@ -308,6 +312,8 @@ def decode(
             info=_opt_field(obj, "info", str, "", what),
             compression=compression,
             connection_id=_opt_field(obj, "connection_id", str, "", what),
+            resume_epoch=_opt_field(obj, "resume_epoch", str, "", what),
+            resume_seq=_opt_field(obj, "resume_seq", int, 0, what),
         )
     if mtype is MsgType.SERVER_HELLO:
         compression = obj.get("compression")
@@ -322,6 +328,8 @@ def decode(
             compression=compression,
             server_id=_opt_field(obj, "server_id", str, "", what),
             ping_interval=ping_interval,
+            epoch=_opt_field(obj, "epoch", str, "", what),
+            resumed=_opt_field(obj, "resumed", bool, False, what),
         )
     if mtype is MsgType.PING:
         return Ping(_field(obj, "ts", int, what))

@@ -132,6 +132,9 @@ class ClientConnection:
             raise HandshakeRejected(f"server chose protocol version {sh.version}; we offered {self.hello.versions}")
         if sh.syncer_type != self.hello.syncer_type:
             raise HandshakeRejected(f"server serves syncer {sh.syncer_type!r}; we asked for {self.hello.syncer_type!r}")
+        if sh.resumed:
+            if not self.hello.resume_epoch or sh.epoch != self.hello.resume_epoch:
+                raise HandshakeRejected("server resumed a stream we did not ask to resume")
         if sh.compression is not None:
             if sh.compression not in self.hello.compression:
                 raise HandshakeRejected(f"server chose compression {sh.compression!r} we did not offer")
@@ -139,7 +142,12 @@ class ClientConnection:
                 raise HandshakeRejected(f"server chose compression {sh.compression!r}; only zstd is implemented")
             self._decompressor = Decompressor(self._max_frame)
         self.server_hello = sh
-        self.state = ConnState.SNAPSHOT
+        if sh.resumed:
+            # No snapshot: the stream continues right after the seq we had.
+            self.seq = self.hello.resume_seq
+            self.state = ConnState.STREAMING
+        else:
+            self.state = ConnState.SNAPSHOT
 
 
 def negotiate(
@@ -148,6 +156,8 @@ def negotiate(
     compression_enabled: bool = True,
     server_id: str = "",
     ping_interval: float = 10.0,
+    epoch: str = "",
+    resumed: bool = False,
 ) -> ServerHello:
     """Pick version and compression for a client hello, or raise HandshakeRejected with the reason."""
     common = set(hello.versions) & set(SUPPORTED_VERSIONS)
@@ -162,7 +172,7 @@ def negotiate(
             GoodbyeCode.UNKNOWN_SYNCER,
         )
     compression = COMPRESSION_ZSTD if compression_enabled and COMPRESSION_ZSTD in hello.compression else None
-    return ServerHello(max(common), hello.syncer_type, compression, server_id, ping_interval)
+    return ServerHello(max(common), hello.syncer_type, compression, server_id, ping_interval, epoch, resumed)
 
 
 class ServerConnection:

@@ -82,6 +82,9 @@ class ClientHello:
     info: str = ""
     compression: tuple[str, ...] = (COMPRESSION_ZSTD,)
     connection_id: str = ""
+    # Resume: the cache epoch and last seq of a stream this client followed before; empty = none.
+    resume_epoch: str = ""
+    resume_seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,10 @@ class ServerHello:
     compression: str | None
     server_id: str = ""
     ping_interval: float = 10.0
+    # The identity of this incarnation of the cache (sequence numbers are only meaningful within it),
+    # and whether the requested resume was granted: then no snapshot follows, only breadcrumbs.
+    epoch: str = ""
+    resumed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -626,3 +626,26 @@ def test_resync_reports_only_the_difference_and_synthesizes_deletes() -> None:
     assert sorted((kv.key, kv.value) for kv in flat) == [("b", b"22"), ("c", None), ("d", b"4")]
     assert {k: kv.value for k, kv in client.state.items()} == {"a": b"1", "b": b"22", "d": b"4"}
     assert client.stats.deletes_synthesized == 1 and client.seq == 100
+
+
+def test_resume_fields_round_trip_and_resumed_hello_skips_the_snapshot() -> None:
+    hello = ClientHello("n", "felix", resume_epoch="e1", resume_seq=41)
+    assert decode(_frames(encode(hello))[0]) == hello
+    conn = ClientConnection(hello)
+    msgs = conn.receive_data(encode(ServerHello(1, "felix", None, epoch="e1", resumed=True)) + encode_sync_status(41, 42, 1, SyncStatus.IN_SYNC))
+    assert conn.state is ConnState.STREAMING and conn.seq == 42 and len(msgs) == 2
+
+
+def test_unsolicited_or_foreign_resume_is_rejected() -> None:
+    with pytest.raises(HandshakeRejected):
+        ClientConnection(ClientHello("n", "felix")).receive_data(encode(ServerHello(1, "felix", None, epoch="e", resumed=True)))
+    with pytest.raises(HandshakeRejected):
+        ClientConnection(ClientHello("n", "felix", resume_epoch="mine", resume_seq=3)).receive_data(
+            encode(ServerHello(1, "felix", None, epoch="theirs", resumed=True))
+        )
+
+
+def _frames(data: bytes) -> list:
+    reader = FrameReader(1 << 20)
+    reader.feed(data)
+    return reader.frames()

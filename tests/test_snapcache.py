@@ -129,7 +129,7 @@ def test_snapshot_is_consistent_while_state_changes() -> None:
 
 def test_old_breadcrumbs_are_freed_when_nobody_needs_them() -> None:
     clock = FakeClock()
-    c = SnapCache("felix", clock_ns=clock)
+    c = SnapCache("felix", clock_ns=clock, resume_window_ns=0)  # no resume window pinning them
     c.apply([("k", b"0", "0")])
     first = weakref.ref(c.head)
     holder = c.head  # a slow client pinned here
@@ -143,7 +143,7 @@ def test_old_breadcrumbs_are_freed_when_nobody_needs_them() -> None:
 
 def test_cached_snapshot_releases_its_breadcrumb_once_stale() -> None:
     clock = FakeClock()
-    c = SnapCache("felix", clock_ns=clock)
+    c = SnapCache("felix", clock_ns=clock, resume_window_ns=0)
     c.apply([("k", b"0", "0")])
     snap_bc = weakref.ref(c.head)
     c.snapshot(False)
@@ -153,7 +153,7 @@ def test_cached_snapshot_releases_its_breadcrumb_once_stale() -> None:
 
 
 def test_long_chain_frees_without_recursion_error() -> None:
-    c = SnapCache("felix")
+    c = SnapCache("felix", resume_window_ns=0)
     holder = c.head
     for i in range(200_000):
         c.apply([("k", b"%d" % i, "1")])
@@ -170,3 +170,20 @@ def test_snapshot_chunks_end_early_for_large_values() -> None:
     assert len(frames) == 3  # 4 MiB per chunk: 4 + 4 + 2 values, not one 10 MiB frame
     conn = decode_all(c)
     assert conn.seq == c.head.seq
+
+
+def test_resume_window_keeps_recent_breadcrumbs_findable_and_frees_older_ones() -> None:
+    clock = FakeClock()
+    c = SnapCache("felix", clock_ns=clock, resume_window_ns=10_000_000_000)
+    c.apply([("k", b"0", "0")])
+    old = weakref.ref(c.head)
+    assert c.find(1) is c.head and c.find(0) is not None and c.find(99) is None
+    clock.now += 5_000_000_000
+    c.apply([("k", b"1", "1")])
+    assert c.find(1) is not None  # 5 s old: still resumable
+    clock.now += 6_000_000_000
+    c.apply([("k", b"2", "2")])
+    assert c.find(1) is None and c.find(2) is not None and c.find(3) is c.head
+    assert old() is None  # out of the window and held by nobody: freed
+    other = SnapCache("felix")
+    assert other.epoch != c.epoch  # sequence numbers of different caches never mix

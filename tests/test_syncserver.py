@@ -445,3 +445,61 @@ async def test_no_snapshot_before_the_cache_was_ever_in_sync(server_factory) -> 
     assert late.status is SyncStatus.WAIT_FOR_DATASTORE and values(late.state) == {"half/listed": b"1"}
     late.stop()
     await asyncio.wait_for(late_task, 5)
+
+
+async def test_reconnect_to_the_same_cache_resumes_without_a_snapshot(server_factory) -> None:
+    cache = make_cache(2000)
+    server = await server_factory(cache)
+    reported: list[KV] = []
+    gate = asyncio.Event()  # holds the client's next dial until the test has changed the world
+    gate.set()
+
+    async def addresses() -> list[tuple[str, int]]:
+        await gate.wait()
+        return [("127.0.0.1", server.port)]
+
+    client = SyncClient(addresses, "felix", hostname="n", on_updates=reported.extend, backoff_initial=0.01)
+    task = asyncio.create_task(client.run())
+    await client.wait_in_sync(5)
+    wire_before = client.bytes_received
+    gate.clear()
+    client.disconnect("testing resume")
+    await wait_for(lambda: client.stats.disconnects == 1, 5, "disconnected")
+    reported.clear()
+    # Changes while the agent was away: an add, a change, a delete.
+    cache.apply([("new/key", b"n", "r1"), ("/calico/test/000001", b"changed", "r2"), ("/calico/test/000002", None, "r3")])
+    gate.set()
+    await wait_for(lambda: client.stats.connects == 2 and client.seq == cache.head.seq, 5, "resumed and caught up")
+    assert client.stats.resumes == 1 and client.stats.snapshots == 1  # no second snapshot
+    assert values(client.state) == cache_values(cache)
+    assert sorted(kv.key for kv in reported) == ["/calico/test/000001", "/calico/test/000002", "new/key"]
+    assert client.bytes_received - wire_before < 2000  # only the missed updates crossed the wire
+    assert server.metrics.registry.get_sample_value("typha_connections_resumed_total") == 1
+    client.stop()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_resume_refused_for_another_cache_or_an_expired_seq(server_factory) -> None:
+    a, b = make_cache(50), make_cache(50)
+    b.resume_window_ns = 0  # keeps only its newest breadcrumb
+    sa, sb = await server_factory(a), await server_factory(b)
+    # Another cache (a restarted typha has a new epoch even at the same address): snapshot + diff.
+    client = SyncClient([("127.0.0.1", sa.port), ("127.0.0.1", sb.port)], "felix", hostname="n", backoff_initial=0.01)
+    task = asyncio.create_task(client.run())
+    await client.wait_in_sync(5)
+    b.apply([("only/in/b", b"1", "1")])
+    await sa.shutdown()
+    await wait_for(lambda: client.connected_to == ("127.0.0.1", sb.port) and client.in_sync, 5, "moved to b")
+    assert client.stats.resumes == 0 and client.stats.snapshots == 2
+    assert values(client.state) == cache_values(b)
+    # Same cache, but the seq fell out of its resume window (changes happened while away): snapshot.
+    client._addresses = [("127.0.0.1", 1)]  # nothing listens there: the next dial fails
+    client.disconnect("testing expiry")
+    await wait_for(lambda: client.stats.disconnects >= 2, 5, "disconnected")
+    b.apply([("later", b"2", "2")])
+    client._addresses = [("127.0.0.1", sb.port)]
+    await wait_for(lambda: client.stats.connects == 3 and client.in_sync and client.seq == b.head.seq, 5, "resynced")
+    assert client.stats.resumes == 0 and client.stats.snapshots == 3
+    assert values(client.state) == cache_values(b)
+    client.stop()
+    await asyncio.wait_for(task, 5)

@@ -46,7 +46,7 @@ def _report_datastore_end(task: asyncio.Task[None]) -> None:
 
 
 async def run(cfg: TyphaConfig) -> None:
-    caches = {name: SnapCache(name) for name in (SYNCER_FELIX, SYNCER_BGP)}
+    caches = {name: SnapCache(name, resume_window_ns=int(cfg.resume_window * 1e9)) for name in (SYNCER_FELIX, SYNCER_BGP)}
     metrics = ServerMetrics()
     metrics.watch_caches(lambda: caches)
     server = SyncServer(caches, server_config(cfg), metrics)

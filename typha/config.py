@@ -42,6 +42,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_connections", int, 10000, "Connections above this are refused.", positive),
     Setting("max_frame", int, 1 << 20, "Largest frame accepted from a client, in bytes.", _min_frame),
     Setting("compression", parse_bool, True, "Offer zstd compression to clients that support it."),
+    Setting("resume_window", float, 60.0, "Seconds of history kept so a reconnecting agent can resume without a snapshot (0 disables).", non_negative),
     Setting("shutdown_timeout", float, 300.0, "Termination grace period; connections are closed over 95% of it.", non_negative),
     Setting("server_id", str, "", "Name reported to clients (default: the hostname)."),
     Setting("synthetic_nodes", int, 100, "Synthetic datastore: number of nodes.", positive),
@@ -82,6 +83,7 @@ class TyphaConfig:
     max_connections: int
     max_frame: int
     compression: bool
+    resume_window: float
     shutdown_timeout: float
     server_id: str
     synthetic_nodes: int

@@ -123,6 +123,7 @@ class ServerMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.accepted = Counter("typha_connections_accepted", "Connections accepted.", registry=r)
+        self.resumed = Counter("typha_connections_resumed", "Reconnections continued from their last seq, without a snapshot.", registry=r)
         self.dropped = Counter("typha_connections_dropped", "Connections closed by the server, by reason.", ["reason"], registry=r)
         self.active = Gauge("typha_connections_active", "Open connections.", registry=r)
         self.streaming = Gauge("typha_connections_streaming", "Connections past their snapshot, following the breadcrumbs.", registry=r)

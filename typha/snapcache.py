@@ -25,11 +25,19 @@ the snapshot pins its breadcrumb, so every reuser can continue from exactly wher
 
 Identical values are dropped here (a changed revision alone is not a change) and so are deletions of
 keys we do not hold: that is what stops a pod-status heartbeat fanning out to every node.
+
+Resume. The cache also keeps the breadcrumbs of the last `resume_window_ns` in a deque (a bounded
+cost: churn rate x window), so an agent that reconnects to the same cache incarnation (`epoch`, a
+random id: sequence numbers mean nothing across restarts) can continue right after the last seq it
+saw instead of receiving the whole snapshot again, which is what makes a brief disconnect cheap for
+both sides. Anything older, or from another epoch, gets a snapshot as before.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -44,6 +52,7 @@ DEFAULT_SNAPSHOT_CHUNK = 1000
 #: Raw KV bytes after which a snapshot chunk ends early (well under clients' 64 MiB frame limit).
 DEFAULT_SNAPSHOT_CHUNK_BYTES = 4 << 20
 DEFAULT_SNAPSHOT_REUSE_NS = 1_000_000_000
+DEFAULT_RESUME_WINDOW_NS = 60_000_000_000
 
 
 class Breadcrumb:
@@ -210,6 +219,7 @@ class SnapCache:
         snapshot_chunk: int = DEFAULT_SNAPSHOT_CHUNK,
         snapshot_reuse_ns: int = DEFAULT_SNAPSHOT_REUSE_NS,
         clock_ns: Callable[[], int] = time.time_ns,
+        resume_window_ns: int = DEFAULT_RESUME_WINDOW_NS,
     ) -> None:
         if max_batch < 1 or snapshot_chunk < 1:
             raise ValueError("max_batch and snapshot_chunk must be positive")
@@ -226,6 +236,9 @@ class SnapCache:
         self.on_breadcrumb: Callable[[Breadcrumb], None] | None = None
         self._snapshots: dict[bool, Snapshot] = {}
         self._compressor = Compressor()
+        self.epoch = uuid.uuid4().hex[:16]
+        self.resume_window_ns = resume_window_ns
+        self._recent: deque[Breadcrumb] = deque([self.head])
 
     # -- reading -------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -233,6 +246,17 @@ class SnapCache:
 
     def get(self, key: str) -> Update | None:
         return self._state.get(key)
+
+    def find(self, seq: int) -> Breadcrumb | None:
+        """The breadcrumb with sequence number `seq`, if it is still inside the resume window."""
+        recent = self._recent
+        if not recent:
+            return None
+        i = seq - recent[0].seq
+        if 0 <= i < len(recent):
+            bc = recent[i]
+            return bc if bc.seq == seq else None
+        return None
 
     def items(self) -> dict[str, Update]:
         """A copy of the current state (for tests and debugging; clients use snapshots)."""
@@ -290,6 +314,11 @@ class SnapCache:
         bc = Breadcrumb(seq, prev.seq, now, status, count, wire)
         prev.next = bc
         self.head = bc
+        recent = self._recent
+        recent.append(bc)
+        horizon = now - self.resume_window_ns
+        while len(recent) > 1 and recent[0].created_ns <= horizon:
+            recent.popleft()
         self.stats.breadcrumbs += 1
         self.stats.breadcrumb_bytes += len(wire)
         if self._snapshots:

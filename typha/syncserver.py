@@ -363,21 +363,36 @@ class SyncServer:
         if conn.handshake_timer is not None:
             conn.handshake_timer.cancel()
             conn.handshake_timer = None
+        cache = self.caches.get(hello.syncer_type)
+        resume_from = None
+        if cache is not None and hello.resume_epoch and hello.resume_epoch == cache.epoch:
+            resume_from = cache.find(hello.resume_seq)
         try:
             # Pings go out on housekeeping passes, so never promise them more often than those run.
             interval = max(self.config.ping_interval, self.config.housekeeping_interval)
-            server_hello = negotiate(hello, self.caches.keys(), self.config.compression, self.config.server_id, interval)
+            server_hello = negotiate(
+                hello, self.caches.keys(), self.config.compression, self.config.server_id, interval,
+                epoch=cache.epoch if cache is not None else "", resumed=resume_from is not None,
+            )
         except HandshakeRejected as exc:
             conn.close(exc.code, str(exc))
             return
         if hello.syncer_type not in self._synced_once:
             conn.close(GoodbyeCode.NOT_READY, f"the {hello.syncer_type} cache has not synced with the datastore yet", level=logging.INFO)
             return
-        cache = self.caches[hello.syncer_type]
+        assert cache is not None
         conn.hello = hello
         conn.syncer = hello.syncer_type
         conn.cache = cache
         conn._write(encode(server_hello))
+        if resume_from is not None:
+            # The agent already holds the state up to resume_from: continue from there, no snapshot.
+            self.metrics.resumed.inc()
+            conn.last = resume_from
+            conn.state = FOLLOWING
+            self._start_following(conn)
+            conn.pump()
+            return
         conn.snapshot = cache.snapshot(server_hello.compression is not None)
         conn.snapshot_started = time.monotonic()
         conn.chunk = 0
