@@ -503,3 +503,29 @@ async def test_resume_refused_for_another_cache_or_an_expired_seq(server_factory
     assert values(client.state) == cache_values(b)
     client.stop()
     await asyncio.wait_for(task, 5)
+
+
+async def test_snapshots_stream_a_bounded_number_at_a_time(server_factory) -> None:
+    cache = make_cache(20_000)
+    server = await server_factory(cache, max_concurrent_snapshots=2, ping_interval=0.1, housekeeping_interval=0.05)
+    peak = 0
+    queued_seen = 0
+
+    def watch() -> bool:
+        nonlocal peak, queued_seen
+        states = [c.state for c in server.connections]
+        peak = max(peak, sum(1 for s in states if s == 1))  # SNAPSHOT
+        queued_seen = max(queued_seen, sum(1 for s in states if s == 4))  # QUEUED
+        return False
+
+    clients, tasks = await start_clients(server.port, 8)
+    done = asyncio.gather(*(c.wait_in_sync(20) for c in clients))
+    while not done.done():
+        watch()
+        await asyncio.sleep(0.002)
+    await done
+    assert peak <= 2 and queued_seen >= 1  # a queue really formed, and never more than 2 streamed
+    for c in clients:
+        assert values(c.state) == cache_values(cache)
+    assert server.metrics.registry.get_sample_value("typha_snapshots_queued") == 0
+    await stop_clients(clients, tasks)

@@ -34,7 +34,8 @@ def server_config(cfg: TyphaConfig) -> ServerConfig:
     return ServerConfig(
         host=cfg.listen_host, port=cfg.port, handshake_timeout=cfg.handshake_timeout, ping_interval=cfg.ping_interval,
         ping_timeout=cfg.ping_timeout, write_timeout=cfg.write_timeout, max_fall_behind=cfg.max_fall_behind,
-        new_client_grace=cfg.new_client_grace, max_connections=cfg.max_connections, max_frame=cfg.max_frame,
+        new_client_grace=cfg.new_client_grace, max_connections=cfg.max_connections,
+        max_concurrent_snapshots=cfg.max_concurrent_snapshots, max_frame=cfg.max_frame,
         compression=cfg.compression, server_id=cfg.server_id,
     )
 

@@ -40,6 +40,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_fall_behind", float, 300.0, "Seconds a client may lag behind the newest update.", positive),
     Setting("new_client_grace", float, 300.0, "Seconds after connecting before a client can be dropped for lagging.", non_negative),
     Setting("max_connections", int, 10000, "Connections above this are refused.", positive),
+    Setting("max_concurrent_snapshots", int, 200, "Snapshots streamed at once; later agents queue (0: unlimited).", non_negative),
     Setting("max_frame", int, 1 << 20, "Largest frame accepted from a client, in bytes.", _min_frame),
     Setting("compression", parse_bool, True, "Offer zstd compression to clients that support it."),
     Setting("resume_window", float, 60.0, "Seconds of history kept so a reconnecting agent can resume without a snapshot (0 disables).", non_negative),
@@ -81,6 +82,7 @@ class TyphaConfig:
     max_fall_behind: float
     new_client_grace: float
     max_connections: int
+    max_concurrent_snapshots: int
     max_frame: int
     compression: bool
     resume_window: float

@@ -126,6 +126,7 @@ class ServerMetrics:
         self.resumed = Counter("typha_connections_resumed", "Reconnections continued from their last seq, without a snapshot.", registry=r)
         self.dropped = Counter("typha_connections_dropped", "Connections closed by the server, by reason.", ["reason"], registry=r)
         self.active = Gauge("typha_connections_active", "Open connections.", registry=r)
+        self.snapshots_queued = Gauge("typha_snapshots_queued", "Connections waiting for a snapshot slot.", registry=r)
         self.streaming = Gauge("typha_connections_streaming", "Connections past their snapshot, following the breadcrumbs.", registry=r)
         self.snapshot_send = Histogram(
             "typha_client_snapshot_send_seconds", "Time to send a snapshot to one client.", buckets=_SEND_BUCKETS, registry=r

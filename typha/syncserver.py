@@ -31,6 +31,12 @@ large cluster) would keep it from a replica that could serve it now. Later dips 
 API server unreachable) are served as usual: the cache then holds the last good state, and the
 status travelling with it tells agents how current it is.
 
+At most `max_concurrent_snapshots` snapshots stream at once; later agents queue (kept alive by pings)
+and start as earlier ones finish. When a replica dies and thousands of agents arrive together, the
+bytes to send are the same either way, but a bounded number of streams bounds the memory held in
+transport buffers (up to a chunk plus the high-water mark each) and leaves the event loop free to keep
+the agents already following up to date.
+
 This module knows nothing about the datastore: it serves whatever `SnapCache`s it is given.
 """
 
@@ -41,6 +47,7 @@ import logging
 import random
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -64,8 +71,8 @@ from .snapcache import Breadcrumb, PendingWrite, SnapCache, Snapshot, collect_pe
 
 log = logging.getLogger("typha.server")
 
-# Connection states.
-HANDSHAKE, SNAPSHOT, FOLLOWING, CLOSED = range(4)
+# Connection states. QUEUED: handshake done, waiting for a snapshot slot.
+HANDSHAKE, SNAPSHOT, FOLLOWING, CLOSED, QUEUED = range(5)
 
 
 @dataclass(slots=True)
@@ -79,6 +86,7 @@ class ServerConfig:
     max_fall_behind: float = 300.0
     new_client_grace: float = 300.0
     max_connections: int = 10_000
+    max_concurrent_snapshots: int = 200  # 0: unlimited
     max_frame: int = DEFAULT_MAX_CLIENT_FRAME
     write_high_water: int = 256 * 1024
     max_write_bytes: int = 1 << 20
@@ -94,7 +102,7 @@ class SyncConnection(asyncio.Protocol):
     __slots__ = (
         "server", "transport", "peer", "state", "proto", "syncer", "cache", "hello", "snapshot",
         "chunk", "last", "paused", "paused_since", "connected_at", "snapshot_started", "ping_sent_at",
-        "ping_ns", "last_ping_at", "handshake_timer", "close_reason", "bytes_sent", "__weakref__",
+        "ping_ns", "last_ping_at", "handshake_timer", "close_reason", "bytes_sent", "compressed", "__weakref__",
     )
 
     def __init__(self, server: SyncServer) -> None:
@@ -119,6 +127,7 @@ class SyncConnection(asyncio.Protocol):
         self.handshake_timer: asyncio.TimerHandle | None = None
         self.close_reason = ""
         self.bytes_sent = 0
+        self.compressed = False
 
     def __repr__(self) -> str:
         who = self.hello.hostname if self.hello else "?"
@@ -217,6 +226,7 @@ class SyncConnection(asyncio.Protocol):
         self.last = snap.breadcrumb
         self.state = FOLLOWING
         self.server._start_following(self)
+        self.server._snapshot_slot_freed(self)
 
     def _pump_breadcrumbs(self, joined: dict[int, PendingWrite] | None) -> None:
         metrics = self.server.metrics
@@ -286,6 +296,8 @@ class SyncServer:
         self.last_housekeeping = time.monotonic()
         self.rebalance_target: int | None = None
         self._synced_once = {name for name, cache in self.caches.items() if cache.status is SyncStatus.IN_SYNC}
+        self._snapshotting: set[SyncConnection] = set()
+        self._snapshot_queue: deque[SyncConnection] = deque()
         for name, cache in self.caches.items():
             cache.on_breadcrumb = self._make_notifier(name)
 
@@ -347,6 +359,7 @@ class SyncServer:
 
     def _connection_lost(self, conn: SyncConnection) -> None:
         self.connections.discard(conn)
+        self._snapshot_slot_freed(conn)
         if conn.syncer and conn in self._following.get(conn.syncer, ()):
             self._following[conn.syncer].discard(conn)
             self.metrics.streaming.dec()
@@ -393,11 +406,34 @@ class SyncServer:
             self._start_following(conn)
             conn.pump()
             return
-        conn.snapshot = cache.snapshot(server_hello.compression is not None)
+        conn.compressed = server_hello.compression is not None
+        self._begin_snapshot(conn)
+
+    def _begin_snapshot(self, conn: SyncConnection) -> None:
+        limit = self.config.max_concurrent_snapshots
+        if limit and len(self._snapshotting) >= limit:
+            conn.state = QUEUED
+            self._snapshot_queue.append(conn)
+            self.metrics.snapshots_queued.set(len(self._snapshot_queue))
+            return
+        assert conn.cache is not None
+        self._snapshotting.add(conn)
+        conn.snapshot = conn.cache.snapshot(conn.compressed)
         conn.snapshot_started = time.monotonic()
         conn.chunk = 0
         conn.state = SNAPSHOT
         conn.pump()
+
+    def _snapshot_slot_freed(self, conn: SyncConnection) -> None:
+        if conn not in self._snapshotting:
+            return
+        self._snapshotting.discard(conn)
+        queue = self._snapshot_queue
+        while queue and len(self._snapshotting) < (self.config.max_concurrent_snapshots or len(queue) + 1):
+            nxt = queue.popleft()
+            if nxt.state == QUEUED:
+                self._begin_snapshot(nxt)
+        self.metrics.snapshots_queued.set(len(queue))
 
     def _start_following(self, conn: SyncConnection) -> None:
         self._following[conn.syncer].add(conn)
