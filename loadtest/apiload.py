@@ -30,7 +30,7 @@ from typha.synthetic import SyntheticCluster
 
 from .agents import AgentFleet, FleetSpec
 from .apiserver import start_apiserver
-from .cluster import apply_events, seed
+from .cluster import apply_events, churn_at_rate, seed
 from .direct import DirectFleet, DirectSpec
 from .histogram import arrival_latency
 from .processes import TyphaProcess
@@ -61,22 +61,6 @@ def _emulator_totals(api: Any) -> dict[str, int]:
         "list_bytes": sum(r.list_bytes_sent for r in res),
         "requests": api.stats.requests_total,
     }
-
-
-async def _churn(api: Any, cluster: SyntheticCluster, rate: float, seconds: float, rv_times: dict[int, int]) -> int:
-    start = time.monotonic()
-    done = 0
-    while (elapsed := time.monotonic() - start) < seconds:
-        due = int(rate * elapsed) - done
-        if due > 0:
-            for ev in cluster.churn(due, count_events=True):
-                before = api.store.rv
-                apply_events(api.store, [ev])
-                if api.store.rv != before:  # a write that changes nothing takes no revision
-                    rv_times[api.store.rv] = time.time_ns()
-            done += due
-        await asyncio.sleep(0.02)
-    return done
 
 
 async def _one_mode(mode: str, opts: ApiLoadOptions, console: Console) -> dict[str, Any]:
@@ -113,7 +97,7 @@ async def _one_mode(mode: str, opts: ApiLoadOptions, console: Console) -> dict[s
         console.print(f"  {mode}: {opts.agents} agents synced in {out['startup_seconds']:.1f}s; churning {opts.churn:g}/s for {opts.seconds:g}s")
         rv_times: dict[int, int] = {}
         typha_cpu0 = typha.cpu_seconds() if typha else 0.0
-        churner = asyncio.create_task(_churn(api, cluster, opts.churn, opts.seconds, rv_times))
+        churner = asyncio.create_task(churn_at_rate(api.store, cluster, opts.churn, opts.seconds, rv_times))
         max_watches = 0
         while not churner.done():
             fleet.poll()

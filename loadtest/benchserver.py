@@ -22,15 +22,11 @@ import sys
 import time
 
 from protocol import SyncStatus
+from protocol.digest import state_digest
 from typha.snapcache import SnapCache
 from typha.syncserver import ServerConfig, SyncServer
 
-from protocol.digest import state_digest
-
-
-def rss_bytes(pid: int | None = None) -> int:
-    with open(f"/proc/{pid or os.getpid()}/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+from .processes import process_rss_bytes
 
 
 def synthetic_value(i: int, rng: random.Random, size: int) -> bytes:
@@ -78,7 +74,7 @@ async def serve(kvs: int, value_size: int, port: int, seed: int) -> None:
         if name == "stats":
             st = cache.stats
             reply({
-                "rss": rss_bytes(), "connections": len(server.connections),
+                "rss": process_rss_bytes(os.getpid()), "connections": len(server.connections),
                 "streaming": sum(len(s) for s in server._following.values()), "seq": cache.head.seq,
                 "updates": st.updates_total, "skipped": st.updates_skipped, "breadcrumbs": st.breadcrumbs,
                 "snapshots_generated": st.snapshots_generated, "snapshots_reused": st.snapshots_reused,
@@ -106,7 +102,7 @@ async def serve(kvs: int, value_size: int, port: int, seed: int) -> None:
         elif name == "release":
             cache.release_snapshots()
             gc.collect()
-            reply({"rss": rss_bytes()})
+            reply({"rss": process_rss_bytes(os.getpid())})
         elif name == "quit":
             reply({"bye": True})
             break

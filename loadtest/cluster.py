@@ -7,6 +7,8 @@ agent must end up holding, by projecting the emulator's current contents exactly
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -67,6 +69,41 @@ def apply_events(store: Store, events: Iterable[tuple[str, str, dict]]) -> int:
             if exc.code != 404:  # deleting what a previous fault already removed is fine
                 raise
     return n
+
+
+def apply_timed(store: Store, events: Iterable[tuple[str, str, dict]], rv_times: dict[int, int]) -> int:
+    """Replay events one by one, recording each write's resourceVersion -> wall time (ns), for latency
+    from API write to agent. Returns how many writes changed nothing (they take no revision)."""
+    noops = 0
+    for ev in events:
+        before = store.rv
+        apply_events(store, [ev])
+        if store.rv != before:
+            rv_times[store.rv] = time.time_ns()
+        else:
+            noops += 1
+    return noops
+
+
+async def churn_at_rate(
+    store: Store, cluster: SyntheticCluster, rate: float, seconds: float,
+    rv_times: dict[int, int] | None = None, tick: float = 0.02,
+) -> int:
+    """Write the generator's churn into the emulator at `rate` changes/s for `seconds`; returns how
+    many were written. With `rv_times`, each write's time is recorded (see `apply_timed`)."""
+    start = time.monotonic()
+    done = 0
+    while (elapsed := time.monotonic() - start) < seconds:
+        due = int(rate * elapsed) - done
+        if due > 0:
+            events = cluster.churn(due, count_events=True)
+            if rv_times is None:
+                apply_events(store, events)
+            else:
+                apply_timed(store, events, rv_times)
+            done += due
+        await asyncio.sleep(tick)
+    return done
 
 
 def truth(store: Store, syncer: str = SYNCER_FELIX) -> dict[str, bytes]:

@@ -28,7 +28,7 @@ from typha.synthetic import SyntheticCluster
 from .tables import kv_table
 from .agents import AgentFleet, FleetSpec
 from .apiserver import start_apiserver
-from .cluster import apply_events, seed, truth
+from .cluster import churn_at_rate, seed, truth
 from .processes import TyphaProcess
 
 
@@ -57,19 +57,6 @@ def _progress(title: str, fleet: AgentFleet, typha: dict[str, Any], metrics: dic
     t.add_row("bytes delivered", f"{d['bytes'] / 1e6:,.1f} MB")
     t.add_row("update latency p50 / p99", f"{lat.percentile(50) * 1e3:.1f} / {lat.percentile(99) * 1e3:.1f} ms")
     return t
-
-
-async def _churn(store: Any, cluster: SyntheticCluster, rate: float, seconds: float) -> int:
-    """Write the generator's churn into the emulator at `rate` changes/s for `seconds`."""
-    start = time.monotonic()
-    done = 0
-    while (elapsed := time.monotonic() - start) < seconds:
-        due = int(rate * elapsed) - done
-        if due > 0:
-            apply_events(store, cluster.churn(due, count_events=True))
-            done += due
-        await asyncio.sleep(0.05)
-    return done
 
 
 async def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
@@ -107,7 +94,7 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         t1 = time.monotonic()
         fleet.start()
         if api is not None and opts.churn > 0:
-            churner = asyncio.create_task(_churn(api.store, cluster, opts.churn, opts.seconds))
+            churner = asyncio.create_task(churn_at_rate(api.store, cluster, opts.churn, opts.seconds, tick=0.05))
         final_seq = -1
         with Live(console=console, refresh_per_second=4) as live:
             quiet_since = time.monotonic()

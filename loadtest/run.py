@@ -56,9 +56,9 @@ from typha.synthetic import SyntheticCluster
 
 from .agents import AgentFleet, FleetSpec
 from .apiserver import start_apiserver
-from .cluster import apply_events, seed, store_key, truth
+from .cluster import apply_timed, seed, store_key, truth
 from .direct import DirectFleet, DirectSpec
-from .histogram import LogHistogram, arrival_latency
+from .histogram import LogHistogram
 from .processes import TyphaProcess, process_cpu_seconds
 from .scenario import TYPHA_FAULTS, Fault, Scenario, format_mix
 
@@ -383,13 +383,7 @@ class ModeRun:
                 c0 = time.thread_time()
                 events = self.cluster.churn(due, sc.mix, count_events=True)
                 self.churn_cpu += time.thread_time() - c0
-                for ev in events:
-                    before = store.rv
-                    apply_events(store, [ev])
-                    if store.rv != before:  # a write that changes nothing takes no revision (and has no event)
-                        self.rv_times[store.rv] = time.time_ns()
-                    else:
-                        self.noop_writes += 1
+                self.noop_writes += apply_timed(store, events, self.rv_times)
                 self.events_written += len(events)
                 per_step[min(len(per_step) - 1, int(elapsed / step_len))] += len(events)
             await asyncio.sleep(0.01)
