@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from protocol.runtime import StartupError, kubernetes_client, run_main
+from common.runtime import StartupError, kubernetes_client, run_main
 
 from .agent import FelixAgent
 from .config import FelixConfig, load_config

@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from protocol.endpoints import list_endpoint_slices, ready_endpoints
+from common.endpoints import list_endpoint_slices, ready_endpoints
 
 log = logging.getLogger("felix.discovery")
 

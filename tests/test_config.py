@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.settings import SettingsError, markdown_table, replace_block
+from common.settings import SettingsError, markdown_table, replace_block
 from typha.config import ENV_PREFIX, SETTINGS, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +58,7 @@ def test_main_reports_bad_config_and_exits_2(capsys: pytest.CaptureFixture[str])
 def test_readme_settings_table_is_current() -> None:
     readme = (ROOT / "README.md").read_text()
     fresh = replace_block(readme, "typha-settings", markdown_table(SETTINGS, ENV_PREFIX))
-    assert readme == fresh, "run: .venv/bin/python -m protocol.settings README.md"
+    assert readme == fresh, "run: .venv/bin/python tools/readme_settings.py README.md"
 
 
 def test_readme_felix_settings_table_is_current() -> None:
@@ -67,4 +67,4 @@ def test_readme_felix_settings_table_is_current() -> None:
 
     readme = (ROOT / "README.md").read_text()
     fresh = replace_block(readme, "felix-settings", markdown_table(FELIX_SETTINGS, FELIX_PREFIX))
-    assert readme == fresh, "run: .venv/bin/python -m protocol.settings README.md"
+    assert readme == fresh, "run: .venv/bin/python tools/readme_settings.py README.md"

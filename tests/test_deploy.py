@@ -22,7 +22,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import SchemaNotFoundError, latest_version
 
-from protocol.settings import Setting, SettingsError, parse_settings
+from common.settings import Setting, SettingsError, parse_settings
 from typha import config as typha_config
 from typha.k8s.projection import RESOURCES
 

@@ -12,7 +12,7 @@ from kubernetes_asyncio import config as kconfig
 from felix.config import load_config, parse_addresses
 from felix.discovery import EndpointSliceDiscovery, order_endpoints
 from loadtest.apiserver import start_apiserver
-from protocol.settings import SettingsError
+from common.settings import SettingsError
 
 
 def slice_(name: str, endpoints: list[tuple[str, str, dict]], port: int = 5473, port_name: str = "calico-typha") -> dict:

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from protocol import SYNCER_BGP, SYNCER_FELIX
-from protocol.runtime import kubernetes_client, run_main
+from common.runtime import kubernetes_client, run_main
 
 from .config import TyphaConfig, load_config
 from .datastores.kubernetes import KubernetesDatastore

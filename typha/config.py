@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from protocol.settings import Setting, non_negative, parse_bool, parse_settings, port, positive
+from common.settings import Setting, non_negative, parse_bool, parse_settings, port, positive
 
 ENV_PREFIX = "TYPHA"
 DATASTORES = ("kubernetes", "synthetic")

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from protocol import SyncStatus
 from protocol.digest import state_digest
-from protocol.ops import metrics_app, start_site
+from common.ops import metrics_app, start_site
 
 from .snapcache import SnapCache
 from .syncserver import SyncServer

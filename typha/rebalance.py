@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from protocol.endpoints import list_endpoint_slices, ready_endpoints
+from common.endpoints import list_endpoint_slices, ready_endpoints
 
 from .ingest import Ingestor
 from .syncserver import SyncServer
