@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SYSTEM_TOOLS := iptables ipset ip conntrack
 
-.PHONY: demo test bench system-packages clean
+.PHONY: demo test lint bench system-packages clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,8 +26,14 @@ system-packages:
 demo: $(VENV)/.installed
 	$(VENV)/bin/loadtest demo
 
-test: $(VENV)/.installed system-packages
+test: lint system-packages
 	$(PY) -m pytest -q
+
+# ruff (lint + format check) and mypy (strict on the wire format and the pure cores): clean before a commit.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/loadtest bench fanout

@@ -42,9 +42,14 @@ async def list_endpoint_slices(api: Any, namespace: str, service: str) -> list[d
     """GET the EndpointSlices of `service` with a kubernetes-asyncio ApiClient. Raises OSError on failure."""
     path = f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
     resp = await api.call_api(
-        path, "GET", query_params=[("labelSelector", f"kubernetes.io/service-name={service}")],
-        header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
-        _preload_content=False, _return_http_data_only=True, _request_timeout=10,
+        path,
+        "GET",
+        query_params=[("labelSelector", f"kubernetes.io/service-name={service}")],
+        header_params={"Accept": "application/json"},
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+        _return_http_data_only=True,
+        _request_timeout=10,
     )
     try:
         body = await resp.read()

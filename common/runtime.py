@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from .settings import SettingsError
@@ -40,7 +40,7 @@ def run_main(
     prog: str,
     argv: Sequence[str] | None,
     load_config: Callable[[Sequence[str] | None], C],
-    run: Callable[[C], Awaitable[None]],
+    run: Callable[[C], Coroutine[Any, Any, None]],
 ) -> int:
     """Parse settings, set up logging, run `run(config)` on uvloop; exit 2 with a clear message on bad config."""
     try:
@@ -48,7 +48,9 @@ def run_main(
     except SettingsError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=getattr(cfg, "log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(cfg, "log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     import uvloop
 
     try:

@@ -77,7 +77,11 @@ def parse_settings(
     environ = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(prog=prog, description=description)
     for s in settings:
-        kwargs: dict[str, Any] = {"dest": s.name, "default": None, "help": f"{s.help} (env {s.env(prefix)}, default {s.default!r})".replace("%", "%%")}
+        kwargs: dict[str, Any] = {
+            "dest": s.name,
+            "default": None,
+            "help": f"{s.help} (env {s.env(prefix)}, default {s.default!r})".replace("%", "%%"),
+        }
         if s.type is parse_bool:
             kwargs["metavar"] = "BOOL"
         if s.choices:
@@ -123,4 +127,3 @@ def replace_block(text: str, marker: str, body: str) -> str:
     begin = text.index("-->", begin) + 3
     end = text.index(f"<!-- {marker}:end -->", begin)
     return text[:begin] + "\n" + body.strip() + "\n" + text[end:]
-

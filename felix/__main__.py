@@ -20,9 +20,12 @@ log = logging.getLogger("felix")
 
 async def run(cfg: FelixConfig) -> None:
     api = None
+    typha: EndpointSliceDiscovery | list[tuple[str, int]]
     if cfg.typha_k8s_service_name:
         api = await kubernetes_client(cfg.kubeconfig)
-        typha = EndpointSliceDiscovery(api, cfg.typha_k8s_namespace, cfg.typha_k8s_service_name, cfg.typha_port_name, cfg.nodename)
+        typha = EndpointSliceDiscovery(
+            api, cfg.typha_k8s_namespace, cfg.typha_k8s_service_name, cfg.typha_port_name, cfg.nodename
+        )
     else:
         typha = list(cfg.typha_addresses)
     routes = None
@@ -35,7 +38,11 @@ async def run(cfg: FelixConfig) -> None:
             where = f"network namespace {cfg.netns!r}" if cfg.netns else "this network namespace"
             raise StartupError(f"cannot open netlink sockets in {where}: {exc}") from None
     agent = FelixAgent(
-        cfg.nodename, typha, routes=routes, network_mtu=cfg.network_mtu, read_timeout=cfg.typha_read_timeout,
+        cfg.nodename,
+        typha,
+        routes=routes,
+        network_mtu=cfg.network_mtu,
+        read_timeout=cfg.typha_read_timeout,
         netns=cfg.netns or None,
     )
     task = asyncio.create_task(agent.run(), name="felix-agent")

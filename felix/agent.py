@@ -54,8 +54,14 @@ class FelixAgent:
         self.metrics = metrics or FelixMetrics()
         self._configure = configure_interface or (lambda iface, ns: configure_workload_interface(iface, netns=ns))
         self.client = SyncClient(
-            typha, SYNCER_FELIX, hostname=nodename, info="pyfelix", on_updates=self._on_updates,
-            on_status=self._on_status, on_connection=self._on_connection, read_timeout=read_timeout,
+            typha,
+            SYNCER_FELIX,
+            hostname=nodename,
+            info="pyfelix",
+            on_updates=self._on_updates,
+            on_status=self._on_status,
+            on_connection=self._on_connection,
+            read_timeout=read_timeout,
         )
         self.in_sync = False
         self.programmed_once = False
@@ -120,7 +126,7 @@ class FelixAgent:
         self.programmed_once = True
         self.metrics.apply_seconds.observe(time.perf_counter() - t0)
         if delta:
-            for dst, r in delta.routes.items():
+            for r in delta.routes.values():
                 if r.scope == "link" and r.dev and r.dev not in self._ifaces_done:
                     self._ifaces_waiting.add(r.dev)
         self._configure_interfaces()
@@ -167,7 +173,7 @@ class FelixAgent:
             wait = 1.0 if deadline is None else min(1.0, max(0.01, deadline - time.monotonic()))
             try:
                 await asyncio.wait_for(self._stopping.wait(), wait)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             if routes is not None and routes.programming:
                 resyncs = routes.stats.resyncs

@@ -56,12 +56,32 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from felix.model import (
-    AFFINITY, BLOCK, NODE, POOL, WORKLOAD, Block, BlockAffinity, IPPool, MalformedUpdate, Net, Node,
-    WorkloadEndpoint, parse_kv, parse_net,
+    AFFINITY,
+    BLOCK,
+    NODE,
+    POOL,
+    WORKLOAD,
+    Block,
+    BlockAffinity,
+    IPPool,
+    MalformedUpdate,
+    Net,
+    Node,
+    WorkloadEndpoint,
+    parse_kv,
+    parse_net,
 )
 
-__all__ = ["DEV_IPIP", "DEV_VXLAN", "DEV_VXLAN_V6", "Neighbor", "Route", "RouteCalculator", "RouteDelta",
-           "encap_overhead"]
+__all__ = [
+    "DEV_IPIP",
+    "DEV_VXLAN",
+    "DEV_VXLAN_V6",
+    "Neighbor",
+    "Route",
+    "RouteCalculator",
+    "RouteDelta",
+    "encap_overhead",
+]
 
 DEV_IPIP = "tunl0"
 DEV_VXLAN = "vxlan.calico"
@@ -80,13 +100,13 @@ def encap_overhead(encap: str, version: int = 4) -> int:
 @dataclass(frozen=True, slots=True)
 class Route:
     dst: str
-    type: str = "unicast"          # "unicast" | "blackhole"
+    type: str = "unicast"  # "unicast" | "blackhole"
     dev: str | None = None
     gateway: str | None = None
     onlink: bool = False
-    scope: str = "universe"        # "link" | "universe"
+    scope: str = "universe"  # "link" | "universe"
     mtu: int | None = None
-    encap: str = "none"            # "none" | "ipip" | "vxlan"
+    encap: str = "none"  # "none" | "ipip" | "vxlan"
 
 
 class Neighbor(NamedTuple):
@@ -132,7 +152,7 @@ class RouteDelta:
 class _Lpm:
     """Longest-prefix match over a set of nets: one dict per prefix length in use (few)."""
 
-    __slots__ = ("_tables", "_plens", "items")
+    __slots__ = ("_plens", "_tables", "items")
 
     def __init__(self) -> None:
         self._tables: dict[tuple[int, int], dict[int, Net]] = {}
@@ -185,7 +205,7 @@ class _Within:
     address can be both an endpoint's and a borrowed-list entry.
     """
 
-    __slots__ = ("_refs", "_groups", "_plen_refs")
+    __slots__ = ("_groups", "_plen_refs", "_refs")
 
     def __init__(self) -> None:
         self._refs: dict[Net, int] = {}
@@ -261,9 +281,9 @@ class RouteCalculator:
         self._pool_lpm = _Lpm()
         self._blocks: dict[Net, Block] = {}
         self._affs: dict[Net, dict[str, BlockAffinity]] = {}
-        self._known = _Lpm()                      # CIDRs with a block or an affinity
+        self._known = _Lpm()  # CIDRs with a block or an affinity
         self._borrowed_at: dict[Net, set[tuple[Net, str]]] = {}
-        self._members = _Within()                  # endpoint addresses + borrowed addresses
+        self._members = _Within()  # endpoint addresses + borrowed addresses
         self._nodes: dict[str, Node] = {}
         self._vtep_nodes: dict[str, set[str]] = {}
         # outputs
@@ -438,8 +458,10 @@ class RouteCalculator:
                     if not names:
                         del self._vtep_nodes[ip]
         if name == self.nodename:
+
             def subnets(n: Node | None) -> tuple[Net | None, Net | None]:
                 return (n.ipv4_subnet, n.ipv6_subnet) if n else (None, None)
+
             if subnets(old) != subnets(node):
                 dirty.update(self._dep)  # every CrossSubnet decision may move
         else:
@@ -531,15 +553,36 @@ class RouteCalculator:
             return None, f"node {name} has no IPv{v} address", name
         encap = self._encap(self._pools[pool_net], node, v)
         if encap == "vxlan":
-            vtep, mac = ((node.vxlan_tunnel_addr, node.vxlan_mac) if v == 4
-                         else (node.vxlan_tunnel_addr_v6, node.vxlan_mac_v6))
+            vtep, mac = (
+                (node.vxlan_tunnel_addr, node.vxlan_mac) if v == 4 else (node.vxlan_tunnel_addr_v6, node.vxlan_mac_v6)
+            )
             if vtep is None or mac is None:
                 return None, f"node {name} has no IPv{v} VXLAN tunnel address/MAC", name
-            return Route(dst, dev=DEV_VXLAN if v == 4 else DEV_VXLAN_V6, gateway=vtep, onlink=True,
-                         mtu=self.network_mtu - encap_overhead("vxlan", v), encap="vxlan"), None, name
+            return (
+                Route(
+                    dst,
+                    dev=DEV_VXLAN if v == 4 else DEV_VXLAN_V6,
+                    gateway=vtep,
+                    onlink=True,
+                    mtu=self.network_mtu - encap_overhead("vxlan", v),
+                    encap="vxlan",
+                ),
+                None,
+                name,
+            )
         if encap == "ipip":
-            return Route(dst, dev=DEV_IPIP, gateway=node_ip, onlink=True,
-                         mtu=self.network_mtu - encap_overhead("ipip"), encap="ipip"), None, name
+            return (
+                Route(
+                    dst,
+                    dev=DEV_IPIP,
+                    gateway=node_ip,
+                    onlink=True,
+                    mtu=self.network_mtu - encap_overhead("ipip"),
+                    encap="ipip",
+                ),
+                None,
+                name,
+            )
         return Route(dst, gateway=node_ip), None, name
 
     def _encap(self, pool: IPPool, node: Node, v: int) -> str:
@@ -563,9 +606,7 @@ class RouteCalculator:
             if name == self.nodename:
                 continue
             n = self._nodes[name]
-            mac, under = ((n.vxlan_mac, n.ipv4_ip) if ip == n.vxlan_tunnel_addr
-                          else (n.vxlan_mac_v6, n.ipv6_ip))
+            mac, under = (n.vxlan_mac, n.ipv4_ip) if ip == n.vxlan_tunnel_addr else (n.vxlan_mac_v6, n.ipv6_ip)
             if mac and under:
                 return Neighbor(mac, under)
         return None
-

@@ -30,7 +30,9 @@ def parse_addresses(text: str) -> tuple[tuple[str, int], ...]:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("nodename", str, "", "This node's name, as in Kubernetes (default: $NODENAME, then the hostname)."),
-    Setting("typha_addresses", parse_addresses, (), "Static typha addresses 'host:port,...' (used when no Service is set)."),
+    Setting(
+        "typha_addresses", parse_addresses, (), "Static typha addresses 'host:port,...' (used when no Service is set)."
+    ),
     Setting("typha_k8s_service_name", str, "", "Find typha replicas from this Service's EndpointSlices."),
     Setting("typha_k8s_namespace", str, "pytypha", "Namespace of the typha Service."),
     Setting("typha_port_name", str, "calico-typha", "Name of the typha port in the EndpointSlices."),
@@ -39,10 +41,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("health_host", str, "127.0.0.1", "Address of /liveness and /readiness."),
     Setting("health_port", int, 9099, "Port of /liveness and /readiness (0 disables).", port),
     Setting("metrics_port", int, 9091, "Port of /metrics (0 disables).", port),
-    Setting("route_refresh_interval", float, 90.0, "Seconds between full route resyncs that repair drift (0 disables).", non_negative),
-    Setting("network_mtu", int, 1500, "MTU of the node network; encapsulated routes subtract their overhead.", positive),
+    Setting(
+        "route_refresh_interval",
+        float,
+        90.0,
+        "Seconds between full route resyncs that repair drift (0 disables).",
+        non_negative,
+    ),
+    Setting(
+        "network_mtu", int, 1500, "MTU of the node network; encapsulated routes subtract their overhead.", positive
+    ),
     Setting("routes_enabled", parse_bool, True, "Program routes into the kernel."),
-    Setting("netns", str, "", "Program this named network namespace instead of felix's own (tests, benchmarks, sidecars)."),
+    Setting(
+        "netns", str, "", "Program this named network namespace instead of felix's own (tests, benchmarks, sidecars)."
+    ),
     Setting("log_level", str, "INFO", "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 )
 
@@ -78,7 +90,11 @@ def _typha_source(v: dict[str, Any]) -> str | None:
 def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> FelixConfig:
     env = os.environ if environ is None else environ
     values = parse_settings(
-        SETTINGS, ENV_PREFIX, argv, env, prog="felix",
+        SETTINGS,
+        ENV_PREFIX,
+        argv,
+        env,
+        prog="felix",
         description="Node agent: follows typha and programs this node's routes.",
         cross_checks=[_typha_source],
     )

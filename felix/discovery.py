@@ -13,7 +13,6 @@ not terminating are used.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from collections.abc import Iterable
@@ -54,7 +53,7 @@ class EndpointSliceDiscovery:
     async def __call__(self) -> list[Address]:
         try:
             items = await list_endpoint_slices(self.api, self.namespace, self.service)
-        except (OSError, ValueError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, ValueError, aiohttp.ClientError) as exc:
             if self.last:
                 log.warning("typha discovery failed (%s); using the last known addresses", exc)
                 return self.last

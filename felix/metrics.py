@@ -12,16 +12,27 @@ class FelixMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.updates = Counter("felix_updates", "KV updates received from typha.", registry=r)
-        self.malformed = Counter("felix_malformed_updates", "Updates skipped because their value was unusable.", registry=r)
+        self.malformed = Counter(
+            "felix_malformed_updates", "Updates skipped because their value was unusable.", registry=r
+        )
         self.typha_connected = Gauge("felix_typha_connected", "1 while connected to a typha replica.", registry=r)
         self.typha_reconnects = Counter("felix_typha_disconnects", "Connections to typha lost.", registry=r)
-        self.typha_status = Gauge("felix_typha_sync_status", "Typha's sync status: 1 wait, 2 resync, 3 in-sync.", registry=r)
+        self.typha_status = Gauge(
+            "felix_typha_sync_status", "Typha's sync status: 1 wait, 2 resync, 3 in-sync.", registry=r
+        )
         self.apply_seconds = Histogram(
-            "felix_route_apply_seconds", "Time to hand one batch of route changes to the kernel.", buckets=_APPLY_BUCKETS, registry=r
+            "felix_route_apply_seconds",
+            "Time to hand one batch of route changes to the kernel.",
+            buckets=_APPLY_BUCKETS,
+            registry=r,
         )
         self.routes_programmed = Gauge("felix_routes_programmed", "Routes felix owns in the kernel.", registry=r)
         self.routes_pending = Gauge("felix_routes_pending", "Routes waiting for an interface or device.", registry=r)
-        self.routes_failing = Gauge("felix_routes_failing", "Routes waiting to retry after a netlink error.", registry=r)
+        self.routes_failing = Gauge(
+            "felix_routes_failing", "Routes waiting to retry after a netlink error.", registry=r
+        )
         self.netlink_errors = Gauge("felix_netlink_errors", "Netlink errors seen (cumulative).", registry=r)
         self.resyncs = Counter("felix_route_resyncs", "Full route resyncs against the kernel.", registry=r)
-        self.drift_repaired = Counter("felix_route_drift_repaired", "Routes found wrong, missing or extra and repaired.", registry=r)
+        self.drift_repaired = Counter(
+            "felix_route_drift_repaired", "Routes found wrong, missing or extra and repaired.", registry=r
+        )

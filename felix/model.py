@@ -29,8 +29,22 @@ from typing import Any, NamedTuple
 import orjson
 
 __all__ = [
-    "AFFINITY", "BLOCK", "NODE", "POOL", "WORKLOAD", "Block", "BlockAffinity", "IPPool", "MalformedUpdate",
-    "Net", "Node", "Parsed", "WorkloadEndpoint", "parse_addr", "parse_kv", "parse_net",
+    "AFFINITY",
+    "BLOCK",
+    "NODE",
+    "POOL",
+    "WORKLOAD",
+    "Block",
+    "BlockAffinity",
+    "IPPool",
+    "MalformedUpdate",
+    "Net",
+    "Node",
+    "Parsed",
+    "WorkloadEndpoint",
+    "parse_addr",
+    "parse_kv",
+    "parse_net",
 ]
 
 WORKLOAD = "workload"
@@ -86,8 +100,11 @@ class Net(NamedTuple):
         return self.plen == _BITS[self.version]
 
     def contains(self, other: Net) -> bool:
-        return (other.version == self.version and other.plen >= self.plen
-                and other.addr & _MASKS[self.version][self.plen] == self.addr)
+        return (
+            other.version == self.version
+            and other.plen >= self.plen
+            and other.addr & _MASKS[self.version][self.plen] == self.addr
+        )
 
     def supernet_addr(self, plen: int) -> int:
         """This net's address masked to ``plen`` bits (the key of its /plen supernet)."""
@@ -204,7 +221,7 @@ class IPPool:
 @dataclass(frozen=True, slots=True)
 class Block:
     cidr: Net
-    affinity: str | None           # node name from "host:<node>", else None
+    affinity: str | None  # node name from "host:<node>", else None
     borrowed: tuple[tuple[int, str, str | None], ...]  # (ordinal, node, handle)
 
 
@@ -212,7 +229,7 @@ class Block:
 class BlockAffinity:
     node: str
     cidr: Net
-    state: str                     # confirmed | pending | pendingDeletion
+    state: str  # confirmed | pending | pendingDeletion
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +237,7 @@ class Node:
     """Only the fields that route calculation reads (labels etc. are not kept)."""
 
     name: str
-    ipv4_ip: str | None = None     # the node's own IPv4 address
+    ipv4_ip: str | None = None  # the node's own IPv4 address
     ipv4_subnet: Net | None = None  # its subnet, from the address's prefix (CrossSubnet decisions)
     ipv6_ip: str | None = None
     ipv6_subnet: Net | None = None
@@ -245,7 +262,7 @@ class Parsed(NamedTuple):
 def _parse_key(key: str) -> tuple[str, Any] | None:
     """(kind, identity) of the keys route calculation reads; None for any other key."""
     if key.startswith(_WEP_PREFIX):
-        parts = key[len(_WEP_PREFIX):].split("/")
+        parts = key[len(_WEP_PREFIX) :].split("/")
         # <node>/workload/<orch>/<ns>%2f<pod>/endpoint/<endpoint>; host endpoints are ignored
         if len(parts) != 6 or parts[1] != "workload" or parts[4] != "endpoint":
             return None
@@ -254,23 +271,23 @@ def _parse_key(key: str) -> tuple[str, Any] | None:
             raise MalformedUpdate(key, "bad workload endpoint key")
         return WORKLOAD, key
     if key.startswith(_BLOCK_PREFIX):
-        parts = key[len(_BLOCK_PREFIX):].split("/")
+        parts = key[len(_BLOCK_PREFIX) :].split("/")
         if len(parts) != 3 or parts[1] != "block":
             return None
         return BLOCK, _segment_net(key, parts[2])
     if key.startswith(_AFFINITY_PREFIX):
-        parts = key[len(_AFFINITY_PREFIX):].split("/")
+        parts = key[len(_AFFINITY_PREFIX) :].split("/")
         # <node>/ipv4/block/<cidr->
         if len(parts) != 4 or parts[2] != "block" or parts[1] not in ("ipv4", "ipv6"):
             return None
         return AFFINITY, (parts[0], _segment_net(key, parts[3]))
     if key.startswith(_POOL_PREFIX):
-        parts = key[len(_POOL_PREFIX):].split("/")
+        parts = key[len(_POOL_PREFIX) :].split("/")
         if len(parts) != 3 or parts[1] != "pool" or parts[0] not in ("4", "6"):
             return None
         return POOL, _segment_net(key, parts[2])
     if key.startswith(_NODE_PREFIX):
-        name = key[len(_NODE_PREFIX):]
+        name = key[len(_NODE_PREFIX) :]
         if not name or "/" in name:
             return None
         return NODE, _unescape(name)
@@ -298,7 +315,7 @@ def _str(key: str, v: dict, field: str, default: str | None = None) -> str | Non
 
 
 def _workload(key: str, v: dict) -> WorkloadEndpoint:
-    parts = key[len(_WEP_PREFIX):].split("/")
+    parts = key[len(_WEP_PREFIX) :].split("/")
     ns, _, pod = _unescape(parts[3]).partition("/")
     iface = v.get("name")
     if not isinstance(iface, str) or not _IFNAME.match(iface) or iface in (".", ".."):
@@ -315,9 +332,16 @@ def _workload(key: str, v: dict) -> WorkloadEndpoint:
     if mac is not None and (not isinstance(mac, str) or not _MAC.match(mac)):
         raise MalformedUpdate(key, f"bad MAC {mac!r}")
     return WorkloadEndpoint(
-        node=parts[0], orchestrator=parts[2], namespace=ns, pod=pod, endpoint=_unescape(parts[5]),
-        iface=iface, ipv4_nets=tuple(n for n in parsed if n.version == 4),
-        ipv6_nets=tuple(n for n in parsed if n.version == 6), mac=mac.lower() if mac else None)
+        node=parts[0],
+        orchestrator=parts[2],
+        namespace=ns,
+        pod=pod,
+        endpoint=_unescape(parts[5]),
+        iface=iface,
+        ipv4_nets=tuple(n for n in parsed if n.version == 4),
+        ipv6_nets=tuple(n for n in parsed if n.version == 6),
+        mac=mac.lower() if mac else None,
+    )
 
 
 def _mode(key: str, v: dict, field: str) -> str:
@@ -336,8 +360,14 @@ def _pool(key: str, cidr: Net, v: dict) -> IPPool:
     bs = v.get("blockSize") or (26 if cidr.version == 4 else 122)
     if not isinstance(bs, int) or isinstance(bs, bool) or not cidr.plen <= bs <= _BITS[cidr.version]:
         raise MalformedUpdate(key, f"bad blockSize {bs!r}")
-    return IPPool(cidr=cidr, ipip_mode=_mode(key, v, "ipipMode"), vxlan_mode=_mode(key, v, "vxlanMode"),
-                  disabled=bool(v.get("disabled")), block_size=bs, nat_outgoing=bool(v.get("natOutgoing")))
+    return IPPool(
+        cidr=cidr,
+        ipip_mode=_mode(key, v, "ipipMode"),
+        vxlan_mode=_mode(key, v, "vxlanMode"),
+        disabled=bool(v.get("disabled")),
+        block_size=bs,
+        nat_outgoing=bool(v.get("natOutgoing")),
+    )
 
 
 def _block(key: str, cidr: Net, v: dict) -> Block:
@@ -354,8 +384,14 @@ def _block(key: str, cidr: Net, v: dict) -> Block:
         raise MalformedUpdate(key, "borrowed is not a list")
     size = cidr.size()
     for entry in raw:
-        if (not isinstance(entry, list) or len(entry) < 2 or not isinstance(entry[0], int)
-                or isinstance(entry[0], bool) or not isinstance(entry[1], str) or not entry[1]):
+        if (
+            not isinstance(entry, list)
+            or len(entry) < 2
+            or not isinstance(entry[0], int)
+            or isinstance(entry[0], bool)
+            or not isinstance(entry[1], str)
+            or not entry[1]
+        ):
             raise MalformedUpdate(key, f"bad borrowed entry {entry!r}")
         if not 0 <= entry[0] < size:
             raise MalformedUpdate(key, f"borrowed ordinal {entry[0]} outside the block")
@@ -373,8 +409,10 @@ def _affinity(key: str, ident: tuple[str, Net], v: dict) -> BlockAffinity:
 
 def _node(key: str, name: str, v: dict) -> Node:
     fields: dict[str, Any] = {}
-    for field, ip_attr, subnet_attr, version in (("ipv4Address", "ipv4_ip", "ipv4_subnet", 4),
-                                                 ("ipv6Address", "ipv6_ip", "ipv6_subnet", 6)):
+    for field, ip_attr, subnet_attr, version in (
+        ("ipv4Address", "ipv4_ip", "ipv4_subnet", 4),
+        ("ipv6Address", "ipv6_ip", "ipv6_subnet", 6),
+    ):
         text = v.get(field)
         if not text:
             continue

@@ -7,6 +7,7 @@ event loop is turning (the handler answers at all) and the agent task has not di
 from __future__ import annotations
 
 from aiohttp import web
+
 from common.ops import metrics_app, start_site
 
 from .agent import FelixAgent

@@ -90,13 +90,13 @@ AF_BRIDGE = 7
 
 ENCAP_DEVICES = (DEV_IPIP, DEV_VXLAN, DEV_VXLAN_V6)
 _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
-_HDR = struct.Struct("=IHHII")          # nlmsghdr
-_RTMSG = struct.Struct("=BBBBBBBBI")    # rtmsg
-_IFINFO = struct.Struct("=BxHiII")      # ifinfomsg
-_NDMSG = struct.Struct("=BBHiHBB")      # ndmsg
+_HDR = struct.Struct("=IHHII")  # nlmsghdr
+_RTMSG = struct.Struct("=BBBBBBBBI")  # rtmsg
+_IFINFO = struct.Struct("=BxHiII")  # ifinfomsg
+_NDMSG = struct.Struct("=BBHiHBB")  # ndmsg
 _ATTR = struct.Struct("=HH")
 _U32 = struct.Struct("=I")
-_BATCH = 512                            # requests per sendmsg: bounds the error burst we must buffer
+_BATCH = 512  # requests per sendmsg: bounds the error burst we must buffer
 _BACKOFF_MIN, _BACKOFF_MAX = 0.05, 30.0
 # IPv6 gives user routes metric 1024; a foreign route only collides with ours at the same metric.
 _OUR_PRIORITY = {socket.AF_INET: 0, socket.AF_INET6: 1024}
@@ -157,7 +157,7 @@ def _attrs(buf: bytes | memoryview, off: int) -> Iterable[tuple[int, bytes | mem
         alen, kind = _ATTR.unpack_from(buf, off)
         if alen < 4:
             break
-        yield kind & 0x3FFF, buf[off + 4:off + alen]
+        yield kind & 0x3FFF, buf[off + 4 : off + alen]
         off += (alen + 3) & ~3
 
 
@@ -169,13 +169,16 @@ class _Netlink:
     """One NETLINK_ROUTE socket: batched requests with error collection, and dumps."""
 
     def __init__(self, netns: str | None, groups: int = 0) -> None:
-        self.sock = run_in_netns(netns, lambda: socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE))
+        self.sock = run_in_netns(
+            netns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+        )
         s = self.sock
         # Room for a batch's worth of error reports and for big dumps.  The FORCE variants need
         # CAP_NET_ADMIN, which a route manager has anyway; otherwise take what the limit allows.
-        for force, plain, size in ((getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF, 1 << 20),
-                                   (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF, 8 << 20)):
+        for force, plain, size in (
+            (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF, 1 << 20),
+            (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF, 8 << 20),
+        ):
             try:
                 s.setsockopt(socket.SOL_SOCKET, force, size)
             except OSError:
@@ -224,7 +227,7 @@ class _Netlink:
         """
         results: list[tuple[int, str]] = [(0, "")] * len(reqs)
         for start in range(0, len(reqs), _BATCH):
-            chunk = reqs[start:start + _BATCH]
+            chunk = reqs[start : start + _BATCH]
             first = self.seq + 1
             parts = []
             for i, (mtype, flags, body) in enumerate(chunk):
@@ -242,7 +245,7 @@ class _Netlink:
                     if mlen < 16:
                         break
                     if mtype == NLMSG_ERROR:
-                        err, seq, text = self._error(data[off:off + mlen])
+                        err, seq, text = self._error(data[off : off + mlen])
                         if first <= seq <= last:
                             if err:
                                 results[start + seq - first] = (err, text)
@@ -272,10 +275,10 @@ class _Netlink:
                         if t == NLMSG_DONE:
                             finished = True
                         elif t == NLMSG_ERROR:
-                            err, _, text = self._error(view[off:off + mlen])
+                            err, _, text = self._error(view[off : off + mlen])
                             raise NetlinkError(err, f"dump failed: {os.strerror(err)} {text}".strip())
                         else:
-                            out.append(view[off + 16:off + mlen])
+                            out.append(view[off + 16 : off + mlen])
                     off += (mlen + 3) & ~3
                 if finished:
                     break
@@ -313,8 +316,17 @@ def _route_body(r: Route, oif: int | None, proto: int) -> bytes:
     family, addr, plen = _dst(r.dst)
     blackhole = r.type == "blackhole"
     scope = RT_SCOPE_LINK if r.scope == "link" else RT_SCOPE_UNIVERSE
-    body = _RTMSG.pack(family, plen, 0, 0, MAIN_TABLE, proto, scope,
-                       RTN_BLACKHOLE if blackhole else RTN_UNICAST, RTNH_F_ONLINK if r.onlink else 0)
+    body = _RTMSG.pack(
+        family,
+        plen,
+        0,
+        0,
+        MAIN_TABLE,
+        proto,
+        scope,
+        RTN_BLACKHOLE if blackhole else RTN_UNICAST,
+        RTNH_F_ONLINK if r.onlink else 0,
+    )
     parts = [body, _attr(RTA_DST, addr)]
     if not blackhole:
         if oif is not None:
@@ -358,8 +370,19 @@ def _parse_route(body: memoryview) -> _KRoute | None:
         return None
     if dst is None:
         dst = "0.0.0.0" if family == socket.AF_INET else "::"
-    return _KRoute(f"{dst}/{plen}", family, rtype, proto, scope, oif or 0, gw, bool(flags & RTNH_F_ONLINK),
-                   mtu, priority, multipath)
+    return _KRoute(
+        f"{dst}/{plen}",
+        family,
+        rtype,
+        proto,
+        scope,
+        oif or 0,
+        gw,
+        bool(flags & RTNH_F_ONLINK),
+        mtu,
+        priority,
+        multipath,
+    )
 
 
 def _matches(k: _KRoute, r: Route, oif: int | None) -> bool:
@@ -386,8 +409,11 @@ def _mac_text(b: bytes | memoryview) -> str:
 
 def _neigh_body(family: int, ifindex: int, flags: int, dst: str, mac: str, *, fdb: bool) -> bytes:
     fam = _FAMILY[6 if ":" in dst else 4]
-    attrs = (_attr(NDA_LLADDR, _mac_bytes(mac)) + _attr(NDA_DST, socket.inet_pton(fam, dst))) if fdb else \
-        (_attr(NDA_DST, socket.inet_pton(fam, dst)) + _attr(NDA_LLADDR, _mac_bytes(mac)))
+    attrs = (
+        (_attr(NDA_LLADDR, _mac_bytes(mac)) + _attr(NDA_DST, socket.inet_pton(fam, dst)))
+        if fdb
+        else (_attr(NDA_DST, socket.inet_pton(fam, dst)) + _attr(NDA_LLADDR, _mac_bytes(mac)))
+    )
     return _NDMSG.pack(family, 0, 0, ifindex, NUD_PERMANENT, flags, 0) + attrs
 
 
@@ -398,9 +424,9 @@ def _neigh_body(family: int, ifindex: int, flags: int, dst: str, mac: str, *, fd
 class RouteStats:
     """Plain counters for metrics; ``last_error`` is the most recent failure, for humans."""
 
-    programmed: int = 0        # our routes the kernel holds, as far as we know
-    pending: int = 0           # routes waiting for an interface / device / conflict to clear
-    failing: int = 0           # routes waiting for a retry after an error
+    programmed: int = 0  # our routes the kernel holds, as far as we know
+    pending: int = 0  # routes waiting for an interface / device / conflict to clear
+    failing: int = 0  # routes waiting for a retry after an error
     created: int = 0
     replaced: int = 0
     deleted: int = 0
@@ -419,11 +445,11 @@ class RouteStats:
 class Drift:
     """What a resync found different from what we believed, and repaired."""
 
-    missing: int = 0           # our route vanished from the kernel
-    wrong: int = 0             # our route was changed behind our back
-    extra: int = 0             # a route with our protocol that we do not want
-    neighbors: int = 0         # neighbour/FDB entries missing, wrong or extra
-    repaired: int = 0          # how many of the above were fixed by this resync
+    missing: int = 0  # our route vanished from the kernel
+    wrong: int = 0  # our route was changed behind our back
+    extra: int = 0  # a route with our protocol that we do not want
+    neighbors: int = 0  # neighbour/FDB entries missing, wrong or extra
+    repaired: int = 0  # how many of the above were fixed by this resync
 
     @property
     def total(self) -> int:
@@ -440,8 +466,14 @@ class _Retry:
 class RouteManager:
     """Reconciles routes with protocol ``protocol`` in namespace ``netns``'s main table."""
 
-    def __init__(self, netns: str | None = None, *, protocol: int = RTPROT_FELIX,
-                 resync_interval: float = 90.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        netns: str | None = None,
+        *,
+        protocol: int = RTPROT_FELIX,
+        resync_interval: float = 90.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.netns = netns
         self.protocol = protocol
         self.resync_interval = resync_interval
@@ -457,14 +489,14 @@ class RouteManager:
         self._desired: dict[str, Route] = {}
         self._by_dev: dict[str, set[str]] = {}
         self._kernel: dict[str, _KRoute] = {}
-        self._uncertain: set[str] = set()   # may or may not still be in the kernel (link went down)
+        self._uncertain: set[str] = set()  # may or may not still be in the kernel (link went down)
         self._foreign: dict[str, int] = {}  # dst -> protocol of a colliding foreign route
         self._pending: dict[str, str] = {}
         self._retry: dict[str, _Retry] = {}
         # neighbours: vtep ip -> Neighbor wanted; beliefs about ARP (ip -> mac) and FDB
         self._neigh_desired: dict[str, Neighbor] = {}
         self._neigh_kernel: dict[str, str] = {}
-        self._fdb_kernel: dict[tuple[str, str], str] = {}   # (dev, mac) -> underlay ip
+        self._fdb_kernel: dict[tuple[str, str], str] = {}  # (dev, mac) -> underlay ip
         self._neigh_pending: dict[str, str] = {}
         # links: name -> (index, up)
         self._links: dict[str, tuple[int, bool]] = {}
@@ -550,8 +582,9 @@ class RouteManager:
             elif want is None:
                 drift.extra += 1
                 drifted.add(dst)
-            elif believed is not None and not self._matches_desired(real, want) \
-                    and self._matches_desired(believed, want):
+            elif (
+                believed is not None and not self._matches_desired(real, want) and self._matches_desired(believed, want)
+            ):
                 drift.wrong += 1
                 drifted.add(dst)
         self._kernel = actual
@@ -592,7 +625,7 @@ class RouteManager:
                     break
                 if mtype in (RTM_NEWLINK, RTM_DELLINK):
                     n += 1
-                    changed |= self._link_msg(memoryview(data)[off + 16:off + mlen], mtype == RTM_DELLINK)
+                    changed |= self._link_msg(memoryview(data)[off + 16 : off + mlen], mtype == RTM_DELLINK)
                 off += (mlen + 3) & ~3
         if overrun:
             before = dict(self._links)
@@ -689,7 +722,7 @@ class RouteManager:
             link = self._links.get(name)
             for dst in self._by_dev.get(name, ()):
                 dsts.add(dst)
-                if link is None or not link[1]:
+                if link is None or not link[1]:  # noqa: SIM102 - the comment belongs to the outer test
                     # The kernel drops (IPv4) or may keep (IPv6) routes of a downed interface,
                     # and drops all of a deleted one: stop believing they are there.
                     if self._kernel.pop(dst, None) is not None and link is not None:
@@ -847,9 +880,19 @@ class RouteManager:
 
     def _belief(self, r: Route, oif: int | None) -> _KRoute:
         family = _dst(r.dst)[0]
-        return _KRoute(r.dst, family, RTN_BLACKHOLE if r.type == "blackhole" else RTN_UNICAST, self.protocol,
-                       RT_SCOPE_LINK if r.scope == "link" else RT_SCOPE_UNIVERSE, oif or 0, r.gateway,
-                       r.onlink, r.mtu, _OUR_PRIORITY[family], False)
+        return _KRoute(
+            r.dst,
+            family,
+            RTN_BLACKHOLE if r.type == "blackhole" else RTN_UNICAST,
+            self.protocol,
+            RT_SCOPE_LINK if r.scope == "link" else RT_SCOPE_UNIVERSE,
+            oif or 0,
+            r.gateway,
+            r.onlink,
+            r.mtu,
+            _OUR_PRIORITY[family],
+            False,
+        )
 
     def _fail(self, dst: str, op: str, err: int, text: str, now: float) -> None:
         msg = f"{op} {dst}: {os.strerror(err)}" + (f" ({text})" if text else "")
@@ -943,8 +986,9 @@ class RouteManager:
             want_fdb[(dev, n.mac)] = n.node_ip
             if self._neigh_kernel.get(ip) != n.mac:
                 fam = _FAMILY[6 if ":" in ip else 4]
-                reqs.append((RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE,
-                             _neigh_body(fam, link[0], 0, ip, n.mac, fdb=False)))
+                reqs.append(
+                    (RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, _neigh_body(fam, link[0], 0, ip, n.mac, fdb=False))
+                )
                 ops.append(("arp", (ip, n.mac)))
         for ip, mac in self._neigh_kernel.items():
             dev = self._vxlan_dev(ip)
@@ -954,13 +998,19 @@ class RouteManager:
                 ops.append(("arp-del", ip))
         for (dev, mac), under in want_fdb.items():
             if self._fdb_kernel.get((dev, mac)) != under:
-                reqs.append((RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE,
-                             _neigh_body(AF_BRIDGE, self._links[dev][0], NTF_SELF, under, mac, fdb=True)))
+                reqs.append(
+                    (
+                        RTM_NEWNEIGH,
+                        NLM_F_CREATE | NLM_F_REPLACE,
+                        _neigh_body(AF_BRIDGE, self._links[dev][0], NTF_SELF, under, mac, fdb=True),
+                    )
+                )
                 ops.append(("fdb", ((dev, mac), under)))
         for (dev, mac), under in self._fdb_kernel.items():
             if (dev, mac) not in want_fdb and dev in self._links:
-                reqs.append((RTM_DELNEIGH, 0,
-                             _neigh_body(AF_BRIDGE, self._links[dev][0], NTF_SELF, under, mac, fdb=True)))
+                reqs.append(
+                    (RTM_DELNEIGH, 0, _neigh_body(AF_BRIDGE, self._links[dev][0], NTF_SELF, under, mac, fdb=True))
+                )
                 ops.append(("fdb-del", (dev, mac)))
         if not reqs:
             return 0

@@ -30,8 +30,13 @@ from collections.abc import Iterable
 
 from felix.routes import run_in_netns
 
-__all__ = ["InterfaceMissing", "configure_workload_interface", "configure_workload_interfaces", "read_sysctl",
-           "workload_sysctls"]
+__all__ = [
+    "InterfaceMissing",
+    "configure_workload_interface",
+    "configure_workload_interfaces",
+    "read_sysctl",
+    "workload_sysctls",
+]
 
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
 
@@ -83,8 +88,9 @@ def _write_all(items: list[tuple[str, str, str, bool]]) -> dict[str, list[str] |
     return results
 
 
-def configure_workload_interfaces(ifaces: Iterable[str], *, netns: str | None = None, ipv4: bool = True,
-                                  ipv6: bool = True) -> dict[str, list[str] | BaseException]:
+def configure_workload_interfaces(
+    ifaces: Iterable[str], *, netns: str | None = None, ipv4: bool = True, ipv6: bool = True
+) -> dict[str, list[str] | BaseException]:
     """Configure several interfaces in one namespace switch.
 
     Returns, per interface, the paths whose value changed, or the exception that stopped it
@@ -95,8 +101,9 @@ def configure_workload_interfaces(ifaces: Iterable[str], *, netns: str | None = 
     return run_in_netns(netns, lambda: _write_all(items))
 
 
-def configure_workload_interface(iface: str, *, netns: str | None = None, ipv4: bool = True,
-                                 ipv6: bool = True) -> list[str]:
+def configure_workload_interface(
+    iface: str, *, netns: str | None = None, ipv4: bool = True, ipv6: bool = True
+) -> list[str]:
     """Configure one interface; returns the paths changed.  Raises :class:`InterfaceMissing`
     if it does not exist, or the OSError that stopped it."""
     result = configure_workload_interfaces([iface], netns=netns, ipv4=ipv4, ipv6=ipv6)[iface]
@@ -107,9 +114,11 @@ def configure_workload_interface(iface: str, *, netns: str | None = None, ipv4: 
 
 def read_sysctl(path: str, *, netns: str | None = None) -> str:
     """Read one /proc/sys value as seen from ``netns`` (for checks and tests)."""
+
     def read() -> str:
         with open(path) as f:
             return f.read().strip()
+
     if not path.startswith("/proc/sys/") or ".." in path.split(os.sep):
         raise ValueError(f"not a sysctl path: {path!r}")
     return run_in_netns(netns, read)

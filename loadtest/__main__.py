@@ -16,19 +16,37 @@ def _bench(args: argparse.Namespace) -> int:
         from .bench import FanoutOptions, run_fanout
 
         opts = FanoutOptions(
-            agents=args.agents, processes=args.processes, kvs=args.kvs, value_size=args.value_size, rate=args.rate,
-            seconds=args.seconds, compression=not args.no_compression, full_decode=args.full_decode, output=args.output,
+            agents=args.agents,
+            processes=args.processes,
+            kvs=args.kvs,
+            value_size=args.value_size,
+            rate=args.rate,
+            seconds=args.seconds,
+            compression=not args.no_compression,
+            full_decode=args.full_decode,
+            output=args.output,
         )
         results = uvloop.run(run_fanout(opts))
         v = results["verification"]
-        return 0 if v["sampled_agents_matching"] == v["sampled_agents"] and v["agents_at_final_seq"] == opts.agents else 1
+        return (
+            0 if v["sampled_agents_matching"] == v["sampled_agents"] and v["agents_at_final_seq"] == opts.agents else 1
+        )
     if args.which == "apiload":
         from .apiload import ApiLoadOptions, run_apiload
 
-        results = uvloop.run(run_apiload(ApiLoadOptions(
-            agents=args.agents, processes=args.processes, nodes=args.nodes, pods_per_node=args.pods_per_node,
-            churn=args.churn, seconds=args.seconds, modes=tuple(args.modes.split(",")),
-        )))
+        results = uvloop.run(
+            run_apiload(
+                ApiLoadOptions(
+                    agents=args.agents,
+                    processes=args.processes,
+                    nodes=args.nodes,
+                    pods_per_node=args.pods_per_node,
+                    churn=args.churn,
+                    seconds=args.seconds,
+                    modes=tuple(args.modes.split(",")),
+                )
+            )
+        )
         ok = all(r["all_agents_synced"] for r in results.values())
     elif args.which == "felix":
         from .bench_felix import run_felix_bench
@@ -47,14 +65,24 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import DemoOptions, run_demo
-
     import uvloop
 
-    return uvloop.run(run_demo(DemoOptions(
-        agents=args.agents, nodes=args.nodes, pods_per_node=args.pods_per_node, churn=args.churn,
-        seconds=args.seconds, processes=args.processes, datastore=args.datastore, kubeconfig=args.kubeconfig,
-    )))
+    from .demo import DemoOptions, run_demo
+
+    return uvloop.run(
+        run_demo(
+            DemoOptions(
+                agents=args.agents,
+                nodes=args.nodes,
+                pods_per_node=args.pods_per_node,
+                churn=args.churn,
+                seconds=args.seconds,
+                processes=args.processes,
+                datastore=args.datastore,
+                kubeconfig=args.kubeconfig,
+            )
+        )
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -67,13 +95,31 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         sc = Scenario(
-            mode=args.mode, nodes=args.nodes, pods_per_node=args.pods_per_node, namespaces=args.namespaces,
-            policies=args.policies, agents=args.agents, direct_agents=args.direct_agents, processes=args.processes,
-            full_decode=args.full_decode, replicas=args.replicas, rate=args.rate, mix=parse_mix(args.mix),
-            duration=args.duration, ramp=parse_ramp(args.ramp), faults=[parse_fault(f) for f in args.fault],
-            slo=args.slo, seed=args.seed, sample_interval=args.sample_interval, connect_spread=args.connect_spread,
-            compression=not args.no_compression, window_size=args.window_size, sync_timeout=args.sync_timeout,
-            drain_timeout=args.drain_timeout, timeout=args.timeout, out=args.out,
+            mode=args.mode,
+            nodes=args.nodes,
+            pods_per_node=args.pods_per_node,
+            namespaces=args.namespaces,
+            policies=args.policies,
+            agents=args.agents,
+            direct_agents=args.direct_agents,
+            processes=args.processes,
+            full_decode=args.full_decode,
+            replicas=args.replicas,
+            rate=args.rate,
+            mix=parse_mix(args.mix),
+            duration=args.duration,
+            ramp=parse_ramp(args.ramp),
+            faults=[parse_fault(f) for f in args.fault],
+            slo=args.slo,
+            seed=args.seed,
+            sample_interval=args.sample_interval,
+            connect_spread=args.connect_spread,
+            compression=not args.no_compression,
+            window_size=args.window_size,
+            sync_timeout=args.sync_timeout,
+            drain_timeout=args.drain_timeout,
+            timeout=args.timeout,
+            out=args.out,
             typha_args=shlex.split(args.typha_args) if args.typha_args else [],
         )
         sc.validate()
@@ -116,9 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--pods-per-node", type=int, default=30)
     demo.add_argument("--churn", type=float, default=100.0, help="changes per second")
     demo.add_argument("--seconds", type=float, default=20.0)
-    demo.add_argument("--datastore", choices=["emulator", "synthetic"], default="emulator",
-                      help="emulator: typha watches the API-server emulator (default); synthetic: typha's embedded generator")
-    demo.add_argument("--kubeconfig", help="follow a real cluster through this kubeconfig instead (no churn is written)")
+    demo.add_argument(
+        "--datastore",
+        choices=["emulator", "synthetic"],
+        default="emulator",
+        help="emulator: typha watches the API-server emulator (default); synthetic: typha's embedded generator",
+    )
+    demo.add_argument(
+        "--kubeconfig", help="follow a real cluster through this kubeconfig instead (no churn is written)"
+    )
 
     bench = sub.add_parser("bench", help="benchmarks (results go in docs/benchmarks.md)")
     which = bench.add_subparsers(dest="which", required=True)
@@ -153,39 +205,65 @@ def main(argv: list[str] | None = None) -> int:
     ing.add_argument("--output")
 
     run = sub.add_parser(
-        "run", help="API-server emulator + typha replicas + thousands of agents, churn and faults; writes a report",
+        "run",
+        help="API-server emulator + typha replicas + thousands of agents, churn and faults; writes a report",
         description="Stand up the API-server emulator with a synthetic cluster, typha replicas and simulated agents, "
         "drive churn and faults, verify every agent, and write results.json, PNG plots and summary.md into --out. "
         "Fault kinds: restart-typha[:I], kill-typha[:I], cut-watches[:RESOURCE], compact (410 relists); "
         "see loadtest/scenario.py.",
     )
-    run.add_argument("--mode", choices=["typha", "direct", "both"], default="typha",
-                     help="typha (default), direct (agents watch the API server), both (side by side)")
+    run.add_argument(
+        "--mode",
+        choices=["typha", "direct", "both"],
+        default="typha",
+        help="typha (default), direct (agents watch the API server), both (side by side)",
+    )
     run.add_argument("--nodes", type=int, default=1000)
     run.add_argument("--pods-per-node", type=int, default=30)
     run.add_argument("--namespaces", type=int, default=20)
     run.add_argument("--policies", type=int, default=50)
     run.add_argument("--agents", type=int, default=None, help="typha agents (default: one per node)")
-    run.add_argument("--direct-agents", type=int, default=None,
-                     help="direct-mode agents (default: --agents with --mode direct, at most 100 with --mode both)")
+    run.add_argument(
+        "--direct-agents",
+        type=int,
+        default=None,
+        help="direct-mode agents (default: --agents with --mode direct, at most 100 with --mode both)",
+    )
     run.add_argument("--processes", type=int, default=2, help="agent worker processes")
     run.add_argument("--full-decode", type=int, default=4, help="agents that decode and keep the full state")
     run.add_argument("--replicas", type=int, default=1, help="typha replicas")
     run.add_argument("--rate", type=float, default=100.0, help="churn, API events per second")
-    run.add_argument("--mix", default=None, help="churn mix, e.g. 'default,policy_edit=10' or 'create=1,delete=1,status=2'")
+    run.add_argument(
+        "--mix", default=None, help="churn mix, e.g. 'default,policy_edit=10' or 'create=1,delete=1,status=2'"
+    )
     run.add_argument("--duration", type=float, default=60.0, help="seconds of churn")
-    run.add_argument("--ramp", default=None, help="comma-separated rates: equal steps over --duration; reports the knee")
-    run.add_argument("--slo", type=float, default=1.0, help="p99 latency to the last agent that counts as broken (ramp)")
-    run.add_argument("--fault", action="append", default=[], metavar="SECONDS:KIND[:ARG]",
-                     help="e.g. 30:restart-typha, 45:cut-watches, 60:compact (repeatable; seconds after churn starts)")
+    run.add_argument(
+        "--ramp", default=None, help="comma-separated rates: equal steps over --duration; reports the knee"
+    )
+    run.add_argument(
+        "--slo", type=float, default=1.0, help="p99 latency to the last agent that counts as broken (ramp)"
+    )
+    run.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="SECONDS:KIND[:ARG]",
+        help="e.g. 30:restart-typha, 45:cut-watches, 60:compact (repeatable; seconds after churn starts)",
+    )
     run.add_argument("--seed", type=int, default=1)
     run.add_argument("--sample-interval", type=float, default=1.0)
-    run.add_argument("--connect-spread", type=float, default=1.0, help="seconds over which each worker staggers its connects")
+    run.add_argument(
+        "--connect-spread", type=float, default=1.0, help="seconds over which each worker staggers its connects"
+    )
     run.add_argument("--no-compression", action="store_true")
     run.add_argument("--window-size", type=int, default=10_000, help="API-server events kept per resource")
-    run.add_argument("--sync-timeout", type=float, default=None, help="bound for all agents to sync (default: from size)")
+    run.add_argument(
+        "--sync-timeout", type=float, default=None, help="bound for all agents to sync (default: from size)"
+    )
     run.add_argument("--drain-timeout", type=float, default=60.0)
-    run.add_argument("--timeout", type=float, default=None, help="hard bound on the whole run (default: from the phases)")
+    run.add_argument(
+        "--timeout", type=float, default=None, help="hard bound on the whole run (default: from the phases)"
+    )
     run.add_argument("--typha-args", default="", help="extra flags for every typha replica")
     run.add_argument("--out", default="runs/latest", help="run directory (results.json, PNGs, summary.md)")
     run.add_argument("--no-progress", action="store_true")

@@ -63,7 +63,9 @@ class _AgentProbe:
     snapshot_done_ns: int = 1 << 62  # until the first snapshot completes, nothing counts as live
     disconnected_at: float = 0.0  # monotonic time of the last disconnect, until back in sync (0: none)
     resnapshotted: bool = False  # a snapshot completed since that disconnect
-    seen_revisions: set[int] | None = None  # with arrival_key "created": revisions this (decoding) agent already received
+    seen_revisions: set[int] | None = (
+        None  # with arrival_key "created": revisions this (decoding) agent already received
+    )
 
 
 @dataclass(slots=True)
@@ -91,7 +93,9 @@ class WorkerReport:
     reconnect_seconds: LogHistogram = field(default_factory=LogHistogram)  # disconnect -> next snapshot + in-sync
     seqs_by_server: dict[str, dict[int, int]] = field(default_factory=dict)  # "host:port" -> {seq: agents}
     not_connected: int = 0
-    rv_keys: list[tuple[int, int]] = field(default_factory=list)  # (KV revision, arrival key of its breadcrumb), since last report
+    rv_keys: list[tuple[int, int]] = field(
+        default_factory=list
+    )  # (KV revision, arrival key of its breadcrumb), since last report
     state_hashes: dict[str, dict[str, int]] = field(default_factory=dict)  # hostname -> key -> crc32(value)
 
 

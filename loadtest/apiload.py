@@ -79,7 +79,9 @@ async def _one_mode(mode: str, opts: ApiLoadOptions, console: Console) -> dict[s
             api.write_kubeconfig(kc)
             typha = TyphaProcess(["--datastore", "kubernetes", "--kubeconfig", kc, "--log-level", "WARNING"])
             await typha.start()
-            fleet = AgentFleet(FleetSpec([("127.0.0.1", typha.port)], agents=opts.agents, processes=opts.processes, full_decode=2))
+            fleet = AgentFleet(
+                FleetSpec([("127.0.0.1", typha.port)], agents=opts.agents, processes=opts.processes, full_decode=2)
+            )
             fleet.start()
             ok = await fleet.wait(lambda f: f.total("in_sync") == opts.agents, 300)
         else:
@@ -94,7 +96,9 @@ async def _one_mode(mode: str, opts: ApiLoadOptions, console: Console) -> dict[s
         startup = _emulator_totals(api)
         cpu1 = _self_cpu()
         out["emulator_cpu_startup"] = cpu1 - cpu0
-        console.print(f"  {mode}: {opts.agents} agents synced in {out['startup_seconds']:.1f}s; churning {opts.churn:g}/s for {opts.seconds:g}s")
+        console.print(
+            f"  {mode}: {opts.agents} agents synced in {out['startup_seconds']:.1f}s; churning {opts.churn:g}/s for {opts.seconds:g}s"
+        )
         rv_times: dict[int, int] = {}
         typha_cpu0 = typha.cpu_seconds() if typha else 0.0
         churner = asyncio.create_task(churn_at_rate(api.store, cluster, opts.churn, opts.seconds, rv_times))
@@ -131,7 +135,9 @@ async def _one_mode(mode: str, opts: ApiLoadOptions, console: Console) -> dict[s
 
 async def run_apiload(opts: ApiLoadOptions, console: Console | None = None) -> dict[str, Any]:
     console = console or Console(stderr=True)
-    console.print(f"[bold]API-server load[/]: {opts.agents} agents, {opts.nodes} nodes x {opts.pods_per_node} pods, modes {', '.join(opts.modes)}")
+    console.print(
+        f"[bold]API-server load[/]: {opts.agents} agents, {opts.nodes} nodes x {opts.pods_per_node} pods, modes {', '.join(opts.modes)}"
+    )
     results = {m: await _one_mode(m, opts, console) for m in opts.modes}
     t = Table(title="API-server load: through typha vs agents watching directly")
     t.add_column("measure")
@@ -146,7 +152,12 @@ async def run_apiload(opts: ApiLoadOptions, console: Console | None = None) -> d
         ("emulator CPU, startup", lambda r: f"{r['emulator_cpu_startup']:.1f} s"),
         ("emulator CPU, steady churn", lambda r: f"{r['emulator_cpu_steady']:.1f} s"),
         ("agents synced in", lambda r: f"{r['startup_seconds']:.1f} s"),
-        ("API write -> agent p50 / p99", lambda r: f"{r['write_to_agent_latency']['p50'] * 1e3:.0f} / {r['write_to_agent_latency']['p99'] * 1e3:.0f} ms"),
+        (
+            "API write -> agent p50 / p99",
+            lambda r: (
+                f"{r['write_to_agent_latency']['p50'] * 1e3:.0f} / {r['write_to_agent_latency']['p99'] * 1e3:.0f} ms"
+            ),
+        ),
     ]
     for name, fmt in rows:
         t.add_row(name, *(fmt(results[m]) for m in opts.modes))
@@ -194,7 +205,9 @@ async def run_ingest(nodes: int, pods_per_node: int, burst: int, console: Consol
     workdir = tempfile.TemporaryDirectory(prefix="pytypha-ingest-")
     kc = str(Path(workdir.name) / "kubeconfig")
     api.write_kubeconfig(kc)
-    typha = TyphaProcess(["--datastore", "kubernetes", "--kubeconfig", kc, "--log-level", "WARNING", "--k8s-page-size", "1000"])
+    typha = TyphaProcess(
+        ["--datastore", "kubernetes", "--kubeconfig", kc, "--log-level", "WARNING", "--k8s-page-size", "1000"]
+    )
     out: dict[str, Any] = {"objects": objects, "decode": dec}
     try:
         t0 = time.monotonic()
@@ -202,7 +215,9 @@ async def run_ingest(nodes: int, pods_per_node: int, burst: int, console: Consol
         out["initial_seconds"] = time.monotonic() - t0
         out["initial_typha_cpu"] = typha.cpu_seconds()
         out["initial_objects_per_cpu_second"] = objects / out["initial_typha_cpu"]
-        console.print(f"initial list+project of {objects:,} objects: {out['initial_seconds']:.1f}s wall, {out['initial_typha_cpu']:.1f}s typha CPU")
+        console.print(
+            f"initial list+project of {objects:,} objects: {out['initial_seconds']:.1f}s wall, {out['initial_typha_cpu']:.1f}s typha CPU"
+        )
         events = cluster.churn(burst, count_events=True)
         m0 = await typha.metrics()
         cpu0 = typha.cpu_seconds()
@@ -223,7 +238,9 @@ async def run_ingest(nodes: int, pods_per_node: int, burst: int, console: Consol
         out["burst_typha_cpu"] = cpu
         out["burst_events_per_cpu_second"] = len(events) / cpu if cpu else 0.0
         out["typha_rss"] = typha.rss_bytes()
-        console.print(f"burst of {len(events):,} events: {cpu:.2f}s typha CPU -> {out['burst_events_per_cpu_second']:,.0f} events per CPU-second")
+        console.print(
+            f"burst of {len(events):,} events: {cpu:.2f}s typha CPU -> {out['burst_events_per_cpu_second']:,.0f} events per CPU-second"
+        )
     finally:
         await typha.stop()
         await api.stop()

@@ -18,8 +18,8 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
-from .tables import kv_table
 from .agents import AgentFleet, FleetSpec
+from .tables import kv_table
 
 
 @dataclass
@@ -46,8 +46,16 @@ class BenchServer:
     @classmethod
     async def start(cls, kvs: int, value_size: int) -> BenchServer:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "loadtest.benchserver", "--kvs", str(kvs), "--value-size", str(value_size),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 20,
+            sys.executable,
+            "-m",
+            "loadtest.benchserver",
+            "--kvs",
+            str(kvs),
+            "--value-size",
+            str(value_size),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=1 << 20,
         )
         self = cls(proc)
         self.info = await self._read()
@@ -84,7 +92,9 @@ async def run_fanout(opts: FanoutOptions, console: Console | None = None) -> dic
     fleet: AgentFleet | None = None
     try:
         # Warm-up: one agent builds the first snapshot, so the baseline RSS includes the cache's peak.
-        warm = AgentFleet(FleetSpec([("127.0.0.1", port)], agents=1, processes=1, full_decode=0, compression=opts.compression))
+        warm = AgentFleet(
+            FleetSpec([("127.0.0.1", port)], agents=1, processes=1, full_decode=0, compression=opts.compression)
+        )
         warm.start()
         await warm.wait(lambda f: f.total("streaming") == 1, 120)
         await warm.stop()
@@ -96,21 +106,32 @@ async def run_fanout(opts: FanoutOptions, console: Console | None = None) -> dic
 
         # Phase 1: every agent receives the snapshot.
         spec = FleetSpec(
-            [("127.0.0.1", port)], agents=opts.agents, processes=opts.processes, full_decode=opts.full_decode,
-            compression=opts.compression, connect_spread=0.5,
+            [("127.0.0.1", port)],
+            agents=opts.agents,
+            processes=opts.processes,
+            full_decode=opts.full_decode,
+            compression=opts.compression,
+            connect_spread=0.5,
         )
         fleet = AgentFleet(spec)
         t0 = time.monotonic()
         fleet.start()
         with Live(console=console, refresh_per_second=4) as live:
+
             def tick() -> None:
                 d = fleet.describe()
                 el = time.monotonic() - t0
-                live.update(kv_table(f"snapshot phase {el:5.1f}s", [
-                    ("agents streaming", f"{d['streaming']:,}/{opts.agents:,}"),
-                    ("bytes received", f"{d['bytes'] / 1e9:,.2f} GB"),
-                    ("rate", f"{d['bytes'] / 1e9 / max(el, 1e-9):,.2f} GB/s"),
-                ]))
+                live.update(
+                    kv_table(
+                        f"snapshot phase {el:5.1f}s",
+                        [
+                            ("agents streaming", f"{d['streaming']:,}/{opts.agents:,}"),
+                            ("bytes received", f"{d['bytes'] / 1e9:,.2f} GB"),
+                            ("rate", f"{d['bytes'] / 1e9 / max(el, 1e-9):,.2f} GB/s"),
+                        ],
+                    )
+                )
+
             ok = await fleet.wait(lambda f: f.total("streaming") == opts.agents, opts.timeout, tick)
         t_snap = time.monotonic() - t0
         if not ok:
@@ -118,7 +139,9 @@ async def run_fanout(opts: FanoutOptions, console: Console | None = None) -> dic
         st = await server.call(cmd="stats")
         snap_times = fleet.merged("snapshot_seconds")
         wire = fleet.total("bytes")
-        raw_per_agent = (st["snapshot_raw_bytes"] - snap_before["snapshot_raw_bytes"]) or snap_before["snapshot_raw_bytes"]
+        raw_per_agent = (st["snapshot_raw_bytes"] - snap_before["snapshot_raw_bytes"]) or snap_before[
+            "snapshot_raw_bytes"
+        ]
         results["snapshot"] = {
             "seconds_all_agents": t_snap,
             "wire_bytes": wire,
@@ -135,13 +158,20 @@ async def run_fanout(opts: FanoutOptions, console: Console | None = None) -> dic
         churn = asyncio.create_task(server.call(cmd="churn", rate=opts.rate, seconds=opts.seconds))
         t1 = time.monotonic()
         with Live(console=console, refresh_per_second=4) as live:
+
             def tick2() -> None:
                 lat = fleet.merged("latency")
-                live.update(kv_table(f"churn phase {time.monotonic() - t1:5.1f}s / {opts.seconds:.0f}s", [
-                    ("updates/s", f"{opts.rate:,.0f}"),
-                    ("agent latency p50", f"{lat.percentile(50) * 1e3:.1f} ms"),
-                    ("agent latency p99", f"{lat.percentile(99) * 1e3:.1f} ms"),
-                ]))
+                live.update(
+                    kv_table(
+                        f"churn phase {time.monotonic() - t1:5.1f}s / {opts.seconds:.0f}s",
+                        [
+                            ("updates/s", f"{opts.rate:,.0f}"),
+                            ("agent latency p50", f"{lat.percentile(50) * 1e3:.1f} ms"),
+                            ("agent latency p99", f"{lat.percentile(99) * 1e3:.1f} ms"),
+                        ],
+                    )
+                )
+
             while not churn.done():
                 fleet.poll()
                 tick2()
@@ -191,18 +221,26 @@ async def run_fanout(opts: FanoutOptions, console: Console | None = None) -> dic
         await server.stop()
 
     s, c, m = results["snapshot"], results["churn"], results["memory"]
-    console.print(kv_table("fan-out results", [
-        ("snapshot to all agents", f"{s['seconds_all_agents']:.2f} s"),
-        ("aggregate wire rate", f"{s['wire_gbps']:.2f} GB/s"),
-        ("aggregate raw-equivalent rate", f"{s['raw_equivalent_gbps']:.2f} GB/s"),
-        ("snapshots built / reused", f"{s['snapshots_generated']} / {s['snapshots_reused']}"),
-        ("update -> last agent p50", f"{c['last_agent_latency']['p50'] * 1e3:.1f} ms"),
-        ("update -> last agent p99", f"{c['last_agent_latency']['p99'] * 1e3:.1f} ms"),
-        ("update -> last agent max", f"{c['last_agent_latency']['max'] * 1e3:.1f} ms"),
-        ("server CPU during churn", f"{c['server_cpu_fraction'] * 100:.0f} % of a core"),
-        ("server RSS per agent", f"{m['rss_per_agent_bytes'] / 1024:.1f} KiB"),
-        ("sampled agents matching truth", f"{results['verification']['sampled_agents_matching']}/{results['verification']['sampled_agents']}"),
-    ]))
+    console.print(
+        kv_table(
+            "fan-out results",
+            [
+                ("snapshot to all agents", f"{s['seconds_all_agents']:.2f} s"),
+                ("aggregate wire rate", f"{s['wire_gbps']:.2f} GB/s"),
+                ("aggregate raw-equivalent rate", f"{s['raw_equivalent_gbps']:.2f} GB/s"),
+                ("snapshots built / reused", f"{s['snapshots_generated']} / {s['snapshots_reused']}"),
+                ("update -> last agent p50", f"{c['last_agent_latency']['p50'] * 1e3:.1f} ms"),
+                ("update -> last agent p99", f"{c['last_agent_latency']['p99'] * 1e3:.1f} ms"),
+                ("update -> last agent max", f"{c['last_agent_latency']['max'] * 1e3:.1f} ms"),
+                ("server CPU during churn", f"{c['server_cpu_fraction'] * 100:.0f} % of a core"),
+                ("server RSS per agent", f"{m['rss_per_agent_bytes'] / 1024:.1f} KiB"),
+                (
+                    "sampled agents matching truth",
+                    f"{results['verification']['sampled_agents_matching']}/{results['verification']['sampled_agents']}",
+                ),
+            ],
+        )
+    )
     if opts.output:
         with open(opts.output, "w") as f:
             json.dump(results, f, indent=2)

@@ -33,12 +33,12 @@ from rich.console import Console
 from felix.routes import RTPROT_FELIX, run_in_netns
 from typha.ingest import ADDED
 
-from .tables import kv_table
 from .apiserver import start_apiserver
 from .apiserver.fixtures import make_calico_object, make_namespace, make_node, make_pod
 from .cluster import apply_events
 from .histogram import LogHistogram
 from .processes import TyphaProcess
+from .tables import kv_table
 
 RTMGRP_IPV4_ROUTE = 0x40
 RTM_NEWROUTE = 24
@@ -60,7 +60,9 @@ def _route_events(sock: socket.socket) -> list[tuple[int, int]]:
             if length < _NLMSG.size:
                 break
             if mtype == RTM_NEWROUTE:
-                _family, dst_len, _src, _tos, _table, proto, _scope, _type, _ = _RTMSG.unpack_from(data, off + _NLMSG.size)
+                _family, dst_len, _src, _tos, _table, proto, _scope, _type, _ = _RTMSG.unpack_from(
+                    data, off + _NLMSG.size
+                )
                 out.append((dst_len, proto))
             off += (length + 3) & ~3
 
@@ -70,11 +72,15 @@ def _sh(*args: str) -> None:
 
 
 def _count_routes(ns: str) -> int:
-    out = subprocess.run(["ip", "-n", ns, "route", "show", "proto", str(RTPROT_FELIX)], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ip", "-n", ns, "route", "show", "proto", str(RTPROT_FELIX)], capture_output=True, text=True
+    ).stdout
     return out.count("\n")
 
 
-async def run_felix_bench(nodes: int = 500, blocks_per_node: int = 20, pods: int = 20, console: Console | None = None) -> dict[str, Any]:
+async def run_felix_bench(
+    nodes: int = 500, blocks_per_node: int = 20, pods: int = 20, console: Console | None = None
+) -> dict[str, Any]:
     console = console or Console(stderr=True)
     if os.geteuid() != 0:
         raise SystemExit("bench felix needs root (network namespaces and netlink)")
@@ -90,14 +96,26 @@ async def run_felix_bench(nodes: int = 500, blocks_per_node: int = 20, pods: int
         # The node: a namespace with an underlay interface on which every node IP is on-link (a veth
         # pair with both ends inside: this kernel has no dummy module).
         _sh("ip", "netns", "add", ns)
-        for cmd in (["ip", "link", "add", "under0", "type", "veth", "peer", "name", "under1"],
-                    ["ip", "addr", "add", "198.18.0.1/15", "dev", "under0"],
-                    ["ip", "link", "set", "under1", "up"], ["ip", "link", "set", "under0", "up"], ["ip", "link", "set", "lo", "up"]):
+        for cmd in (
+            ["ip", "link", "add", "under0", "type", "veth", "peer", "name", "under1"],
+            ["ip", "addr", "add", "198.18.0.1/15", "dev", "under0"],
+            ["ip", "link", "set", "under1", "up"],
+            ["ip", "link", "set", "under0", "up"],
+            ["ip", "link", "set", "lo", "up"],
+        ):
             _sh("ip", "netns", "exec", ns, *cmd)
         store = api.store
         events: list[tuple[str, str, dict]] = [
             (ADDED, "namespaces", make_namespace("default")),
-            (ADDED, "ippools", make_calico_object("IPPool", "pool", {"cidr": "10.128.0.0/9", "ipipMode": "Never", "vxlanMode": "Never", "blockSize": 26})),
+            (
+                ADDED,
+                "ippools",
+                make_calico_object(
+                    "IPPool",
+                    "pool",
+                    {"cidr": "10.128.0.0/9", "ipipMode": "Never", "vxlanMode": "Never", "blockSize": 26},
+                ),
+            ),
             (ADDED, "nodes", make_node(me, "198.18.0.1")),
         ]
         blocks = []
@@ -109,8 +127,34 @@ async def run_felix_bench(nodes: int = 500, blocks_per_node: int = 20, pods: int
                 i = n * blocks_per_node + b
                 cidr = f"10.{128 + (i >> 10)}.{(i >> 2) & 255}.{(i & 3) * 64}/26"
                 blocks.append((name, cidr))
-                events.append((ADDED, "blockaffinities", make_calico_object("BlockAffinity", f"{name}-{cidr.replace('/', '-')}", {"node": name, "cidr": cidr, "state": "confirmed", "deleted": "false"})))
-                events.append((ADDED, "ipamblocks", make_calico_object("IPAMBlock", cidr.replace("/", "-"), {"cidr": cidr, "affinity": f"host:{name}", "allocations": [None] * 64, "attributes": [], "unallocated": []})))
+                events.append(
+                    (
+                        ADDED,
+                        "blockaffinities",
+                        make_calico_object(
+                            "BlockAffinity",
+                            f"{name}-{cidr.replace('/', '-')}",
+                            {"node": name, "cidr": cidr, "state": "confirmed", "deleted": "false"},
+                        ),
+                    )
+                )
+                events.append(
+                    (
+                        ADDED,
+                        "ipamblocks",
+                        make_calico_object(
+                            "IPAMBlock",
+                            cidr.replace("/", "-"),
+                            {
+                                "cidr": cidr,
+                                "affinity": f"host:{name}",
+                                "allocations": [None] * 64,
+                                "attributes": [],
+                                "unallocated": [],
+                            },
+                        ),
+                    )
+                )
         apply_events(store, events)
         local_block = blocks[0][1]
         kc = str(Path(workdir.name) / "kubeconfig")
@@ -122,8 +166,15 @@ async def run_felix_bench(nodes: int = 500, blocks_per_node: int = 20, pods: int
         # Cold start.
         # felix dials typha on loopback from the root namespace and programs the node namespace
         # through netlink sockets opened inside it (--netns): traffic stays on loopback.
-        env = {**os.environ, "FELIX_NODENAME": me, "FELIX_TYPHA_ADDRESSES": f"127.0.0.1:{typha_port}",
-               "FELIX_HEALTH_PORT": "0", "FELIX_METRICS_PORT": "0", "FELIX_LOG_LEVEL": "WARNING", "FELIX_NETNS": ns}
+        env = {
+            **os.environ,
+            "FELIX_NODENAME": me,
+            "FELIX_TYPHA_ADDRESSES": f"127.0.0.1:{typha_port}",
+            "FELIX_HEALTH_PORT": "0",
+            "FELIX_METRICS_PORT": "0",
+            "FELIX_LOG_LEVEL": "WARNING",
+            "FELIX_NETNS": ns,
+        }
         want = nodes * blocks_per_node + 1  # remote blocks + our own blackhole
         console.print(f"cold start: felix programs {want:,} routes")
         t0 = time.monotonic()
@@ -135,7 +186,9 @@ async def run_felix_bench(nodes: int = 500, blocks_per_node: int = 20, pods: int
                 raise RuntimeError("felix did not converge in 120 s")
             await asyncio.sleep(0.02)
         out["cold_start_seconds"] = time.monotonic() - t0
-        console.print(f"  converged in {out['cold_start_seconds']:.2f}s (includes felix start-up, connect and snapshot)")
+        console.print(
+            f"  converged in {out['cold_start_seconds']:.2f}s (includes felix start-up, connect and snapshot)"
+        )
 
         # One pod at a time: API write -> route in the kernel.
         sock = run_in_netns(ns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE))
@@ -177,6 +230,9 @@ async def run_felix_bench(nodes: int = 500, blocks_per_node: int = 20, pods: int
     t.add_row("routes at cold start", f"{want:,}")
     t.add_row("cold start to converged", f"{out['cold_start_seconds']:.2f} s")
     pl = out["pod_add_latency"]
-    t.add_row(f"pod add: API write -> kernel route (n={pl['count']})", f"p50 {pl['p50'] * 1e3:.1f} ms, p99 {pl['p99'] * 1e3:.1f} ms, max {pl['max'] * 1e3:.1f} ms")
+    t.add_row(
+        f"pod add: API write -> kernel route (n={pl['count']})",
+        f"p50 {pl['p50'] * 1e3:.1f} ms, p99 {pl['p99'] * 1e3:.1f} ms, max {pl['max'] * 1e3:.1f} ms",
+    )
     console.print(t)
     return out

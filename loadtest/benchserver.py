@@ -33,10 +33,23 @@ def synthetic_value(i: int, rng: random.Random, size: int) -> bytes:
     """A JSON value shaped like a workload endpoint, padded to about `size` bytes."""
     ns = f"ns-{i % 97}"
     base = (
-        '{"name":"cali%011x","ipNetworks":["10.%d.%d.%d/32"],"profiles":["kns.%s","ksa.%s.default"],'
+        '{"name":"cali%011x","ipNetworks":["10.%d.%d.%d/32"],"profiles":["kns.%s","ksa.%s.default"],'  # noqa: UP031 - a %-template keeps the JSON shape readable
         '"labels":{"app":"app-%d","pod-template-hash":"%08x","projectcalico.org/namespace":"%s",'
         '"projectcalico.org/orchestrator":"k8s"},"node":"node-%05d","orchestrator":"k8s","workload":"%s/pod-%d"'
-        % (rng.getrandbits(44), (i >> 16) & 255, (i >> 8) & 255, i & 255, ns, ns, i % 31, rng.getrandbits(32), ns, i % 5000, ns, i)
+        % (
+            rng.getrandbits(44),
+            (i >> 16) & 255,
+            (i >> 8) & 255,
+            i & 255,
+            ns,
+            ns,
+            i % 31,
+            rng.getrandbits(32),
+            ns,
+            i % 5000,
+            ns,
+            i,
+        )
     )
     # Random hex padding (annotations, hashes): compresses about as badly as real values do.
     pad = max(0, size - len(base) - 12)
@@ -46,7 +59,14 @@ def synthetic_value(i: int, rng: random.Random, size: int) -> bytes:
 async def serve(kvs: int, value_size: int, port: int, seed: int) -> None:
     rng = random.Random(seed)
     cache = SnapCache("felix")
-    batch = [(f"/calico/v1/host/node-{i % 5000:05d}/workload/k8s/ns%2fpod-{i}/endpoint/eth0", synthetic_value(i, rng, value_size), "1") for i in range(kvs)]
+    batch = [
+        (
+            f"/calico/v1/host/node-{i % 5000:05d}/workload/k8s/ns%2fpod-{i}/endpoint/eth0",
+            synthetic_value(i, rng, value_size),
+            "1",
+        )
+        for i in range(kvs)
+    ]
     cache.apply(batch)
     del batch
     cache.set_status(SyncStatus.IN_SYNC)
@@ -73,14 +93,22 @@ async def serve(kvs: int, value_size: int, port: int, seed: int) -> None:
         name = cmd.get("cmd")
         if name == "stats":
             st = cache.stats
-            reply({
-                "rss": process_rss_bytes(os.getpid()), "connections": len(server.connections),
-                "streaming": sum(len(s) for s in server._following.values()), "seq": cache.head.seq,
-                "updates": st.updates_total, "skipped": st.updates_skipped, "breadcrumbs": st.breadcrumbs,
-                "snapshots_generated": st.snapshots_generated, "snapshots_reused": st.snapshots_reused,
-                "snapshot_raw_bytes": st.snapshot_raw_bytes, "snapshot_wire_bytes": st.snapshot_wire_bytes,
-                "cpu": time.process_time(),
-            })
+            reply(
+                {
+                    "rss": process_rss_bytes(os.getpid()),
+                    "connections": len(server.connections),
+                    "streaming": sum(len(s) for s in server._following.values()),
+                    "seq": cache.head.seq,
+                    "updates": st.updates_total,
+                    "skipped": st.updates_skipped,
+                    "breadcrumbs": st.breadcrumbs,
+                    "snapshots_generated": st.snapshots_generated,
+                    "snapshots_reused": st.snapshots_reused,
+                    "snapshot_raw_bytes": st.snapshot_raw_bytes,
+                    "snapshot_wire_bytes": st.snapshot_wire_bytes,
+                    "cpu": time.process_time(),
+                }
+            )
         elif name == "churn":
             rate, seconds, tick = float(cmd["rate"]), float(cmd["seconds"]), float(cmd.get("tick", 0.01))
             start = time.monotonic()

@@ -86,8 +86,12 @@ def apply_timed(store: Store, events: Iterable[tuple[str, str, dict]], rv_times:
 
 
 async def churn_at_rate(
-    store: Store, cluster: SyntheticCluster, rate: float, seconds: float,
-    rv_times: dict[int, int] | None = None, tick: float = 0.02,
+    store: Store,
+    cluster: SyntheticCluster,
+    rate: float,
+    seconds: float,
+    rv_times: dict[int, int] | None = None,
+    tick: float = 0.02,
 ) -> int:
     """Write the generator's churn into the emulator at `rate` changes/s for `seconds`; returns how
     many were written. With `rv_times`, each write's time is recorded (see `apply_timed`)."""

@@ -25,11 +25,11 @@ from rich.table import Table
 from protocol.digest import state_digest
 from typha.synthetic import SyntheticCluster
 
-from .tables import kv_table
 from .agents import AgentFleet, FleetSpec
 from .apiserver import start_apiserver
 from .cluster import churn_at_rate, seed, truth
 from .processes import TyphaProcess
+from .tables import kv_table
 
 
 @dataclass
@@ -52,7 +52,10 @@ def _progress(title: str, fleet: AgentFleet, typha: dict[str, Any], metrics: dic
     t = kv_table(title)
     t.add_row("agents connected / in sync", f"{d['connected']:,} / {d['in_sync']:,} of {d['agents']:,}")
     t.add_row("typha keys (felix) / seq", f"{felix.get('keys', 0):,} / {felix.get('seq', 0):,}")
-    t.add_row("updates in / skipped as duplicates", f"{metrics.get('typha_updates_total{syncer=felix}', 0):,.0f} / {metrics.get('typha_updates_skipped_total{syncer=felix}', 0):,.0f}")
+    t.add_row(
+        "updates in / skipped as duplicates",
+        f"{metrics.get('typha_updates_total{syncer=felix}', 0):,.0f} / {metrics.get('typha_updates_skipped_total{syncer=felix}', 0):,.0f}",
+    )
     t.add_row("KVs delivered to agents", f"{d['kvs']:,}")
     t.add_row("bytes delivered", f"{d['bytes'] / 1e6:,.1f} MB")
     t.add_row("update latency p50 / p99", f"{lat.percentile(50) * 1e3:.1f} / {lat.percentile(99) * 1e3:.1f} ms")
@@ -69,8 +72,16 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         where = f"the cluster in {opts.kubeconfig}"
     elif opts.datastore == "synthetic":
         args = [
-            "--datastore", "synthetic", "--synthetic-nodes", str(opts.nodes), "--synthetic-pods-per-node", str(opts.pods_per_node),
-            "--synthetic-churn-rate", str(opts.churn), "--synthetic-churn-seconds", str(opts.seconds),
+            "--datastore",
+            "synthetic",
+            "--synthetic-nodes",
+            str(opts.nodes),
+            "--synthetic-pods-per-node",
+            str(opts.pods_per_node),
+            "--synthetic-churn-rate",
+            str(opts.churn),
+            "--synthetic-churn-seconds",
+            str(opts.seconds),
         ]
         where = f"its embedded synthetic cluster ({opts.nodes} nodes x {opts.pods_per_node} pods)"
     else:
@@ -88,9 +99,18 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
     try:
         t0 = time.monotonic()
         await typha.start()
-        console.print(f"typha ready in {time.monotonic() - t0:.1f}s; connecting {opts.agents} agents from {opts.processes} processes")
-        fleet = AgentFleet(FleetSpec([("127.0.0.1", typha.port)], agents=opts.agents, processes=opts.processes,
-                                     full_decode=opts.full_decode, connect_spread=2.0))
+        console.print(
+            f"typha ready in {time.monotonic() - t0:.1f}s; connecting {opts.agents} agents from {opts.processes} processes"
+        )
+        fleet = AgentFleet(
+            FleetSpec(
+                [("127.0.0.1", typha.port)],
+                agents=opts.agents,
+                processes=opts.processes,
+                full_decode=opts.full_decode,
+                connect_spread=2.0,
+            )
+        )
         t1 = time.monotonic()
         fleet.start()
         if api is not None and opts.churn > 0:
@@ -107,7 +127,10 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
                 table = _progress(f"demo {time.monotonic() - t1:5.1f}s", fleet, st, m)
                 if api is not None:
                     watches = sum(r.open_watches for r in api.stats.resources.values())
-                    table.add_row("API-server watches open / events sent", f"{watches} / {sum(r.events_sent for r in api.stats.resources.values()):,}")
+                    table.add_row(
+                        "API-server watches open / events sent",
+                        f"{watches} / {sum(r.events_sent for r in api.stats.resources.values()):,}",
+                    )
                 live.update(table)
                 # Done when churn is over (seq stable for a second) and every agent has the final seq.
                 if seq != last_seq:
@@ -143,27 +166,44 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         skipped = metrics.get("typha_updates_skipped_total{syncer=felix}", 0)
         t = kv_table("demo summary")
         t.add_row("agents (processes)", f"{opts.agents:,} ({opts.processes})")
-        t.add_row("agents at typha's final seq", f"{sum(r.agents for r in fleet.reports.values() if r.min_seq >= felix['seq']):,}")
+        t.add_row(
+            "agents at typha's final seq",
+            f"{sum(r.agents for r in fleet.reports.values() if r.min_seq >= felix['seq']):,}",
+        )
         t.add_row("keys in typha's felix cache", f"{felix['keys']:,}")
         t.add_row("KVs delivered (all agents)", f"{d['kvs']:,}")
         t.add_row("bytes delivered", f"{d['bytes'] / 1e6:,.1f} MB in {elapsed:.1f}s")
-        t.add_row("updates in / dropped as unchanged", f"{updates:,.0f} / {skipped:,.0f} ({skipped / max(updates, 1):.0%})")
-        t.add_row("snapshot time per agent p50 / p99", f"{snap.percentile(50) * 1e3:.0f} / {snap.percentile(99) * 1e3:.0f} ms")
-        t.add_row("update latency p50 / p99 / max", f"{lat.percentile(50) * 1e3:.1f} / {lat.percentile(99) * 1e3:.1f} / {lat.max * 1e3:.1f} ms")
-        t.add_row("update to last agent p50 / p99", f"{last.percentile(50) * 1e3:.1f} / {last.percentile(99) * 1e3:.1f} ms")
+        t.add_row(
+            "updates in / dropped as unchanged", f"{updates:,.0f} / {skipped:,.0f} ({skipped / max(updates, 1):.0%})"
+        )
+        t.add_row(
+            "snapshot time per agent p50 / p99", f"{snap.percentile(50) * 1e3:.0f} / {snap.percentile(99) * 1e3:.0f} ms"
+        )
+        t.add_row(
+            "update latency p50 / p99 / max",
+            f"{lat.percentile(50) * 1e3:.1f} / {lat.percentile(99) * 1e3:.1f} / {lat.max * 1e3:.1f} ms",
+        )
+        t.add_row(
+            "update to last agent p50 / p99", f"{last.percentile(50) * 1e3:.1f} / {last.percentile(99) * 1e3:.1f} ms"
+        )
         t.add_row("reconnects", f"{d['disconnects']:,}")
         if api is not None:
             res = api.stats.resources.values()
             watched = [r for r in res if r.watches_total]
             t.add_row("API-server watches opened by typha", f"{sum(r.watches_total for r in watched)}")
-            t.add_row("... if agents watched directly", f"{opts.agents * len(watched):,} ({opts.agents} x {len(watched)} resources)")
+            t.add_row(
+                "... if agents watched directly",
+                f"{opts.agents * len(watched):,} ({opts.agents} x {len(watched)} resources)",
+            )
             t.add_row("API-server watch bytes sent", f"{sum(r.bytes_sent for r in res) / 1e6:,.1f} MB")
         source = "the API server's contents" if api is not None else "typha's state"
         t.add_row(f"sampled agents matching {source}", f"{matching}/{len(digests)}")
         console.print(t)
         fleet = None
         ok = final_seq >= 0 and matching == len(digests) and len(digests) > 0
-        console.print("[bold green]PASS[/]" if ok else "[bold red]FAIL[/]: not every agent converged on the expected state")
+        console.print(
+            "[bold green]PASS[/]" if ok else "[bold red]FAIL[/]: not every agent converged on the expected state"
+        )
         return 0 if ok else 1
     finally:
         if churner is not None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -46,12 +46,15 @@ class DirectReport:
     bytes: int = 0
     relists: int = 0
     errors: int = 0
-    rv_last_arrival: dict[int, int] = field(default_factory=dict)  # resourceVersion -> latest receipt (ns), since last report
+    rv_last_arrival: dict[int, int] = field(
+        default_factory=dict
+    )  # resourceVersion -> latest receipt (ns), since last report
     final: bool = False
 
 
-async def _agent(spec: DirectSpec, session: aiohttp.ClientSession, ctx: ssl.SSLContext, rep: DirectReport,
-                 stop: asyncio.Event) -> None:
+async def _agent(
+    spec: DirectSpec, session: aiohttp.ClientSession, ctx: ssl.SSLContext, rep: DirectReport, stop: asyncio.Event
+) -> None:
     headers = {"Authorization": f"Bearer {spec.token}", "Accept": "application/json"}
     versions: dict[str, str] = {}
 
@@ -74,9 +77,16 @@ async def _agent(spec: DirectSpec, session: aiohttp.ClientSession, ctx: ssl.SSLC
 
     async def follow(path: str) -> None:
         while not stop.is_set():
-            params = {"watch": "1", "resourceVersion": versions[path], "allowWatchBookmarks": "true", "timeoutSeconds": "300"}
+            params = {
+                "watch": "1",
+                "resourceVersion": versions[path],
+                "allowWatchBookmarks": "true",
+                "timeoutSeconds": "300",
+            }
             try:
-                async with session.get(spec.url + path, headers=headers, ssl=ctx, params=params, timeout=aiohttp.ClientTimeout(total=None)) as r:
+                async with session.get(
+                    spec.url + path, headers=headers, ssl=ctx, params=params, timeout=aiohttp.ClientTimeout(total=None)
+                ) as r:
                     rep.watches_open += 1
                     try:
                         async for line in r.content:
@@ -97,7 +107,7 @@ async def _agent(spec: DirectSpec, session: aiohttp.ClientSession, ctx: ssl.SSLC
                                         rep.rv_last_arrival[int(rv)] = now
                     finally:
                         rep.watches_open -= 1
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            except (TimeoutError, aiohttp.ClientError, ValueError):
                 rep.errors += 1
                 await asyncio.sleep(0.5)
 

@@ -17,7 +17,7 @@ _MIN = 1e-6  # one microsecond: anything faster lands in bucket 0
 
 
 class LogHistogram:
-    __slots__ = ("counts", "count", "total", "max")
+    __slots__ = ("count", "counts", "max", "total")
 
     def __init__(self) -> None:
         self.counts: dict[int, int] = {}
@@ -75,7 +75,12 @@ class LogHistogram:
         return out
 
     def to_dict(self) -> dict[str, object]:
-        return {"counts": {str(k): v for k, v in self.counts.items()}, "count": self.count, "total": self.total, "max": self.max}
+        return {
+            "counts": {str(k): v for k, v in self.counts.items()},
+            "count": self.count,
+            "total": self.total,
+            "max": self.max,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, object]) -> LogHistogram:

@@ -37,9 +37,22 @@ class TyphaProcess:
     def __init__(self, args: list[str]) -> None:
         self.port, self.health_port, self.metrics_port = free_port(), free_port(), free_port()
         self.args = [
-            sys.executable, "-m", "typha", "--listen-host", "127.0.0.1", "--health-host", "127.0.0.1",
-            "--port", str(self.port), "--health-port", str(self.health_port), "--metrics-port", str(self.metrics_port),
-            "--shutdown-timeout", "2", *args,
+            sys.executable,
+            "-m",
+            "typha",
+            "--listen-host",
+            "127.0.0.1",
+            "--health-host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--health-port",
+            str(self.health_port),
+            "--metrics-port",
+            str(self.metrics_port),
+            "--shutdown-timeout",
+            "2",
+            *args,
         ]
         self.proc: asyncio.subprocess.Process | None = None
         self.session: aiohttp.ClientSession | None = None
@@ -96,6 +109,6 @@ class TyphaProcess:
             self.proc.terminate()
             try:
                 await asyncio.wait_for(self.proc.wait(), 15)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()

@@ -16,6 +16,7 @@ results.json (version 1), in short:
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -121,10 +122,19 @@ def ramp_analysis(results: dict[str, Any]) -> list[dict[str, Any]]:
             a = s.get("agents") or {}
             if "in_sync" in a:
                 out_of_sync = max(out_of_sync, agents - a["in_sync"])
-        step = {"step": i, "rate": rate, "start": lo, "end": hi,
-                "achieved": (per_step[i] / d) if i < len(per_step) else None, "count": len(lats),
-                "p50": _percentile(lats, 50), "p99": _percentile(lats, 99), "max": max(lats, default=0.0),
-                "typha_cpu": cpu, "max_agents_out_of_sync": out_of_sync}
+        step = {
+            "step": i,
+            "rate": rate,
+            "start": lo,
+            "end": hi,
+            "achieved": (per_step[i] / d) if i < len(per_step) else None,
+            "count": len(lats),
+            "p50": _percentile(lats, 50),
+            "p99": _percentile(lats, 99),
+            "max": max(lats, default=0.0),
+            "typha_cpu": cpu,
+            "max_agents_out_of_sync": out_of_sync,
+        }
         step["broken"] = bool(step["p99"] > sc.get("slo", TARGET_P99) or out_of_sync)
         step["knee"] = step["broken"] and not knee_found
         knee_found = knee_found or step["broken"]
@@ -165,38 +175,71 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         v = t.get("verification", {})
         pods = sc["nodes"] * sc["pods_per_node"]
         scale = t.get("agents", 0) >= TARGET_AGENTS and pods >= TARGET_PODS
-        out.append((f"{TARGET_AGENTS:,} agents, {TARGET_PODS:,} pods, every agent in sync",
+        out.append(
+            (
+                f"{TARGET_AGENTS:,} agents, {TARGET_PODS:,} pods, every agent in sync",
+                (
                     f"{t.get('agents', 0):,} agents, {pods:,} pods: {v.get('agents_at_final_seq', 0):,} at final seq, "
-                    f"{v.get('sampled_matching', 0)}/{v.get('sampled_agents', 0)} sampled exact",
-                    ("met" if scale else "passed at this scale") if v.get("passed") else "NOT met"))
+                    f"{v.get('sampled_matching', 0)}/{v.get('sampled_agents', 0)} sampled exact"
+                ),
+                ("met" if scale else "passed at this scale") if v.get("passed") else "NOT met",
+            )
+        )
         api = t.get("api_churn", {})
         per_replica = api.get("open_watches_max", 0) / t["replicas"] if t.get("replicas") else None
-        direct_watches = f"{d['agents']:,} x {d.get('resources_watched', 0)} = {d['api_churn'].get('open_watches_max', 0):,} measured" if d and d.get("api_churn") else ""
-        out.append(("API watches constant (independent of agents)",
-                    f"{api.get('open_watches_min', 0)}..{api.get('open_watches_max', 0)} open during churn "
-                    f"({per_replica or 0:g} per replica) for {t.get('agents', 0):,} agents"
-                    + (f"; direct: {direct_watches}" if direct_watches else ""),
-                    "met" if api.get("open_watches_max") and api.get("open_watches_max") == api.get("open_watches_min")
-                    else "met (dips are faults)" if api.get("open_watches_max") and t.get("faults") else "NOT met"))
+        direct_watches = (
+            f"{d['agents']:,} x {d.get('resources_watched', 0)} = {d['api_churn'].get('open_watches_max', 0):,} measured"
+            if d and d.get("api_churn")
+            else ""
+        )
+        out.append(
+            (
+                "API watches constant (independent of agents)",
+                f"{api.get('open_watches_min', 0)}..{api.get('open_watches_max', 0)} open during churn "
+                f"({per_replica or 0:g} per replica) for {t.get('agents', 0):,} agents"
+                + (f"; direct: {direct_watches}" if direct_watches else ""),
+                "met"
+                if api.get("open_watches_max") and api.get("open_watches_max") == api.get("open_watches_min")
+                else "met (dips are faults)"
+                if api.get("open_watches_max") and t.get("faults")
+                else "NOT met",
+            )
+        )
         lat = (t.get("latency") or {}).get("write_to_last_agent") or {}
         steady = steady_summary(t, "write_to_last_agent")
         rate = sc.get("rate")
         step = next((s for s in ramp_analysis(results) if s["rate"] >= 100), None)
         if step is not None:
-            out.append((f"p99 update latency to last agent < {TARGET_P99:g} s at 100 ev/s",
-                        f"ramp step {step['rate']:g} ev/s ({step['achieved'] or 0:.0f} achieved): p99 {_ms(step['p99'])}",
-                        "met" if step["count"] and step["p99"] < TARGET_P99 else "NOT met"))
-        out.append((f"p99 update latency to last agent < {TARGET_P99:g} s at 100 ev/s" + (" (whole run)" if step is not None else ""),
-                    f"p99 {_ms(lat.get('p99'))} at {(t.get('churn') or {}).get('rate_achieved', 0):.0f} ev/s"
-                    + (f" including faults; {_ms(steady['p99'])} outside fault recovery" if steady else ""),
-                    "(see the ramp)" if step is not None else
-                    "met" if lat.get("count") and lat["p99"] < TARGET_P99 and not sc.get("ramp") and rate >= 100 else
-                    "met outside faults" if steady and steady["p99"] < TARGET_P99 and not sc.get("ramp") and rate >= 100 else
-                    ("under target" if lat.get("count") and lat["p99"] < TARGET_P99 else "NOT met")))
+            out.append(
+                (
+                    f"p99 update latency to last agent < {TARGET_P99:g} s at 100 ev/s",
+                    f"ramp step {step['rate']:g} ev/s ({step['achieved'] or 0:.0f} achieved): p99 {_ms(step['p99'])}",
+                    "met" if step["count"] and step["p99"] < TARGET_P99 else "NOT met",
+                )
+            )
+        out.append(
+            (
+                f"p99 update latency to last agent < {TARGET_P99:g} s at 100 ev/s"
+                + (" (whole run)" if step is not None else ""),
+                f"p99 {_ms(lat.get('p99'))} at {(t.get('churn') or {}).get('rate_achieved', 0):.0f} ev/s"
+                + (f" including faults; {_ms(steady['p99'])} outside fault recovery" if steady else ""),
+                "(see the ramp)"
+                if step is not None
+                else "met"
+                if lat.get("count") and lat["p99"] < TARGET_P99 and not sc.get("ramp") and rate >= 100
+                else "met outside faults"
+                if steady and steady["p99"] < TARGET_P99 and not sc.get("ramp") and rate >= 100
+                else ("under target" if lat.get("count") and lat["p99"] < TARGET_P99 else "NOT met"),
+            )
+        )
         rpa = (t.get("typha") or {}).get("rss_per_agent_bytes")
-        out.append((f"typha RSS per agent < {TARGET_RSS_PER_AGENT // 1024} KB",
-                    f"{_bytes(rpa)} per agent" if rpa is not None else "-",
-                    "met" if rpa is not None and rpa < TARGET_RSS_PER_AGENT else "NOT met"))
+        out.append(
+            (
+                f"typha RSS per agent < {TARGET_RSS_PER_AGENT // 1024} KB",
+                f"{_bytes(rpa)} per agent" if rpa is not None else "-",
+                "met" if rpa is not None and rpa < TARGET_RSS_PER_AGENT else "NOT met",
+            )
+        )
     return out
 
 
@@ -205,7 +248,9 @@ def comparison_rows(results: dict[str, Any]) -> tuple[list[str], list[tuple[str,
     runs = results["runs"]
     modes = [m for m in ("typha", "direct") if m in runs]
     cols = modes[:]
-    has_direct_extrap = "typha" in runs and "direct" in runs and runs["direct"].get("agents") and runs["typha"].get("agents")
+    has_direct_extrap = (
+        "typha" in runs and "direct" in runs and runs["direct"].get("agents") and runs["typha"].get("agents")
+    )
     k = runs["typha"]["agents"] / runs["direct"]["agents"] if has_direct_extrap else 1.0
     if has_direct_extrap and abs(k - 1) > 1e-9:
         cols.append(f"direct x{k:g} (linear)")
@@ -227,32 +272,108 @@ def comparison_rows(results: dict[str, Any]) -> tuple[list[str], list[tuple[str,
         ("agents", lambda r: _int(r.get("agents")), lambda r: _int(r["agents"] * k)),
         ("objects in the API server", lambda r: _int(r.get("objects")), None),
         ("all agents synced in", lambda r: _secs(get(r, "snapshot", "all_agents_seconds")), None),
-        ("API watches open (churn, max)", lambda r: _int(get(r, "api_churn", "open_watches_max")),
-         lambda r: _int((get(r, "api_churn", "open_watches_max") or 0) * k)),
-        ("API watches opened (startup)", lambda r: _int(get(r, "api_startup", "watches_total")),
-         lambda r: _int((get(r, "api_startup", "watches_total") or 0) * k)),
-        ("API list bytes (startup)", lambda r: _bytes(get(r, "api_startup", "list_bytes_sent")),
-         lambda r: _bytes((get(r, "api_startup", "list_bytes_sent") or 0) * k)),
-        ("API watch events sent (churn)", lambda r: _int(get(r, "api_churn", "events_sent")),
-         lambda r: _int((get(r, "api_churn", "events_sent") or 0) * k)),
-        ("API bytes sent (churn)", lambda r: _bytes(get(r, "wire", "api_bytes_churn")),
-         lambda r: _bytes((get(r, "wire", "api_bytes_churn") or 0) * k)),
-        ("emulator CPU during churn", lambda r: _pct(cpu_frac(r)) + " of a core" if cpu_frac(r) is not None else "-", None),
-        ("churn written", lambda r: f"{_int(get(r, 'churn', 'events_written'))} ev ({get(r, 'churn', 'rate_achieved') or 0:,.0f}/s)", None),
+        (
+            "API watches open (churn, max)",
+            lambda r: _int(get(r, "api_churn", "open_watches_max")),
+            lambda r: _int((get(r, "api_churn", "open_watches_max") or 0) * k),
+        ),
+        (
+            "API watches opened (startup)",
+            lambda r: _int(get(r, "api_startup", "watches_total")),
+            lambda r: _int((get(r, "api_startup", "watches_total") or 0) * k),
+        ),
+        (
+            "API list bytes (startup)",
+            lambda r: _bytes(get(r, "api_startup", "list_bytes_sent")),
+            lambda r: _bytes((get(r, "api_startup", "list_bytes_sent") or 0) * k),
+        ),
+        (
+            "API watch events sent (churn)",
+            lambda r: _int(get(r, "api_churn", "events_sent")),
+            lambda r: _int((get(r, "api_churn", "events_sent") or 0) * k),
+        ),
+        (
+            "API bytes sent (churn)",
+            lambda r: _bytes(get(r, "wire", "api_bytes_churn")),
+            lambda r: _bytes((get(r, "wire", "api_bytes_churn") or 0) * k),
+        ),
+        (
+            "emulator CPU during churn",
+            lambda r: _pct(cpu_frac(r)) + " of a core" if cpu_frac(r) is not None else "-",
+            None,
+        ),
+        (
+            "churn written",
+            lambda r: f"{_int(get(r, 'churn', 'events_written'))} ev ({get(r, 'churn', 'rate_achieved') or 0:,.0f}/s)",
+            None,
+        ),
         ("API write -> last agent p50/p99/max", lambda r: _lat(get(r, "latency", "write_to_last_agent")), None),
         ("  same, writes outside fault recovery", lambda r: _lat(steady_summary(r, "write_to_last_agent")), None),
         ("breadcrumb -> last agent p50/p99/max", lambda r: _lat(get(r, "latency", "breadcrumb_to_last_agent")), None),
-        ("API write -> decoding agents p50/p99/max", lambda r: _lat(get(r, "latency", "write_to_sampled_agents")), None),
+        (
+            "API write -> decoding agents p50/p99/max",
+            lambda r: _lat(get(r, "latency", "write_to_sampled_agents")),
+            None,
+        ),
         ("every delivery p50/p99/max", lambda r: _lat(get(r, "latency", "per_delivery")), None),
-        ("typha socket-write latency p50/p99 (own metric)", lambda r: (f"<= {_ms(get(r, 'typha', 'write_latency', 'p50'))} / <= {_ms(get(r, 'typha', 'write_latency', 'p99'))}"
-                                                             if get(r, "typha", "write_latency", "p50") is not None else "-"), None),
-        ("machine CPU busy during churn", lambda r: f"{get(r, 'host_cpu_churn', 'busy_fraction'):.0%} of {get(r, 'host_cpu_churn', 'cpus')} CPUs; agent workers {get(r, 'host_cpu_churn', 'agent_workers_cpu_fraction'):.0%} of a core" if get(r, "host_cpu_churn") else "-", None),
-        ("typha CPU during churn", lambda r: ", ".join(f"{c:.0%}" for c in get(r, "typha", "cpu_fraction_churn")) + " of a core" if get(r, "typha") else "-", None),
-        ("typha RSS before agents -> synced", lambda r: " + ".join(_bytes(x) for x in get(r, "typha", "rss_baseline")) + " -> " + " + ".join(_bytes(x) for x in get(r, "typha", "rss_after_sync")) if get(r, "typha") else "-", None),
+        (
+            "typha socket-write latency p50/p99 (own metric)",
+            lambda r: (
+                f"<= {_ms(get(r, 'typha', 'write_latency', 'p50'))} / <= {_ms(get(r, 'typha', 'write_latency', 'p99'))}"
+                if get(r, "typha", "write_latency", "p50") is not None
+                else "-"
+            ),
+            None,
+        ),
+        (
+            "machine CPU busy during churn",
+            lambda r: (
+                f"{get(r, 'host_cpu_churn', 'busy_fraction'):.0%} of {get(r, 'host_cpu_churn', 'cpus')} CPUs; agent workers {get(r, 'host_cpu_churn', 'agent_workers_cpu_fraction'):.0%} of a core"
+                if get(r, "host_cpu_churn")
+                else "-"
+            ),
+            None,
+        ),
+        (
+            "typha CPU during churn",
+            lambda r: (
+                ", ".join(f"{c:.0%}" for c in get(r, "typha", "cpu_fraction_churn")) + " of a core"
+                if get(r, "typha")
+                else "-"
+            ),
+            None,
+        ),
+        (
+            "typha RSS before agents -> synced",
+            lambda r: (
+                " + ".join(_bytes(x) for x in get(r, "typha", "rss_baseline"))
+                + " -> "
+                + " + ".join(_bytes(x) for x in get(r, "typha", "rss_after_sync"))
+                if get(r, "typha")
+                else "-"
+            ),
+            None,
+        ),
         ("typha RSS per connected agent", lambda r: _bytes(get(r, "typha", "rss_per_agent_bytes")), None),
         ("dedup ratio (updates dropped)", lambda r: _pct(get(r, "typha", "dedup_ratio")), None),
-        ("writes fanned out / not (deduped) / re-sent after restart", lambda r: f"{_int(get(r, 'writes', 'reached_agents'))} / {_int(get(r, 'writes', 'not_fanned_out'))} / {_int(get(r, 'writes', 'redelivered_after_restart') or 0)}" if get(r, "writes") else "-", None),
-        ("bytes to agents (total / churn)", lambda r: f"{_bytes(get(r, 'wire', 'agents_bytes_total'))} / {_bytes(get(r, 'wire', 'agents_bytes_churn'))}" if get(r, "wire", "agents_bytes_churn") is not None else _bytes(get(r, "wire", "agents_bytes_total")), None),
+        (
+            "writes fanned out / not (deduped) / re-sent after restart",
+            lambda r: (
+                f"{_int(get(r, 'writes', 'reached_agents'))} / {_int(get(r, 'writes', 'not_fanned_out'))} / {_int(get(r, 'writes', 'redelivered_after_restart') or 0)}"
+                if get(r, "writes")
+                else "-"
+            ),
+            None,
+        ),
+        (
+            "bytes to agents (total / churn)",
+            lambda r: (
+                f"{_bytes(get(r, 'wire', 'agents_bytes_total'))} / {_bytes(get(r, 'wire', 'agents_bytes_churn'))}"
+                if get(r, "wire", "agents_bytes_churn") is not None
+                else _bytes(get(r, "wire", "agents_bytes_total"))
+            ),
+            None,
+        ),
         ("reconnect time p50/p99/max", lambda r: _lat(get(r, "reconnect")), None),
         ("verification", lambda r: _verdict(r), None),
     ]
@@ -279,12 +400,16 @@ def _verdict(run: dict[str, Any]) -> str:
     if run.get("error"):
         return f"ERROR: {run['error']}"
     if run["mode"] == "typha":
-        s = (f"{v.get('agents_at_final_seq', 0):,}/{v.get('agents', 0):,} at final seq; sampled "
-             f"{v.get('sampled_matching', 0)}/{v.get('sampled_agents', 0)} exact (missing {v.get('missing', 0)}, "
-             f"stale {v.get('stale', 0)}, extra {v.get('extra', 0)})")
+        s = (
+            f"{v.get('agents_at_final_seq', 0):,}/{v.get('agents', 0):,} at final seq; sampled "
+            f"{v.get('sampled_matching', 0)}/{v.get('sampled_agents', 0)} exact (missing {v.get('missing', 0)}, "
+            f"stale {v.get('stale', 0)}, extra {v.get('extra', 0)})"
+        )
     else:
-        s = (f"{v.get('agents_listed', 0):,}/{v.get('agents', 0):,} listed, {v.get('watches_open_end', 0):,}/"
-             f"{v.get('watches_wanted', 0):,} watches open")
+        s = (
+            f"{v.get('agents_listed', 0):,}/{v.get('agents', 0):,} listed, {v.get('watches_open_end', 0):,}/"
+            f"{v.get('watches_wanted', 0):,} watches open"
+        )
     return ("PASS: " if v.get("passed") else "FAIL: ") + s
 
 
@@ -304,8 +429,13 @@ def tables(results: dict[str, Any]) -> list[Table]:
         for c in ("mode", "at", "fault", "recovered after", "detail"):
             ft.add_column(c)
         for m, f in faults:
-            ft.add_row(m, f"{f['at']:g}s", f["kind"] + (f" {f['replica']}" if "replica" in f else (f":{f['arg']}" if f.get("arg") else "")),
-                       _secs(f.get("recovered_seconds")), _fault_detail(f))
+            ft.add_row(
+                m,
+                f"{f['at']:g}s",
+                f["kind"] + (f" {f['replica']}" if "replica" in f else (f":{f['arg']}" if f.get("arg") else "")),
+                _secs(f.get("recovered_seconds")),
+                _fault_detail(f),
+            )
         out.append(ft)
     steps = ramp_analysis(results)
     if steps:
@@ -313,8 +443,16 @@ def tables(results: dict[str, Any]) -> list[Table]:
         for c in ("rate", "achieved", "p50", "p99", "max", "typha CPU", "out of sync", ""):
             rt.add_column(c, justify="right")
         for s in steps:
-            rt.add_row(f"{s['rate']:g}/s", f"{s['achieved'] or 0:,.0f}/s", _ms(s["p50"]), _ms(s["p99"]), _ms(s["max"]),
-                       _pct(s["typha_cpu"]), str(s["max_agents_out_of_sync"]), "KNEE" if s["knee"] else ("over" if s["broken"] else "ok"))
+            rt.add_row(
+                f"{s['rate']:g}/s",
+                f"{s['achieved'] or 0:,.0f}/s",
+                _ms(s["p50"]),
+                _ms(s["p99"]),
+                _ms(s["max"]),
+                _pct(s["typha_cpu"]),
+                str(s["max_agents_out_of_sync"]),
+                "KNEE" if s["knee"] else ("over" if s["broken"] else "ok"),
+            )
         out.append(rt)
     tg = targets(results)
     if tg:
@@ -351,8 +489,10 @@ def _fault_detail(f: dict[str, Any]) -> str:
 def _scenario_line(results: dict[str, Any]) -> str:
     sc = results["scenario"]
     churn = f"ramp {','.join(f'{r:g}' for r in sc['ramp'])} ev/s" if sc.get("ramp") else f"{sc['rate']:g} ev/s"
-    return (f"{sc['nodes']:,} nodes x {sc['pods_per_node']} pods, {sc['policies']} policies; {sc['replicas']} typha; "
-            f"churn {churn} for {sc['duration']:g}s; host {results.get('host', {}).get('cpus')} CPUs")
+    return (
+        f"{sc['nodes']:,} nodes x {sc['pods_per_node']} pods, {sc['policies']} policies; {sc['replicas']} typha; "
+        f"churn {churn} for {sc['duration']:g}s; host {results.get('host', {}).get('cpus')} CPUs"
+    )
 
 
 # -- plots -----------------------------------------------------------------------------------------------
@@ -371,8 +511,16 @@ def _fault_lines(ax: Any, run: dict[str, Any], offset: float = 0.0) -> None:
             continue
         x = f.get("t_churn", f["at"]) + offset
         ax.axvline(x, color="tab:red", linestyle=":", linewidth=1)
-        ax.annotate(f["kind"], (x, 1), xycoords=("data", "axes fraction"), rotation=90, fontsize=7, color="tab:red",
-                    va="top", ha="right")
+        ax.annotate(
+            f["kind"],
+            (x, 1),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            fontsize=7,
+            color="tab:red",
+            va="top",
+            ha="right",
+        )
 
 
 def plot_latency_cdf(results: dict[str, Any], path: Path) -> None:
@@ -385,14 +533,23 @@ def plot_latency_cdf(results: dict[str, Any], path: Path) -> None:
             if not vals:
                 continue
             ys = [(i + 1) / len(vals) for i in range(len(vals))]
-            ax.plot([max(v, 1e-4) for v in vals], ys, label=f"{mode}: {_LAT_LABELS.get(kind, kind)} (n={len(vals):,})",
-                    linestyle="-" if mode == "typha" else "--")
+            ax.plot(
+                [max(v, 1e-4) for v in vals],
+                ys,
+                label=f"{mode}: {_LAT_LABELS.get(kind, kind)} (n={len(vals):,})",
+                linestyle="-" if mode == "typha" else "--",
+            )
             any_line = True
         h = (run.get("histograms") or {}).get("per_delivery")
         if h and h.get("count"):
             cdf = LogHistogram.from_dict(h).cdf()
-            ax.plot([max(x, 1e-4) for x, _ in cdf], [y for _, y in cdf], label=f"{mode}: {_LAT_LABELS['per_delivery']} (n={h['count']:,})",
-                    linestyle=":", color="grey")
+            ax.plot(
+                [max(x, 1e-4) for x, _ in cdf],
+                [y for _, y in cdf],
+                label=f"{mode}: {_LAT_LABELS['per_delivery']} (n={h['count']:,})",
+                linestyle=":",
+                color="grey",
+            )
             any_line = True
     ax.axvline(results["scenario"].get("slo", 1.0), color="tab:red", linewidth=0.8, linestyle="--")
     ax.set_xscale("log")
@@ -411,7 +568,7 @@ def plot_latency_cdf(results: dict[str, Any], path: Path) -> None:
 def _buckets(pts: list[list[float]], width: float) -> tuple[list[float], list[float], list[float], list[float]]:
     by: dict[int, list[float]] = {}
     for t, v in pts:
-        by.setdefault(int(math.floor(t / width)), []).append(v)
+        by.setdefault(math.floor(t / width), []).append(v)
     xs, p50, p99, mx = [], [], [], []
     for b in sorted(by):
         vs = by[b]
@@ -441,11 +598,19 @@ def plot_latency_over_time(results: dict[str, Any], path: Path) -> None:
         other = pts_all.get("breadcrumb_to_last_agent") if kind != "breadcrumb_to_last_agent" else None
         if other:
             xs, _, p99b, _ = _buckets(other, width)
-            ax.plot(xs, p99b, label="p99 typha breadcrumb -> last agent", color="tab:green", linewidth=0.8, linestyle="--")
+            ax.plot(
+                xs, p99b, label="p99 typha breadcrumb -> last agent", color="tab:green", linewidth=0.8, linestyle="--"
+            )
         ax.axhline(results["scenario"].get("slo", 1.0), color="tab:red", linewidth=0.8, linestyle="--", label="SLO")
         for s in ramp_analysis(results) if mode == "typha" or "typha" not in runs else []:
             ax.axvspan(s["start"], s["end"], color="tab:red" if s["broken"] else "tab:green", alpha=0.06)
-            ax.annotate(f"{s['rate']:g}/s", ((s["start"] + s["end"]) / 2, 0.02), xycoords=("data", "axes fraction"), ha="center", fontsize=8)
+            ax.annotate(
+                f"{s['rate']:g}/s",
+                ((s["start"] + s["end"]) / 2, 0.02),
+                xycoords=("data", "axes fraction"),
+                ha="center",
+                fontsize=8,
+            )
         _fault_lines(ax, run)
         ax.set_ylabel("latency (s)")
         ax.set_title(f"{mode}: {_LAT_LABELS.get(kind, kind)}, per {width:g}s of write time", fontsize=10)
@@ -459,7 +624,7 @@ def plot_latency_over_time(results: dict[str, Any], path: Path) -> None:
 
 def _rate(samples: list[dict[str, Any]], get: Any) -> tuple[list[float], list[float]]:
     xs, ys = [], []
-    for a, b in zip(samples, samples[1:]):
+    for a, b in itertools.pairwise(samples):
         dt = b["t"] - a["t"]
         if dt > 0:
             xs.append(b["t"])
@@ -487,10 +652,17 @@ def plot_load_over_time(results: dict[str, Any], path: Path) -> None:
             ax_conn.plot(xs, [a.get("in_sync", 0) for a in agents], ls, label="typha agents in sync")
             nrep = max((len(s.get("typha") or []) for s in samples), default=0)
             for i in range(nrep):
-                ax_conn.plot(xs, [(s["typha"][i].get("connections", 0) if s.get("typha") else 0) for s in samples], ":",
-                             label=f"typha-{i} connections")
-                ax_rss.plot(xs, [(s["typha"][i].get("rss", 0) / 1e6 if s.get("typha") else 0) for s in samples],
-                            label=f"typha-{i} RSS (MB)")
+                ax_conn.plot(
+                    xs,
+                    [(s["typha"][i].get("connections", 0) if s.get("typha") else 0) for s in samples],
+                    ":",
+                    label=f"typha-{i} connections",
+                )
+                ax_rss.plot(
+                    xs,
+                    [(s["typha"][i].get("rss", 0) / 1e6 if s.get("typha") else 0) for s in samples],
+                    label=f"typha-{i} RSS (MB)",
+                )
                 rx, ry = _rate(samples, lambda s, i=i: s["typha"][i]["cpu"] if s.get("typha") else 0.0)
                 ax_cpu.plot([x - c0 for x in rx], [y * 100 for y in ry], label=f"typha-{i}")
         else:
@@ -502,22 +674,45 @@ def plot_load_over_time(results: dict[str, Any], path: Path) -> None:
         rx, ry = _rate(samples, lambda s: s["api"].get("bytes_sent", 0) + s["api"].get("list_bytes_sent", 0))
         ax_api.plot([x - c0 for x in rx], [y / 1e3 for y in ry], ls, label=f"{mode}: KB/s sent (watch + list)")
         rx, ry = _rate(samples, lambda s: s.get("driver_cpu", 0.0) - s.get("churn_cpu", 0.0))
-        ax_cpu.plot([x - c0 for x in rx], [y * 100 for y in ry], ls, color="tab:grey", linewidth=0.8,
-                    label=f"{mode}: API-server emulator (+ sampling)")
+        ax_cpu.plot(
+            [x - c0 for x in rx],
+            [y * 100 for y in ry],
+            ls,
+            color="tab:grey",
+            linewidth=0.8,
+            label=f"{mode}: API-server emulator (+ sampling)",
+        )
         if any("agents_cpu" in s for s in samples):
             rx, ry = _rate(samples, lambda s: s.get("agents_cpu", 0.0))
-            ax_cpu.plot([x - c0 for x in rx], [y * 100 for y in ry], ls, color="tab:purple", linewidth=0.8,
-                        label=f"{mode}: simulated agents (all workers)")
+            ax_cpu.plot(
+                [x - c0 for x in rx],
+                [y * 100 for y in ry],
+                ls,
+                color="tab:purple",
+                linewidth=0.8,
+                label=f"{mode}: simulated agents (all workers)",
+            )
         if any(s.get("host_total") for s in samples):
-            pairs = [(b["t"], (b["host_busy"] - a["host_busy"]) / (b["host_total"] - a["host_total"]))
-                     for a, b in zip(samples, samples[1:]) if b.get("host_total", 0) > a.get("host_total", 0)]
+            pairs = [
+                (b["t"], (b["host_busy"] - a["host_busy"]) / (b["host_total"] - a["host_total"]))
+                for a, b in itertools.pairwise(samples)
+                if b.get("host_total", 0) > a.get("host_total", 0)
+            ]
             cpus = results.get("host", {}).get("cpus") or 1
-            ax_cpu.plot([t - c0 for t, _ in pairs], [f * 100 * cpus for _, f in pairs], ls, color="black", linewidth=0.6,
-                        label=f"{mode}: whole machine ({cpus} CPUs = {cpus * 100}%)")
+            ax_cpu.plot(
+                [t - c0 for t, _ in pairs],
+                [f * 100 * cpus for _, f in pairs],
+                ls,
+                color="black",
+                linewidth=0.6,
+                label=f"{mode}: whole machine ({cpus} CPUs = {cpus * 100}%)",
+            )
         for ax in axes:
             _fault_lines(ax, run) if mode == "typha" or "typha" not in runs else None
     ax_conn.set_title("Agents and typha connections", fontsize=10)
-    ax_watch.set_title("API-server watches open (typha: one per resource per replica; direct: one per resource per agent)", fontsize=10)
+    ax_watch.set_title(
+        "API-server watches open (typha: one per resource per replica; direct: one per resource per agent)", fontsize=10
+    )
     positive = [w for w in watch_values if w > 0]
     if positive and max(positive) / min(positive) > 20:
         ax_watch.set_yscale("symlog")
@@ -560,15 +755,25 @@ def plot_typha_vs_direct(results: dict[str, Any], path: Path) -> bool:
     metrics = [
         ("API watches open", t["api_churn"]["open_watches_max"], d["api_churn"]["open_watches_max"], True),
         ("API watch events sent (churn)", t["api_churn"]["events_sent"], d["api_churn"]["events_sent"], True),
-        ("API MB sent (startup + churn)", (t["wire"]["api_bytes_startup"] + t["wire"]["api_bytes_churn"]) / 1e6,
-         (d["wire"]["api_bytes_startup"] + d["wire"]["api_bytes_churn"]) / 1e6, True),
+        (
+            "API MB sent (startup + churn)",
+            (t["wire"]["api_bytes_startup"] + t["wire"]["api_bytes_churn"]) / 1e6,
+            (d["wire"]["api_bytes_startup"] + d["wire"]["api_bytes_churn"]) / 1e6,
+            True,
+        ),
         ("emulator CPU during churn (% of a core)", cpu(t), cpu(d), False),
-        ("p99 API write -> last agent (ms)", (t["latency"].get("write_to_last_agent") or {}).get("p99", 0) * 1e3,
-         (d["latency"].get("write_to_last_agent") or {}).get("p99", 0) * 1e3, False),
+        (
+            "p99 API write -> last agent (ms)",
+            (t["latency"].get("write_to_last_agent") or {}).get("p99", 0) * 1e3,
+            (d["latency"].get("write_to_last_agent") or {}).get("p99", 0) * 1e3,
+            False,
+        ),
     ]
     ts, ds = steady_summary(t, "write_to_last_agent"), steady_summary(d, "write_to_last_agent")
     if ts and ds:
-        metrics.append(("p99 write -> last agent,\noutside fault recovery (ms)", ts["p99"] * 1e3, ds["p99"] * 1e3, False))
+        metrics.append(
+            ("p99 write -> last agent,\noutside fault recovery (ms)", ts["p99"] * 1e3, ds["p99"] * 1e3, False)
+        )
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 4.6))
     for ax, (label, tv, dv, linear) in zip(axes, metrics):
         names = [f"typha\n{t['agents']:,} agents", f"direct\n{d['agents']:,} agents"]
@@ -580,9 +785,19 @@ def plot_typha_vs_direct(results: dict[str, Any], path: Path) -> bool:
             colors.append("navajowhite")
         bars = ax.bar(names, vals, color=colors)
         for b, v in zip(bars, vals):
-            ax.annotate(f"{v:,.0f}" if v >= 10 else f"{v:,.2g}", (b.get_x() + b.get_width() / 2, b.get_height()),
-                        ha="center", va="bottom", fontsize=7)
-        if linear and max(vals) > 0 and min(v for v in vals if v >= 0) >= 0 and max(vals) / max(1e-9, min(v for v in vals if v > 0) if any(v > 0 for v in vals) else 1) > 50:
+            ax.annotate(
+                f"{v:,.0f}" if v >= 10 else f"{v:,.2g}",
+                (b.get_x() + b.get_width() / 2, b.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+        if (
+            linear
+            and max(vals) > 0
+            and min(v for v in vals if v >= 0) >= 0
+            and max(vals) / max(1e-9, min(v for v in vals if v > 0) if any(v > 0 for v in vals) else 1) > 50
+        ):
             ax.set_yscale("log")
         ax.set_title(label, fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
@@ -600,8 +815,16 @@ def summary_md(results: dict[str, Any], plots: list[str]) -> str:
     lines = [f"# loadtest run: {'PASS' if results.get('passed') else 'FAIL'}", ""]
     lines.append(f"{_scenario_line(results)}. Mix: " + ", ".join(f"{k} {v:g}" for k, v in sc["mix"].items()) + ".")
     if sc.get("faults"):
-        lines.append("Faults: " + ", ".join(f"{f['at']:g}s {f['kind']}" + (f":{f['arg']}" if f.get("arg") else "") for f in sc["faults"]) + ".")
-    lines += ["", f"Command: `{results.get('command', '')}` ({results.get('seconds', 0):.0f} s wall, started {results.get('started', '')}).", ""]
+        lines.append(
+            "Faults: "
+            + ", ".join(f"{f['at']:g}s {f['kind']}" + (f":{f['arg']}" if f.get("arg") else "") for f in sc["faults"])
+            + "."
+        )
+    lines += [
+        "",
+        f"Command: `{results.get('command', '')}` ({results.get('seconds', 0):.0f} s wall, started {results.get('started', '')}).",
+        "",
+    ]
     cols, rows = comparison_rows(results)
     lines.append("| measure | " + " | ".join(cols) + " |")
     lines.append("| --- | " + " | ".join("---:" for _ in cols) + " |")
@@ -613,36 +836,64 @@ def summary_md(results: dict[str, Any], plots: list[str]) -> str:
         lines += [f"| {a} | {b} | {c} |" for a, b, c in tg]
     faults = [(m, f) for m, r in results["runs"].items() for f in r.get("faults") or []]
     if faults:
-        lines += ["", "## Faults", "", "| mode | at | fault | recovered after | detail |", "| --- | ---: | --- | ---: | --- |"]
+        lines += [
+            "",
+            "## Faults",
+            "",
+            "| mode | at | fault | recovered after | detail |",
+            "| --- | ---: | --- | ---: | --- |",
+        ]
         for m, f in faults:
-            lines.append(f"| {m} | {f['at']:g}s | {f['kind']}{' ' + str(f['replica']) if 'replica' in f else ''} | "
-                         f"{_secs(f.get('recovered_seconds'))} | {_fault_detail(f)} |")
+            lines.append(
+                f"| {m} | {f['at']:g}s | {f['kind']}{' ' + str(f['replica']) if 'replica' in f else ''} | "
+                f"{_secs(f.get('recovered_seconds'))} | {_fault_detail(f)} |"
+            )
     steps = ramp_analysis(results)
     if steps:
-        lines += ["", f"## Ramp (where it breaks: p99 to the last agent over {sc.get('slo', 1):g} s, or agents out of sync)", "",
-                  "| rate | achieved | p50 | p99 | max | typha CPU | out of sync | |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+        lines += [
+            "",
+            f"## Ramp (where it breaks: p99 to the last agent over {sc.get('slo', 1):g} s, or agents out of sync)",
+            "",
+            "| rate | achieved | p50 | p99 | max | typha CPU | out of sync | |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
         for s in steps:
-            lines.append(f"| {s['rate']:g}/s | {s['achieved'] or 0:,.0f}/s | {_ms(s['p50'])} | {_ms(s['p99'])} | {_ms(s['max'])} | "
-                         f"{_pct(s['typha_cpu'])} | {s['max_agents_out_of_sync']} | {'**knee**' if s['knee'] else ('over' if s['broken'] else 'ok')} |")
+            lines.append(
+                f"| {s['rate']:g}/s | {s['achieved'] or 0:,.0f}/s | {_ms(s['p50'])} | {_ms(s['p99'])} | {_ms(s['max'])} | "
+                f"{_pct(s['typha_cpu'])} | {s['max_agents_out_of_sync']} | {'**knee**' if s['knee'] else ('over' if s['broken'] else 'ok')} |"
+            )
         knee = next((s for s in steps if s["knee"]), None)
-        lines += ["", f"Knee: {knee['rate']:g} events/s." if knee else "No step broke the SLO: the knee is above the last step."]
+        lines += [
+            "",
+            f"Knee: {knee['rate']:g} events/s." if knee else "No step broke the SLO: the knee is above the last step.",
+        ]
     errors = [(m, r["error"]) for m, r in results["runs"].items() if r.get("error")]
     if errors:
         lines += ["", "## Errors", ""] + [f"- {m}: {e}" for m, e in errors]
     lines += ["", "## Plots", ""]
     lines += [f"![{p}]({p})" for p in plots]
-    lines += ["", "## How to read this", "",
-              "- *API write -> last agent*: the time the load test wrote a change into the API server, to the arrival of "
-              "the typha breadcrumb carrying it at the last of all agents (decoding agents map revisions to breadcrumbs; "
-              "every agent reports breadcrumb arrivals). In direct mode: to the last agent whose watch delivered it.",
-              "- *breadcrumb -> last agent*: typha's fan-out alone. *every delivery*: each agent's receipt of each breadcrumb.",
-              "- Writes that change nothing an agent uses (status-only updates) never reach the agents: typha drops them "
-              "(the dedup ratio), so they have no latency.",
-              "- *RSS per connected agent*: (typha RSS with every agent in sync - RSS before any agent) / agents, summed over replicas.",
-              "- The emulator runs in the load test's own process: its CPU excludes the churn generator but includes sampling.",
-              "- Direct-mode figures for more agents than were run are linear extrapolations (every agent adds the same "
-              "watches and receives every event).",
-              ""]
+    lines += [
+        "",
+        "## How to read this",
+        "",
+        (
+            "- *API write -> last agent*: the time the load test wrote a change into the API server, to the arrival of "
+            "the typha breadcrumb carrying it at the last of all agents (decoding agents map revisions to breadcrumbs; "
+            "every agent reports breadcrumb arrivals). In direct mode: to the last agent whose watch delivered it."
+        ),
+        "- *breadcrumb -> last agent*: typha's fan-out alone. *every delivery*: each agent's receipt of each breadcrumb.",
+        (
+            "- Writes that change nothing an agent uses (status-only updates) never reach the agents: typha drops them "
+            "(the dedup ratio), so they have no latency."
+        ),
+        "- *RSS per connected agent*: (typha RSS with every agent in sync - RSS before any agent) / agents, summed over replicas.",
+        "- The emulator runs in the load test's own process: its CPU excludes the churn generator but includes sampling.",
+        (
+            "- Direct-mode figures for more agents than were run are linear extrapolations (every agent adds the same "
+            "watches and receives every event)."
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -652,8 +903,12 @@ def render(run_dir: str | Path, console: Console | None = None) -> dict[str, Any
     console = console or make_console()
     results = load(run_dir)
     made = []
-    for name, fn in (("latency_cdf.png", plot_latency_cdf), ("latency_over_time.png", plot_latency_over_time),
-                     ("load_over_time.png", plot_load_over_time), ("typha_vs_direct.png", plot_typha_vs_direct)):
+    for name, fn in (
+        ("latency_cdf.png", plot_latency_cdf),
+        ("latency_over_time.png", plot_latency_over_time),
+        ("load_over_time.png", plot_load_over_time),
+        ("typha_vs_direct.png", plot_typha_vs_direct),
+    ):
         try:
             if fn(results, run_dir / name) is not False:
                 made.append(name)

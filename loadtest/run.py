@@ -77,8 +77,18 @@ _METRICS = {
     "connections_streaming": "typha_connections_streaming",
     "accepted": "typha_connections_accepted_total",
 }
-_API_FIELDS = ("open_watches", "watches_total", "watches_cut", "watches_expired", "events_sent", "bytes_sent",
-               "list_requests", "list_bytes_sent", "list_expired", "events_generated")
+_API_FIELDS = (
+    "open_watches",
+    "watches_total",
+    "watches_cut",
+    "watches_expired",
+    "events_sent",
+    "bytes_sent",
+    "list_requests",
+    "list_bytes_sent",
+    "list_expired",
+    "events_generated",
+)
 _MAX_POINTS = 50_000
 
 
@@ -120,11 +130,13 @@ def histogram_quantiles(buckets: dict[float, float], qs: tuple[float, ...] = (50
     return out
 
 
-def _latency_buckets(metrics: dict[str, float], name: str = "typha_client_latency_seconds_bucket") -> dict[float, float]:
+def _latency_buckets(
+    metrics: dict[str, float], name: str = "typha_client_latency_seconds_bucket"
+) -> dict[float, float]:
     out = {}
     for k, v in metrics.items():
         if k.startswith(name + "{le="):
-            out[float(k[len(name) + 4:-1])] = v
+            out[float(k[len(name) + 4 : -1])] = v
     return out
 
 
@@ -230,8 +242,13 @@ class Replica:
         await self.proc.stop()
 
     async def observe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"replica": self.index, "up": self.up, "cpu": round(self.cpu(), 3), "rss": self.rss(),
-                               "restarts": self.restarts}
+        out: dict[str, Any] = {
+            "replica": self.index,
+            "up": self.up,
+            "cpu": round(self.cpu(), 3),
+            "rss": self.rss(),
+            "restarts": self.restarts,
+        }
         if not self.up:
             return out
         try:
@@ -240,8 +257,12 @@ class Replica:
             out["error"] = type(exc).__name__
             return out
         felix = st.get("syncers", {}).get("felix", {})
-        out.update(connections=st.get("connections", 0), seq=felix.get("seq", 0), keys=felix.get("keys", 0),
-                   status=felix.get("status", ""))
+        out.update(
+            connections=st.get("connections", 0),
+            seq=felix.get("seq", 0),
+            keys=felix.get("keys", 0),
+            status=felix.get("status", ""),
+        )
         for short, name in _METRICS.items():
             out[short] = m.get(name, 0.0)
         return out
@@ -353,13 +374,16 @@ class ModeRun:
         self.rec.phase = "seeding"
         self.api = await start_apiserver(window_size=sc.window_size, bookmark_interval=60.0)
         t0 = time.monotonic()
-        self.cluster = SyntheticCluster(nodes=sc.nodes, pods_per_node=sc.pods_per_node, namespaces=sc.namespaces,
-                                        policies=sc.policies, seed=sc.seed)
+        self.cluster = SyntheticCluster(
+            nodes=sc.nodes, pods_per_node=sc.pods_per_node, namespaces=sc.namespaces, policies=sc.policies, seed=sc.seed
+        )
         objects = seed(self.api.store, self.cluster)
         self.result["objects"] = objects
         self.result["seed_seconds"] = time.monotonic() - t0
         self.rec.mark("seeded", objects=objects)
-        self.console.log(f"[{self.mode}] emulator at {self.api.url}: {objects:,} objects seeded in {self.result['seed_seconds']:.1f}s")
+        self.console.log(
+            f"[{self.mode}] emulator at {self.api.url}: {objects:,} objects seeded in {self.result['seed_seconds']:.1f}s"
+        )
 
     # -- churn ---------------------------------------------------------------------------------------
     async def churn(self) -> None:
@@ -408,8 +432,13 @@ class ModeRun:
 
         async def one(f: Fault, n: int) -> None:
             await asyncio.sleep(max(0.0, start + f.at - time.monotonic()))
-            entry: dict[str, Any] = {"at": f.at, "kind": f.kind, "arg": f.arg, "t": self.rec.now(),
-                                     "t_churn": round(time.monotonic() - start, 3)}
+            entry: dict[str, Any] = {
+                "at": f.at,
+                "kind": f.kind,
+                "arg": f.arg,
+                "t": self.rec.now(),
+                "t_churn": round(time.monotonic() - start, 3),
+            }
             self.faults_log.append(entry)
             try:
                 if f.kind in TYPHA_FAULTS:
@@ -439,7 +468,9 @@ class ModeRun:
         ok = await self.wait_recovered(before["open_watches"], 30.0 + self.sc.drain_timeout)
         after = _api_totals(self.api)
         entry["recovered_seconds"] = time.monotonic() - t0 if ok else None
-        entry["relists_410"] = after["watches_expired"] - before["watches_expired"] + after["list_expired"] - before["list_expired"]
+        entry["relists_410"] = (
+            after["watches_expired"] - before["watches_expired"] + after["list_expired"] - before["list_expired"]
+        )
         entry["list_requests"] = after["list_requests"] - before["list_requests"]
         entry["list_bytes"] = after["list_bytes_sent"] - before["list_bytes_sent"]
 
@@ -452,8 +483,10 @@ class ModeRun:
             t_next = time.monotonic() + self.sc.sample_interval
             avail, total = _meminfo()
             if avail < MEMORY_GUARD * total and self.main_task is not None and not self.aborted:
-                self.aborted = (f"memory guard: only {avail / 2**30:.1f} of {total / 2**30:.1f} GiB left "
-                                f"during '{self.rec.phase}'; mode aborted")
+                self.aborted = (
+                    f"memory guard: only {avail / 2**30:.1f} of {total / 2**30:.1f} GiB left "
+                    f"during '{self.rec.phase}'; mode aborted"
+                )
                 self.rec.mark("aborted", reason=self.aborted)
                 self.console.log(f"[red]{self.aborted}[/]")
                 self.main_task.cancel()
@@ -473,38 +506,64 @@ class ModeRun:
         api = _api_totals(self.api) if self.api is not None else {}
         busy, total = _host_cpu()
         return {
-            "t": self.rec.now(), "phase": self.rec.phase, "api": api, "driver_cpu": round(_self_cpu(), 3),
-            "agents_cpu": round(_workers_cpu(getattr(self, "fleet", None)), 3), "host_busy": round(busy, 2), "host_total": round(total, 2),
-            "churn_cpu": round(self.churn_cpu, 3), "events_written": self.events_written,
-            "rate_target": self.sc.rate_at(max(0.0, self.rec.now() - self.churn_start_t)) if self.churn_start_t and not self.churn_done else 0.0,
+            "t": self.rec.now(),
+            "phase": self.rec.phase,
+            "api": api,
+            "driver_cpu": round(_self_cpu(), 3),
+            "agents_cpu": round(_workers_cpu(getattr(self, "fleet", None)), 3),
+            "host_busy": round(busy, 2),
+            "host_total": round(total, 2),
+            "churn_cpu": round(self.churn_cpu, 3),
+            "events_written": self.events_written,
+            "rate_target": self.sc.rate_at(max(0.0, self.rec.now() - self.churn_start_t))
+            if self.churn_start_t and not self.churn_done
+            else 0.0,
         }
 
     def progress_line(self, s: dict[str, Any]) -> str:
         a = s.get("agents") or {}
         api = s.get("api") or {}
-        bits = [f"[{self.mode}] {s['t']:.0f}s {s['phase']}", f"written {s['events_written']:,}",
-                f"API watches {api.get('open_watches', 0):,}"]
+        bits = [
+            f"[{self.mode}] {s['t']:.0f}s {s['phase']}",
+            f"written {s['events_written']:,}",
+            f"API watches {api.get('open_watches', 0):,}",
+        ]
         if "in_sync" in a:
             bits.append(f"agents connected {a['connected']:,} in sync {a['in_sync']:,}")
         if "listed" in a:
             bits.append(f"agents listed {a['listed']:,} watches {a['watches_open']:,}")
         if s.get("typha"):
-            bits.append("typha conns " + "/".join(f"{r.get('connections', 0):,}" if r["up"] else "down" for r in s["typha"])
-                        + ", RSS " + "/".join(f"{r['rss'] / 1e6:.0f}" for r in s["typha"]) + " MB")
+            bits.append(
+                "typha conns "
+                + "/".join(f"{r.get('connections', 0):,}" if r["up"] else "down" for r in s["typha"])
+                + ", RSS "
+                + "/".join(f"{r['rss'] / 1e6:.0f}" for r in s["typha"])
+                + " MB"
+            )
         return "; ".join(bits)
 
     def progress(self, s: dict[str, Any]) -> Table:
-        t = Table(title=f"loadtest run [{self.mode}] {s['t']:6.1f}s  phase: {s['phase']}", show_header=False, expand=False)
+        t = Table(
+            title=f"loadtest run [{self.mode}] {s['t']:6.1f}s  phase: {s['phase']}", show_header=False, expand=False
+        )
         t.add_column("what")
         t.add_column("value", justify="right")
         api = s.get("api", {})
         prev = self.rec.samples[-2] if len(self.rec.samples) > 1 else None
         dt = (s["t"] - prev["t"]) if prev else 0.0
         if prev and dt > 0:
-            t.add_row("churn written / rate", f"{s['events_written']:,} ev / {(s['events_written'] - prev['events_written']) / dt:,.0f} ev/s (target {s['rate_target']:g})")
-            t.add_row("API events sent / s", f"{(api.get('events_sent', 0) - prev['api'].get('events_sent', 0)) / dt:,.0f}")
+            t.add_row(
+                "churn written / rate",
+                f"{s['events_written']:,} ev / {(s['events_written'] - prev['events_written']) / dt:,.0f} ev/s (target {s['rate_target']:g})",
+            )
+            t.add_row(
+                "API events sent / s", f"{(api.get('events_sent', 0) - prev['api'].get('events_sent', 0)) / dt:,.0f}"
+            )
         t.add_row("API watches open / opened", f"{api.get('open_watches', 0):,} / {api.get('watches_total', 0):,}")
-        t.add_row("API bytes sent (watch + list)", f"{(api.get('bytes_sent', 0) + api.get('list_bytes_sent', 0)) / 1e6:,.1f} MB")
+        t.add_row(
+            "API bytes sent (watch + list)",
+            f"{(api.get('bytes_sent', 0) + api.get('list_bytes_sent', 0)) / 1e6:,.1f} MB",
+        )
         return t
 
 
@@ -525,9 +584,20 @@ class TyphaRun(ModeRun):
         self.rec.phase = "typha starting"
         kc = str(Path(self.workdir.name) / "kubeconfig")
         self.api.write_kubeconfig(kc)
-        args = ["--datastore", "kubernetes", "--kubeconfig", kc, "--log-level", "ERROR",
-                "--k8s-page-size", "1000", *sc.typha_args]
-        self.replicas = [Replica(i, [*args, "--server-id", f"typha-{i}"], sc.typha_ready_timeout()) for i in range(sc.replicas)]
+        args = [
+            "--datastore",
+            "kubernetes",
+            "--kubeconfig",
+            kc,
+            "--log-level",
+            "ERROR",
+            "--k8s-page-size",
+            "1000",
+            *sc.typha_args,
+        ]
+        self.replicas = [
+            Replica(i, [*args, "--server-id", f"typha-{i}"], sc.typha_ready_timeout()) for i in range(sc.replicas)
+        ]
         t0 = time.monotonic()
         await asyncio.gather(*(r.start() for r in self.replicas))
         self.result["typha_ready_seconds"] = time.monotonic() - t0
@@ -537,8 +607,10 @@ class TyphaRun(ModeRun):
         self.result["typha_rss_baseline"] = [r.rss_baseline for r in self.replicas]
         self.result["typha_cpu_startup"] = [r.cpu() for r in self.replicas]
         self.rec.mark("typha ready", seconds=self.result["typha_ready_seconds"])
-        self.console.log(f"[typha] {sc.replicas} replica(s) ready in {self.result['typha_ready_seconds']:.1f}s "
-                         f"(ports {', '.join(str(r.port) for r in self.replicas)}), RSS {sum(r.rss_baseline for r in self.replicas) / 1e6:.0f} MB")
+        self.console.log(
+            f"[typha] {sc.replicas} replica(s) ready in {self.result['typha_ready_seconds']:.1f}s "
+            f"(ports {', '.join(str(r.port) for r in self.replicas)}), RSS {sum(r.rss_baseline for r in self.replicas) / 1e6:.0f} MB"
+        )
 
     async def typha_fault(self, f: Fault, n: int, entry: dict[str, Any]) -> None:
         idx = int(f.arg) if f.arg is not None else n % len(self.replicas)
@@ -565,10 +637,12 @@ class TyphaRun(ModeRun):
         while time.monotonic() < deadline:
             self.fleet.poll()
             reps = self.fleet.reports.values()
-            if (all(r.up for r in self.replicas)
-                    and sum(r.open_watches for r in self.api.stats.resources.values()) >= watches
-                    and self.fleet.total("in_sync") == self.agents
-                    and sum(r.not_connected for r in reps) == 0):
+            if (
+                all(r.up for r in self.replicas)
+                and sum(r.open_watches for r in self.api.stats.resources.values()) >= watches
+                and self.fleet.total("in_sync") == self.agents
+                and sum(r.not_connected for r in reps) == 0
+            ):
                 return True
             await asyncio.sleep(0.1)
         return False
@@ -589,7 +663,10 @@ class TyphaRun(ModeRun):
         t = super().progress(s)
         a = s.get("agents")
         if a:
-            t.add_row("agents connected / in sync", f"{a['connected']:,} / {a['in_sync']:,} of {self.agents:,} (disconnects {a['disconnects']:,})")
+            t.add_row(
+                "agents connected / in sync",
+                f"{a['connected']:,} / {a['in_sync']:,} of {self.agents:,} (disconnects {a['disconnects']:,})",
+            )
             t.add_row("agents: bytes / KVs received", f"{a['bytes'] / 1e6:,.1f} MB / {a['kvs']:,}")
         prev = self.rec.samples[-2] if len(self.rec.samples) > 1 else None
         for r in s.get("typha", []):
@@ -600,12 +677,18 @@ class TyphaRun(ModeRun):
                 if dt > 0:
                     cpu = f", CPU {(r['cpu'] - pr['cpu']) / dt:.0%}"
             state = "down" if not r["up"] else r.get("status", "?")
-            t.add_row(f"typha-{r['replica']}", f"{state}, {r.get('connections', 0):,} conns, seq {r.get('seq', 0):,}, "
-                      f"RSS {r['rss'] / 1e6:,.0f} MB{cpu}")
+            t.add_row(
+                f"typha-{r['replica']}",
+                f"{state}, {r.get('connections', 0):,} conns, seq {r.get('seq', 0):,}, "
+                f"RSS {r['rss'] / 1e6:,.0f} MB{cpu}",
+            )
         if self.fleet is not None and self.churn_start_ns:
             lat = self.fleet.last_agent_latency(self.churn_start_ns)
             if lat.count:
-                t.add_row("breadcrumb -> last agent p50/p99/max", f"{lat.percentile(50) * 1e3:.0f} / {lat.percentile(99) * 1e3:.0f} / {lat.max * 1e3:.0f} ms")
+                t.add_row(
+                    "breadcrumb -> last agent p50/p99/max",
+                    f"{lat.percentile(50) * 1e3:.0f} / {lat.percentile(99) * 1e3:.0f} / {lat.max * 1e3:.0f} ms",
+                )
         if self.sc.faults:
             t.add_row("faults done", f"{len(self.faults_log)} of {len(self.sc.faults)}")
         return t
@@ -669,9 +752,18 @@ class TyphaRun(ModeRun):
             api_before_typha = _api_totals(self.api)
             await self.start_typhas()
             ids = decode_ids(self.agents, sc.full_decode, sc.replicas)
-            spec = FleetSpec([("127.0.0.1", r.port) for r in self.replicas], agents=self.agents, processes=sc.processes,
-                             full_decode=len(ids), compression=sc.compression, connect_spread=sc.connect_spread,
-                             rotate_addresses=True, decode_ids=ids, arrival_key="created", state_hashes=True)
+            spec = FleetSpec(
+                [("127.0.0.1", r.port) for r in self.replicas],
+                agents=self.agents,
+                processes=sc.processes,
+                full_decode=len(ids),
+                compression=sc.compression,
+                connect_spread=sc.connect_spread,
+                rotate_addresses=True,
+                decode_ids=ids,
+                arrival_key="created",
+                state_hashes=True,
+            )
             res["decoding_agents"] = ids
             res["processes"] = min(sc.processes, self.agents)
             self.fleet = AgentFleet(spec)
@@ -680,9 +772,13 @@ class TyphaRun(ModeRun):
             tasks.append(asyncio.create_task(self.sampler()))
             t0 = time.monotonic()
             self.fleet.start()
-            self.console.log(f"[typha] {self.agents:,} agents connecting from {self.fleet.processes} processes "
-                             f"({len(ids)} decoding: ids {ids})")
-            synced = await self.fleet.wait(lambda f: f.total("in_sync") == self.agents, sc.agent_sync_timeout(self.agents))
+            self.console.log(
+                f"[typha] {self.agents:,} agents connecting from {self.fleet.processes} processes "
+                f"({len(ids)} decoding: ids {ids})"
+            )
+            synced = await self.fleet.wait(
+                lambda f: f.total("in_sync") == self.agents, sc.agent_sync_timeout(self.agents)
+            )
             res["snapshot"] = {
                 "all_agents_synced": synced,
                 "all_agents_seconds": time.monotonic() - t0 if synced else None,
@@ -692,9 +788,13 @@ class TyphaRun(ModeRun):
             }
             self.rec.mark("all agents in sync" if synced else "agents sync timed out", seconds=time.monotonic() - t0)
             if not synced:
-                raise RuntimeError(f"only {self.fleet.total('in_sync')} of {self.agents} agents synced within "
-                                   f"{sc.agent_sync_timeout(self.agents):.0f}s")
-            self.console.log(f"[typha] all {self.agents:,} agents in sync after {res['snapshot']['all_agents_seconds']:.1f}s")
+                raise RuntimeError(
+                    f"only {self.fleet.total('in_sync')} of {self.agents} agents synced within "
+                    f"{sc.agent_sync_timeout(self.agents):.0f}s"
+                )
+            self.console.log(
+                f"[typha] all {self.agents:,} agents in sync after {res['snapshot']['all_agents_seconds']:.1f}s"
+            )
             await asyncio.sleep(2.0)  # cached snapshots expire (1 s) and the agents settle
             rss_loaded = [r.rss() for r in self.replicas]
             conns = [(await r.observe()).get("connections", 0) for r in self.replicas]
@@ -728,8 +828,12 @@ class TyphaRun(ModeRun):
             res["api_churn"] = _delta(api_synced, api_end)
             res["api_churn"]["open_watches_end"] = api_end["open_watches"]
             churn_samples = [s for s in self.rec.samples if self.churn_start_t <= s["t"] <= self.churn_end_t]
-            res["api_churn"]["open_watches_max"] = max((s["api"]["open_watches"] for s in churn_samples), default=api_end["open_watches"])
-            res["api_churn"]["open_watches_min"] = min((s["api"]["open_watches"] for s in churn_samples), default=api_end["open_watches"])
+            res["api_churn"]["open_watches_max"] = max(
+                (s["api"]["open_watches"] for s in churn_samples), default=api_end["open_watches"]
+            )
+            res["api_churn"]["open_watches_min"] = min(
+                (s["api"]["open_watches"] for s in churn_samples), default=api_end["open_watches"]
+            )
             span = max(1e-9, drained_t - self.churn_start_t)
             res["emulator_cpu"] = {
                 "churn_window_seconds": span,
@@ -746,7 +850,11 @@ class TyphaRun(ModeRun):
             t_from = self.churn_start_t - sc.sample_interval
             first_fault = min((f.at for f in sc.faults), default=None)
             metric_totals = self.metric_increase(t_from, None)
-            steady = self.metric_increase(t_from, self.churn_start_t + first_fault) if first_fault is not None else metric_totals
+            steady = (
+                self.metric_increase(t_from, self.churn_start_t + first_fault)
+                if first_fault is not None
+                else metric_totals
+            )
             res["typha"] = {
                 "cpu_seconds_churn": typha_cpu,
                 "cpu_fraction_churn": [c / span for c in typha_cpu],
@@ -757,7 +865,9 @@ class TyphaRun(ModeRun):
                 "rss_per_agent_bytes_end": (sum(rss_end) - sum(r.rss_baseline for r in self.replicas)) / self.agents,
                 "restarts": [r.restarts for r in self.replicas],
                 "churn_metrics": metric_totals,
-                "dedup_ratio": metric_totals["skipped"] / metric_totals["updates"] if metric_totals["updates"] else None,
+                "dedup_ratio": metric_totals["skipped"] / metric_totals["updates"]
+                if metric_totals["updates"]
+                else None,
                 # Before the first fault: relists after a 410 or a restart re-deliver every object,
                 # all of them unchanged, which inflates the ratio above.
                 "dedup_ratio_before_faults": steady["skipped"] / steady["updates"] if steady["updates"] else None,
@@ -765,7 +875,8 @@ class TyphaRun(ModeRun):
                 # each client's socket, during churn; bucket bounds, so coarse. Unaffected by how fast the
                 # simulated agents read, unlike the arrival latencies.
                 "write_latency": histogram_quantiles({b: lat1.get(b, 0) - lat0.get(b, 0) for b in lat1})
-                if not any(r.restarts for r in self.replicas) else histogram_quantiles(lat1),
+                if not any(r.restarts for r in self.replicas)
+                else histogram_quantiles(lat1),
             }
             res["wire"] = {
                 "agents_bytes_total": self.fleet.total("bytes"),
@@ -805,8 +916,11 @@ class TyphaRun(ModeRun):
         for k in ("updates", "skipped", "breadcrumbs", "bytes_sent", "snapshots_generated", "snapshot_wire_bytes"):
             total = 0.0
             for r in self.replicas:
-                vals = [s["typha"][r.index][k] for s in self.rec.samples
-                        if s["t"] >= t_from and (t_to is None or s["t"] <= t_to) and k in s["typha"][r.index]]
+                vals = [
+                    s["typha"][r.index][k]
+                    for s in self.rec.samples
+                    if s["t"] >= t_from and (t_to is None or s["t"] <= t_to) and k in s["typha"][r.index]
+                ]
                 total += counter_increase(vals)
             out[k] = total
         return out
@@ -817,8 +931,11 @@ class TyphaRun(ModeRun):
         res = self.result
         since = self.churn_start_ns
         base = since
-        points: dict[str, list[tuple[float, float]]] = {"breadcrumb_to_last_agent": [], "write_to_sampled_agents": [],
-                                                         "write_to_last_agent": []}
+        points: dict[str, list[tuple[float, float]]] = {
+            "breadcrumb_to_last_agent": [],
+            "write_to_sampled_agents": [],
+            "write_to_last_agent": [],
+        }
         for key, arrival in f.seq_last_arrival.items():
             created = f.seq_created.get(key)
             if created is not None and created >= since:
@@ -827,8 +944,11 @@ class TyphaRun(ModeRun):
         # first delivery came in a breadcrumb created after the old process had stopped was not
         # delivered live: it is either a change that typha dropped as a duplicate at the time (and the
         # relist sent with its new revision), or one the restart interrupted. Neither measures latency.
-        cuts = [(since + int(e["t_churn"] * 1e9), since + int((e["t_churn"] + e["stopped_after"]) * 1e9))
-                for e in self.faults_log if "stopped_after" in e]
+        cuts = [
+            (since + int(e["t_churn"] * 1e9), since + int((e["t_churn"] + e["stopped_after"]) * 1e9))
+            for e in self.faults_log
+            if "stopped_after" in e
+        ]
         covered = redelivered = 0
         for rv, written in self.rv_times.items():
             keys = f.rv_keys.get(rv)
@@ -842,14 +962,23 @@ class TyphaRun(ModeRun):
                 arrivals = [f.seq_last_arrival[k] for k in keys if k in f.seq_last_arrival]
                 if arrivals:
                     covered += 1
-                    points["write_to_last_agent"].append(((written - base) / 1e9, max(0, max(arrivals) - written) / 1e9))
+                    points["write_to_last_agent"].append(
+                        ((written - base) / 1e9, max(0, max(arrivals) - written) / 1e9)
+                    )
         res["latency"] = {k: _hist([v for _, v in p]).summary() for k, p in points.items()}
         res["latency"]["per_delivery"] = f.merged("latency").summary()
         res["latency_points"] = {k: _points(p) for k, p in points.items()}
-        res["histograms"] = {"per_delivery": f.merged("latency").to_dict(), "reconnect_seconds": f.merged("reconnect_seconds").to_dict(),
-                             "snapshot_seconds": f.merged("snapshot_seconds").to_dict()}
-        res["writes"] = {"written": len(self.rv_times), "reached_agents": covered, "redelivered_after_restart": redelivered,
-                         "not_fanned_out": len(self.rv_times) - covered - redelivered}
+        res["histograms"] = {
+            "per_delivery": f.merged("latency").to_dict(),
+            "reconnect_seconds": f.merged("reconnect_seconds").to_dict(),
+            "snapshot_seconds": f.merged("snapshot_seconds").to_dict(),
+        }
+        res["writes"] = {
+            "written": len(self.rv_times),
+            "reached_agents": covered,
+            "redelivered_after_restart": redelivered,
+            "not_fanned_out": len(self.rv_times) - covered - redelivered,
+        }
         res["reconnect"] = f.merged("reconnect_seconds").summary()
         reasons: dict[str, int] = {}
         for r in f.reports.values():
@@ -873,9 +1002,14 @@ class TyphaRun(ModeRun):
         expected_hashes = {k: zlib.crc32(v) for k, v in expected.items()}
         v["truth_keys"] = len(expected)
         v["truth_seconds"] = time.monotonic() - t0
-        v["replicas"] = [{"replica": i, "keys": st.get("syncers", {}).get("felix", {}).get("keys"),
-                          "matches_truth": st.get("syncers", {}).get("felix", {}).get("digest") == expected_digest}
-                         for i, st in enumerate(statuses)]
+        v["replicas"] = [
+            {
+                "replica": i,
+                "keys": st.get("syncers", {}).get("felix", {}).get("keys"),
+                "matches_truth": st.get("syncers", {}).get("felix", {}).get("digest") == expected_digest,
+            }
+            for i, st in enumerate(statuses)
+        ]
         self.fleet.poll()
         ok_seq, at_final = self.converged(finals)
         v["agents"] = self.agents
@@ -894,17 +1028,31 @@ class TyphaRun(ModeRun):
                 missing = sum(1 for k in expected_hashes if k not in hashes)
                 extra = sum(1 for k in hashes if k not in expected_hashes)
                 stale = sum(1 for k, h in hashes.items() if k in expected_hashes and expected_hashes[k] != h)
-                sampled.append({"agent": host, "keys": len(hashes), "missing": missing, "stale": stale, "extra": extra,
-                                "digest_matches": digests.get(host, (0, ""))[1] == expected_digest})
+                sampled.append(
+                    {
+                        "agent": host,
+                        "keys": len(hashes),
+                        "missing": missing,
+                        "stale": stale,
+                        "extra": extra,
+                        "digest_matches": digests.get(host, (0, ""))[1] == expected_digest,
+                    }
+                )
         sampled.sort(key=lambda x: x["agent"])
         v["sampled"] = sampled
         v["sampled_agents"] = len(sampled)
-        v["sampled_matching"] = sum(1 for s in sampled if s["digest_matches"] and not (s["missing"] or s["stale"] or s["extra"]))
+        v["sampled_matching"] = sum(
+            1 for s in sampled if s["digest_matches"] and not (s["missing"] or s["stale"] or s["extra"])
+        )
         v["missing"] = sum(s["missing"] for s in sampled)
         v["stale"] = sum(s["stale"] for s in sampled)
         v["extra"] = sum(s["extra"] for s in sampled)
         v["passed"] = bool(
-            converged and ok_seq and at_final == self.agents and sampled and v["sampled_matching"] == len(sampled)
+            converged
+            and ok_seq
+            and at_final == self.agents
+            and sampled
+            and v["sampled_matching"] == len(sampled)
             and all(r["matches_truth"] for r in v["replicas"])
         )
         self.result["verification"] = v
@@ -942,13 +1090,17 @@ class DirectRun(ModeRun):
         entry["watches_cut"] = self.api.cut_watches()
         if left_out:
             entry["left_out"] = left_out
-            entry["note"] = (f"not compacted: {', '.join(left_out)} (relisting them from {self.agents} agents at once "
-                             f"would put ~{sum(c for c, k in cost if k in left_out) / 8 / 2**30:.1f} GiB of list bodies in flight)")
+            entry["note"] = (
+                f"not compacted: {', '.join(left_out)} (relisting them from {self.agents} agents at once "
+                f"would put ~{sum(c for c, k in cost if k in left_out) / 8 / 2**30:.1f} GiB of list bodies in flight)"
+            )
         t0 = time.monotonic()
         ok = await self.wait_recovered(before["open_watches"], 30.0 + self.sc.drain_timeout)
         after = _api_totals(self.api)
         entry["recovered_seconds"] = time.monotonic() - t0 if ok else None
-        entry["relists_410"] = after["watches_expired"] - before["watches_expired"] + after["list_expired"] - before["list_expired"]
+        entry["relists_410"] = (
+            after["watches_expired"] - before["watches_expired"] + after["list_expired"] - before["list_expired"]
+        )
         entry["list_requests"] = after["list_requests"] - before["list_requests"]
         entry["list_bytes"] = after["list_bytes_sent"] - before["list_bytes_sent"]
         return None
@@ -960,7 +1112,10 @@ class DirectRun(ModeRun):
         want = self.agents * len(self.paths)
         while time.monotonic() < deadline:
             self.fleet.poll()
-            if self.fleet.total("watches_open") >= want and sum(r.open_watches for r in self.api.stats.resources.values()) >= want:
+            if (
+                self.fleet.total("watches_open") >= want
+                and sum(r.open_watches for r in self.api.stats.resources.values()) >= want
+            ):
                 return True
             await asyncio.sleep(0.1)
         return False
@@ -969,15 +1124,22 @@ class DirectRun(ModeRun):
         s = await super().sample()
         if self.fleet is not None:
             self.fleet.poll()
-            s["agents"] = {k: self.fleet.total(k) for k in ("listed", "watches_open", "events", "bytes", "relists", "errors")}
+            s["agents"] = {
+                k: self.fleet.total(k) for k in ("listed", "watches_open", "events", "bytes", "relists", "errors")
+            }
         return s
 
     def progress(self, s: dict[str, Any]) -> Table:
         t = super().progress(s)
         a = s.get("agents")
         if a:
-            t.add_row("agents listed / watches open", f"{a['listed']:,} of {self.agents:,} / {a['watches_open']:,} of {self.agents * len(self.paths):,}")
-            t.add_row("agents: events / bytes / relists", f"{a['events']:,} / {a['bytes'] / 1e6:,.1f} MB / {a['relists']:,}")
+            t.add_row(
+                "agents listed / watches open",
+                f"{a['listed']:,} of {self.agents:,} / {a['watches_open']:,} of {self.agents * len(self.paths):,}",
+            )
+            t.add_row(
+                "agents: events / bytes / relists", f"{a['events']:,} / {a['bytes'] / 1e6:,.1f} MB / {a['relists']:,}"
+            )
         return t
 
     async def run(self) -> dict[str, Any]:
@@ -991,8 +1153,11 @@ class DirectRun(ModeRun):
             await self.start_api()
             ca = self.api.ca_pem.decode() if isinstance(self.api.ca_pem, bytes) else self.api.ca_pem
             spread = max(2.0, self.agents / 50)
-            self.fleet = DirectFleet(DirectSpec(self.api.url, self.api.token, ca, self.paths, self.agents, sc.processes,
-                                                connect_spread=spread))
+            self.fleet = DirectFleet(
+                DirectSpec(
+                    self.api.url, self.api.token, ca, self.paths, self.agents, sc.processes, connect_spread=spread
+                )
+            )
             api0 = _api_totals(self.api)
             cpu_a = _self_cpu()
             self.rec.phase = "agents listing"
@@ -1001,14 +1166,23 @@ class DirectRun(ModeRun):
             t0 = time.monotonic()
             self.fleet.start()
             want = self.agents * len(self.paths)
-            self.console.log(f"[direct] {self.agents:,} agents each listing and watching {len(self.paths)} resources ({want:,} watches)")
-            ok = await self.fleet.wait(lambda f: f.total("listed") == self.agents and f.total("watches_open") == want,
-                                       sc.agent_sync_timeout(self.agents))
-            res["snapshot"] = {"all_agents_synced": ok, "all_agents_seconds": time.monotonic() - t0 if ok else None,
-                               "listed": self.fleet.total("listed")}
+            self.console.log(
+                f"[direct] {self.agents:,} agents each listing and watching {len(self.paths)} resources ({want:,} watches)"
+            )
+            ok = await self.fleet.wait(
+                lambda f: f.total("listed") == self.agents and f.total("watches_open") == want,
+                sc.agent_sync_timeout(self.agents),
+            )
+            res["snapshot"] = {
+                "all_agents_synced": ok,
+                "all_agents_seconds": time.monotonic() - t0 if ok else None,
+                "listed": self.fleet.total("listed"),
+            }
             self.rec.mark("all agents watching" if ok else "agents timed out", seconds=time.monotonic() - t0)
             if not ok:
-                raise RuntimeError(f"only {self.fleet.total('listed')} of {self.agents} direct agents listed and watching in time")
+                raise RuntimeError(
+                    f"only {self.fleet.total('listed')} of {self.agents} direct agents listed and watching in time"
+                )
             api1 = _api_totals(self.api)
             res["api_startup"] = _delta(api0, api1)
             res["api_startup"]["open_watches"] = api1["open_watches"]
@@ -1041,18 +1215,33 @@ class DirectRun(ModeRun):
             res["api_churn"] = _delta(api1, api2)
             res["api_churn"]["open_watches_end"] = api2["open_watches"]
             churn_samples = [s for s in self.rec.samples if self.churn_start_t <= s["t"] <= self.churn_end_t]
-            res["api_churn"]["open_watches_max"] = max((s["api"]["open_watches"] for s in churn_samples), default=api2["open_watches"])
-            res["api_churn"]["open_watches_min"] = min((s["api"]["open_watches"] for s in churn_samples), default=api2["open_watches"])
+            res["api_churn"]["open_watches_max"] = max(
+                (s["api"]["open_watches"] for s in churn_samples), default=api2["open_watches"]
+            )
+            res["api_churn"]["open_watches_min"] = min(
+                (s["api"]["open_watches"] for s in churn_samples), default=api2["open_watches"]
+            )
             span = max(1e-9, drained_t - self.churn_start_t)
-            res["emulator_cpu"] = {"churn_window_seconds": span, "cpu_seconds": _self_cpu() - cpu0 - self.churn_cpu,
-                                   "churn_generation_cpu_seconds": self.churn_cpu}
-            res["host_cpu_churn"] = {"busy_fraction": (host1[0] - host0[0]) / max(1e-9, host1[1] - host0[1]),
-                                     "cpus": os.cpu_count(), "agent_workers_cpu_fraction": (workers1 - workers0) / span}
-            res["wire"] = {"agents_bytes_total": self.fleet.total("bytes"),
-                           "api_bytes_startup": res["api_startup"]["bytes_sent"] + res["api_startup"]["list_bytes_sent"],
-                           "api_bytes_churn": res["api_churn"]["bytes_sent"] + res["api_churn"]["list_bytes_sent"]}
-            pts = [((w - self.churn_start_ns) / 1e9, max(0, self.fleet.rv_last_arrival[rv] - w) / 1e9)
-                   for rv, w in self.rv_times.items() if rv in self.fleet.rv_last_arrival]
+            res["emulator_cpu"] = {
+                "churn_window_seconds": span,
+                "cpu_seconds": _self_cpu() - cpu0 - self.churn_cpu,
+                "churn_generation_cpu_seconds": self.churn_cpu,
+            }
+            res["host_cpu_churn"] = {
+                "busy_fraction": (host1[0] - host0[0]) / max(1e-9, host1[1] - host0[1]),
+                "cpus": os.cpu_count(),
+                "agent_workers_cpu_fraction": (workers1 - workers0) / span,
+            }
+            res["wire"] = {
+                "agents_bytes_total": self.fleet.total("bytes"),
+                "api_bytes_startup": res["api_startup"]["bytes_sent"] + res["api_startup"]["list_bytes_sent"],
+                "api_bytes_churn": res["api_churn"]["bytes_sent"] + res["api_churn"]["list_bytes_sent"],
+            }
+            pts = [
+                ((w - self.churn_start_ns) / 1e9, max(0, self.fleet.rv_last_arrival[rv] - w) / 1e9)
+                for rv, w in self.rv_times.items()
+                if rv in self.fleet.rv_last_arrival
+            ]
             res["latency"] = {"write_to_last_agent": _hist([v for _, v in pts]).summary()}
             res["latency_points"] = {"write_to_last_agent": _points(pts)}
             received = self.fleet.total("events") - events0
@@ -1078,12 +1267,17 @@ class DirectRun(ModeRun):
 
 
 def _host() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")}
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+    }
 
 
-async def run_scenario(sc: Scenario, console: Console | None = None, progress: bool = True,
-                       command: str | None = None) -> dict[str, Any]:
+async def run_scenario(
+    sc: Scenario, console: Console | None = None, progress: bool = True, command: str | None = None
+) -> dict[str, Any]:
     """Run every mode of the scenario, write `results.json` and the report into `sc.out`; return the results."""
     sc.validate()
     from .report import make_console, render
@@ -1092,11 +1286,17 @@ async def run_scenario(sc: Scenario, console: Console | None = None, progress: b
     out = Path(sc.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
-        "version": RESULTS_VERSION, "scenario": sc.to_dict(), "command": command or " ".join(sys.argv),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": _host(), "runs": {},
+        "version": RESULTS_VERSION,
+        "scenario": sc.to_dict(),
+        "command": command or " ".join(sys.argv),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": _host(),
+        "runs": {},
     }
     budget = sc.total_budget()
-    console.log(f"[bold]loadtest run[/]: {sc.describe()}; mix: {format_mix(sc.mix)}; bounded at {budget:.0f}s; output in {out}")
+    console.log(
+        f"[bold]loadtest run[/]: {sc.describe()}; mix: {format_mix(sc.mix)}; bounded at {budget:.0f}s; output in {out}"
+    )
     t_start = time.monotonic()
     live = Live(console=console, auto_refresh=False, transient=True) if progress and console.is_terminal else None
     try:
@@ -1113,7 +1313,7 @@ async def run_scenario(sc: Scenario, console: Console | None = None, progress: b
                 if not runner.aborted:
                     raise
                 runner.result["error"] = runner.aborted
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 runner.result["error"] = f"time budget of {budget:.0f}s exhausted"
                 console.log(f"[red]{mode}: time budget exhausted[/]")
             except Exception as exc:
@@ -1126,7 +1326,8 @@ async def run_scenario(sc: Scenario, console: Console | None = None, progress: b
             live.stop()
     results["seconds"] = time.monotonic() - t_start
     results["passed"] = bool(results["runs"]) and all(
-        r.get("verification", {}).get("passed") and not r.get("error") for r in results["runs"].values())
+        r.get("verification", {}).get("passed") and not r.get("error") for r in results["runs"].values()
+    )
     with open(out / "results.json", "w") as f:
         json.dump(results, f, indent=1, default=_json_default)
     render(out, console)

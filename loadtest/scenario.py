@@ -46,9 +46,16 @@ FAULT_KINDS = ("restart-typha", "kill-typha", "cut-watches", "compact")
 TYPHA_FAULTS = ("restart-typha", "kill-typha")
 
 _OP_ALIASES = {
-    "create": "pod_create", "delete": "pod_delete", "label": "pod_label", "labels": "pod_label",
-    "status": "pod_status", "policy": "policy_edit", "policies": "policy_edit", "join": "node_join",
-    "leave": "node_leave", "node": "node_status",
+    "create": "pod_create",
+    "delete": "pod_delete",
+    "label": "pod_label",
+    "labels": "pod_label",
+    "status": "pod_status",
+    "policy": "policy_edit",
+    "policies": "policy_edit",
+    "join": "node_join",
+    "leave": "node_leave",
+    "node": "node_status",
 }
 
 
@@ -112,8 +119,13 @@ def parse_fault(text: str) -> Fault:
     if at < 0 or not math.isfinite(at):
         raise ScenarioError(f"--fault {text!r}: time must be >= 0")
     kind = parts[1].strip().lower().replace("_", "-")
-    kind = {"restart": "restart-typha", "kill": "kill-typha", "cut": "cut-watches", "relist": "compact",
-            "410": "compact"}.get(kind, kind)
+    kind = {
+        "restart": "restart-typha",
+        "kill": "kill-typha",
+        "cut": "cut-watches",
+        "relist": "compact",
+        "410": "compact",
+    }.get(kind, kind)
     if kind not in FAULT_KINDS:
         raise ScenarioError(f"--fault {text!r}: unknown kind {parts[1]!r} (known: {', '.join(FAULT_KINDS)})")
     arg = parts[2].strip() if len(parts) > 2 and parts[2].strip() else None
@@ -210,7 +222,11 @@ class Scenario:
     def mode_budget(self, mode: str) -> float:
         agents = self.typha_agents if mode == "typha" else self.baseline_agents
         seed = 10 + self.objects_estimate / 20_000
-        typha = self.typha_ready_timeout() * (1 + sum(1 for f in self.faults if f.kind in TYPHA_FAULTS)) if mode == "typha" else 0
+        typha = (
+            self.typha_ready_timeout() * (1 + sum(1 for f in self.faults if f.kind in TYPHA_FAULTS))
+            if mode == "typha"
+            else 0
+        )
         truth = 10 + self.objects_estimate / 10_000
         return seed + typha + self.agent_sync_timeout(agents) + self.duration + self.drain_timeout + truth + 60
 

@@ -44,7 +44,12 @@ class WorkerFleet(Generic[R]):
         for w in range(self.processes):
             ids = list(range(w, self.agents, self.processes))
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=self.worker_target(), args=(*self.worker_args(w, ids), child), name=f"{self.name}-{w}", daemon=True)
+            proc = ctx.Process(
+                target=self.worker_target(),
+                args=(*self.worker_args(w, ids), child),
+                name=f"{self.name}-{w}",
+                daemon=True,
+            )
             proc.start()
             child.close()
             self._procs.append(proc)

@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from .connection import ClientConnection, ConnState
 from .errors import ProtocolError
@@ -76,7 +77,7 @@ class _StreamProtocol(asyncio.Protocol):
         self.last_data = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport = cast(asyncio.Transport, transport)
         transport.write(self.conn.initiate())
 
     def data_received(self, data: bytes) -> None:
@@ -239,7 +240,7 @@ class SyncClient:
             transport, proto = await asyncio.wait_for(
                 loop.create_connection(lambda: _StreamProtocol(self, conn), host, port), self.connect_timeout
             )
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             return f"connect failed: {exc!r}"
         self._proto = proto
         self.connected_to = (host, port)

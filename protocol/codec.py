@@ -56,7 +56,8 @@ _packer = msgpack.Packer(use_bin_type=True, autoreset=True)
 
 
 def _pack(obj: Any) -> bytes:
-    return _packer.pack(obj)
+    packed: bytes = _packer.pack(obj)
+    return packed
 
 
 class Compressor:
@@ -84,9 +85,7 @@ class Decompressor:
         if size < 0:
             raise ProtocolError("compressed payload does not declare its content size")
         if size > self.max_output:
-            raise ProtocolError(
-                f"compressed payload expands to {size} bytes; the limit is {self.max_output}"
-            )
+            raise ProtocolError(f"compressed payload expands to {size} bytes; the limit is {self.max_output}")
         try:
             # One frame, nothing after it: trailing bytes (or a second frame) would otherwise be ignored.
             return self._d.decompress(data, max_output_size=self.max_output, allow_extra_data=False)
@@ -119,9 +118,7 @@ def encode_updates(
     compressor: Compressor | None = None,
 ) -> bytes:
     payload, flags, _ = encode_kv_payload(kvs, compressor)
-    return encode_sequenced_frame(
-        MsgType.UPDATES, prev_seq, seq, created_ns, len(kvs), status, payload, flags
-    )
+    return encode_sequenced_frame(MsgType.UPDATES, prev_seq, seq, created_ns, len(kvs), status, payload, flags)
 
 
 def encode_snapshot_chunk(
@@ -136,9 +133,7 @@ def encode_snapshot_chunk(
     payload, flags, _ = encode_kv_payload(kvs, compressor)
     if final:
         flags |= FLAG_FINAL
-    return encode_sequenced_frame(
-        MsgType.SNAPSHOT, index, seq, created_ns, len(kvs), status, payload, flags
-    )
+    return encode_sequenced_frame(MsgType.SNAPSHOT, index, seq, created_ns, len(kvs), status, payload, flags)
 
 
 def encode_sync_status(prev_seq: int, seq: int, created_ns: int, status: int) -> bytes:
@@ -185,9 +180,7 @@ def encode(msg: Message, compressor: Compressor | None = None) -> bytes:
     if isinstance(msg, Goodbye):
         return encode_frame(MsgType.GOODBYE, _pack({"code": msg.code, "reason": msg.reason}))
     if isinstance(msg, Updates):
-        return encode_updates(
-            msg.prev_seq, msg.seq, msg.created_ns, msg.status, msg.kvs or [], compressor
-        )
+        return encode_updates(msg.prev_seq, msg.seq, msg.created_ns, msg.status, msg.kvs or [], compressor)
     if isinstance(msg, SnapshotChunk):
         return encode_snapshot_chunk(
             msg.seq, msg.index, msg.created_ns, msg.status, msg.kvs or [], msg.final, compressor
@@ -269,9 +262,7 @@ def decode_kv_payload(
     return kvs
 
 
-def decode(
-    frame: Frame, decompressor: Decompressor | None = None, decode_kvs: bool = True
-) -> Message:
+def decode(frame: Frame, decompressor: Decompressor | None = None, decode_kvs: bool = True) -> Message:
     """Decode one frame. With decode_kvs False, state frames keep kvs=None (header-only check)."""
     t, flags, body = frame
     try:
@@ -292,9 +283,7 @@ def decode(
             kvs = decode_kv_payload(memoryview(body)[PREAMBLE_SIZE:], flags, pre.count, decompressor)
         if mtype is MsgType.UPDATES:
             return Updates(pre.base, pre.seq, pre.created_ns, status, pre.count, kvs)
-        return SnapshotChunk(
-            pre.seq, pre.base, pre.created_ns, status, pre.count, bool(flags & FLAG_FINAL), kvs
-        )
+        return SnapshotChunk(pre.seq, pre.base, pre.created_ns, status, pre.count, bool(flags & FLAG_FINAL), kvs)
 
     what = mtype.name
     obj = _unpack_map(body, what)
@@ -316,8 +305,8 @@ def decode(
             resume_seq=_opt_field(obj, "resume_seq", int, 0, what),
         )
     if mtype is MsgType.SERVER_HELLO:
-        compression = obj.get("compression")
-        if compression is not None and not isinstance(compression, str):
+        chosen = obj.get("compression")
+        if chosen is not None and not isinstance(chosen, str):
             raise ProtocolError(f"{what}: 'compression' must be a string or nil")
         ping_interval = float(_opt_field(obj, "ping_interval", (int, float), 10.0, what))
         if not 0.0 < ping_interval < math.inf:  # also rejects NaN; clients derive read timeouts from it
@@ -325,7 +314,7 @@ def decode(
         return ServerHello(
             version=_field(obj, "version", int, what),
             syncer_type=_field(obj, "syncer_type", str, what),
-            compression=compression,
+            compression=chosen,
             server_id=_opt_field(obj, "server_id", str, "", what),
             ping_interval=ping_interval,
             epoch=_opt_field(obj, "epoch", str, "", what),

@@ -132,9 +132,8 @@ class ClientConnection:
             raise HandshakeRejected(f"server chose protocol version {sh.version}; we offered {self.hello.versions}")
         if sh.syncer_type != self.hello.syncer_type:
             raise HandshakeRejected(f"server serves syncer {sh.syncer_type!r}; we asked for {self.hello.syncer_type!r}")
-        if sh.resumed:
-            if not self.hello.resume_epoch or sh.epoch != self.hello.resume_epoch:
-                raise HandshakeRejected("server resumed a stream we did not ask to resume")
+        if sh.resumed and (not self.hello.resume_epoch or sh.epoch != self.hello.resume_epoch):
+            raise HandshakeRejected("server resumed a stream we did not ask to resume")
         if sh.compression is not None:
             if sh.compression not in self.hello.compression:
                 raise HandshakeRejected(f"server chose compression {sh.compression!r} we did not offer")

@@ -54,7 +54,7 @@ class Preamble(NamedTuple):
     base: int  # previous breadcrumb seq (UPDATES/SYNC_STATUS) or chunk index (SNAPSHOT)
     seq: int
     created_ns: int
-    count: int
+    count: int  # type: ignore[assignment]  # a field named like tuple.count, on purpose: the wire name
     status: int
 
 
@@ -106,7 +106,7 @@ class FrameReader:
     agent checks sequence continuity and counts but has no use for the values.
     """
 
-    __slots__ = ("_buf", "_pos", "_skip", "max_body", "headers_only", "bytes_received", "frames_received")
+    __slots__ = ("_buf", "_pos", "_skip", "bytes_received", "frames_received", "headers_only", "max_body")
 
     def __init__(self, max_body: int = DEFAULT_MAX_CLIENT_FRAME, headers_only: bool = False) -> None:
         self._buf = bytearray()
@@ -158,9 +158,7 @@ class FrameReader:
             return None
         body_len, msg_type, flags, _reserved = HEADER.unpack_from(buf, pos)
         if body_len > self.max_body:
-            raise FrameTooLarge(
-                f"frame of type {msg_type} announces {body_len} bytes; the limit is {self.max_body}"
-            )
+            raise FrameTooLarge(f"frame of type {msg_type} announces {body_len} bytes; the limit is {self.max_body}")
         if flags & ~KNOWN_FLAGS:
             raise ProtocolError(f"frame of type {msg_type} has unknown flags {flags:#04x}")
         start = pos + HEADER_SIZE

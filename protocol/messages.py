@@ -49,7 +49,7 @@ class SyncStatus(enum.IntEnum):
     IN_SYNC = 3
 
 
-class GoodbyeCode(str, enum.Enum):
+class GoodbyeCode(enum.StrEnum):
     """Machine-readable reasons carried by GOODBYE; the human text goes in `reason`."""
 
     UNSUPPORTED_VERSION = "unsupported-version"
@@ -155,6 +155,4 @@ class Goodbye:
     reason: str = ""
 
 
-Message = (
-    ClientHello | ServerHello | Updates | SnapshotChunk | SyncStatusChange | Ping | Pong | Goodbye
-)
+Message = ClientHello | ServerHello | Updates | SnapshotChunk | SyncStatusChange | Ping | Pong | Goodbye

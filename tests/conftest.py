@@ -67,7 +67,6 @@ async def _stop_servers(server_factory: Callable[..., object]) -> AsyncIterator[
             await server.shutdown()
 
 
-
 def pytest_asyncio_loop_factories(config: object, item: object) -> dict[str, object]:
     """Run every async test on uvloop, the loop typha and felix run on in production."""
     import uvloop

@@ -16,8 +16,9 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import orjson
@@ -27,8 +28,7 @@ from hypothesis import strategies as st
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from loadtest.apiserver import (ApiError, Store, make_calico_object, make_node, make_pod,
-                                start_apiserver)
+from loadtest.apiserver import ApiError, Store, make_calico_object, make_node, make_pod, start_apiserver
 from loadtest.apiserver.patch import JSON_PATCH, MERGE, STRATEGIC, apply_patch, merge_patch
 from loadtest.apiserver.selectors import parse_field_selector, parse_label_selector
 from loadtest.apiserver.server import parse_path
@@ -40,8 +40,7 @@ TOKEN = "test-token"
 CALICO = "crd.projectcalico.org"
 
 
-async def wait_until(pred: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0,
-                     what: str = "condition") -> None:
+async def wait_until(pred: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0, what: str = "condition") -> None:
     """Poll ``pred`` until true; fail after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -56,8 +55,13 @@ async def wait_until(pred: Callable[[], bool | Awaitable[bool]], timeout: float 
         await asyncio.sleep(0.01)
 
 
-def pod(name: str, ns: str = "default", node: str = "node-1", ip: str | None = "10.0.0.1",
-        labels: dict[str, str] | None = None) -> dict[str, Any]:
+def pod(
+    name: str,
+    ns: str = "default",
+    node: str = "node-1",
+    ip: str | None = "10.0.0.1",
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
     return make_pod(ns, name, node, ip, labels=labels)
 
 
@@ -94,8 +98,10 @@ def test_create_stamps_metadata_and_bumps_rv() -> None:
 
 def test_update_conflict_generation_and_noop() -> None:
     s = Store(seed_namespaces=())
-    cur = s.create("networkpolicies.crd.projectcalico.org",
-                   make_calico_object("NetworkPolicy", "np", {"order": 1}, namespace="default"))
+    cur = s.create(
+        "networkpolicies.crd.projectcalico.org",
+        make_calico_object("NetworkPolicy", "np", {"order": 1}, namespace="default"),
+    )
     rv1 = s.rv
     cur["spec"]["order"] = 2
     upd = s.update("networkpolicies.crd.projectcalico.org", cur)
@@ -147,11 +153,11 @@ def test_patch_types_and_precondition() -> None:
     s.create("nodes", make_node("n1", "10.0.0.1"))
     out = s.patch("nodes", "n1", {"metadata": {"labels": {"a": "b", "kubernetes.io/os": None}}})
     assert out["metadata"]["labels"]["a"] == "b" and "kubernetes.io/os" not in out["metadata"]["labels"]
-    out = s.patch("nodes", "n1", [{"op": "add", "path": "/metadata/annotations/x", "value": "1"}],
-                  content_type=JSON_PATCH)
+    out = s.patch(
+        "nodes", "n1", [{"op": "add", "path": "/metadata/annotations/x", "value": "1"}], content_type=JSON_PATCH
+    )
     assert out["metadata"]["annotations"]["x"] == "1"
-    out = s.patch("nodes", "n1", {"$setElementOrder/x": [], "spec": {"unschedulable": True}},
-                  content_type=STRATEGIC)
+    out = s.patch("nodes", "n1", {"$setElementOrder/x": [], "spec": {"unschedulable": True}}, content_type=STRATEGIC)
     assert out["spec"]["unschedulable"] is True and "$setElementOrder/x" not in out
     with pytest.raises(ApiError) as ei:
         s.patch("nodes", "n1", {"metadata": {"resourceVersion": "1"}, "spec": {}})
@@ -165,13 +171,23 @@ def test_patch_types_and_precondition() -> None:
 
 
 def test_merge_and_json_patch_units() -> None:
-    assert merge_patch({"a": {"b": 1, "c": 2}, "l": [1]}, {"a": {"b": None, "d": 3}, "l": [2]}) == \
-        {"a": {"c": 2, "d": 3}, "l": [2]}
+    assert merge_patch({"a": {"b": 1, "c": 2}, "l": [1]}, {"a": {"b": None, "d": 3}, "l": [2]}) == {
+        "a": {"c": 2, "d": 3},
+        "l": [2],
+    }
     doc = {"a": [1, 2, 3], "b": {"c": 1}}
-    out = apply_patch(doc, [{"op": "remove", "path": "/a/0"}, {"op": "add", "path": "/a/-", "value": 4},
-                            {"op": "replace", "path": "/b/c", "value": 2}, {"op": "test", "path": "/b/c", "value": 2},
-                            {"op": "copy", "from": "/b", "path": "/d"}, {"op": "move", "from": "/d/c", "path": "/e"}],
-                      JSON_PATCH)
+    out = apply_patch(
+        doc,
+        [
+            {"op": "remove", "path": "/a/0"},
+            {"op": "add", "path": "/a/-", "value": 4},
+            {"op": "replace", "path": "/b/c", "value": 2},
+            {"op": "test", "path": "/b/c", "value": 2},
+            {"op": "copy", "from": "/b", "path": "/d"},
+            {"op": "move", "from": "/d/c", "path": "/e"},
+        ],
+        JSON_PATCH,
+    )
     assert out == {"a": [2, 3, 4], "b": {"c": 2}, "d": {}, "e": 2}
     assert doc == {"a": [1, 2, 3], "b": {"c": 1}}  # input untouched
     with pytest.raises(ApiError):
@@ -205,11 +221,25 @@ def test_delete_and_finalizers() -> None:
 def test_label_selector_parsing_and_matching() -> None:
     L = {"app": "web", "tier": "fe", "n": "5"}
     cases = {
-        "": True, "app": True, "!app": False, "!missing": True, "app=web": True, "app==web": True,
-        "app!=web": False, "app!=db": True, "missing!=x": True, "app in (web, db)": True,
-        "app notin (web)": False, "tier notin (be)": True, "missing in (a)": False,
-        "app=web,tier=fe": True, "app=web,tier=be": False, "n>4": True, "n<5": False,
-        "example.com/role": False, "app in (db,)": False,
+        "": True,
+        "app": True,
+        "!app": False,
+        "!missing": True,
+        "app=web": True,
+        "app==web": True,
+        "app!=web": False,
+        "app!=db": True,
+        "missing!=x": True,
+        "app in (web, db)": True,
+        "app notin (web)": False,
+        "tier notin (be)": True,
+        "missing in (a)": False,
+        "app=web,tier=fe": True,
+        "app=web,tier=be": False,
+        "n>4": True,
+        "n<5": False,
+        "example.com/role": False,
+        "app in (db,)": False,
     }
     for sel, want in cases.items():
         assert parse_label_selector(sel).matches(L) is want, sel
@@ -337,8 +367,12 @@ def test_watch_initial_replay_and_too_old() -> None:
     s.patch("pods", "b", {"metadata": {"labels": {"x": "1"}}}, namespace="default")
     s.delete("pods", "a", namespace="default")
     evs = _lines(w_all)
-    assert [(e["type"], e["object"]["metadata"]["name"]) for e in evs] == \
-        [("ADDED", "a"), ("ADDED", "b"), ("MODIFIED", "b"), ("DELETED", "a")]
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in evs] == [
+        ("ADDED", "a"),
+        ("ADDED", "b"),
+        ("MODIFIED", "b"),
+        ("DELETED", "a"),
+    ]
     assert [e["type"] for e in _lines(w_from)] == ["ADDED", "MODIFIED", "DELETED"]
     # a late watcher from rv replays retained events
     assert [e["type"] for e in _lines(s.watch("pods", resource_version=str(rv)))] == ["ADDED", "MODIFIED", "DELETED"]
@@ -360,17 +394,21 @@ def test_watch_selectors_and_transitions() -> None:
     w_node = s.watch("pods", resource_version=start, field_selector="spec.nodeName=n1")
     w_ns = s.watch("pods", "other", resource_version=start)
     s.create("pods", pod("p", node="n1", labels={"app": "db"}))
-    s.patch("pods", "p", {"metadata": {"labels": {"app": "web"}}}, namespace="default")   # starts matching
-    s.patch("pods", "p", {"spec": {"nodeName": "n2"}}, namespace="default")             # leaves n1
-    s.patch("pods", "p", {"metadata": {"labels": {"app": "db"}}}, namespace="default")   # stops matching
+    s.patch("pods", "p", {"metadata": {"labels": {"app": "web"}}}, namespace="default")  # starts matching
+    s.patch("pods", "p", {"spec": {"nodeName": "n2"}}, namespace="default")  # leaves n1
+    s.patch("pods", "p", {"metadata": {"labels": {"app": "db"}}}, namespace="default")  # stops matching
     s.create("pods", pod("q", ns="other", node="n1"))
     lbl = _lines(w_lbl)
     assert [e["type"] for e in lbl] == ["ADDED", "MODIFIED", "DELETED"]
     # the synthetic DELETED carries the old object at the new revision
     assert lbl[-1]["object"]["metadata"]["labels"]["app"] == "web"
     assert int(lbl[-1]["object"]["metadata"]["resourceVersion"]) == s.rv - 1
-    assert [(e["type"], e["object"]["metadata"]["name"]) for e in _lines(w_node)] == \
-        [("ADDED", "p"), ("MODIFIED", "p"), ("DELETED", "p"), ("ADDED", "q")]
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in _lines(w_node)] == [
+        ("ADDED", "p"),
+        ("MODIFIED", "p"),
+        ("DELETED", "p"),
+        ("ADDED", "q"),
+    ]
     assert [e["object"]["metadata"]["name"] for e in _lines(w_ns)] == ["q"]
 
 
@@ -427,21 +465,27 @@ def test_parse_path_routes() -> None:
     r = parse_path(s, "/apis/networking.k8s.io/v1/networkpolicies")
     assert (r.rt.key, r.namespace) == ("networkpolicies.networking.k8s.io", None)
     assert parse_path(s, "/api/v1/watch/namespaces/x/pods").legacy_watch
-    for bad in ("/api/v1/pods/p1", "/api/v1/nodes/n/status/x", "/apis/nope/v1/x", "/api/v1/namespaces/x/ippools",
-                f"/apis/{CALICO}/v1/ippools/x/status", "/foo"):
+    for bad in (
+        "/api/v1/pods/p1",
+        "/api/v1/nodes/n/status/x",
+        "/apis/nope/v1/x",
+        "/api/v1/namespaces/x/ippools",
+        f"/apis/{CALICO}/v1/ippools/x/status",
+        "/foo",
+    ):
         with pytest.raises(ApiError) as ei:
             parse_path(s, bad)
         assert ei.value.code == 404, bad
 
 
-_ops = st.lists(st.tuples(st.sampled_from(["create", "update", "delete"]), st.integers(0, 14)),
-                min_size=1, max_size=40)
+_ops = st.lists(st.tuples(st.sampled_from(["create", "update", "delete"]), st.integers(0, 14)), min_size=1, max_size=40)
 
 
 @settings(max_examples=60, deadline=None)
 @given(before=_ops, during=_ops, limit=st.integers(1, 6))
-def test_pagination_matches_reference_snapshot(before: list[tuple[str, int]],
-                                               during: list[tuple[str, int]], limit: int) -> None:
+def test_pagination_matches_reference_snapshot(
+    before: list[tuple[str, int]], during: list[tuple[str, int]], limit: int
+) -> None:
     """Property: paging through a list while writes happen yields exactly the state at
     the first page's resourceVersion (a reference dict tracks the state)."""
     s = Store(seed_namespaces=(), window_size=1000)
@@ -452,7 +496,9 @@ def test_pagination_matches_reference_snapshot(before: list[tuple[str, int]],
         if op == "create" and name not in ref:
             ref[name] = s.create("nodes", make_node(name, "10.0.0.1"))["metadata"]["resourceVersion"]
         elif op == "update" and name in ref:
-            ref[name] = s.patch("nodes", name, {"metadata": {"labels": {"v": str(s.rv)}}})["metadata"]["resourceVersion"]
+            ref[name] = s.patch("nodes", name, {"metadata": {"labels": {"v": str(s.rv)}}})["metadata"][
+                "resourceVersion"
+            ]
         elif op == "delete" and name in ref:
             s.delete("nodes", name)
             del ref[name]
@@ -477,7 +523,8 @@ def test_pagination_matches_reference_snapshot(before: list[tuple[str, int]],
 @settings(max_examples=60, deadline=None)
 @given(before=_ops, after=_ops, label=st.sampled_from([None, "v", "!v"]))
 def test_exact_list_plus_watch_replay_equals_current_state(
-        before: list[tuple[str, int]], after: list[tuple[str, int]], label: str | None) -> None:
+    before: list[tuple[str, int]], after: list[tuple[str, int]], label: str | None
+) -> None:
     """Property (the informer contract): list at RV X (Exact), then apply a watch from X,
     gives exactly what a fresh list returns now, also under a label selector whose
     matches change as objects are updated."""
@@ -499,8 +546,10 @@ def test_exact_list_plus_watch_replay_equals_current_state(
     x = str(s.rv)
     for op, i in after:
         apply(op, i)
-    state = {o.name: o.rv for o in s.list("nodes", resource_version=x, resource_version_match="Exact",
-                                          label_selector=label).items}
+    state = {
+        o.name: o.rv
+        for o in s.list("nodes", resource_version=x, resource_version_match="Exact", label_selector=label).items
+    }
     for e in _lines(s.watch("nodes", resource_version=x, label_selector=label)):
         name, rv = e["object"]["metadata"]["name"], int(e["object"]["metadata"]["resourceVersion"])
         assert rv > int(x)
@@ -519,8 +568,7 @@ def test_exact_list_plus_watch_replay_equals_current_state(
 
 @pytest.fixture
 async def server():
-    h = await start_apiserver(token=TOKEN, bookmark_interval=0.2, window_size=1000,
-                              too_large_rv_wait=0.3)
+    h = await start_apiserver(token=TOKEN, bookmark_interval=0.2, window_size=1000, too_large_rv_wait=0.3)
     try:
         yield h
     finally:
@@ -543,18 +591,19 @@ async def api(server, tmp_path):
         await c.close()
 
 
-async def raw_request(h: Any, method: str, path: str, token: str | None = TOKEN,
-                      **kw: Any) -> tuple[int, Any]:
+async def raw_request(h: Any, method: str, path: str, token: str | None = TOKEN, **kw: Any) -> tuple[int, Any]:
     headers = kw.pop("headers", {})
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
-    async with aiohttp.ClientSession() as sess:
-        async with sess.request(method, h.url + path, ssl=h.client_ssl_context(), headers=headers, **kw) as r:
-            body = await r.read()
-            try:
-                return r.status, json.loads(body)
-            except ValueError:
-                return r.status, body
+    async with (
+        aiohttp.ClientSession() as sess,
+        sess.request(method, h.url + path, ssl=h.client_ssl_context(), headers=headers, **kw) as r,
+    ):
+        body = await r.read()
+        try:
+            return r.status, json.loads(body)
+        except ValueError:
+            return r.status, body
 
 
 async def test_kubeconfig_and_discovery(server, api, tmp_path) -> None:
@@ -596,8 +645,9 @@ async def test_list_and_crud_with_status_bodies(server, api) -> None:
     # strategic-merge patch (the client's default for dict bodies) and status subresource
     patched = await v1.patch_namespaced_pod("web-1", "default", {"metadata": {"labels": {"v": "4"}}})
     assert patched.metadata.labels == {"v": "4"}
-    st_ = await v1.patch_namespaced_pod_status("web-1", "default",
-                                               {"status": {"phase": "Running", "podIP": "10.1.2.3"}})
+    st_ = await v1.patch_namespaced_pod_status(
+        "web-1", "default", {"status": {"phase": "Running", "podIP": "10.1.2.3"}}
+    )
     assert st_.status.pod_ip == "10.1.2.3"
     st_.status.phase = "Succeeded"
     st2 = await v1.replace_namespaced_pod_status("web-1", "default", st_)
@@ -624,33 +674,49 @@ async def test_list_and_crud_with_status_bodies(server, api) -> None:
 
 async def test_calico_custom_objects(server, api) -> None:
     co = client.CustomObjectsApi(api)
-    gnp = make_calico_object("GlobalNetworkPolicy", "default.allow-dns",
-                             {"order": 10, "selector": "all()"})
+    gnp = make_calico_object("GlobalNetworkPolicy", "default.allow-dns", {"order": 10, "selector": "all()"})
     out = await co.create_cluster_custom_object(CALICO, "v1", "globalnetworkpolicies", gnp)
     assert out["metadata"]["generation"] == 1
     np_ = make_calico_object("NetworkPolicy", "np1", {"selector": "app == 'x'"}, namespace="default")
     await co.create_namespaced_custom_object(CALICO, "v1", "default", "networkpolicies", np_)
-    await co.create_cluster_custom_object(CALICO, "v1", "ippools",
-                                          make_calico_object("IPPool", "pool", {"cidr": "10.0.0.0/16"}))
-    for plural, kind in (("felixconfigurations", "FelixConfiguration"), ("clusterinformations", "ClusterInformation"),
-                         ("bgpconfigurations", "BGPConfiguration"), ("hostendpoints", "HostEndpoint"),
-                         ("ipamblocks", "IPAMBlock"), ("blockaffinities", "BlockAffinity"),
-                         ("bgppeers", "BGPPeer"), ("globalnetworksets", "GlobalNetworkSet")):
+    await co.create_cluster_custom_object(
+        CALICO, "v1", "ippools", make_calico_object("IPPool", "pool", {"cidr": "10.0.0.0/16"})
+    )
+    for plural, kind in (
+        ("felixconfigurations", "FelixConfiguration"),
+        ("clusterinformations", "ClusterInformation"),
+        ("bgpconfigurations", "BGPConfiguration"),
+        ("hostendpoints", "HostEndpoint"),
+        ("ipamblocks", "IPAMBlock"),
+        ("blockaffinities", "BlockAffinity"),
+        ("bgppeers", "BGPPeer"),
+        ("globalnetworksets", "GlobalNetworkSet"),
+    ):
         await co.create_cluster_custom_object(CALICO, "v1", plural, make_calico_object(kind, "default", {}))
-    await co.create_namespaced_custom_object(CALICO, "v1", "default", "networksets",
-                                             make_calico_object("NetworkSet", "ns1", {}, namespace="default"))
+    await co.create_namespaced_custom_object(
+        CALICO, "v1", "default", "networksets", make_calico_object("NetworkSet", "ns1", {}, namespace="default")
+    )
     lst = await co.list_cluster_custom_object(CALICO, "v1", "globalnetworkpolicies")
-    assert lst["kind"] == "GlobalNetworkPolicyList" and [i["metadata"]["name"] for i in lst["items"]] == ["default.allow-dns"]
+    assert lst["kind"] == "GlobalNetworkPolicyList" and [i["metadata"]["name"] for i in lst["items"]] == [
+        "default.allow-dns"
+    ]
     all_np = await co.list_cluster_custom_object(CALICO, "v1", "networkpolicies")  # all namespaces
     assert [i["metadata"]["name"] for i in all_np["items"]] == ["np1"]
     # CustomObjectsApi sends dict patches as application/json-patch+json unless told otherwise,
     # which a real apiserver rejects; the emulator is equally strict.
     with pytest.raises(ApiException) as ei:
-        await co.patch_cluster_custom_object(CALICO, "v1", "globalnetworkpolicies", "default.allow-dns",
-                                             {"spec": {"order": 20}})
+        await co.patch_cluster_custom_object(
+            CALICO, "v1", "globalnetworkpolicies", "default.allow-dns", {"spec": {"order": 20}}
+        )
     assert ei.value.status == 400
-    out = await co.patch_cluster_custom_object(CALICO, "v1", "globalnetworkpolicies", "default.allow-dns",
-                                               {"spec": {"order": 20}}, _content_type="application/merge-patch+json")
+    out = await co.patch_cluster_custom_object(
+        CALICO,
+        "v1",
+        "globalnetworkpolicies",
+        "default.allow-dns",
+        {"spec": {"order": 20}},
+        _content_type="application/merge-patch+json",
+    )
     assert out["spec"]["order"] == 20 and out["metadata"]["generation"] == 2
     out["spec"]["order"] = 30
     out2 = await co.replace_cluster_custom_object(CALICO, "v1", "globalnetworkpolicies", "default.allow-dns", out)
@@ -665,15 +731,19 @@ async def test_calico_custom_objects(server, api) -> None:
     rv = str(server.store.rv)
     await co.delete_cluster_custom_object(CALICO, "v1", "globalnetworkpolicies", "default.allow-dns")
     async with watch.Watch() as w:
-        async for ev in w.stream(co.list_cluster_custom_object, CALICO, "v1", "globalnetworkpolicies",
-                                 resource_version=rv, timeout_seconds=5):
+        async for ev in w.stream(
+            co.list_cluster_custom_object, CALICO, "v1", "globalnetworkpolicies", resource_version=rv, timeout_seconds=5
+        ):
             assert ev["type"] == "DELETED" and ev["object"]["metadata"]["name"] == "default.allow-dns"
             break
     with pytest.raises(ApiException) as ei:
         await co.get_cluster_custom_object(CALICO, "v1", "globalnetworkpolicies", "default.allow-dns")
     body = json.loads(ei.value.body)
-    assert ei.value.status == 404 and body["details"] == {"name": "default.allow-dns", "group": CALICO,
-                                                          "kind": "globalnetworkpolicies"}
+    assert ei.value.status == 404 and body["details"] == {
+        "name": "default.allow-dns",
+        "group": CALICO,
+        "kind": "globalnetworkpolicies",
+    }
 
 
 async def test_pagination_consistent_across_concurrent_writes(server, api) -> None:
@@ -727,8 +797,7 @@ async def test_watch_from_rv_bookmarks_and_in_process_writes(server, api) -> Non
     types: list[str] = []
     bookmark_rvs: list[int] = []
     async with watch.Watch() as w:
-        async for ev in w.stream(v1.list_node, resource_version=rv, allow_watch_bookmarks=True,
-                                 timeout_seconds=10):
+        async for ev in w.stream(v1.list_node, resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=10):
             types.append(ev["type"])
             if ev["type"] == "BOOKMARK":
                 bookmark_rvs.append(int(ev["raw_object"]["metadata"]["resourceVersion"]))
@@ -760,9 +829,18 @@ async def test_watch_too_old_rv_gets_410_error_event(server, api) -> None:
     # raw wire format: HTTP 200 + one ERROR event whose object is a Status, then EOF
     status, body = await raw_request(server, "GET", f"/api/v1/nodes?watch=1&resourceVersion={old}")
     assert status == 200
-    assert body == {"type": "ERROR", "object": {
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": f"too old resource version: {old} ({server.store.rv})", "reason": "Expired", "code": 410}}
+    assert body == {
+        "type": "ERROR",
+        "object": {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": f"too old resource version: {old} ({server.store.rv})",
+            "reason": "Expired",
+            "code": 410,
+        },
+    }
     assert server.stats.resource("nodes").watches_expired == 2
 
 
@@ -807,9 +885,15 @@ async def test_auth_401_and_403(server, api, tmp_path) -> None:
         with pytest.raises(ApiException) as ei:
             await client.CoreV1Api(bad).list_node()
     body = json.loads(ei.value.body)
-    assert ei.value.status == 401 and body == {"kind": "Status", "apiVersion": "v1", "metadata": {},
-                                               "status": "Failure", "message": "Unauthorized",
-                                               "reason": "Unauthorized", "code": 401}
+    assert ei.value.status == 401 and body == {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": "Unauthorized",
+        "reason": "Unauthorized",
+        "code": 401,
+    }
     status, _ = await raw_request(server, "GET", "/api/v1/nodes", token=None)
     assert status == 401
     status, _ = await raw_request(server, "GET", "/emulator/stats", token=None)
@@ -822,7 +906,9 @@ async def test_auth_401_and_403(server, api, tmp_path) -> None:
         await v1.list_node()
     body = json.loads(ei.value.body)
     assert ei.value.status == 403 and body["reason"] == "Forbidden"
-    assert body["message"].startswith('nodes is forbidden: User "') and "cannot list resource \"nodes\"" in body["message"]
+    assert (
+        body["message"].startswith('nodes is forbidden: User "') and 'cannot list resource "nodes"' in body["message"]
+    )
     await v1.create_node(make_node("n1", "10.0.0.1"))  # other verbs still allowed
     with pytest.raises(ApiException) as ei:
         await client.CustomObjectsApi(api).list_cluster_custom_object(CALICO, "v1", "globalnetworkpolicies")
@@ -841,8 +927,11 @@ async def test_label_and_field_selectors_over_http(server, api) -> None:
     names = lambda lst: sorted(p.metadata.name for p in lst.items)  # noqa: E731
     assert names(await v1.list_pod_for_all_namespaces(field_selector="spec.nodeName=n1")) == ["a", "c"]
     assert names(await v1.list_pod_for_all_namespaces(label_selector="app=web")) == ["a", "b"]
-    assert names(await v1.list_pod_for_all_namespaces(label_selector="app in (db)",
-                                                      field_selector="metadata.namespace=kube-system")) == ["c"]
+    assert names(
+        await v1.list_pod_for_all_namespaces(
+            label_selector="app in (db)", field_selector="metadata.namespace=kube-system"
+        )
+    ) == ["c"]
     assert names(await v1.list_namespaced_pod("default", field_selector="metadata.name=b")) == ["b"]
     with pytest.raises(ApiException) as ei:
         await v1.list_pod_for_all_namespaces(field_selector="spec.bogus=1")
@@ -854,9 +943,14 @@ async def test_label_and_field_selectors_over_http(server, api) -> None:
     dv1 = client.DiscoveryV1Api(api)
     for svc, n in (("svc-a", 2), ("svc-b", 1)):
         for i in range(n):
-            await dv1.create_namespaced_endpoint_slice("default", {
-                "metadata": {"name": f"{svc}-{i}", "labels": {"kubernetes.io/service-name": svc}},
-                "addressType": "IPv4", "endpoints": [{"addresses": [f"10.0.0.{i + 1}"]}]})
+            await dv1.create_namespaced_endpoint_slice(
+                "default",
+                {
+                    "metadata": {"name": f"{svc}-{i}", "labels": {"kubernetes.io/service-name": svc}},
+                    "addressType": "IPv4",
+                    "endpoints": [{"addresses": [f"10.0.0.{i + 1}"]}],
+                },
+            )
     es = await dv1.list_namespaced_endpoint_slice("default", label_selector="kubernetes.io/service-name=svc-a")
     assert sorted(e.metadata.name for e in es.items) == ["svc-a-0", "svc-a-1"]
     # a watch filtered by nodeName sees a pod move away as DELETED (events replayed from rv)
@@ -866,9 +960,10 @@ async def test_label_and_field_selectors_over_http(server, api) -> None:
     store.patch("pods", "a", {"spec": {"nodeName": "n9"}}, namespace="default")
     seen: list[str] = []
     async with watch.Watch() as w:
-        async for ev in w.stream(v1.list_pod_for_all_namespaces, field_selector="spec.nodeName=n1",
-                                 resource_version=rv, timeout_seconds=10):
-            seen.append(f'{ev["type"]}:{ev["object"].metadata.name}')
+        async for ev in w.stream(
+            v1.list_pod_for_all_namespaces, field_selector="spec.nodeName=n1", resource_version=rv, timeout_seconds=10
+        ):
+            seen.append(f"{ev['type']}:{ev['object'].metadata.name}")
             if ev["type"] == "DELETED":
                 break
     assert seen == ["MODIFIED:a", "DELETED:a"]
@@ -918,16 +1013,20 @@ async def test_slow_watcher_is_closed(tmp_path) -> None:
     h = await start_apiserver(token=TOKEN, max_watch_queue=5)
     try:
         rv = str(h.store.rv)
-        async with aiohttp.ClientSession() as sess:
-            async with sess.get(f"{h.url}/api/v1/nodes?watch=true&resourceVersion={rv}",
-                                ssl=h.client_ssl_context(),
-                                headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
-                assert resp.status == 200
-                await wait_until(lambda: h.stats.resource("nodes").open_watches == 1)
-                # a burst larger than the queue, with no chance for the writer to drain
-                for i in range(20):
-                    h.store.create("nodes", make_node(f"n{i}", "10.0.0.1"))
-                body = await asyncio.wait_for(resp.read(), 5)  # the server ends the stream
+        async with (
+            aiohttp.ClientSession() as sess,
+            sess.get(
+                f"{h.url}/api/v1/nodes?watch=true&resourceVersion={rv}",
+                ssl=h.client_ssl_context(),
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            ) as resp,
+        ):
+            assert resp.status == 200
+            await wait_until(lambda: h.stats.resource("nodes").open_watches == 1)
+            # a burst larger than the queue, with no chance for the writer to drain
+            for i in range(20):
+                h.store.create("nodes", make_node(f"n{i}", "10.0.0.1"))
+            body = await asyncio.wait_for(resp.read(), 5)  # the server ends the stream
         assert body == b""
         assert h.stats.resource("nodes").watches_closed_slow == 1
         await wait_until(lambda: h.stats.resource("nodes").open_watches == 0)
@@ -936,11 +1035,16 @@ async def test_slow_watcher_is_closed(tmp_path) -> None:
 
 
 async def test_client_disconnect_releases_idle_watch(server) -> None:
-    async with aiohttp.ClientSession() as sess:
-        async with sess.get(f"{server.url}/api/v1/pods?watch=1", ssl=server.client_ssl_context(),
-                            headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
-            assert resp.status == 200
-            await wait_until(lambda: server.stats.resource("pods").open_watches == 1)
+    async with (
+        aiohttp.ClientSession() as sess,
+        sess.get(
+            f"{server.url}/api/v1/pods?watch=1",
+            ssl=server.client_ssl_context(),
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ) as resp,
+    ):
+        assert resp.status == 200
+        await wait_until(lambda: server.stats.resource("pods").open_watches == 1)
     # nothing is ever written to this watch; the server must still notice the hang-up
     await wait_until(lambda: server.stats.resource("pods").open_watches == 0, what="watch released")
     assert not server.store.watchers("pods")
@@ -975,31 +1079,51 @@ async def test_too_large_rv_waits_then_504(server, api) -> None:
         server.store.create("nodes", make_node("n1", "10.0.0.1"))
 
     t = asyncio.create_task(later())
-    status, body = await raw_request(server, "GET", f"/api/v1/nodes?resourceVersion={future}&resourceVersionMatch=NotOlderThan")
+    status, body = await raw_request(
+        server, "GET", f"/api/v1/nodes?resourceVersion={future}&resourceVersionMatch=NotOlderThan"
+    )
     await t
     assert status == 200 and [i["metadata"]["name"] for i in body["items"]] == ["n1"]
 
 
 async def test_streaming_list_send_initial_events(server) -> None:
     server.store.create("nodes", make_node("n1", "10.0.0.1"))
-    async with aiohttp.ClientSession() as sess:
-        async with sess.get(f"{server.url}/api/v1/nodes?watch=1&sendInitialEvents=true&allowWatchBookmarks=true"
-                            "&resourceVersionMatch=NotOlderThan&timeoutSeconds=5",
-                            ssl=server.client_ssl_context(), headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
-            first = json.loads(await resp.content.readline())
-            second = json.loads(await resp.content.readline())
+    async with (
+        aiohttp.ClientSession() as sess,
+        sess.get(
+            f"{server.url}/api/v1/nodes?watch=1&sendInitialEvents=true&allowWatchBookmarks=true"
+            "&resourceVersionMatch=NotOlderThan&timeoutSeconds=5",
+            ssl=server.client_ssl_context(),
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ) as resp,
+    ):
+        first = json.loads(await resp.content.readline())
+        second = json.loads(await resp.content.readline())
     assert first["type"] == "ADDED" and second["type"] == "BOOKMARK"
     assert second["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"] == "true"
-    status, body = await raw_request(server, "GET", "/api/v1/nodes?watch=1&sendInitialEvents=true")
+    status, _body = await raw_request(server, "GET", "/api/v1/nodes?watch=1&sendInitialEvents=true")
     assert status == 422
 
 
 async def test_main_entry_point(tmp_path) -> None:
     kc = tmp_path / "kc"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "loadtest.apiserver", "--port", "0", "--kubeconfig-out", str(kc),
-        "--token", "cli-token", "--seed-nodes", "3", "--seed-pods", "10",
-        stdout=asyncio.subprocess.PIPE, cwd=str(Path(__file__).resolve().parents[1]))
+        sys.executable,
+        "-m",
+        "loadtest.apiserver",
+        "--port",
+        "0",
+        "--kubeconfig-out",
+        str(kc),
+        "--token",
+        "cli-token",
+        "--seed-nodes",
+        "3",
+        "--seed-pods",
+        "10",
+        stdout=asyncio.subprocess.PIPE,
+        cwd=str(Path(__file__).resolve().parents[1]),
+    )
     try:
         line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().strip()
         assert line.startswith("https://127.0.0.1:")
@@ -1033,22 +1157,28 @@ async def test_scale_150k_pods_5k_nodes_and_fanout(tmp_path) -> None:
     try:
         store = h.store
         store.bulk_load("nodes", (make_node(f"node-{i:04d}", "10.0.0.1") for i in range(5000)), emit_events=False)
-        store.bulk_load("pods", ({"metadata": {"name": f"pod-{i:06d}", "namespace": f"ns-{i % 50}",
-                                               "labels": {"app": f"a{i % 10}"}},
-                                  "spec": {"nodeName": f"node-{i % 5000:04d}"},
-                                  "status": {"phase": "Running", "podIP": f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}"}}
-                                 for i in range(150_000)), emit_events=False)
+        store.bulk_load(
+            "pods",
+            (
+                {
+                    "metadata": {"name": f"pod-{i:06d}", "namespace": f"ns-{i % 50}", "labels": {"app": f"a{i % 10}"}},
+                    "spec": {"nodeName": f"node-{i % 5000:04d}"},
+                    "status": {"phase": "Running", "podIP": f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}"},
+                }
+                for i in range(150_000)
+            ),
+            emit_events=False,
+        )
         assert store.count("pods") == 150_000 and store.count("nodes") == 5000
         async with await _api_client(h, tmp_path / "kc") as api:
             v1 = client.CoreV1Api(api)
             total, token, snap = 0, None, None
             while True:
-                page = await v1.list_pod_for_all_namespaces(limit=25_000, _continue=token,
-                                                            _preload_content=False)
+                page = await v1.list_pod_for_all_namespaces(limit=25_000, _continue=token, _preload_content=False)
                 raw = await page.read()
                 # decode only the list metadata (the head before "items"); decoding 150k
                 # items client-side would dominate the test's run time
-                head = orjson.loads(raw[:raw.index(b',"items":[')] + b"}")
+                head = orjson.loads(raw[: raw.index(b',"items":[')] + b"}")
                 snap = snap or head["metadata"]["resourceVersion"]
                 assert head["metadata"]["resourceVersion"] == snap
                 total += raw.count(b'"kind":"Pod"')
@@ -1060,9 +1190,16 @@ async def test_scale_150k_pods_5k_nodes_and_fanout(tmp_path) -> None:
         rv = str(store.rv)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as sess:
             hdrs = {"Authorization": f"Bearer {TOKEN}"}
-            resps = await asyncio.gather(*(
-                sess.get(f"{h.url}/api/v1/nodes?watch=1&resourceVersion={rv}&timeoutSeconds=20",
-                         ssl=h.client_ssl_context(), headers=hdrs) for _ in range(n_watchers)))
+            resps = await asyncio.gather(
+                *(
+                    sess.get(
+                        f"{h.url}/api/v1/nodes?watch=1&resourceVersion={rv}&timeoutSeconds=20",
+                        ssl=h.client_ssl_context(),
+                        headers=hdrs,
+                    )
+                    for _ in range(n_watchers)
+                )
+            )
             await wait_until(lambda: h.stats.resource("nodes").open_watches == n_watchers, 10)
             store.patch("nodes", "node-0001", {"metadata": {"labels": {"fanout": "1"}}})
             lines = await asyncio.gather(*(r.content.readline() for r in resps))

@@ -186,8 +186,13 @@ def test_kustomization_applies_both_manifests_with_the_same_image() -> None:
     kust = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
     assert kust["kind"] == "Kustomization"
     assert sorted(kust["resources"]) == sorted(MANIFESTS)
-    images = {c["image"].split(":")[0] for f in MANIFESTS for d in documents(f)
-              if d["kind"] in ("Deployment", "DaemonSet") for c in d["spec"]["template"]["spec"]["containers"]}
+    images = {
+        c["image"].split(":")[0]
+        for f in MANIFESTS
+        for d in documents(f)
+        if d["kind"] in ("Deployment", "DaemonSet")
+        for c in d["spec"]["template"]["spec"]["containers"]
+    }
     assert {i["name"] for i in kust["images"]} == images == {"pytypha"}
 
 
@@ -200,8 +205,10 @@ def test_manifest_images_are_the_project_version_and_run_its_commands() -> None:
     version, scripts = project["version"], project["scripts"]
     kust = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
     assert {i.get("newTag") for i in kust["images"]} == {version}
-    for filename, kind, name, cname in (("typha.yaml", "Deployment", "pytypha", "typha"),
-                                        ("felix.yaml", "DaemonSet", "pyfelix", "felix")):
+    for filename, kind, name, cname in (
+        ("typha.yaml", "Deployment", "pytypha", "typha"),
+        ("felix.yaml", "DaemonSet", "pyfelix", "felix"),
+    ):
         c = container(one(filename, kind, name), cname)
         assert c["image"] == f"pytypha:{version}", f"{name}: image tag should be the project version {version}"
         # `args`, not `command`, so the image's tini + entrypoint (which raises the open-files limit) stay.
@@ -219,8 +226,11 @@ def test_dockerfile_copies_every_package_and_the_ignore_file_lets_them_through()
     packages = {p.rstrip("*") for p in _pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]}
     assert packages <= copied, f"the image must copy every package: missing {packages - copied}"
     assert {"pyproject.toml", "README.md", "deploy/entrypoint.sh"} <= copied
-    allowed = {line[1:].rstrip("/") for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
-               if line.startswith("!")}
+    allowed = {
+        line[1:].rstrip("/")
+        for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
     assert copied <= allowed, f"Dockerfile.dockerignore excludes what the Dockerfile copies: {copied - allowed}"
     assert re.search(r'^ENTRYPOINT \["/usr/bin/tini", "--", "/usr/local/bin/pytypha-entrypoint"\]$', dockerfile, re.M)
     assert re.search(r"^USER 10001:10001$", dockerfile, re.M)
@@ -422,7 +432,10 @@ def test_felix_daemonset_runs_on_every_node_with_the_host_network() -> None:
     assert mounts["/lib/modules"]["readOnly"] is True
     assert volumes[mounts["/lib/modules"]["name"]]["hostPath"]["path"] == "/lib/modules"
     assert not mounts["/run/xtables.lock"].get("readOnly", False)
-    assert volumes[mounts["/run/xtables.lock"]["name"]]["hostPath"] == {"path": "/run/xtables.lock", "type": "FileOrCreate"}
+    assert volumes[mounts["/run/xtables.lock"]["name"]]["hostPath"] == {
+        "path": "/run/xtables.lock",
+        "type": "FileOrCreate",
+    }
 
 
 def test_felix_finds_typha_through_the_service() -> None:
@@ -457,7 +470,9 @@ def test_felix_rbac_is_only_reading_typha_endpointslices() -> None:
     binding = one("felix.yaml", "RoleBinding", "pyfelix")
     assert binding["metadata"]["namespace"] == namespace
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pyfelix"}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": felix_daemonset()["metadata"]["namespace"]}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa, "namespace": felix_daemonset()["metadata"]["namespace"]}
+    ]
     one("felix.yaml", "ServiceAccount", sa)
 
 
@@ -488,7 +503,9 @@ def test_felix_env_vars_are_known_settings(felix_config: Any) -> None:
     _, known = _felix_settings(felix_config)
     c = felix_container()
     for name in felix_env():
-        assert name in known, f"{name} is not a felix setting (known: {', '.join(sorted(known))}): align deploy/felix.yaml"
+        assert name in known, (
+            f"{name} is not a felix setting (known: {', '.join(sorted(known))}): align deploy/felix.yaml"
+        )
         if field_ref(c, name):
             assert known[name].type is str, f"{name} comes from the downward API but is not a string setting"
 

@@ -29,16 +29,21 @@ def netns() -> object:
         kernel_skip("needs root for a network namespace")
     name = f"ptagent{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
-    for cmd in (["ip", "link", "add", "under0", "type", "veth", "peer", "name", "under1"],
-                ["ip", "addr", "add", "198.18.0.1/16", "dev", "under0"],
-                ["ip", "link", "set", "under1", "up"], ["ip", "link", "set", "under0", "up"]):
+    for cmd in (
+        ["ip", "link", "add", "under0", "type", "veth", "peer", "name", "under1"],
+        ["ip", "addr", "add", "198.18.0.1/16", "dev", "under0"],
+        ["ip", "link", "set", "under1", "up"],
+        ["ip", "link", "set", "under0", "up"],
+    ):
         subprocess.run(["ip", "netns", "exec", name, *cmd], check=True)
     yield name
     subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def kernel_routes(ns: str) -> str:
-    return subprocess.run(["ip", "-n", ns, "route", "show", "proto", str(RTPROT_FELIX)], capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["ip", "-n", ns, "route", "show", "proto", str(RTPROT_FELIX)], capture_output=True, text=True
+    ).stdout
 
 
 @pytest.fixture
@@ -47,13 +52,33 @@ async def typha() -> AsyncIterator[tuple[SnapCache, Ingestor, SyncServer]]:
     server = SyncServer({SYNCER_FELIX: cache}, ServerConfig(host="127.0.0.1", port=0))
     await server.start()
     ing = Ingestor({SYNCER_FELIX: cache})
-    ing.handle([
-        (ADDED, "ippools", make_calico_object("IPPool", "p", {"cidr": "10.200.0.0/16", "ipipMode": "Never", "vxlanMode": "Never"})),
-        (ADDED, "nodes", make_node("me", "198.18.0.1")),
-        (ADDED, "nodes", make_node("other", "198.18.0.2")),
-        (ADDED, "blockaffinities", make_calico_object("BlockAffinity", "a", {"node": "other", "cidr": "10.200.1.0/26", "state": "confirmed"})),
-        (ADDED, "ipamblocks", make_calico_object("IPAMBlock", "10-200-1-0-26", {"cidr": "10.200.1.0/26", "affinity": "host:other", "allocations": [], "attributes": []})),
-    ])
+    ing.handle(
+        [
+            (
+                ADDED,
+                "ippools",
+                make_calico_object("IPPool", "p", {"cidr": "10.200.0.0/16", "ipipMode": "Never", "vxlanMode": "Never"}),
+            ),
+            (ADDED, "nodes", make_node("me", "198.18.0.1")),
+            (ADDED, "nodes", make_node("other", "198.18.0.2")),
+            (
+                ADDED,
+                "blockaffinities",
+                make_calico_object(
+                    "BlockAffinity", "a", {"node": "other", "cidr": "10.200.1.0/26", "state": "confirmed"}
+                ),
+            ),
+            (
+                ADDED,
+                "ipamblocks",
+                make_calico_object(
+                    "IPAMBlock",
+                    "10-200-1-0-26",
+                    {"cidr": "10.200.1.0/26", "affinity": "host:other", "allocations": [], "attributes": []},
+                ),
+            ),
+        ]
+    )
     # Typha was in sync once and has since lost its API server: it serves its last good state,
     # marked wait-for-datastore. Felix must calculate from it but program nothing until in-sync.
     cache.set_status(SyncStatus.IN_SYNC)
@@ -64,7 +89,7 @@ async def typha() -> AsyncIterator[tuple[SnapCache, Ingestor, SyncServer]]:
 
 @pytest.mark.kernel
 async def test_nothing_programmed_before_in_sync_then_ready(netns: str, typha: tuple) -> None:
-    cache, ing, server = typha
+    cache, _ing, server = typha
     routes = RouteManager(netns, resync_interval=60)
     agent = FelixAgent("me", [("127.0.0.1", server.port)], routes=routes, netns=netns)
     task = asyncio.create_task(agent.run())
@@ -72,6 +97,7 @@ async def test_nothing_programmed_before_in_sync_then_ready(netns: str, typha: t
     mrun, mport = await start_site(metrics_app(agent.metrics.registry), "127.0.0.1", 0)
     try:
         async with aiohttp.ClientSession() as http:
+
             async def get(port: int, path: str) -> tuple[int, str]:
                 async with http.get(f"http://127.0.0.1:{port}{path}") as r:
                     return r.status, await r.text()
@@ -87,8 +113,14 @@ async def test_nothing_programmed_before_in_sync_then_ready(netns: str, typha: t
             await wait_for(lambda: agent.ready, 5, "ready")
             assert (await get(hport, "/readiness"))[0] == 200
             _, text = await get(mport, "/metrics")
-            for fam in ("felix_routes_programmed", "felix_route_apply_seconds", "felix_route_resyncs_total",
-                        "felix_route_drift_repaired_total", "felix_typha_connected", "felix_updates_total"):
+            for fam in (
+                "felix_routes_programmed",
+                "felix_route_apply_seconds",
+                "felix_route_resyncs_total",
+                "felix_route_drift_repaired_total",
+                "felix_typha_connected",
+                "felix_updates_total",
+            ):
                 assert fam in text, fam
             assert "felix_typha_connected 1.0" in text
             assert "felix_routes_programmed 1.0" in text

@@ -6,6 +6,7 @@ tests also prove that felix parses exactly what typha sends.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import orjson
@@ -26,29 +27,56 @@ def j(v: object) -> bytes:
     return orjson.dumps(v, option=orjson.OPT_SORT_KEYS)
 
 
-def pool(cidr: str, ipip: str = "Never", vxlan: str = "Never", disabled: bool = False,
-         block_size: int | None = None) -> tuple[str, bytes]:
+def pool(
+    cidr: str, ipip: str = "Never", vxlan: str = "Never", disabled: bool = False, block_size: int | None = None
+) -> tuple[str, bytes]:
     v6 = ":" in cidr
-    return K.ip_pool_key(cidr), j({"cidr": cidr, "ipipMode": ipip, "vxlanMode": vxlan, "natOutgoing": True,
-                                   "disabled": disabled, "disableBGPExport": False,
-                                   "blockSize": block_size or (122 if v6 else 26)})
+    return K.ip_pool_key(cidr), j(
+        {
+            "cidr": cidr,
+            "ipipMode": ipip,
+            "vxlanMode": vxlan,
+            "natOutgoing": True,
+            "disabled": disabled,
+            "disableBGPExport": False,
+            "blockSize": block_size or (122 if v6 else 26),
+        }
+    )
 
 
-def node(name: str, ip: str | None = None, ipip: str | None = None, vtep: str | None = None,
-         mac: str | None = None, ip6: str | None = None, vtep6: str | None = None,
-         mac6: str | None = None) -> tuple[str, bytes]:
+def node(
+    name: str,
+    ip: str | None = None,
+    ipip: str | None = None,
+    vtep: str | None = None,
+    mac: str | None = None,
+    ip6: str | None = None,
+    vtep6: str | None = None,
+    mac6: str | None = None,
+) -> tuple[str, bytes]:
     v: dict = {"name": name, "labels": {"kubernetes.io/hostname": name}}
-    for field, x in (("ipv4Address", ip), ("ipv4IPIPTunnelAddr", ipip), ("ipv4VXLANTunnelAddr", vtep),
-                     ("vxlanTunnelMACAddr", mac), ("ipv6Address", ip6), ("ipv6VXLANTunnelAddr", vtep6),
-                     ("vxlanTunnelMACAddrV6", mac6)):
+    for field, x in (
+        ("ipv4Address", ip),
+        ("ipv4IPIPTunnelAddr", ipip),
+        ("ipv4VXLANTunnelAddr", vtep),
+        ("vxlanTunnelMACAddr", mac),
+        ("ipv6Address", ip6),
+        ("ipv6VXLANTunnelAddr", vtep6),
+        ("vxlanTunnelMACAddrV6", mac6),
+    ):
         if x is not None:
             v[field] = x
     return K.node_key(name), j(v)
 
 
 def block(cidr: str, owner: str | None, borrowed: Sequence[tuple[int, str]] = ()) -> tuple[str, bytes]:
-    return K.ipam_block_key(cidr), j({"cidr": cidr, "affinity": f"host:{owner}" if owner else None,
-                                      "borrowed": [[o, n, f"h-{n}-{o}"] for o, n in borrowed]})
+    return K.ipam_block_key(cidr), j(
+        {
+            "cidr": cidr,
+            "affinity": f"host:{owner}" if owner else None,
+            "borrowed": [[o, n, f"h-{n}-{o}"] for o, n in borrowed],
+        }
+    )
 
 
 def affinity(name: str, cidr: str, state: str = "confirmed") -> tuple[str, bytes]:
@@ -57,10 +85,19 @@ def affinity(name: str, cidr: str, state: str = "confirmed") -> tuple[str, bytes
 
 def wep(name: str, pod: str, ips: list[str], ns: str = "shop") -> tuple[str, bytes]:
     nets = [ip + ("/128" if ":" in ip else "/32") for ip in ips]
-    return K.workload_key(name, ns, pod), j({
-        "name": interface_name(ns, pod), "node": name, "orchestrator": "k8s", "workload": f"{ns}/{pod}",
-        "endpoint": "eth0", "ipNetworks": nets, "profiles": [f"kns.{ns}"],
-        "labels": {"projectcalico.org/namespace": ns}, "mac": "ee:ee:ee:ee:ee:01"})
+    return K.workload_key(name, ns, pod), j(
+        {
+            "name": interface_name(ns, pod),
+            "node": name,
+            "orchestrator": "k8s",
+            "workload": f"{ns}/{pod}",
+            "endpoint": "eth0",
+            "ipNetworks": nets,
+            "profiles": [f"kns.{ns}"],
+            "labels": {"projectcalico.org/namespace": ns},
+            "mac": "ee:ee:ee:ee:ee:01",
+        }
+    )
 
 
 def delete(kv: tuple[str, bytes]) -> tuple[str, None]:
@@ -77,7 +114,7 @@ BASE = [
     pool("10.64.0.0/16"),
     node(ME, "192.168.1.1/24"),
     node("node-b", "192.168.1.2/24"),
-    node("node-c", "192.168.2.3/24"),   # another subnet
+    node("node-c", "192.168.2.3/24"),  # another subnet
 ]
 
 
@@ -110,23 +147,31 @@ def test_model_parses_typha_keys_and_ignores_others() -> None:
     assert n.ipv4_ip == "192.168.1.2" and str(n.ipv4_subnet) == "192.168.1.0/24" and n.ipip_tunnel_addr == "10.64.0.1"
     assert parse_kv(*pool("fd00::/48", vxlan="always")).record.vxlan_mode == "Always"
     # Keys route calculation does not read.
-    for k in (K.profile_key("kns.shop"), K.policy_key("p"), K.host_endpoint_key(ME, "eth0"),
-              K.felix_configuration_key("default"), "/calico/whatever"):
+    for k in (
+        K.profile_key("kns.shop"),
+        K.policy_key("p"),
+        K.host_endpoint_key(ME, "eth0"),
+        K.felix_configuration_key("default"),
+        "/calico/whatever",
+    ):
         assert parse_kv(k, b"{}") is None
     assert parse_kv(key, None) == ("workload", key, None)
 
 
-@pytest.mark.parametrize("kv", [
-    (wep(ME, "p", ["10.0.0.1"])[0], b"{not json"),
-    (wep(ME, "p", ["10.0.0.1"])[0], b"[1, 2]"),
-    (wep(ME, "p", ["10.0.0.1"])[0], j({"name": "../../etc", "ipNetworks": ["10.0.0.1/32"]})),
-    (wep(ME, "p", ["10.0.0.1"])[0], j({"name": "cali1", "ipNetworks": ["10.0.0.300/32"]})),
-    (block("10.64.0.0/26", "x")[0], j({"cidr": "10.64.0.64/26", "affinity": None, "borrowed": []})),
-    (block("10.64.0.0/26", "x")[0], j({"cidr": "10.64.0.0/26", "affinity": None, "borrowed": [[64, "n", "h"]]})),
-    (pool("10.64.0.0/16")[0], j({"cidr": "10.64.0.0/16", "ipipMode": "Sometimes"})),
-    (node("n")[0], j({"name": "n", "ipv4Address": "not-an-ip/24"})),
-    (node("n")[0], j({"name": "n", "vxlanTunnelMACAddr": "zz:00"})),
-])
+@pytest.mark.parametrize(
+    "kv",
+    [
+        (wep(ME, "p", ["10.0.0.1"])[0], b"{not json"),
+        (wep(ME, "p", ["10.0.0.1"])[0], b"[1, 2]"),
+        (wep(ME, "p", ["10.0.0.1"])[0], j({"name": "../../etc", "ipNetworks": ["10.0.0.1/32"]})),
+        (wep(ME, "p", ["10.0.0.1"])[0], j({"name": "cali1", "ipNetworks": ["10.0.0.300/32"]})),
+        (block("10.64.0.0/26", "x")[0], j({"cidr": "10.64.0.64/26", "affinity": None, "borrowed": []})),
+        (block("10.64.0.0/26", "x")[0], j({"cidr": "10.64.0.0/26", "affinity": None, "borrowed": [[64, "n", "h"]]})),
+        (pool("10.64.0.0/16")[0], j({"cidr": "10.64.0.0/16", "ipipMode": "Sometimes"})),
+        (node("n")[0], j({"name": "n", "ipv4Address": "not-an-ip/24"})),
+        (node("n")[0], j({"name": "n", "vxlanTunnelMACAddr": "zz:00"})),
+    ],
+)
 def test_model_rejects_malformed_values(kv: tuple[str, bytes]) -> None:
     with pytest.raises(MalformedUpdate) as exc:
         parse_kv(*kv)
@@ -167,8 +212,12 @@ def test_remote_block_native_ipip_vxlan() -> None:
     assert calc(*BASE, *blocks).desired() == {"10.64.0.64/26": native("10.64.0.64/26", "192.168.1.2")}
     c = calc(*BASE, *blocks, pool("10.64.0.0/16", ipip="Always"))
     assert c.desired() == {"10.64.0.64/26": ipip("10.64.0.64/26", "192.168.1.2")}
-    c = calc(*BASE, *blocks, pool("10.64.0.0/16", vxlan="Always"),
-             node("node-b", "192.168.1.2/24", vtep="10.64.0.65", mac="66:00:00:00:00:0b"))
+    c = calc(
+        *BASE,
+        *blocks,
+        pool("10.64.0.0/16", vxlan="Always"),
+        node("node-b", "192.168.1.2/24", vtep="10.64.0.65", mac="66:00:00:00:00:0b"),
+    )
     assert c.desired() == {"10.64.0.64/26": vxlan("10.64.0.64/26", "10.64.0.65")}
     assert c.desired_neighbors() == {"10.64.0.65": Neighbor("66:00:00:00:00:0b", "192.168.1.2")}
 
@@ -176,10 +225,14 @@ def test_remote_block_native_ipip_vxlan() -> None:
 @pytest.mark.parametrize("mode_field", ["ipip", "vxlan"])
 def test_cross_subnet_encapsulates_only_across_subnets(mode_field: str) -> None:
     kw = {mode_field: "CrossSubnet"}
-    c = calc(*BASE, pool("10.64.0.0/16", **kw),
-             node("node-b", "192.168.1.2/24", vtep="10.64.0.65", mac="66:00:00:00:00:0b"),
-             node("node-c", "192.168.2.3/24", vtep="10.64.0.129", mac="66:00:00:00:00:0c"),
-             block("10.64.0.64/26", "node-b"), block("10.64.0.128/26", "node-c"))
+    c = calc(
+        *BASE,
+        pool("10.64.0.0/16", **kw),
+        node("node-b", "192.168.1.2/24", vtep="10.64.0.65", mac="66:00:00:00:00:0b"),
+        node("node-c", "192.168.2.3/24", vtep="10.64.0.129", mac="66:00:00:00:00:0c"),
+        block("10.64.0.64/26", "node-b"),
+        block("10.64.0.128/26", "node-c"),
+    )
     d = c.desired()
     assert d["10.64.0.64/26"] == native("10.64.0.64/26", "192.168.1.2")  # same /24 as us
     expect = ipip("10.64.0.128/26", "192.168.2.3") if mode_field == "ipip" else vxlan("10.64.0.128/26", "10.64.0.129")
@@ -187,8 +240,11 @@ def test_cross_subnet_encapsulates_only_across_subnets(mode_field: str) -> None:
 
 
 def test_cross_subnet_uses_our_prefix_and_follows_our_address() -> None:
-    kvs = [pool("10.64.0.0/16", ipip="CrossSubnet"), node("node-c", "192.168.2.3/24"),
-           block("10.64.0.128/26", "node-c")]
+    kvs = [
+        pool("10.64.0.0/16", ipip="CrossSubnet"),
+        node("node-c", "192.168.2.3/24"),
+        block("10.64.0.128/26", "node-c"),
+    ]
     c = RouteCalculator(ME)
     c.apply(kvs)
     # Our own address unknown: encapsulate (works across subnets as well).
@@ -202,22 +258,38 @@ def test_cross_subnet_uses_our_prefix_and_follows_our_address() -> None:
 
 
 def test_mtu_per_encapsulation() -> None:
-    kvs = [*BASE, block("10.64.0.64/26", "node-b"),
-           node("node-b", "192.168.1.2/24", vtep="10.64.0.65", mac="66:00:00:00:00:0b",
-                ip6="fd00:1::2/64", vtep6="fd00:64::65", mac6="66:00:00:00:01:0b"),
-           pool("fd00:64::/48", vxlan="Always"), block("fd00:64::/122", "node-b")]
+    kvs = [
+        *BASE,
+        block("10.64.0.64/26", "node-b"),
+        node(
+            "node-b",
+            "192.168.1.2/24",
+            vtep="10.64.0.65",
+            mac="66:00:00:00:00:0b",
+            ip6="fd00:1::2/64",
+            vtep6="fd00:64::65",
+            mac6="66:00:00:00:01:0b",
+        ),
+        pool("fd00:64::/48", vxlan="Always"),
+        block("fd00:64::/122", "node-b"),
+    ]
     assert calc(*kvs, mtu=9000).desired()["10.64.0.64/26"].mtu is None  # native: no MTU set
     assert calc(*kvs, pool("10.64.0.0/16", ipip="Always"), mtu=9000).desired()["10.64.0.64/26"].mtu == 8980
     c = calc(*kvs, pool("10.64.0.0/16", vxlan="Always"), mtu=9000)
     assert c.desired()["10.64.0.64/26"].mtu == 8950
-    assert c.desired()["fd00:64::/122"] == Route("fd00:64::/122", dev="vxlan-v6.calico", gateway="fd00:64::65",
-                                                  onlink=True, mtu=8930, encap="vxlan")
+    assert c.desired()["fd00:64::/122"] == Route(
+        "fd00:64::/122", dev="vxlan-v6.calico", gateway="fd00:64::65", onlink=True, mtu=8930, encap="vxlan"
+    )
     assert c.desired_neighbors()["fd00:64::65"] == Neighbor("66:00:00:00:01:0b", "fd00:1::2")
 
 
 def test_ipv6_remote_block_native() -> None:
-    c = calc(*BASE, pool("fd00:64::/48"), node("node-b", "192.168.1.2/24", ip6="fd00:1::2/64"),
-             block("fd00:64::40/122", "node-b"))
+    c = calc(
+        *BASE,
+        pool("fd00:64::/48"),
+        node("node-b", "192.168.1.2/24", ip6="fd00:1::2/64"),
+        block("fd00:64::40/122", "node-b"),
+    )
     assert c.desired() == {"fd00:64::40/122": native("fd00:64::40/122", "fd00:1::2")}
 
 
@@ -231,19 +303,33 @@ def _ipam_block_obj(cidr: str, affinity: str | None, owners: dict[int, str]) -> 
     for ordinal, n in sorted(owners.items()):
         allocations[ordinal] = len(attributes)
         attributes.append({"handle_id": f"k8s-pod-network.{ordinal}", "secondary": {"node": n, "pod": f"p{ordinal}"}})
-    return {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPAMBlock",
-            "metadata": {"name": cidr.replace(".", "-").replace("/", "-"), "resourceVersion": "1"},
-            "spec": {"cidr": cidr, "affinity": affinity, "allocations": allocations, "attributes": attributes,
-                     "unallocated": [], "strictAffinity": False}}
+    return {
+        "apiVersion": "crd.projectcalico.org/v1",
+        "kind": "IPAMBlock",
+        "metadata": {"name": cidr.replace(".", "-").replace("/", "-"), "resourceVersion": "1"},
+        "spec": {
+            "cidr": cidr,
+            "affinity": affinity,
+            "allocations": allocations,
+            "attributes": attributes,
+            "unallocated": [],
+            "strictAffinity": False,
+        },
+    }
 
 
 def test_borrowed_address_seed_000_scenario() -> None:
     # node-a's block is full of its own pods except .7, which node-c (new, no free block) borrowed.
-    owners = {i: ME for i in range(64)}
+    owners = dict.fromkeys(range(64), ME)
     owners[7] = "node-c"
     [(bkey, bval)] = project("ipamblocks", _ipam_block_obj("10.64.0.0/26", f"host:{ME}", owners))
-    kvs = [*BASE, (bkey, j(bval)), block("10.64.0.64/26", "node-b"),
-           wep(ME, "a-pod", ["10.64.0.3"]), wep("node-c", "c-pod", ["10.64.0.7"])]
+    kvs = [
+        *BASE,
+        (bkey, j(bval)),
+        block("10.64.0.64/26", "node-b"),
+        wep(ME, "a-pod", ["10.64.0.3"]),
+        wep("node-c", "c-pod", ["10.64.0.7"]),
+    ]
     on_a, on_b, on_c = (calc(*kvs, me=n).desired() for n in (ME, "node-b", "node-c"))
     # The owner blackholes its block but routes the borrowed /32 to the node that hosts it.
     assert on_a["10.64.0.0/26"].type == "blackhole"
@@ -265,8 +351,12 @@ def test_borrowed_from_block_list_alone_and_from_endpoint_alone() -> None:
     c = calc(*BASE, block("10.64.0.0/26", ME), wep("node-b", "x", ["10.64.0.10"]))
     assert c.desired()["10.64.0.10/32"] == native("10.64.0.10/32", "192.168.1.2")
     # Borrowed from a third node's block, seen by us: /32 via the borrower, encapsulated per pool.
-    c = calc(*BASE, pool("10.64.0.0/16", ipip="CrossSubnet"), block("10.64.0.128/26", "node-c"),
-             wep("node-b", "x", ["10.64.0.130"]))
+    c = calc(
+        *BASE,
+        pool("10.64.0.0/16", ipip="CrossSubnet"),
+        block("10.64.0.128/26", "node-c"),
+        wep("node-b", "x", ["10.64.0.130"]),
+    )
     assert c.desired()["10.64.0.130/32"] == native("10.64.0.130/32", "192.168.1.2")
     assert c.desired()["10.64.0.128/26"] == ipip("10.64.0.128/26", "192.168.2.3")
 
@@ -341,12 +431,18 @@ def test_block_affinity_resource_stands_in_only_without_a_block() -> None:
 
 
 def test_node_address_changes_and_removal() -> None:
-    c = calc(*BASE, block("10.64.0.64/26", "node-b"), block("10.64.0.128/26", "node-c"),
-             block("10.64.1.0/26", ME, [(5, "node-b")]))
+    c = calc(
+        *BASE,
+        block("10.64.0.64/26", "node-b"),
+        block("10.64.0.128/26", "node-c"),
+        block("10.64.1.0/26", ME, [(5, "node-b")]),
+    )
     before = c.recomputed
     d = c.apply([node("node-b", "192.168.1.22/24")])
-    assert d.routes == {"10.64.0.64/26": native("10.64.0.64/26", "192.168.1.22"),
-                        "10.64.1.5/32": native("10.64.1.5/32", "192.168.1.22")}
+    assert d.routes == {
+        "10.64.0.64/26": native("10.64.0.64/26", "192.168.1.22"),
+        "10.64.1.5/32": native("10.64.1.5/32", "192.168.1.22"),
+    }
     assert c.recomputed - before == 2  # only node-b's routes were looked at
     d = c.apply([delete(node("node-b"))])
     assert d.removed == {"10.64.0.64/26", "10.64.1.5/32"}
@@ -358,19 +454,34 @@ def test_node_address_changes_and_removal() -> None:
 
 
 def test_pool_mode_switch_updates_every_affected_route() -> None:
-    kvs = [*BASE, pool("10.80.0.0/16"), block("10.64.0.64/26", "node-b"), block("10.64.0.128/26", "node-c"),
-           block("10.64.1.0/26", ME, [(5, "node-b")]), block("10.80.0.0/26", "node-b"),
-           wep(ME, "web", ["10.64.1.9"])]
+    kvs = [
+        *BASE,
+        pool("10.80.0.0/16"),
+        block("10.64.0.64/26", "node-b"),
+        block("10.64.0.128/26", "node-c"),
+        block("10.64.1.0/26", ME, [(5, "node-b")]),
+        block("10.80.0.0/26", "node-b"),
+        wep(ME, "web", ["10.64.1.9"]),
+    ]
     c = calc(*kvs)
     d = c.apply([pool("10.64.0.0/16", ipip="Always")])
-    assert d.routes == {"10.64.0.64/26": ipip("10.64.0.64/26", "192.168.1.2"),
-                        "10.64.0.128/26": ipip("10.64.0.128/26", "192.168.2.3"),
-                        "10.64.1.5/32": ipip("10.64.1.5/32", "192.168.1.2")}  # other pool and local untouched
-    c.apply([node("node-b", "192.168.1.2/24", vtep="10.64.0.65", mac="66:00:00:00:00:0b"),
-             node("node-c", "192.168.2.3/24", vtep="10.64.0.129", mac="66:00:00:00:00:0c")])
+    assert d.routes == {
+        "10.64.0.64/26": ipip("10.64.0.64/26", "192.168.1.2"),
+        "10.64.0.128/26": ipip("10.64.0.128/26", "192.168.2.3"),
+        "10.64.1.5/32": ipip("10.64.1.5/32", "192.168.1.2"),
+    }  # other pool and local untouched
+    c.apply(
+        [
+            node("node-b", "192.168.1.2/24", vtep="10.64.0.65", mac="66:00:00:00:00:0b"),
+            node("node-c", "192.168.2.3/24", vtep="10.64.0.129", mac="66:00:00:00:00:0c"),
+        ]
+    )
     d = c.apply([pool("10.64.0.0/16", vxlan="Always")])
     assert {dst: r.encap for dst, r in d.routes.items()} == {
-        "10.64.0.64/26": "vxlan", "10.64.0.128/26": "vxlan", "10.64.1.5/32": "vxlan"}
+        "10.64.0.64/26": "vxlan",
+        "10.64.0.128/26": "vxlan",
+        "10.64.1.5/32": "vxlan",
+    }
     d = c.apply([pool("10.64.0.0/16")])
     assert d.routes["10.64.0.128/26"] == native("10.64.0.128/26", "192.168.2.3")
 
@@ -396,8 +507,10 @@ def test_vxlan_needs_the_vtep() -> None:
 
 
 def test_neighbors_follow_nodes_and_exclude_ourselves() -> None:
-    c = calc(node(ME, "192.168.1.1/24", vtep="10.64.0.1", mac="66:00:00:00:00:0a"),
-             node("node-b", "192.168.1.2/24", vtep="10.64.0.65", mac="66:00:00:00:00:0b"))
+    c = calc(
+        node(ME, "192.168.1.1/24", vtep="10.64.0.1", mac="66:00:00:00:00:0a"),
+        node("node-b", "192.168.1.2/24", vtep="10.64.0.65", mac="66:00:00:00:00:0b"),
+    )
     assert c.desired_neighbors() == {"10.64.0.65": Neighbor("66:00:00:00:00:0b", "192.168.1.2")}
     d = c.apply([node("node-b", "192.168.1.2/24", vtep="10.64.0.65", mac="66:00:00:00:00:bb")])
     assert d.neighbors == {"10.64.0.65": Neighbor("66:00:00:00:00:bb", "192.168.1.2")}
@@ -467,35 +580,52 @@ VTEPS = [None, "10.64.3.1", "10.64.3.2", "fd00:64::1"]
 MACS = [None, "66:00:00:00:00:01", "66:00:00:00:00:02"]
 POOLS = ["10.64.0.0/22", "10.64.0.0/24", "10.80.0.0/16", "fd00:64::/48"]
 MODES = ["Never", "Always", "CrossSubnet"]
-BLOCKS = ["10.64.0.0/26", "10.64.0.64/26", "10.64.1.0/26", "10.80.0.0/26", "10.64.0.0/24", "fd00:64::/122",
-          "10.64.0.7/32"]
+BLOCKS = [
+    "10.64.0.0/26",
+    "10.64.0.64/26",
+    "10.64.1.0/26",
+    "10.80.0.0/26",
+    "10.64.0.0/24",
+    "fd00:64::/122",
+    "10.64.0.7/32",
+]
 IPS = ["10.64.0.1", "10.64.0.2", "10.64.0.7", "10.64.0.65", "10.64.1.1", "10.80.0.1", "10.99.0.1", "fd00:64::3"]
 
 
 def _node_kv(name: str) -> st.SearchStrategy[tuple[str, bytes]]:
     return st.builds(
-        lambda a, v, m, a6: node(name, a, vtep=v if v and ":" not in v else None, mac=m,
-                                 ip6=a6, vtep6=v if v and ":" in v else None, mac6=m),
-        st.sampled_from(ADDRS), st.sampled_from(VTEPS), st.sampled_from(MACS),
-        st.sampled_from([None, "fd00:1::1/64", "fd00:2::1/64"]))
+        lambda a, v, m, a6: node(
+            name, a, vtep=v if v and ":" not in v else None, mac=m, ip6=a6, vtep6=v if v and ":" in v else None, mac6=m
+        ),
+        st.sampled_from(ADDRS),
+        st.sampled_from(VTEPS),
+        st.sampled_from(MACS),
+        st.sampled_from([None, "fd00:1::1/64", "fd00:2::1/64"]),
+    )
 
 
 def _pool_kv(cidr: str) -> st.SearchStrategy[tuple[str, bytes]]:
-    return st.builds(lambda i, v, dis: pool(cidr, ipip=i if ":" not in cidr else "Never", vxlan=v, disabled=dis),
-                     st.sampled_from(MODES), st.sampled_from(MODES), st.booleans())
+    return st.builds(
+        lambda i, v, dis: pool(cidr, ipip=i if ":" not in cidr else "Never", vxlan=v, disabled=dis),
+        st.sampled_from(MODES),
+        st.sampled_from(MODES),
+        st.booleans(),
+    )
 
 
 def _block_kv(cidr: str) -> st.SearchStrategy[tuple[str, bytes]]:
     size = parse_net(cidr).size()
-    return st.builds(lambda o, bor: block(cidr, o, [(x, n) for x, n in bor if x < size]),
-                     st.sampled_from(NODES + [None]),
-                     st.lists(st.tuples(st.integers(0, 8), st.sampled_from(NODES)), max_size=3,
-                              unique_by=lambda t: t[0]))
+    return st.builds(
+        lambda o, bor: block(cidr, o, [(x, n) for x, n in bor if x < size]),
+        st.sampled_from([*NODES, None]),
+        st.lists(st.tuples(st.integers(0, 8), st.sampled_from(NODES)), max_size=3, unique_by=lambda t: t[0]),
+    )
 
 
 def _aff_kv(name: str, cidr: str) -> st.SearchStrategy[tuple[str, bytes]]:
-    return st.builds(lambda state: affinity(name, cidr, state),
-                     st.sampled_from(["confirmed", "pending", "pendingDeletion"]))
+    return st.builds(
+        lambda state: affinity(name, cidr, state), st.sampled_from(["confirmed", "pending", "pendingDeletion"])
+    )
 
 
 def _wep_kv(name: str, pod: str) -> st.SearchStrategy[tuple[str, bytes]]:
@@ -507,9 +637,13 @@ def _change(kv: st.SearchStrategy[tuple[str, bytes]]) -> st.SearchStrategy[tuple
     return st.one_of(kv, kv.map(lambda x: (x[0], None)), kv.map(lambda x: (x[0], b"{broken")))
 
 
-KEY_STRATEGIES = ([_node_kv(n) for n in NODES] + [_pool_kv(p) for p in POOLS] + [_block_kv(b) for b in BLOCKS]
-                  + [_aff_kv(n, b) for n in NODES[:2] for b in BLOCKS[:3]]
-                  + [_wep_kv(n, p) for n in NODES for p in ("p1", "p2")])
+KEY_STRATEGIES = (
+    [_node_kv(n) for n in NODES]
+    + [_pool_kv(p) for p in POOLS]
+    + [_block_kv(b) for b in BLOCKS]
+    + [_aff_kv(n, b) for n in NODES[:2] for b in BLOCKS[:3]]
+    + [_wep_kv(n, p) for n in NODES for p in ("p1", "p2")]
+)
 
 
 @st.composite
@@ -528,7 +662,7 @@ def test_incremental_equals_fresh(ops: list[tuple[str, bytes | None]], cuts: lis
     routes: dict[str, Route] = {}
     neighbors: dict[str, Neighbor] = {}
     bounds = sorted({0, len(ops), *(c for c in cuts if c <= len(ops))})
-    for lo, hi in zip(bounds, bounds[1:]):
+    for lo, hi in itertools.pairwise(bounds):
         d = inc.apply(ops[lo:hi])
         # Deltas alone must rebuild desired(): that is all the route manager ever sees.
         assert not (set(d.routes) & d.removed)

@@ -94,7 +94,15 @@ class Cluster:
     def add_block(self, node: str, cidr: str) -> None:
         name = cidr.replace("/", "-")
         self.apply(
-            (ADDED, "blockaffinities", make_calico_object("BlockAffinity", f"{node}-{name}", {"node": node, "cidr": cidr, "state": "confirmed", "deleted": "false"})),
+            (
+                ADDED,
+                "blockaffinities",
+                make_calico_object(
+                    "BlockAffinity",
+                    f"{node}-{name}",
+                    {"node": node, "cidr": cidr, "state": "confirmed", "deleted": "false"},
+                ),
+            ),
             (ADDED, "ipamblocks", self._block(cidr, node, {})),
         )
 
@@ -105,7 +113,13 @@ class Cluster:
         for ordinal, node in borrowed.items():
             allocations[ordinal] = len(attributes)
             attributes.append({"handle_id": f"h-{ordinal}", "secondary": {"node": node}})
-        spec = {"cidr": cidr, "affinity": f"host:{owner}", "allocations": allocations, "attributes": attributes, "unallocated": []}
+        spec = {
+            "cidr": cidr,
+            "affinity": f"host:{owner}",
+            "allocations": allocations,
+            "attributes": attributes,
+            "unallocated": [],
+        }
         return make_calico_object("IPAMBlock", cidr.replace("/", "-"), spec)
 
     def borrow(self, cidr: str, owner: str, ip: str, node: str) -> None:
@@ -116,7 +130,23 @@ class Cluster:
         node_ns, pod_ns = self.node_ns(node), self.pod_ns(name)
         iface = iface_for("default", name)
         sh("ip", "netns", "add", pod_ns)
-        sh("ip", "netns", "exec", node_ns, "ip", "link", "add", iface, "type", "veth", "peer", "name", "eth0", "netns", pod_ns)
+        sh(
+            "ip",
+            "netns",
+            "exec",
+            node_ns,
+            "ip",
+            "link",
+            "add",
+            iface,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            pod_ns,
+        )
         sh("ip", "netns", "exec", node_ns, "ip", "link", "set", iface, "up")
         for cmd in (
             ["ip", "addr", "add", f"{ip}/32", "dev", "eth0"],
@@ -135,12 +165,20 @@ class Cluster:
         sh("ip", "netns", "del", pod_ns, check=False)  # takes the veth pair with it
 
     def start_felix(self, node: str) -> None:
-        env = {**os.environ, "FELIX_NODENAME": node, "FELIX_TYPHA_ADDRESSES": f"{BRIDGE_IP}:{self.server.port}",
-               "FELIX_HEALTH_PORT": "0", "FELIX_METRICS_PORT": "0", "FELIX_ROUTE_REFRESH_INTERVAL": "1",
-               "FELIX_LOG_LEVEL": "INFO"}
+        env = {
+            **os.environ,
+            "FELIX_NODENAME": node,
+            "FELIX_TYPHA_ADDRESSES": f"{BRIDGE_IP}:{self.server.port}",
+            "FELIX_HEALTH_PORT": "0",
+            "FELIX_METRICS_PORT": "0",
+            "FELIX_ROUTE_REFRESH_INTERVAL": "1",
+            "FELIX_LOG_LEVEL": "INFO",
+        }
         self.felix[node] = subprocess.Popen(
-            ["ip", "netns", "exec", self.node_ns(node), sys.executable, "-m", "felix"], env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            ["ip", "netns", "exec", self.node_ns(node), sys.executable, "-m", "felix"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
 
     def routes(self, node: str) -> str:
@@ -199,8 +237,16 @@ async def cluster() -> AsyncIterator[Cluster]:
     await server.start()
     ingestor = Ingestor({SYNCER_FELIX: cache})
     c = Cluster(tag, ingestor, server)
-    c.apply((ADDED, "namespaces", make_namespace("default")),
-            (ADDED, "ippools", make_calico_object("IPPool", "default-pool", {"cidr": POOL, "ipipMode": "Never", "vxlanMode": "Never", "blockSize": 26})))
+    c.apply(
+        (ADDED, "namespaces", make_namespace("default")),
+        (
+            ADDED,
+            "ippools",
+            make_calico_object(
+                "IPPool", "default-pool", {"cidr": POOL, "ipipMode": "Never", "vxlanMode": "Never", "blockSize": 26}
+            ),
+        ),
+    )
     try:
         yield c
     finally:
@@ -255,7 +301,9 @@ async def test_borrowed_address_is_reachable_from_every_node(cluster: Cluster) -
     # node3 borrows an address from node1's block (seed 000): node1's blackhole must not eat it.
     cluster.add_pod("borrower", "node3", "198.19.1.40")
     cluster.borrow("198.19.1.0/26", "node1", "198.19.1.40", "node3")
-    await wait_for(lambda: "198.19.1.40 via 198.18.0.3" in cluster.routes("node1"), 15, "borrowed /32 on the block owner")
+    await wait_for(
+        lambda: "198.19.1.40 via 198.18.0.3" in cluster.routes("node1"), 15, "borrowed /32 on the block owner"
+    )
     srv = listen(cluster.pod_ns("borrower"), 9090)
     try:
         for src in ("a1", "b2", "c3"):
@@ -269,7 +317,9 @@ async def test_drift_repaired_and_foreign_routes_left_alone(cluster: Cluster) ->
     ns = cluster.node_ns("node1")
     sh("ip", "netns", "exec", ns, "ip", "route", "add", "203.0.113.0/24", "via", BRIDGE_IP, "proto", "static")
     sh("ip", "netns", "exec", ns, "ip", "route", "del", "198.19.2.0/26")
-    await wait_for(lambda: "198.19.2.0/26 via 198.18.0.2" in cluster.routes("node1"), 10, "deleted route repaired by resync")
+    await wait_for(
+        lambda: "198.19.2.0/26 via 198.18.0.2" in cluster.routes("node1"), 10, "deleted route repaired by resync"
+    )
     assert "203.0.113.0/24" in sh("ip", "netns", "exec", ns, "ip", "route", "show", "proto", "static").stdout
     srv = listen(cluster.pod_ns("b2"), 7070)
     try:
@@ -284,8 +334,14 @@ async def test_moving_a_pod_moves_its_route(cluster: Cluster) -> None:
     cluster.remove_pod("b2")
     cluster.add_pod("b2-moved", "node1", "198.19.2.2")
     cluster.borrow("198.19.2.0/26", "node2", "198.19.2.2", "node1")
-    await wait_for(lambda: "198.19.2.2 via 198.18.0.1" in cluster.routes("node3"), 15, "node3 to route the moved pod via node1")
-    await wait_for(lambda: "198.19.2.2 dev " + iface_for("default", "b2-moved") in cluster.routes("node1"), 15, "local route on node1")
+    await wait_for(
+        lambda: "198.19.2.2 via 198.18.0.1" in cluster.routes("node3"), 15, "node3 to route the moved pod via node1"
+    )
+    await wait_for(
+        lambda: "198.19.2.2 dev " + iface_for("default", "b2-moved") in cluster.routes("node1"),
+        15,
+        "local route on node1",
+    )
     srv = listen(cluster.pod_ns("b2-moved"), 6060)
     try:
         await eventually_connects(cluster.pod_ns("c3"), "198.19.2.2", 6060)

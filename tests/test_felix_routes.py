@@ -133,8 +133,13 @@ def kv_wep(node: str, pod: str, ip4: str) -> tuple[str, bytes]:
 
 
 def cluster(mode: str = "Never") -> list[tuple[str, bytes]]:
-    return [kv_pool("10.64.0.0/16", ipip=mode), kv_node(ME, "192.168.50.1/24"),
-            kv_node("node-b", "192.168.50.2/24"), kv_block("10.64.0.0/26", ME), kv_block("10.64.0.64/26", "node-b")]
+    return [
+        kv_pool("10.64.0.0/16", ipip=mode),
+        kv_node(ME, "192.168.50.1/24"),
+        kv_node("node-b", "192.168.50.2/24"),
+        kv_block("10.64.0.0/26", ME),
+        kv_block("10.64.0.64/26", "node-b"),
+    ]
 
 
 # --- routes -----------------------------------------------------------------------------------------------
@@ -170,7 +175,7 @@ def test_calculated_routes_in_the_kernel(ns: str, mgr: RouteManager) -> None:
 
 def test_foreign_routes_are_left_alone(ns: str, mgr: RouteManager) -> None:
     ip(ns, "route", "add", "10.64.0.0/16", "via", "192.168.50.9", "proto", "static")
-    ip(ns, "route", "add", "10.64.0.9/32", "via", "192.168.50.9", "proto", "static")   # inside our blackhole
+    ip(ns, "route", "add", "10.64.0.9/32", "via", "192.168.50.9", "proto", "static")  # inside our blackhole
     ip(ns, "route", "add", "10.64.0.64/26", "via", "192.168.50.9", "proto", "static")  # exactly one of ours
     foreign_before = {d: r for d, r in kernel_routes(ns).items() if r.get("protocol") == "static"}
     calc = RouteCalculator(ME)
@@ -223,19 +228,27 @@ def test_route_waits_for_its_interface(ns: str, mgr: RouteManager) -> None:
     assert "10.64.0.7/32" not in ours(ns)
     assert mgr.pending() == {"10.64.0.7/32": f"interface {iface} does not exist yet"}
     veth(ns, iface, up=False)
-    wait_until(lambda: mgr.process_link_events() and "down" in mgr.pending().get("10.64.0.7/32", ""),
-               what="the interface to be seen (down)")
+    wait_until(
+        lambda: mgr.process_link_events() and "down" in mgr.pending().get("10.64.0.7/32", ""),
+        what="the interface to be seen (down)",
+    )
     ip(ns, "link", "set", iface, "up")
-    wait_until(lambda: mgr.process_link_events() is not None and "10.64.0.7/32" in ours(ns),
-               what="the route to be programmed once the interface is up")
+    wait_until(
+        lambda: mgr.process_link_events() is not None and "10.64.0.7/32" in ours(ns),
+        what="the route to be programmed once the interface is up",
+    )
     assert mgr.pending() == {}
     # Pod restart: interface deleted (kernel drops the route) and re-created with a new index.
     ip(ns, "link", "del", iface)
-    wait_until(lambda: mgr.process_link_events() is not None and "10.64.0.7/32" in mgr.pending(),
-               what="the route to go pending")
+    wait_until(
+        lambda: mgr.process_link_events() is not None and "10.64.0.7/32" in mgr.pending(),
+        what="the route to go pending",
+    )
     veth(ns, iface)
-    wait_until(lambda: mgr.process_link_events() is not None and "10.64.0.7/32" in ours(ns),
-               what="the route to come back on the new interface")
+    wait_until(
+        lambda: mgr.process_link_events() is not None and "10.64.0.7/32" in ours(ns),
+        what="the route to come back on the new interface",
+    )
     assert mgr.resync().total == 0
 
 
@@ -250,6 +263,7 @@ def test_changes_replace_in_place(ns: str, mgr: RouteManager) -> None:
         s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
         s.bind((0, RTMGRP_IPV4_ROUTE))
         return s
+
     mon = run_in_netns(ns, monitor_socket)
     try:
         mgr.apply(calc.apply([kv_node("node-b", "192.168.50.3/24")]))  # node-b's address changes
@@ -330,30 +344,57 @@ def test_encapsulated_routes_wait_for_their_devices(ns: str, mgr: RouteManager) 
     assert set(ours(ns)) == {"10.64.0.0/26"}
     if try_ip(ns, "link", "add", "tunl0", "type", "ipip") or try_ip(ns, "link", "show", "tunl0"):
         ip(ns, "link", "set", "tunl0", "up")
-        wait_until(lambda: mgr.process_link_events() is not None and "10.64.0.64/26" in ours(ns),
-                   what="the IP-in-IP route once tunl0 exists")
+        wait_until(
+            lambda: mgr.process_link_events() is not None and "10.64.0.64/26" in ours(ns),
+            what="the IP-in-IP route once tunl0 exists",
+        )
         r = ours(ns)["10.64.0.64/26"]
         assert r["dev"] == "tunl0" and "onlink" in r["flags"] and r["metrics"] == [{"mtu": 1480}]
     # VXLAN: route, ARP entry and FDB entry for node-b's VTEP.
     mac = "66:00:00:00:00:0b"
-    mgr.apply(calc.apply([kv_pool("10.64.0.0/16", vxlan="Always"),
-                          kv_node("node-b", "192.168.50.2/24", ipv4VXLANTunnelAddr="10.64.0.65",
-                                  vxlanTunnelMACAddr=mac)]))
-    assert mgr.pending() == {"10.64.0.64/26": "encapsulation device vxlan.calico does not exist",
-                             "neigh:10.64.0.65": "encapsulation device vxlan.calico does not exist"}
-    if not try_ip(ns, "link", "add", "vxlan.calico", "type", "vxlan", "id", "4096", "dstport", "4789",
-                  "local", "192.168.50.1", "nolearning"):
+    mgr.apply(
+        calc.apply(
+            [
+                kv_pool("10.64.0.0/16", vxlan="Always"),
+                kv_node("node-b", "192.168.50.2/24", ipv4VXLANTunnelAddr="10.64.0.65", vxlanTunnelMACAddr=mac),
+            ]
+        )
+    )
+    assert mgr.pending() == {
+        "10.64.0.64/26": "encapsulation device vxlan.calico does not exist",
+        "neigh:10.64.0.65": "encapsulation device vxlan.calico does not exist",
+    }
+    if not try_ip(
+        ns,
+        "link",
+        "add",
+        "vxlan.calico",
+        "type",
+        "vxlan",
+        "id",
+        "4096",
+        "dstport",
+        "4789",
+        "local",
+        "192.168.50.1",
+        "nolearning",
+    ):
         return  # no vxlan support in this kernel: pending with a reason is the whole story
     ip(ns, "link", "set", "vxlan.calico", "up")
-    wait_until(lambda: mgr.process_link_events() is not None and "10.64.0.64/26" in ours(ns),
-               what="the VXLAN route once vxlan.calico exists")
+    wait_until(
+        lambda: mgr.process_link_events() is not None and "10.64.0.64/26" in ours(ns),
+        what="the VXLAN route once vxlan.calico exists",
+    )
     r = ours(ns)["10.64.0.64/26"]
     assert (r["dev"], r["gateway"], r["metrics"]) == ("vxlan.calico", "10.64.0.65", [{"mtu": 1450}])
     assert "onlink" in r["flags"] and mgr.pending() == {}
     neigh = json.loads(ip(ns, "-j", "neigh", "show", "dev", "vxlan.calico").stdout)
     assert [(n["dst"], n["lladdr"], n["state"]) for n in neigh] == [("10.64.0.65", mac, ["PERMANENT"])]
-    fdb = json.loads(subprocess.run(["bridge", "-n", ns, "-j", "fdb", "show", "dev", "vxlan.calico"],
-                                    capture_output=True, text=True, check=True).stdout)
+    fdb = json.loads(
+        subprocess.run(
+            ["bridge", "-n", ns, "-j", "fdb", "show", "dev", "vxlan.calico"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     assert [(f["mac"], f.get("dst")) for f in fdb if f.get("dst")] == [(mac, "192.168.50.2")]
     # Drift in neighbours is repaired too; a removed node's entries go away.
     ip(ns, "neigh", "del", "10.64.0.65", "dev", "vxlan.calico")
@@ -361,8 +402,11 @@ def test_encapsulated_routes_wait_for_their_devices(ns: str, mgr: RouteManager) 
     assert json.loads(ip(ns, "-j", "neigh", "show", "dev", "vxlan.calico").stdout)[0]["dst"] == "10.64.0.65"
     mgr.apply(RouteDelta(neighbors_removed={"10.64.0.65"}))
     assert json.loads(ip(ns, "-j", "neigh", "show", "dev", "vxlan.calico").stdout) == []
-    fdb = json.loads(subprocess.run(["bridge", "-n", ns, "-j", "fdb", "show", "dev", "vxlan.calico"],
-                                    capture_output=True, text=True, check=True).stdout)
+    fdb = json.loads(
+        subprocess.run(
+            ["bridge", "-n", ns, "-j", "fdb", "show", "dev", "vxlan.calico"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     assert [f for f in fdb if f.get("dst")] == []
     assert mgr.stats.neighbors_programmed == 0
 
@@ -387,8 +431,10 @@ def test_workload_interface_sysctls(ns: str) -> None:
     veth(ns, iface)
 
     def val(path: str) -> str:  # read back through `ip netns exec`, independent of our helper
-        return subprocess.run(["ip", "netns", "exec", ns, "cat", path], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["ip", "netns", "exec", ns, "cat", path], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
     changed = configure_workload_interface(iface, netns=ns)
     assert f"/proc/sys/net/ipv4/conf/{iface}/proxy_arp" in changed
     assert val(f"/proc/sys/net/ipv4/conf/{iface}/proxy_arp") == "1"

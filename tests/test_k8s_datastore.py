@@ -6,6 +6,7 @@ Agents are real SyncClients on loopback; the truth is the projection of the emul
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +17,13 @@ from kubernetes_asyncio import config as kconfig
 
 from loadtest.apiserver import start_apiserver
 from loadtest.cluster import apply_events, seed, store_key, truth
-from protocol import SYNCER_BGP, SYNCER_FELIX, KV, SyncStatus
+from protocol import KV, SYNCER_BGP, SYNCER_FELIX, SyncStatus
 from protocol.client import SyncClient
 from typha.datastores.kubernetes import ApiError, Gone, KubernetesDatastore, ResourceStats, parse_watch_lines
 from typha.ingest import Ingestor
 from typha.snapcache import SnapCache
-from typha.synthetic import SyntheticCluster
 from typha.syncserver import ServerConfig, SyncServer
+from typha.synthetic import SyntheticCluster
 
 from .conftest import wait_for
 
@@ -93,8 +94,11 @@ async def converged(rig: Rig, agents: list[SyncClient], syncer: str = SYNCER_FEL
     want = truth(rig.store, syncer)
     cache = rig.caches[syncer]
     await wait_for(
-        lambda: all(a.seq == cache.head.seq for a in agents) and {k: v for k, (_, v, _) in cache.items().items()} == want,
-        timeout, "agents and cache to match the emulator",
+        lambda: (
+            all(a.seq == cache.head.seq for a in agents) and {k: v for k, (_, v, _) in cache.items().items()} == want
+        ),
+        timeout,
+        "agents and cache to match the emulator",
     )
     for a in agents:
         assert values(a) == want
@@ -112,6 +116,7 @@ async def test_agents_hold_the_projection_of_the_api_server(rig: Rig) -> None:
     tasks = await run_agents(agents)
     await converged(rig, agents[:30])
     await converged(rig, agents[30:], SYNCER_BGP)
+
     # However many agents, one watch per resource type upstream.
     def one_watch_each() -> bool:
         return all(rig.api.stats.resource(store_key(r.name)).open_watches == 1 for r in rig.datastore.resources)
@@ -138,7 +143,7 @@ async def test_random_churn_no_update_lost_or_duplicated(rig: Rig) -> None:
         await asyncio.sleep(0.01)
     await converged(rig, agents)
     for key, history in seen.items():
-        for a, b in zip(history, history[1:]):
+        for a, b in itertools.pairwise(history):
             assert a != b, f"{key} reported the same value twice in a row"
     await stop_agents(agents, tasks)
 
@@ -180,7 +185,7 @@ async def test_compaction_forces_relist_that_synthesizes_deletions(rig: Rig) -> 
     relists = stats.relists_410
     # Cut the watches, change the world (including deletions), and compact so resuming gets 410.
     rig.api.cut_watches()
-    victims = [o for o in rig.store.list("pods").items][:15]
+    victims = list(rig.store.list("pods").items)[:15]
     victim_keys = {k for k in agents[0].state for v in victims if f"/{v.namespace}%2f{v.name}/" in k}
     assert victim_keys
     for v in victims:
@@ -188,7 +193,9 @@ async def test_compaction_forces_relist_that_synthesizes_deletions(rig: Rig) -> 
     apply_events(rig.store, rig.cluster.churn(100))
     rig.api.compact()
     statuses: list[SyncStatus] = []
-    rig.caches[SYNCER_FELIX].on_breadcrumb = (lambda prev: lambda bc: (statuses.append(bc.status), prev(bc)))(rig.caches[SYNCER_FELIX].on_breadcrumb)
+    rig.caches[SYNCER_FELIX].on_breadcrumb = (lambda prev: lambda bc: (statuses.append(bc.status), prev(bc)))(
+        rig.caches[SYNCER_FELIX].on_breadcrumb
+    )
     await wait_for(lambda: stats.relists_410 > relists, 10, "a 410 relist")
     await converged(rig, agents)
     assert set(statuses) <= {SyncStatus.IN_SYNC}  # a relist while connected keeps the cache in sync
@@ -241,7 +248,11 @@ async def test_bad_token_and_forbidden_resource_are_retried_not_fatal(tmp_path: 
         k8s = await make_api_client(good)
         ds = KubernetesDatastore(Ingestor(caches), k8s, backoff_initial=0.01, backoff_max=0.05)
         task = asyncio.create_task(ds.run())
-        await wait_for(lambda: ds.stats["ippools"].errors["forbidden"] >= 2 and ds.stats["pods"].state is SyncStatus.IN_SYNC, 10, "403 retried")
+        await wait_for(
+            lambda: ds.stats["ippools"].errors["forbidden"] >= 2 and ds.stats["pods"].state is SyncStatus.IN_SYNC,
+            10,
+            "403 retried",
+        )
         assert caches[SYNCER_FELIX].status is SyncStatus.WAIT_FOR_DATASTORE
         api.allow("list:ippools.crd.projectcalico.org")
         await wait_for(lambda: caches[SYNCER_FELIX].status is SyncStatus.IN_SYNC, 10, "in sync once allowed")
@@ -256,7 +267,14 @@ async def test_objects_missing_fields_are_skipped_and_counted(rig: Rig) -> None:
     agents = rig.agents(1)
     tasks = await run_agents(agents)
     ingestor = rig.datastore.ingestor
-    rig.store.create("pods", {"metadata": {"name": "broken", "namespace": "default"}, "spec": {"nodeName": 7}, "status": {"podIP": "not-an-ip"}})
+    rig.store.create(
+        "pods",
+        {
+            "metadata": {"name": "broken", "namespace": "default"},
+            "spec": {"nodeName": 7},
+            "status": {"podIP": "not-an-ip"},
+        },
+    )
     await wait_for(lambda: ingestor.errors["pods"] >= 1, 10, "malformed pod counted")
     apply_events(rig.store, rig.cluster.churn(10))
     await converged(rig, agents)  # the stream carried on past the bad object
@@ -297,8 +315,14 @@ async def test_rebalancer_counts_nodes_and_ready_replicas(rig: Rig) -> None:
 
     def slice_(ready: list[bool]) -> dict:
         return {
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
-            "metadata": {"name": "pytypha-x", "namespace": "pytypha", "labels": {"kubernetes.io/service-name": "pytypha"}},
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "addressType": "IPv4",
+            "metadata": {
+                "name": "pytypha-x",
+                "namespace": "pytypha",
+                "labels": {"kubernetes.io/service-name": "pytypha"},
+            },
             "ports": [{"name": "calico-typha", "port": 5473}],
             "endpoints": [{"addresses": [f"198.18.1.{i}"], "conditions": {"ready": r}} for i, r in enumerate(ready)],
         }

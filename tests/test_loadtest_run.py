@@ -48,7 +48,9 @@ def test_parse_fault_forms() -> None:
     assert parse_fault("1:restart") == Fault(1.0, "restart-typha")
 
 
-@pytest.mark.parametrize("bad", ["restart-typha", "x:compact", "-1:compact", "3:explode", "3:restart-typha:a", "3:compact:pods"])
+@pytest.mark.parametrize(
+    "bad", ["restart-typha", "x:compact", "-1:compact", "3:explode", "3:restart-typha:a", "3:compact:pods"]
+)
 def test_parse_fault_rejects(bad: str) -> None:
     with pytest.raises(ScenarioError):
         parse_fault(bad)
@@ -105,9 +107,17 @@ def _quiet() -> Console:
 async def test_run_typha_with_faults_verifies_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "run"
     sc = Scenario(
-        nodes=30, pods_per_node=5, agents=60, replicas=2, processes=2, rate=50, duration=8,
+        nodes=30,
+        pods_per_node=5,
+        agents=60,
+        replicas=2,
+        processes=2,
+        rate=50,
+        duration=8,
         faults=[parse_fault("2:restart-typha"), parse_fault("4:cut-watches"), parse_fault("6:compact")],
-        out=str(out), drain_timeout=30, timeout=120,
+        out=str(out),
+        drain_timeout=30,
+        timeout=120,
     )
     results = await run_scenario(sc, console=_quiet(), progress=False)
     run = results["runs"]["typha"]
@@ -149,8 +159,20 @@ async def test_run_typha_with_faults_verifies_and_reports(tmp_path: Path) -> Non
 @pytest.mark.slow
 async def test_run_direct_mode_small(tmp_path: Path) -> None:
     out = tmp_path / "direct"
-    sc = Scenario(mode="direct", nodes=20, pods_per_node=5, agents=20, direct_agents=10, processes=1, rate=30,
-                  duration=3, faults=[parse_fault("1:cut-watches")], out=str(out), drain_timeout=15, timeout=90)
+    sc = Scenario(
+        mode="direct",
+        nodes=20,
+        pods_per_node=5,
+        agents=20,
+        direct_agents=10,
+        processes=1,
+        rate=30,
+        duration=3,
+        faults=[parse_fault("1:cut-watches")],
+        out=str(out),
+        drain_timeout=15,
+        timeout=90,
+    )
     results = await run_scenario(sc, console=_quiet(), progress=False)
     run = results["runs"]["direct"]
     assert not run.get("error"), run.get("error")
@@ -170,28 +192,83 @@ def test_report_of_both_modes_renders_comparison(tmp_path: Path) -> None:
         h = LogHistogram()
         h.extend([lat] * 10)
         pts = [[t / 10, lat * (1 + t / 40)] for t in range(40)]
-        samples = [{"t": float(t), "phase": "churn", "api": {"open_watches": watches, "events_sent": 10 * t * watches,
-                    "bytes_sent": 1000 * t * watches, "list_bytes_sent": 0}, "driver_cpu": 0.1 * t, "churn_cpu": 0.01 * t,
-                    "events_written": 10 * t, "agents": {"connected": agents, "in_sync": agents, "listed": agents},
-                    **({"typha": [{"replica": 0, "up": True, "cpu": 0.2 * t, "rss": 80e6, "connections": agents}]} if mode == "typha" else {})}
-                   for t in range(8)]
+        samples = [
+            {
+                "t": float(t),
+                "phase": "churn",
+                "api": {
+                    "open_watches": watches,
+                    "events_sent": 10 * t * watches,
+                    "bytes_sent": 1000 * t * watches,
+                    "list_bytes_sent": 0,
+                },
+                "driver_cpu": 0.1 * t,
+                "churn_cpu": 0.01 * t,
+                "events_written": 10 * t,
+                "agents": {"connected": agents, "in_sync": agents, "listed": agents},
+                **(
+                    {"typha": [{"replica": 0, "up": True, "cpu": 0.2 * t, "rss": 80e6, "connections": agents}]}
+                    if mode == "typha"
+                    else {}
+                ),
+            }
+            for t in range(8)
+        ]
         return {
-            "mode": mode, "agents": agents, "resources_watched": 15, "replicas": 1, "objects": 500,
-            "snapshot": {"all_agents_seconds": 1.0}, "api_startup": {"watches_total": watches, "list_bytes_sent": 10_000 * watches},
+            "mode": mode,
+            "agents": agents,
+            "resources_watched": 15,
+            "replicas": 1,
+            "objects": 500,
+            "snapshot": {"all_agents_seconds": 1.0},
+            "api_startup": {"watches_total": watches, "list_bytes_sent": 10_000 * watches},
             "api_churn": {"open_watches_max": watches, "open_watches_min": watches, "events_sent": 100 * watches},
-            "wire": {"api_bytes_startup": 10_000 * watches, "api_bytes_churn": 1000 * watches, "agents_bytes_total": 5e6},
+            "wire": {
+                "api_bytes_startup": 10_000 * watches,
+                "api_bytes_churn": 1000 * watches,
+                "agents_bytes_total": 5e6,
+            },
             "emulator_cpu": {"cpu_seconds": 0.5, "churn_window_seconds": 5.0},
             "churn": {"events_written": 40, "rate_achieved": 10.0, "per_step_events": [20, 20]},
-            "latency": {"write_to_last_agent": h.summary()}, "latency_points": {"write_to_last_agent": pts},
-            "histograms": {"per_delivery": h.to_dict()}, "faults": [], "samples": samples, "churn_start_t": 1.0,
-            "verification": {"passed": True, "agents": agents, "agents_at_final_seq": agents, "sampled_agents": 2,
-                             "sampled_matching": 2, "agents_listed": agents, "watches_open_end": watches, "watches_wanted": watches},
-            **({"typha": {"cpu_fraction_churn": [0.2], "rss_baseline": [70e6], "rss_after_sync": [80e6],
-                          "rss_per_agent_bytes": 10e6 / agents, "dedup_ratio": 0.5}} if mode == "typha" else {}),
+            "latency": {"write_to_last_agent": h.summary()},
+            "latency_points": {"write_to_last_agent": pts},
+            "histograms": {"per_delivery": h.to_dict()},
+            "faults": [],
+            "samples": samples,
+            "churn_start_t": 1.0,
+            "verification": {
+                "passed": True,
+                "agents": agents,
+                "agents_at_final_seq": agents,
+                "sampled_agents": 2,
+                "sampled_matching": 2,
+                "agents_listed": agents,
+                "watches_open_end": watches,
+                "watches_wanted": watches,
+            },
+            **(
+                {
+                    "typha": {
+                        "cpu_fraction_churn": [0.2],
+                        "rss_baseline": [70e6],
+                        "rss_after_sync": [80e6],
+                        "rss_per_agent_bytes": 10e6 / agents,
+                        "dedup_ratio": 0.5,
+                    }
+                }
+                if mode == "typha"
+                else {}
+            ),
         }
 
-    results = {"version": 1, "scenario": sc.to_dict(), "command": "test", "host": {"cpus": 2}, "passed": True,
-               "runs": {"typha": mode_run("typha", 40, 17, 0.01), "direct": mode_run("direct", 10, 150, 0.05)}}
+    results = {
+        "version": 1,
+        "scenario": sc.to_dict(),
+        "command": "test",
+        "host": {"cpus": 2},
+        "passed": True,
+        "runs": {"typha": mode_run("typha", 40, 17, 0.01), "direct": mode_run("direct", 10, 150, 0.05)},
+    }
     (tmp_path / "results.json").write_text(json.dumps(results))
     assert loadtest_main(["report", str(tmp_path)]) == 0
     for name in ("latency_cdf.png", "latency_over_time.png", "load_over_time.png", "typha_vs_direct.png"):

@@ -14,12 +14,25 @@ from typha.syncserver import ServerConfig, SyncServer
 from .conftest import wait_for
 
 FAMILIES = [
-    "typha_connections_accepted_total", "typha_connections_dropped_total", "typha_connections_active",
-    "typha_connections_streaming", "typha_breadcrumb_seq_number", "typha_updates_total", "typha_updates_skipped_total",
-    "typha_cache_size", "typha_snapshots_generated_total", "typha_snapshots_reused_total", "typha_snapshot_raw_bytes_total",
-    "typha_snapshot_wire_bytes_total", "typha_client_snapshot_send_seconds", "typha_client_latency_seconds",
-    "typha_client_write_latency_seconds", "typha_ping_latency_seconds", "typha_kvs_per_msg",
-    "typha_next_breadcrumb_latency_seconds", "typha_breadcrumb_bytes_total",
+    "typha_connections_accepted_total",
+    "typha_connections_dropped_total",
+    "typha_connections_active",
+    "typha_connections_streaming",
+    "typha_breadcrumb_seq_number",
+    "typha_updates_total",
+    "typha_updates_skipped_total",
+    "typha_cache_size",
+    "typha_snapshots_generated_total",
+    "typha_snapshots_reused_total",
+    "typha_snapshot_raw_bytes_total",
+    "typha_snapshot_wire_bytes_total",
+    "typha_client_snapshot_send_seconds",
+    "typha_client_latency_seconds",
+    "typha_client_write_latency_seconds",
+    "typha_ping_latency_seconds",
+    "typha_kvs_per_msg",
+    "typha_next_breadcrumb_latency_seconds",
+    "typha_breadcrumb_bytes_total",
 ]
 
 
@@ -27,12 +40,17 @@ async def test_readiness_follows_sync_status_and_metrics_cover_families() -> Non
     caches = {"felix": SnapCache("felix"), "bgp": SnapCache("bgp")}
     metrics = ServerMetrics()
     metrics.watch_caches(lambda: caches)
-    server = SyncServer(caches, ServerConfig(host="127.0.0.1", port=0, ping_interval=0.05, ping_timeout=1, housekeeping_interval=0.05), metrics)
+    server = SyncServer(
+        caches,
+        ServerConfig(host="127.0.0.1", port=0, ping_interval=0.05, ping_timeout=1, housekeeping_interval=0.05),
+        metrics,
+    )
     await server.start()
     hrun, hport = await start_site(health_app(server, caches), "127.0.0.1", 0)
     mrun, mport = await start_site(metrics_app(metrics.registry), "127.0.0.1", 0)
     try:
         async with aiohttp.ClientSession() as http:
+
             async def get(port: int, path: str) -> tuple[int, str]:
                 async with http.get(f"http://127.0.0.1:{port}{path}") as r:
                     return r.status, await r.text()
@@ -54,7 +72,9 @@ async def test_readiness_follows_sync_status_and_metrics_cover_families() -> Non
             await client.wait_in_sync(5)
             caches["felix"].apply([("b", b"2", "3")])
             await wait_for(lambda: "b" in client.state, 5, "update")
-            await wait_for(lambda: (metrics.registry.get_sample_value("typha_ping_latency_seconds_count") or 0) > 0, 5, "a pong")
+            await wait_for(
+                lambda: (metrics.registry.get_sample_value("typha_ping_latency_seconds_count") or 0) > 0, 5, "a pong"
+            )
             status, text = await get(mport, "/metrics")
             assert status == 200
             for fam in FAMILIES:

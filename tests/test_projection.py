@@ -12,8 +12,14 @@ from hypothesis import strategies as st
 
 from typha.k8s import keys as K
 from typha.k8s.projection import (
-    RESOURCES, ProjectionError, interface_name, prefix_selector, project, project_all,
-    project_delete, resources_for_syncer,
+    RESOURCES,
+    ProjectionError,
+    interface_name,
+    prefix_selector,
+    project,
+    project_all,
+    project_delete,
+    resources_for_syncer,
 )
 
 
@@ -31,27 +37,54 @@ def one(resource: str, obj: dict) -> tuple[str, dict | None]:
 # --- object factories (shapes as the API server returns them) -----------------------------------
 
 
-def make_pod(name: str = "web-1", ns: str = "shop", node: str | None = "node-a",
-             ip: str | None = "10.64.0.5", labels: dict | None = None, phase: str = "Running",
-             sa: str = "web-sa") -> dict:
+def make_pod(
+    name: str = "web-1",
+    ns: str = "shop",
+    node: str | None = "node-a",
+    ip: str | None = "10.64.0.5",
+    labels: dict | None = None,
+    phase: str = "Running",
+    sa: str = "web-sa",
+) -> dict:
     pod: dict = {
-        "apiVersion": "v1", "kind": "Pod",
+        "apiVersion": "v1",
+        "kind": "Pod",
         "metadata": {
-            "name": name, "namespace": ns, "uid": "0b9c5c1e-7d8f-4c3e-9a51-2f6c1d0b7a11",
-            "resourceVersion": "12345", "creationTimestamp": "2024-01-01T00:00:00Z",
+            "name": name,
+            "namespace": ns,
+            "uid": "0b9c5c1e-7d8f-4c3e-9a51-2f6c1d0b7a11",
+            "resourceVersion": "12345",
+            "creationTimestamp": "2024-01-01T00:00:00Z",
             "labels": {"app": "web", "tier": "frontend"} if labels is None else labels,
             "annotations": {"cni.projectcalico.org/containerID": "abc123"},
-            "managedFields": [{"manager": "kubelet", "operation": "Update", "time": "2024-01-01T00:00:05Z",
-                               "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {}}}],
+            "managedFields": [
+                {
+                    "manager": "kubelet",
+                    "operation": "Update",
+                    "time": "2024-01-01T00:00:05Z",
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:status": {}},
+                }
+            ],
         },
-        "spec": {"serviceAccountName": sa, "containers": [
-            {"name": "web", "image": "nginx", "ports": [
-                {"containerPort": 8080, "name": "http", "protocol": "TCP"},
-                {"containerPort": 9000, "protocol": "TCP"},               # unnamed, no hostPort: ignored
-                {"containerPort": 53, "hostPort": 5353, "protocol": "UDP"},
-            ]}]},
-        "status": {"phase": phase, "conditions": [
-            {"type": "Ready", "status": "True", "lastTransitionTime": "2024-01-01T00:00:07Z"}]},
+        "spec": {
+            "serviceAccountName": sa,
+            "containers": [
+                {
+                    "name": "web",
+                    "image": "nginx",
+                    "ports": [
+                        {"containerPort": 8080, "name": "http", "protocol": "TCP"},
+                        {"containerPort": 9000, "protocol": "TCP"},  # unnamed, no hostPort: ignored
+                        {"containerPort": 53, "hostPort": 5353, "protocol": "UDP"},
+                    ],
+                }
+            ],
+        },
+        "status": {
+            "phase": phase,
+            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2024-01-01T00:00:07Z"}],
+        },
     }
     if node:
         pod["spec"]["nodeName"] = node
@@ -63,25 +96,39 @@ def make_pod(name: str = "web-1", ns: str = "shop", node: str | None = "node-a",
 
 def make_node(name: str = "node-a", annotations: dict | None = None, labels: dict | None = None) -> dict:
     return {
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "uid": "u1", "resourceVersion": "77",
-                     "labels": {"kubernetes.io/hostname": name} if labels is None else labels,
-                     "annotations": {"projectcalico.org/IPv4Address": "192.0.2.10/24",
-                                     "projectcalico.org/IPv4IPIPTunnelAddr": "10.64.0.1",
-                                     "node.alpha.kubernetes.io/ttl": "0"} if annotations is None else annotations,
-                     "managedFields": [{"manager": "kubelet", "time": "2024-01-01T00:00:00Z"}]},
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "uid": "u1",
+            "resourceVersion": "77",
+            "labels": {"kubernetes.io/hostname": name} if labels is None else labels,
+            "annotations": {
+                "projectcalico.org/IPv4Address": "192.0.2.10/24",
+                "projectcalico.org/IPv4IPIPTunnelAddr": "10.64.0.1",
+                "node.alpha.kubernetes.io/ttl": "0",
+            }
+            if annotations is None
+            else annotations,
+            "managedFields": [{"manager": "kubelet", "time": "2024-01-01T00:00:00Z"}],
+        },
         "spec": {"podCIDRs": ["10.244.1.0/24"]},
-        "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.10"},
-                                 {"type": "Hostname", "address": name}],
-                   "conditions": [{"type": "Ready", "status": "True",
-                                   "lastHeartbeatTime": "2024-01-01T00:00:00Z"}],
-                   "nodeInfo": {"kubeletVersion": "v1.29.2"}, "images": [{"names": ["nginx"]}]},
+        "status": {
+            "addresses": [{"type": "InternalIP", "address": "192.0.2.10"}, {"type": "Hostname", "address": name}],
+            "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": "2024-01-01T00:00:00Z"}],
+            "nodeInfo": {"kubeletVersion": "v1.29.2"},
+            "images": [{"names": ["nginx"]}],
+        },
     }
 
 
 def make_np(spec: dict, name: str = "np", ns: str = "shop") -> dict:
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": {"name": name, "namespace": ns, "resourceVersion": "5", "generation": 1}, "spec": spec}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": ns, "resourceVersion": "5", "generation": 1},
+        "spec": spec,
+    }
 
 
 def crd(kind: str, name: str, spec: dict, ns: str | None = None, labels: dict | None = None) -> dict:
@@ -99,12 +146,22 @@ def crd(kind: str, name: str, spec: dict, ns: str | None = None, labels: dict | 
 def test_resource_table_syncers() -> None:
     felix = {r.kind + "@" + (r.group or "core") for r in resources_for_syncer("felix")}
     assert felix == {
-        "Node@core", "Pod@core", "Namespace@core", "ServiceAccount@core", "NetworkPolicy@networking.k8s.io",
-        "GlobalNetworkPolicy@crd.projectcalico.org", "NetworkPolicy@crd.projectcalico.org",
-        "GlobalNetworkSet@crd.projectcalico.org", "NetworkSet@crd.projectcalico.org",
-        "IPPool@crd.projectcalico.org", "BlockAffinity@crd.projectcalico.org", "IPAMBlock@crd.projectcalico.org",
-        "HostEndpoint@crd.projectcalico.org", "FelixConfiguration@crd.projectcalico.org",
-        "ClusterInformation@crd.projectcalico.org"}
+        "Node@core",
+        "Pod@core",
+        "Namespace@core",
+        "ServiceAccount@core",
+        "NetworkPolicy@networking.k8s.io",
+        "GlobalNetworkPolicy@crd.projectcalico.org",
+        "NetworkPolicy@crd.projectcalico.org",
+        "GlobalNetworkSet@crd.projectcalico.org",
+        "NetworkSet@crd.projectcalico.org",
+        "IPPool@crd.projectcalico.org",
+        "BlockAffinity@crd.projectcalico.org",
+        "IPAMBlock@crd.projectcalico.org",
+        "HostEndpoint@crd.projectcalico.org",
+        "FelixConfiguration@crd.projectcalico.org",
+        "ClusterInformation@crd.projectcalico.org",
+    }
     bgp = {r.name for r in resources_for_syncer("bgp")}
     assert bgp == {"nodes", "bgppeers", "bgpconfigurations", "ippools", "blockaffinities"}
     assert RESOURCES["pods"].path() == "/api/v1/pods"
@@ -121,8 +178,12 @@ def test_workload_key_roundtrip() -> None:
     wk = K.parse_workload_key(key)
     assert wk == K.WorkloadKey("node-a", "k8s", "shop", "web-1", "eth0")
     assert key.startswith(K.workload_prefix("node-a"))
-    for bad in ("/calico/v1/host/node-a/endpoint/eth1", "/calico/v1/policy/profile/kns.x",
-                "/calico/v1/host/node-a/workload/k8s/noslash/endpoint/eth0", ""):
+    for bad in (
+        "/calico/v1/host/node-a/endpoint/eth1",
+        "/calico/v1/policy/profile/kns.x",
+        "/calico/v1/host/node-a/workload/k8s/noslash/endpoint/eth0",
+        "",
+    ):
         assert K.parse_workload_key(bad) is None
 
 
@@ -150,11 +211,18 @@ def test_pod_projection() -> None:
     assert len(v["name"]) == 15  # fits IFNAMSIZ
     assert v["ipNetworks"] == ["10.64.0.5/32"]
     assert v["profiles"] == ["kns.shop", "ksa.shop.web-sa"]
-    assert v["labels"] == {"app": "web", "tier": "frontend", "projectcalico.org/namespace": "shop",
-                           "projectcalico.org/orchestrator": "k8s", "projectcalico.org/serviceaccount": "web-sa"}
+    assert v["labels"] == {
+        "app": "web",
+        "tier": "frontend",
+        "projectcalico.org/namespace": "shop",
+        "projectcalico.org/orchestrator": "k8s",
+        "projectcalico.org/serviceaccount": "web-sa",
+    }
     assert v["node"] == "node-a" and v["orchestrator"] == "k8s" and v["workload"] == "shop/web-1"
-    assert v["ports"] == [{"name": "http", "protocol": "tcp", "port": 8080},
-                          {"protocol": "udp", "port": 53, "hostPort": 5353}]
+    assert v["ports"] == [
+        {"name": "http", "protocol": "tcp", "port": 8080},
+        {"protocol": "udp", "port": 53, "hostPort": 5353},
+    ]
     assert "mac" not in v
     # Nothing from the noise made it through.
     blob = enc(v)
@@ -236,22 +304,31 @@ def test_pod_service_account_label_rules() -> None:
 
 
 def test_namespace_and_service_account_profiles() -> None:
-    ns = {"apiVersion": "v1", "kind": "Namespace",
-          "metadata": {"name": "shop", "labels": {"team": "payments"}, "resourceVersion": "1"},
-          "status": {"phase": "Active"}}
+    ns = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "shop", "labels": {"team": "payments"}, "resourceVersion": "1"},
+        "status": {"phase": "Active"},
+    }
     key, v = one("namespaces", ns)
     assert key == "/calico/v1/policy/profile/kns.shop"
-    assert v == {"labels": {"pcns.team": "payments", "pcns.projectcalico.org/name": "shop"},
-                 "inboundRules": [{"action": "allow"}], "outboundRules": [{"action": "allow"}]}
+    assert v == {
+        "labels": {"pcns.team": "payments", "pcns.projectcalico.org/name": "shop"},
+        "inboundRules": [{"action": "allow"}],
+        "outboundRules": [{"action": "allow"}],
+    }
     ns2 = copy.deepcopy(ns)
     ns2["status"]["phase"] = "Terminating"
     ns2["metadata"]["resourceVersion"] = "2"
     assert enc(one("namespaces", ns2)[1]) == enc(v)
     assert project_delete("namespaces", {"metadata": {"name": "shop"}}) == [key]
 
-    sa = {"apiVersion": "v1", "kind": "ServiceAccount",
-          "metadata": {"name": "web-sa", "namespace": "shop", "labels": {"role": "x"}},
-          "secrets": [{"name": "tok"}]}
+    sa = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": "web-sa", "namespace": "shop", "labels": {"role": "x"}},
+        "secrets": [{"name": "tok"}],
+    }
     key, v = one("serviceaccounts", sa)
     assert key == "/calico/v1/policy/profile/ksa.shop.web-sa"
     assert v["labels"] == {"pcsa.role": "x", "pcsa.projectcalico.org/name": "web-sa"}
@@ -277,62 +354,96 @@ def test_k8s_policy_rules() -> None:
         "podSelector": {"matchLabels": {"app": "db", "tier": "data"}},
         "policyTypes": ["Ingress", "Egress"],
         "ingress": [
-            {"from": [{"podSelector": {"matchLabels": {"app": "web"}}},
-                      {"namespaceSelector": {"matchLabels": {"team": "ops"}}},
-                      {"namespaceSelector": {}, "podSelector": {"matchExpressions": [
-                          {"key": "role", "operator": "In", "values": ["a", "b"]},
-                          {"key": "x", "operator": "NotIn", "values": ["c"]},
-                          {"key": "y", "operator": "Exists"},
-                          {"key": "z", "operator": "DoesNotExist"}]}}],
-             "ports": [{"port": 5432}, {"protocol": "TCP", "port": 5433}, {"protocol": "UDP", "port": "dns"}]},
+            {
+                "from": [
+                    {"podSelector": {"matchLabels": {"app": "web"}}},
+                    {"namespaceSelector": {"matchLabels": {"team": "ops"}}},
+                    {
+                        "namespaceSelector": {},
+                        "podSelector": {
+                            "matchExpressions": [
+                                {"key": "role", "operator": "In", "values": ["a", "b"]},
+                                {"key": "x", "operator": "NotIn", "values": ["c"]},
+                                {"key": "y", "operator": "Exists"},
+                                {"key": "z", "operator": "DoesNotExist"},
+                            ]
+                        },
+                    },
+                ],
+                "ports": [{"port": 5432}, {"protocol": "TCP", "port": 5433}, {"protocol": "UDP", "port": "dns"}],
+            },
         ],
-        "egress": [{"to": [{"ipBlock": {"cidr": "192.0.2.7/24", "except": ["192.0.2.128/25"]}}],
-                    "ports": [{"protocol": "TCP", "port": 8000, "endPort": 8010}]},
-                   {}],
+        "egress": [
+            {
+                "to": [{"ipBlock": {"cidr": "192.0.2.7/24", "except": ["192.0.2.128/25"]}}],
+                "ports": [{"protocol": "TCP", "port": 8000, "endPort": 8010}],
+            },
+            {},
+        ],
     }
     v = one("networkpolicies", make_np(spec))[1]
-    assert v["selector"] == ("(projectcalico.org/orchestrator == 'k8s' && app == 'db' && tier == 'data')"
-                             " && projectcalico.org/namespace == 'shop'")
+    assert v["selector"] == (
+        "(projectcalico.org/orchestrator == 'k8s' && app == 'db' && tier == 'data')"
+        " && projectcalico.org/namespace == 'shop'"
+    )
     assert v["types"] == ["ingress", "egress"]
     ins = v["inboundRules"]
     # One rule per (protocol, peer): TCP first (sorted), then UDP.
     assert [r["protocol"] for r in ins] == ["tcp"] * 3 + ["udp"] * 3
-    assert ins[0] == {"action": "allow", "protocol": "tcp", "dstPorts": ["5432:5433"],
-                      "srcSelector": "(projectcalico.org/namespace == 'shop') && "
-                                     "(projectcalico.org/orchestrator == 'k8s' && app == 'web')"}
+    assert ins[0] == {
+        "action": "allow",
+        "protocol": "tcp",
+        "dstPorts": ["5432:5433"],
+        "srcSelector": "(projectcalico.org/namespace == 'shop') && "
+        "(projectcalico.org/orchestrator == 'k8s' && app == 'web')",
+    }
     # A namespaceSelector alone: pods in matching namespaces (pcns. labels), any pod.
     assert ins[1]["srcSelector"] == "(pcns.team == 'ops') && (projectcalico.org/orchestrator == 'k8s')"
     # Empty namespaceSelector = every namespace.
     assert ins[2]["srcSelector"] == (
         "(has(projectcalico.org/namespace)) && (projectcalico.org/orchestrator == 'k8s' && "
-        "role in { 'a', 'b' } && x not in { 'c' } && has(y) && ! has(z))")
+        "role in { 'a', 'b' } && x not in { 'c' } && has(y) && ! has(z))"
+    )
     assert ins[3]["dstPorts"] == ["dns"]
     outs = v["outboundRules"]
-    assert outs[0] == {"action": "allow", "protocol": "tcp", "dstPorts": ["8000:8010"],
-                       "dstNets": ["192.0.2.0/24"], "notDstNets": ["192.0.2.128/25"]}
+    assert outs[0] == {
+        "action": "allow",
+        "protocol": "tcp",
+        "dstPorts": ["8000:8010"],
+        "dstNets": ["192.0.2.0/24"],
+        "notDstNets": ["192.0.2.128/25"],
+    }
     assert outs[1] == {"action": "allow"}  # empty egress rule: allow everything
 
 
 def test_k8s_policy_ports_all_and_merge() -> None:
-    spec = {"podSelector": {}, "ingress": [{"ports": [{"port": 80}, {"port": 81}, {"port": 82},
-                                                      {"protocol": "UDP"}, {"protocol": "UDP", "port": 9}]}]}
+    spec = {
+        "podSelector": {},
+        "ingress": [
+            {"ports": [{"port": 80}, {"port": 81}, {"port": 82}, {"protocol": "UDP"}, {"protocol": "UDP", "port": 9}]}
+        ],
+    }
     ins = one("networkpolicies", make_np(spec))[1]["inboundRules"]
-    assert ins == [{"action": "allow", "protocol": "tcp", "dstPorts": ["80:82"]},
-                   {"action": "allow", "protocol": "udp"}]  # all UDP ports is not narrowed by port 9
+    assert ins == [
+        {"action": "allow", "protocol": "tcp", "dstPorts": ["80:82"]},
+        {"action": "allow", "protocol": "udp"},
+    ]  # all UDP ports is not narrowed by port 9
 
 
 def test_k8s_policy_egress_only_and_delete() -> None:
     v = one("networkpolicies", make_np({"podSelector": {}, "policyTypes": ["Egress"]}))[1]
     assert v["types"] == ["egress"]
     assert project_delete("networkpolicies", {"metadata": {"name": "np", "namespace": "shop"}}) == [
-        "/calico/v1/policy/tier/default/policy/shop%2fknp.default.np"]
+        "/calico/v1/policy/tier/default/policy/shop%2fknp.default.np"
+    ]
 
 
 def test_k8s_policy_noise_and_edit() -> None:
     np1 = make_np({"podSelector": {}, "ingress": [{"ports": [{"port": 80}]}]})
     np2 = copy.deepcopy(np1)
-    np2["metadata"].update(resourceVersion="6", generation=2,
-                           managedFields=[{"manager": "kubectl", "time": "2024-05-05T00:00:00Z"}])
+    np2["metadata"].update(
+        resourceVersion="6", generation=2, managedFields=[{"manager": "kubectl", "time": "2024-05-05T00:00:00Z"}]
+    )
     np2["metadata"]["annotations"] = {"kubectl.kubernetes.io/last-applied-configuration": "{...}"}
     assert enc(one("networkpolicies", np1)[1]) == enc(one("networkpolicies", np2)[1])
     np2["spec"]["ingress"][0]["ports"][0]["port"] = 81
@@ -343,15 +454,26 @@ def test_k8s_policy_noise_and_edit() -> None:
 
 
 def test_calico_network_policy() -> None:
-    obj = crd("NetworkPolicy", "allow-web", {
-        "order": 50, "selector": "app == 'db'", "serviceAccountSelector": "role == 'x'",
-        "ingress": [{"action": "Allow", "protocol": "TCP",
-                     "source": {"selector": "app == 'web'", "namespaceSelector": "team == 'a' || all()"},
-                     "destination": {"ports": [5432, "6000:6010"]}},
-                    {"action": "Pass", "source": {"serviceAccounts": {"names": ["sa1", "sa2"]}}},
-                    {"action": "Deny", "source": {"nets": ["10.0.0.1/8"]}, "notProtocol": "UDP",
-                     "icmp": {"type": 8}}],
-    }, ns="shop")
+    obj = crd(
+        "NetworkPolicy",
+        "allow-web",
+        {
+            "order": 50,
+            "selector": "app == 'db'",
+            "serviceAccountSelector": "role == 'x'",
+            "ingress": [
+                {
+                    "action": "Allow",
+                    "protocol": "TCP",
+                    "source": {"selector": "app == 'web'", "namespaceSelector": "team == 'a' || all()"},
+                    "destination": {"ports": [5432, "6000:6010"]},
+                },
+                {"action": "Pass", "source": {"serviceAccounts": {"names": ["sa1", "sa2"]}}},
+                {"action": "Deny", "source": {"nets": ["10.0.0.1/8"]}, "notProtocol": "UDP", "icmp": {"type": 8}},
+            ],
+        },
+        ns="shop",
+    )
     key, v = one("calico-networkpolicies", obj)
     assert key == "/calico/v1/policy/tier/default/policy/shop%2fallow-web"
     assert v["order"] == 50.0
@@ -360,16 +482,26 @@ def test_calico_network_policy() -> None:
     r0, r1, r2 = v["inboundRules"]
     assert r0["srcSelector"] == "(pcns.team == 'a' || has(projectcalico.org/namespace)) && (app == 'web')"
     assert r0["dstPorts"] == [5432, "6000:6010"] and r0["protocol"] == "tcp"
-    assert r1 == {"action": "pass", "srcSelector": "(projectcalico.org/namespace == 'shop') && "
-                                                   "(projectcalico.org/serviceaccount in { 'sa1', 'sa2' })"}
+    assert r1 == {
+        "action": "pass",
+        "srcSelector": "(projectcalico.org/namespace == 'shop') && "
+        "(projectcalico.org/serviceaccount in { 'sa1', 'sa2' })",
+    }
     assert r2 == {"action": "deny", "srcNets": ["10.0.0.0/8"], "notProtocol": "udp", "icmpType": 8}
     assert project_delete("calico-networkpolicies", obj) == [key]
 
 
 def test_global_network_policy_order_and_types() -> None:
-    ordered = crd("GlobalNetworkPolicy", "g1", {
-        "order": 10, "selector": "all()", "namespaceSelector": "env == 'prod'",
-        "egress": [{"action": "Deny", "destination": {"nets": ["169.254.169.254/32"]}}]})
+    ordered = crd(
+        "GlobalNetworkPolicy",
+        "g1",
+        {
+            "order": 10,
+            "selector": "all()",
+            "namespaceSelector": "env == 'prod'",
+            "egress": [{"action": "Deny", "destination": {"nets": ["169.254.169.254/32"]}}],
+        },
+    )
     key, v = one("globalnetworkpolicies", ordered)
     assert key == "/calico/v1/policy/tier/default/policy/g1"
     assert v["order"] == 10.0
@@ -377,8 +509,11 @@ def test_global_network_policy_order_and_types() -> None:
     assert v["types"] == ["egress"]  # defaulted: only egress rules
     assert v["outboundRules"] == [{"action": "deny", "dstNets": ["169.254.169.254/32"]}]
     assert "namespace" not in v
-    unordered = crd("GlobalNetworkPolicy", "g2", {"selector": "a == 'b'",
-                                                  "ingress": [{"action": "Allow", "source": {"selector": "c == 'd'"}}]})
+    unordered = crd(
+        "GlobalNetworkPolicy",
+        "g2",
+        {"selector": "a == 'b'", "ingress": [{"action": "Allow", "source": {"selector": "c == 'd'"}}]},
+    )
     v = one("globalnetworkpolicies", unordered)[1]
     assert v["order"] is None  # last
     assert v["types"] == ["ingress"]
@@ -389,10 +524,14 @@ def test_global_network_policy_order_and_types() -> None:
 
 
 def test_prefix_selector() -> None:
-    assert prefix_selector("a == 'x' && !has(b) && c in {'in', 'not'}", "pcns.") == \
-        "pcns.a == 'x' && !has(pcns.b) && pcns.c in {'in', 'not'}"
-    assert prefix_selector("k contains 'v' || (x starts with 'y')", "pcsa.") == \
-        "pcsa.k contains 'v' || (pcsa.x starts with 'y')"
+    assert (
+        prefix_selector("a == 'x' && !has(b) && c in {'in', 'not'}", "pcns.")
+        == "pcns.a == 'x' && !has(pcns.b) && pcns.c in {'in', 'not'}"
+    )
+    assert (
+        prefix_selector("k contains 'v' || (x starts with 'y')", "pcsa.")
+        == "pcsa.k contains 'v' || (pcsa.x starts with 'y')"
+    )
     assert prefix_selector("all()", "pcns.", namespace_semantics=True) == "has(projectcalico.org/namespace)"
     assert prefix_selector("global()", "pcns.", namespace_semantics=True) == "!has(projectcalico.org/namespace)"
     assert prefix_selector("all()", "pcns.") == "all()"
@@ -402,22 +541,38 @@ def test_prefix_selector() -> None:
 
 
 def test_network_sets() -> None:
-    key, v = one("globalnetworksets", crd("GlobalNetworkSet", "bad-ips", {"nets": ["198.51.100.7/24", "1.2.3.4"]},
-                                          labels={"feed": "x"}))
+    key, v = one(
+        "globalnetworksets",
+        crd("GlobalNetworkSet", "bad-ips", {"nets": ["198.51.100.7/24", "1.2.3.4"]}, labels={"feed": "x"}),
+    )
     assert key == "/calico/v1/netset/bad-ips"
     assert v == {"labels": {"feed": "x"}, "nets": ["198.51.100.0/24", "1.2.3.4/32"]}
-    key, v = one("networksets", crd("NetworkSet", "partners", {"nets": ["203.0.113.0/24"]}, ns="shop",
-                                    labels={"role": "p"}))
+    key, v = one(
+        "networksets", crd("NetworkSet", "partners", {"nets": ["203.0.113.0/24"]}, ns="shop", labels={"role": "p"})
+    )
     assert key == "/calico/v1/netset/shop%2fpartners"
     assert v["labels"] == {"role": "p", "projectcalico.org/namespace": "shop"}
 
 
 def test_ip_pool() -> None:
-    key, v = one("ippools", crd("IPPool", "default-ipv4-ippool", {
-        "cidr": "10.64.0.0/10", "ipipMode": "CrossSubnet", "natOutgoing": True, "nodeSelector": "all()"}))
+    key, v = one(
+        "ippools",
+        crd(
+            "IPPool",
+            "default-ipv4-ippool",
+            {"cidr": "10.64.0.0/10", "ipipMode": "CrossSubnet", "natOutgoing": True, "nodeSelector": "all()"},
+        ),
+    )
     assert key == "/calico/v1/ipam/v4/pool/10.64.0.0-10"
-    assert v == {"cidr": "10.64.0.0/10", "ipipMode": "CrossSubnet", "vxlanMode": "Never", "natOutgoing": True,
-                 "disabled": False, "disableBGPExport": False, "blockSize": 26}
+    assert v == {
+        "cidr": "10.64.0.0/10",
+        "ipipMode": "CrossSubnet",
+        "vxlanMode": "Never",
+        "natOutgoing": True,
+        "disabled": False,
+        "disableBGPExport": False,
+        "blockSize": 26,
+    }
     key, v = one("ippools", crd("IPPool", "v6", {"cidr": "fd00:10::/48", "vxlanMode": "Always"}))
     assert key == "/calico/v1/ipam/v6/pool/fd00:10::-48" and v["blockSize"] == 122
     assert project_delete("ippools", crd("IPPool", "v6", {"cidr": "fd00:10::/48"})) == [key]
@@ -430,13 +585,32 @@ def _block(affinity: str | None, owners: dict[int, tuple[str, str]], deleted: bo
     attributes = []
     for ordinal, (handle, node) in sorted(owners.items()):
         allocations[ordinal] = len(attributes)
-        attributes.append({"handle_id": handle, "secondary": {"node": node, "pod": handle, "namespace": "ns",
-                                                              "timestamp": "2024-01-01 00:00:00 +0000 UTC"}})
-    return crd("IPAMBlock", "10-64-0-0-26", {
-        "cidr": "10.64.0.0/26", "affinity": affinity, "allocations": allocations,
-        "unallocated": [i for i in range(64) if i not in owners], "attributes": attributes,
-        "sequenceNumber": len(owners), "sequenceNumberForAllocation": {str(i): 1 for i in owners},
-        "deleted": deleted, "strictAffinity": False})
+        attributes.append(
+            {
+                "handle_id": handle,
+                "secondary": {
+                    "node": node,
+                    "pod": handle,
+                    "namespace": "ns",
+                    "timestamp": "2024-01-01 00:00:00 +0000 UTC",
+                },
+            }
+        )
+    return crd(
+        "IPAMBlock",
+        "10-64-0-0-26",
+        {
+            "cidr": "10.64.0.0/26",
+            "affinity": affinity,
+            "allocations": allocations,
+            "unallocated": [i for i in range(64) if i not in owners],
+            "attributes": attributes,
+            "sequenceNumber": len(owners),
+            "sequenceNumberForAllocation": {str(i): 1 for i in owners},
+            "deleted": deleted,
+            "strictAffinity": False,
+        },
+    )
 
 
 def test_ipam_block() -> None:
@@ -455,8 +629,11 @@ def test_ipam_block() -> None:
 
 
 def test_block_affinity() -> None:
-    obj = crd("BlockAffinity", "node-a-10-64-0-0-26",
-              {"cidr": "10.64.0.0/26", "node": "node-a", "state": "confirmed", "deleted": "false"})
+    obj = crd(
+        "BlockAffinity",
+        "node-a-10-64-0-0-26",
+        {"cidr": "10.64.0.0/26", "node": "node-a", "state": "confirmed", "deleted": "false"},
+    )
     key, v = one("blockaffinities", obj)
     assert key == "/calico/ipam/v2/host/node-a/ipv4/block/10.64.0.0-26"
     assert v == {"node": "node-a", "cidr": "10.64.0.0/26", "state": "confirmed"}
@@ -471,12 +648,20 @@ def test_block_affinity() -> None:
 def test_node_projection() -> None:
     key, v = one("nodes", make_node())
     assert key == "/calico/resources/v3/projectcalico.org/nodes/node-a"
-    assert v == {"name": "node-a", "labels": {"kubernetes.io/hostname": "node-a"},
-                 "ipv4Address": "192.0.2.10/24", "ipv4IPIPTunnelAddr": "10.64.0.1",
-                 "podCIDRs": ["10.244.1.0/24"]}
-    vx = make_node(annotations={"projectcalico.org/IPv4VXLANTunnelAddr": "10.64.0.2",
-                                "projectcalico.org/VXLANTunnelMACAddr": "66:aa:bb:cc:dd:ee",
-                                "projectcalico.org/ASNumber": "64512"})
+    assert v == {
+        "name": "node-a",
+        "labels": {"kubernetes.io/hostname": "node-a"},
+        "ipv4Address": "192.0.2.10/24",
+        "ipv4IPIPTunnelAddr": "10.64.0.1",
+        "podCIDRs": ["10.244.1.0/24"],
+    }
+    vx = make_node(
+        annotations={
+            "projectcalico.org/IPv4VXLANTunnelAddr": "10.64.0.2",
+            "projectcalico.org/VXLANTunnelMACAddr": "66:aa:bb:cc:dd:ee",
+            "projectcalico.org/ASNumber": "64512",
+        }
+    )
     v = one("nodes", vx)[1]
     assert v["ipv4Address"] == "192.0.2.10/32"  # InternalIP fallback, subnet unknown
     assert v["ipv4VXLANTunnelAddr"] == "10.64.0.2" and v["vxlanTunnelMACAddr"] == "66:aa:bb:cc:dd:ee"
@@ -498,25 +683,42 @@ def test_node_heartbeat_is_not_a_change() -> None:
 
 
 def test_host_endpoint() -> None:
-    obj = crd("HostEndpoint", "node-a-eth0", {"node": "node-a", "interfaceName": "eth0",
-                                              "expectedIPs": ["192.0.2.10"], "profiles": ["p1"],
-                                              "ports": [{"name": "ssh", "protocol": "TCP", "port": 22}]},
-              labels={"role": "edge"})
+    obj = crd(
+        "HostEndpoint",
+        "node-a-eth0",
+        {
+            "node": "node-a",
+            "interfaceName": "eth0",
+            "expectedIPs": ["192.0.2.10"],
+            "profiles": ["p1"],
+            "ports": [{"name": "ssh", "protocol": "TCP", "port": 22}],
+        },
+        labels={"role": "edge"},
+    )
     key, v = one("hostendpoints", obj)
     assert key == "/calico/v1/host/node-a/endpoint/node-a-eth0"
-    assert v == {"node": "node-a", "interfaceName": "eth0", "expectedIPs": ["192.0.2.10"], "profiles": ["p1"],
-                 "labels": {"role": "edge"}, "ports": [{"name": "ssh", "protocol": "tcp", "port": 22}]}
+    assert v == {
+        "node": "node-a",
+        "interfaceName": "eth0",
+        "expectedIPs": ["192.0.2.10"],
+        "profiles": ["p1"],
+        "labels": {"role": "edge"},
+        "ports": [{"name": "ssh", "protocol": "tcp", "port": 22}],
+    }
     assert project_delete("hostendpoints", obj) == [key]
     with pytest.raises(ProjectionError):
         project("hostendpoints", crd("HostEndpoint", "x", {"interfaceName": "eth0"}))
 
 
-@pytest.mark.parametrize("resource,kind,prefix", [
-    ("felixconfigurations", "FelixConfiguration", "/calico/resources/v3/projectcalico.org/felixconfigurations/"),
-    ("clusterinformations", "ClusterInformation", "/calico/resources/v3/projectcalico.org/clusterinformations/"),
-    ("bgppeers", "BGPPeer", "/calico/resources/v3/projectcalico.org/bgppeers/"),
-    ("bgpconfigurations", "BGPConfiguration", "/calico/resources/v3/projectcalico.org/bgpconfigurations/"),
-])
+@pytest.mark.parametrize(
+    "resource,kind,prefix",
+    [
+        ("felixconfigurations", "FelixConfiguration", "/calico/resources/v3/projectcalico.org/felixconfigurations/"),
+        ("clusterinformations", "ClusterInformation", "/calico/resources/v3/projectcalico.org/clusterinformations/"),
+        ("bgppeers", "BGPPeer", "/calico/resources/v3/projectcalico.org/bgppeers/"),
+        ("bgpconfigurations", "BGPConfiguration", "/calico/resources/v3/projectcalico.org/bgpconfigurations/"),
+    ],
+)
 def test_spec_passthrough(resource: str, kind: str, prefix: str) -> None:
     obj = crd(kind, "default", {"a": 1, "b": {"c": "d"}})
     assert one(resource, obj) == (prefix + "default", {"a": 1, "b": {"c": "d"}})
@@ -529,25 +731,28 @@ def test_spec_passthrough(resource: str, kind: str, prefix: str) -> None:
 # --- malformed objects ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("resource,obj", [
-    ("pods", {}),
-    ("pods", "not a dict"),
-    ("pods", {"metadata": {"namespace": "x"}}),                       # no name
-    ("pods", {"metadata": {"name": "p"}}),                            # namespaced, no namespace
-    ("pods", {"metadata": {"name": "", "namespace": "x"}}),
-    ("pods", {"metadata": {"name": "p", "namespace": "x"}, "spec": []}),
-    ("pods", make_pod(ip="not-an-ip")),
-    ("pods", make_pod(labels={"a": 1})),                              # non-string label value
-    ("nodes", {"metadata": None}),
-    ("namespaces", {"metadata": {"name": 5}}),
-    ("networkpolicies", make_np({"ingress": [{"from": [{"ipBlock": {"cidr": "banana"}}]}]})),
-    ("networkpolicies", make_np({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Bogus"}]}})),
-    ("networkpolicies", make_np({"ingress": "nope"})),
-    ("globalnetworkpolicies", crd("GlobalNetworkPolicy", "g", {"ingress": [{"action": "Explode"}]})),
-    ("globalnetworkpolicies", crd("GlobalNetworkPolicy", "g", {"order": "first"})),
-    ("ipamblocks", crd("IPAMBlock", "weird-name", {})),
-    ("blockaffinities", crd("BlockAffinity", "x", {})),
-])
+@pytest.mark.parametrize(
+    "resource,obj",
+    [
+        ("pods", {}),
+        ("pods", "not a dict"),
+        ("pods", {"metadata": {"namespace": "x"}}),  # no name
+        ("pods", {"metadata": {"name": "p"}}),  # namespaced, no namespace
+        ("pods", {"metadata": {"name": "", "namespace": "x"}}),
+        ("pods", {"metadata": {"name": "p", "namespace": "x"}, "spec": []}),
+        ("pods", make_pod(ip="not-an-ip")),
+        ("pods", make_pod(labels={"a": 1})),  # non-string label value
+        ("nodes", {"metadata": None}),
+        ("namespaces", {"metadata": {"name": 5}}),
+        ("networkpolicies", make_np({"ingress": [{"from": [{"ipBlock": {"cidr": "banana"}}]}]})),
+        ("networkpolicies", make_np({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Bogus"}]}})),
+        ("networkpolicies", make_np({"ingress": "nope"})),
+        ("globalnetworkpolicies", crd("GlobalNetworkPolicy", "g", {"ingress": [{"action": "Explode"}]})),
+        ("globalnetworkpolicies", crd("GlobalNetworkPolicy", "g", {"order": "first"})),
+        ("ipamblocks", crd("IPAMBlock", "weird-name", {})),
+        ("blockaffinities", crd("BlockAffinity", "x", {})),
+    ],
+)
 def test_malformed_objects_raise_projection_error(resource: str, obj: object) -> None:
     with pytest.raises(ProjectionError):
         project(resource, obj)  # type: ignore[arg-type]
@@ -594,16 +799,19 @@ _label_key = st.from_regex(r"[a-z]([a-z0-9.-]{0,10}[a-z0-9])?(/[a-z][a-z0-9]{0,8
 _label_val = st.from_regex(r"([A-Za-z0-9]([A-Za-z0-9_.-]{0,10}[A-Za-z0-9])?)?", fullmatch=True)
 _labels = st.dictionaries(_label_key, _label_val, max_size=6)
 _ts = st.datetimes().map(lambda d: d.strftime("%Y-%m-%dT%H:%M:%SZ"))
-_noise = st.fixed_dictionaries({
-    "rv": st.integers(1, 10**9).map(str),
-    "mf_time": _ts,
-    "cond_time": _ts,
-    "restarts": st.integers(0, 100),
-    "extra_ann": st.dictionaries(st.sampled_from(["a.io/x", "kubectl.kubernetes.io/restartedAt", "b/y"]),
-                                 st.text(max_size=8), max_size=2),
-    "phase": st.sampled_from(["Running", "Pending", "Unknown"]),
-    "generation": st.integers(0, 50),
-})
+_noise = st.fixed_dictionaries(
+    {
+        "rv": st.integers(1, 10**9).map(str),
+        "mf_time": _ts,
+        "cond_time": _ts,
+        "restarts": st.integers(0, 100),
+        "extra_ann": st.dictionaries(
+            st.sampled_from(["a.io/x", "kubectl.kubernetes.io/restartedAt", "b/y"]), st.text(max_size=8), max_size=2
+        ),
+        "phase": st.sampled_from(["Running", "Pending", "Unknown"]),
+        "generation": st.integers(0, 50),
+    }
+)
 
 
 def _noisy(obj: dict, n: dict) -> dict:
@@ -614,8 +822,9 @@ def _noisy(obj: dict, n: dict) -> dict:
     md["managedFields"] = [{"manager": "m", "operation": "Update", "time": n["mf_time"]}]
     md.setdefault("annotations", {}).update(n["extra_ann"])
     st_ = o.setdefault("status", {})
-    st_["conditions"] = [{"type": "Ready", "status": "True", "lastTransitionTime": n["cond_time"],
-                          "lastHeartbeatTime": n["cond_time"]}]
+    st_["conditions"] = [
+        {"type": "Ready", "status": "True", "lastTransitionTime": n["cond_time"], "lastHeartbeatTime": n["cond_time"]}
+    ]
     st_["containerStatuses"] = [{"name": "c", "restartCount": n["restarts"]}]
     if o["kind"] == "Pod":
         st_["phase"] = n["phase"]
@@ -623,17 +832,23 @@ def _noisy(obj: dict, n: dict) -> dict:
 
 
 @settings(max_examples=150, deadline=None)
-@given(labels=_labels, n1=_noise, n2=_noise, ip=st.ip_addresses(v=4).map(str),
-       name=st.from_regex(r"[a-z][a-z0-9-]{0,20}[a-z0-9]", fullmatch=True))
-def test_pod_projection_deterministic_and_ignores_noise(labels: dict, n1: dict, n2: dict, ip: str,
-                                                        name: str) -> None:
+@given(
+    labels=_labels,
+    n1=_noise,
+    n2=_noise,
+    ip=st.ip_addresses(v=4).map(str),
+    name=st.from_regex(r"[a-z][a-z0-9-]{0,20}[a-z0-9]", fullmatch=True),
+)
+def test_pod_projection_deterministic_and_ignores_noise(labels: dict, n1: dict, n2: dict, ip: str, name: str) -> None:
     pod = make_pod(name=name, ip=ip, labels=labels)
     a, b = project("pods", _noisy(pod, n1)), project("pods", _noisy(pod, n2))
     assert [(k, enc(v)) for k, v in a] == [(k, enc(v)) for k, v in b]
     assert project("pods", pod) == project("pods", pod)
     v = a[0][1]
-    assert v is not None and v["labels"].items() >= {k: x for k, x in labels.items()
-                                                      if not k.startswith("projectcalico.org/")}.items()
+    assert (
+        v is not None
+        and v["labels"].items() >= {k: x for k, x in labels.items() if not k.startswith("projectcalico.org/")}.items()
+    )
     # ...but a label change is always visible.
     changed = make_pod(name=name, ip=ip, labels={**labels, "zz-changed": "1"})
     assert enc(project("pods", changed)[0][1]) != enc(v)
@@ -649,8 +864,12 @@ def test_node_projection_ignores_noise(labels: dict, n1: dict, n2: dict) -> None
 @settings(max_examples=100, deadline=None)
 @given(ns_labels=_labels, pod_labels=_labels, n1=_noise, n2=_noise)
 def test_policy_projection_ignores_noise(ns_labels: dict, pod_labels: dict, n1: dict, n2: dict) -> None:
-    np_ = make_np({"podSelector": {"matchLabels": pod_labels},
-                   "ingress": [{"from": [{"namespaceSelector": {"matchLabels": ns_labels}}]}]})
+    np_ = make_np(
+        {
+            "podSelector": {"matchLabels": pod_labels},
+            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": ns_labels}}]}],
+        }
+    )
     np_["status"] = {}
     a = project("networkpolicies", _noisy(np_, n1))
     assert enc(a) == enc(project("networkpolicies", _noisy(np_, n2)))

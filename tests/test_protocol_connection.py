@@ -91,7 +91,11 @@ def test_client_accepts_matching_server_hello() -> None:
         (ClientHello("h", "felix", compression=()), ServerHello(PROTOCOL_VERSION, "felix", "zstd"), "did not offer"),
         (HELLO, ServerHello(PROTOCOL_VERSION, "felix", "lz4"), "did not offer"),
         # Offered, but not something this implementation can decompress.
-        (ClientHello("h", "felix", compression=("lz4", "zstd")), ServerHello(PROTOCOL_VERSION, "felix", "lz4"), "only zstd"),
+        (
+            ClientHello("h", "felix", compression=("lz4", "zstd")),
+            ServerHello(PROTOCOL_VERSION, "felix", "lz4"),
+            "only zstd",
+        ),
     ],
 )
 def test_client_rejects_a_server_hello_it_did_not_ask_for(hello, server_hello, match) -> None:
@@ -282,7 +286,9 @@ def test_compressed_stream_decodes_after_negotiation() -> None:
     kvs = [KV(f"/calico/v1/host/n/{i}", b'{"x": %d}' % i, str(i)) for i in range(300)]
     conn = ClientConnection(HELLO)
     z = Compressor()
-    msgs = conn.receive_data(encode(SERVER_HELLO) + chunk(1, 0, kvs, final=True, compressor=z) + upd(1, 2, kvs[:50], compressor=z))
+    msgs = conn.receive_data(
+        encode(SERVER_HELLO) + chunk(1, 0, kvs, final=True, compressor=z) + upd(1, 2, kvs[:50], compressor=z)
+    )
     assert msgs[1].kvs == kvs and msgs[2].kvs == kvs[:50]
 
 
@@ -296,7 +302,9 @@ def test_client_frame_limit_and_byte_counter() -> None:
 
 
 def test_byte_at_a_time_gives_the_same_messages() -> None:
-    data = encode(SERVER_HELLO) + chunk(2, 0, [("a", b"1", "r")]) + chunk(2, 1, final=True) + upd(2, 3) + encode(Ping(9))
+    data = (
+        encode(SERVER_HELLO) + chunk(2, 0, [("a", b"1", "r")]) + chunk(2, 1, final=True) + upd(2, 3) + encode(Ping(9))
+    )
     whole = ClientConnection(HELLO).receive_data(data)
     conn = ClientConnection(HELLO)
     trickled = list(itertools.chain.from_iterable(conn.receive_data(data[i : i + 1]) for i in range(len(data))))
@@ -392,12 +400,20 @@ def test_negotiate_success_picks_zstd_and_echoes_settings() -> None:
 
 
 def test_negotiate_picks_highest_common_version() -> None:
-    assert negotiate(ClientHello("h", "felix", versions=(0, *SUPPORTED_VERSIONS, 99)), ["felix"]).version == max(SUPPORTED_VERSIONS)
+    assert negotiate(ClientHello("h", "felix", versions=(0, *SUPPORTED_VERSIONS, 99)), ["felix"]).version == max(
+        SUPPORTED_VERSIONS
+    )
 
 
 @pytest.mark.parametrize(
     ("compression", "enabled", "expected"),
-    [(("zstd",), True, "zstd"), (("lz4", "zstd"), True, "zstd"), (("zstd",), False, None), ((), True, None), (("lz4",), True, None)],
+    [
+        (("zstd",), True, "zstd"),
+        (("lz4", "zstd"), True, "zstd"),
+        (("zstd",), False, None),
+        ((), True, None),
+        (("lz4",), True, None),
+    ],
 )
 def test_negotiate_compression(compression, enabled, expected) -> None:
     assert negotiate(ClientHello("h", "felix", compression=compression), ["felix"], enabled).compression == expected
@@ -449,7 +465,9 @@ class FakeClock:
         return self.now
 
 
-def follow(cache: SnapCache, compressed: bool, hello: ClientHello = HELLO) -> tuple[ClientConnection, object, bytes, list]:
+def follow(
+    cache: SnapCache, compressed: bool, hello: ClientHello = HELLO
+) -> tuple[ClientConnection, object, bytes, list]:
     """Hello + snapshot for a new client of `cache`, decoded; returns the connection, snapshot, wire, msgs."""
     snap = cache.snapshot(compressed)
     wire = encode(ServerHello(1, cache.syncer_type, "zstd" if compressed else None)) + b"".join(
@@ -476,14 +494,28 @@ def test_breadcrumbs_decode_to_the_applied_updates() -> None:
     assert snap.seq == 0 and conn.seq == 0
     assert msgs[1] == SnapshotChunk(0, 0, snap.breadcrumb.created_ns, SyncStatus.WAIT_FOR_DATASTORE, 0, True, [])
 
-    batch = [("a", b"1", "r1"), ("b", b"2", "r2"), ("a", b"1", "r3"), ("c", b"3", "r4"), ("a", None, "r5"), ("d", b"4", "r6")]
+    batch = [
+        ("a", b"1", "r1"),
+        ("b", b"2", "r2"),
+        ("a", b"1", "r3"),
+        ("c", b"3", "r4"),
+        ("a", None, "r5"),
+        ("d", b"4", "r6"),
+    ]
     assert cache.apply(batch) == 2  # ("a", b"1") again is dropped: 5 changes, batches of 3
     cache.set_status(IN_SYNC)
     pending = collect_pending(snap.breadcrumb, 1 << 20)
     assert pending.breadcrumbs == 3
     msgs = conn.receive_data(pending.data)
     assert msgs == [
-        Updates(0, 1, msgs[0].created_ns, SyncStatus.WAIT_FOR_DATASTORE, 3, [KV("a", b"1", "r1"), KV("b", b"2", "r2"), KV("c", b"3", "r4")]),
+        Updates(
+            0,
+            1,
+            msgs[0].created_ns,
+            SyncStatus.WAIT_FOR_DATASTORE,
+            3,
+            [KV("a", b"1", "r1"), KV("b", b"2", "r2"), KV("c", b"3", "r4")],
+        ),
         Updates(1, 2, msgs[1].created_ns, SyncStatus.WAIT_FOR_DATASTORE, 2, [KV("a", None, "r5"), KV("d", b"4", "r6")]),
         SyncStatusChange(2, 3, msgs[2].created_ns, IN_SYNC),
     ]
@@ -500,7 +532,7 @@ def test_snapshot_of_a_populated_cache(compressed) -> None:
     cache = SnapCache("bgp", max_batch=100, snapshot_chunk=7, clock_ns=FakeClock())
     cache.apply((f"/calico/bgp/v1/host/n{i}/ip_addr_v4", b'"10.0.%d.1"' % i, str(i)) for i in range(30))
     cache.set_status(IN_SYNC)
-    conn, snap, _, msgs = follow(cache, compressed, ClientHello("n", "bgp"))
+    conn, _snap, _, msgs = follow(cache, compressed, ClientHello("n", "bgp"))
     chunks = msgs[1:]
     assert [c.index for c in chunks] == [0, 1, 2, 3, 4] and [c.final for c in chunks] == [False] * 4 + [True]
     assert all(c.seq == cache.head.seq and c.status is IN_SYNC for c in chunks)
@@ -515,7 +547,7 @@ def test_reused_snapshot_continues_from_its_own_breadcrumb() -> None:
     clock = FakeClock()
     cache = SnapCache("felix", snapshot_chunk=10, snapshot_reuse_ns=10**12, clock_ns=clock)
     cache.apply([("a", b"1", "1")])
-    first, snap, _, _ = follow(cache, False)
+    _first, snap, _, _ = follow(cache, False)
     cache.apply([("b", b"2", "2")])
     second, snap2, _, _ = follow(cache, False)
     assert snap2 is snap and second.seq == 1  # reused: the late client starts behind the head
@@ -537,7 +569,11 @@ def test_skipping_a_breadcrumb_is_detected() -> None:
 ops = st.lists(
     st.one_of(
         st.lists(
-            st.tuples(st.sampled_from("abcdefgh"), st.none() | st.sampled_from([b"1", b"2", b"", b"\xff" * 40]), st.text(max_size=3)),
+            st.tuples(
+                st.sampled_from("abcdefgh"),
+                st.none() | st.sampled_from([b"1", b"2", b"", b"\xff" * 40]),
+                st.text(max_size=3),
+            ),
             max_size=12,
         ),
         st.sampled_from(list(SyncStatus)),
@@ -551,7 +587,9 @@ ops = st.lists(
 @given(ops, st.integers(1, 5), st.integers(1, 4), st.booleans(), st.lists(st.integers(1, 97), min_size=1, max_size=5))
 def test_cache_and_client_agree(ops, max_batch, chunk_size, compressed, piece_sizes) -> None:
     """Clients joining at random points, fed the shared wire bytes in random pieces, end with the cache's state."""
-    cache = SnapCache("felix", max_batch=max_batch, snapshot_chunk=chunk_size, snapshot_reuse_ns=0, clock_ns=FakeClock())
+    cache = SnapCache(
+        "felix", max_batch=max_batch, snapshot_chunk=chunk_size, snapshot_reuse_ns=0, clock_ns=FakeClock()
+    )
     clients: list[tuple[ClientConnection, object, dict[str, bytes]]] = []
 
     def join() -> None:
@@ -632,13 +670,18 @@ def test_resume_fields_round_trip_and_resumed_hello_skips_the_snapshot() -> None
     hello = ClientHello("n", "felix", resume_epoch="e1", resume_seq=41)
     assert decode(_frames(encode(hello))[0]) == hello
     conn = ClientConnection(hello)
-    msgs = conn.receive_data(encode(ServerHello(1, "felix", None, epoch="e1", resumed=True)) + encode_sync_status(41, 42, 1, SyncStatus.IN_SYNC))
+    msgs = conn.receive_data(
+        encode(ServerHello(1, "felix", None, epoch="e1", resumed=True))
+        + encode_sync_status(41, 42, 1, SyncStatus.IN_SYNC)
+    )
     assert conn.state is ConnState.STREAMING and conn.seq == 42 and len(msgs) == 2
 
 
 def test_unsolicited_or_foreign_resume_is_rejected() -> None:
     with pytest.raises(HandshakeRejected):
-        ClientConnection(ClientHello("n", "felix")).receive_data(encode(ServerHello(1, "felix", None, epoch="e", resumed=True)))
+        ClientConnection(ClientHello("n", "felix")).receive_data(
+            encode(ServerHello(1, "felix", None, epoch="e", resumed=True))
+        )
     with pytest.raises(HandshakeRejected):
         ClientConnection(ClientHello("n", "felix", resume_epoch="mine", resume_seq=3)).receive_data(
             encode(ServerHello(1, "felix", None, epoch="theirs", resumed=True))

@@ -351,7 +351,9 @@ def test_truncated_bodies_raise_protocol_error(msg, data) -> None:
         decode(Frame(wire[4], wire[5], body[:cut]), Decompressor(BIG))
 
 
-@pytest.mark.parametrize("mtype", [MsgType.CLIENT_HELLO, MsgType.SERVER_HELLO, MsgType.PING, MsgType.PONG, MsgType.GOODBYE])
+@pytest.mark.parametrize(
+    "mtype", [MsgType.CLIENT_HELLO, MsgType.SERVER_HELLO, MsgType.PING, MsgType.PONG, MsgType.GOODBYE]
+)
 @pytest.mark.parametrize(
     "body",
     [
@@ -370,7 +372,14 @@ def test_garbage_control_bodies_raise_protocol_error(mtype, body) -> None:
         decode(Frame(mtype, 0, body))
 
 
-HELLO_OK = {"versions": [1], "hostname": "h", "syncer_type": "felix", "compression": ["zstd"], "info": "", "connection_id": ""}
+HELLO_OK = {
+    "versions": [1],
+    "hostname": "h",
+    "syncer_type": "felix",
+    "compression": ["zstd"],
+    "info": "",
+    "connection_id": "",
+}
 SERVER_HELLO_OK = {"version": 1, "syncer_type": "felix", "compression": "zstd", "server_id": "s", "ping_interval": 10.0}
 
 
@@ -423,9 +432,16 @@ def test_wrong_field_types_raise_protocol_error(mtype, fields) -> None:
 
 def test_valid_control_fixtures_decode() -> None:
     # Guards the parametrized negative cases above: the unmodified fixtures are accepted.
-    assert decode(Frame(MsgType.CLIENT_HELLO, 0, msgpack.packb(HELLO_OK))) == ClientHello("h", "felix", (1,), "", ("zstd",), "")
-    assert decode(Frame(MsgType.SERVER_HELLO, 0, msgpack.packb(SERVER_HELLO_OK))) == ServerHello(1, "felix", "zstd", "s", 10.0)
-    assert decode(Frame(MsgType.SERVER_HELLO, 0, msgpack.packb({**SERVER_HELLO_OK, "ping_interval": 3}))).ping_interval == 3.0
+    assert decode(Frame(MsgType.CLIENT_HELLO, 0, msgpack.packb(HELLO_OK))) == ClientHello(
+        "h", "felix", (1,), "", ("zstd",), ""
+    )
+    assert decode(Frame(MsgType.SERVER_HELLO, 0, msgpack.packb(SERVER_HELLO_OK))) == ServerHello(
+        1, "felix", "zstd", "s", 10.0
+    )
+    assert (
+        decode(Frame(MsgType.SERVER_HELLO, 0, msgpack.packb({**SERVER_HELLO_OK, "ping_interval": 3}))).ping_interval
+        == 3.0
+    )
 
 
 def _updates_frame(payload: bytes, count: int, flags: int = 0, base: int = 1, seq: int = 2) -> Frame:
@@ -653,7 +669,9 @@ def test_structured_garbage_only_ever_raises_protocol_error(frames, decode_kvs) 
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(messages, st.booleans(), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4))
+@given(
+    messages, st.booleans(), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4)
+)
 def test_mutated_valid_frames_only_ever_raise_protocol_error(msg, compress, mutations) -> None:
     wire = bytearray(encode(msg, Compressor() if compress else None))
     for pos, byte in mutations:
@@ -704,7 +722,14 @@ def test_decode_kv_payload_direct() -> None:
 _T = 1_700_000_000_000_000_000
 SPEC_EXAMPLES = [
     (
-        ClientHello(hostname="node-1", syncer_type="felix", versions=(1,), info="felix 0.1", compression=("zstd",), connection_id="c1"),
+        ClientHello(
+            hostname="node-1",
+            syncer_type="felix",
+            versions=(1,),
+            info="felix 0.1",
+            compression=("zstd",),
+            connection_id="c1",
+        ),
         """00 00 00 60 01 00 00 00 86 a8 76 65 72 73 69 6f 6e 73 91 01 a8 68 6f 73 74 6e 61 6d 65 a6 6e 6f
            64 65 2d 31 a4 69 6e 66 6f a9 66 65 6c 69 78 20 30 2e 31 ab 73 79 6e 63 65 72 5f 74 79 70 65 a5
            66 65 6c 69 78 ab 63 6f 6d 70 72 65 73 73 69 6f 6e 91 a4 7a 73 74 64 ad 63 6f 6e 6e 65 63 74 69
@@ -717,7 +742,14 @@ SPEC_EXAMPLES = [
            73 72 76 31 ad 70 69 6e 67 5f 69 6e 74 65 72 76 61 6c cb 40 24 00 00 00 00 00 00""",
     ),
     (
-        Updates(41, 42, _T, SyncStatus.IN_SYNC, 1, [KV("/calico/v1/host/node-1/config/LogSeverityScreen", b'"Info"', "1234")]),
+        Updates(
+            41,
+            42,
+            _T,
+            SyncStatus.IN_SYNC,
+            1,
+            [KV("/calico/v1/host/node-1/config/LogSeverityScreen", b'"Info"', "1234")],
+        ),
         """00 00 00 60 04 00 00 00 00 00 00 00 00 00 00 29 00 00 00 00 00 00 00 2a 17 97 9c fe 36 2a 00 00
            00 00 00 01 03 00 00 00 91 93 d9 2f 2f 63 61 6c 69 63 6f 2f 76 31 2f 68 6f 73 74 2f 6e 6f 64 65
            2d 31 2f 63 6f 6e 66 69 67 2f 4c 6f 67 53 65 76 65 72 69 74 79 53 63 72 65 65 6e c4 06 22 49 6e
@@ -738,7 +770,9 @@ SPEC_EXAMPLES = [
 ]
 
 
-@pytest.mark.parametrize(("msg", "hexdump"), SPEC_EXAMPLES, ids=lambda v: type(v).__name__ if not isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    ("msg", "hexdump"), SPEC_EXAMPLES, ids=lambda v: type(v).__name__ if not isinstance(v, str) else ""
+)
 def test_spec_examples(msg, hexdump) -> None:
     wire = bytes.fromhex(hexdump)
     assert encode(msg) == wire
@@ -748,8 +782,11 @@ def test_spec_examples(msg, hexdump) -> None:
 
 def test_spec_compressed_example_prefix() -> None:
     kvs = [
-        KV(f"/calico/v1/host/node-1/workload/k8s/default%2fpod-{i}/endpoint/eth0",
-           b'{"state":"active","name":"cali%05d","profile_ids":["kns.default"]}' % i, str(1000 + i))
+        KV(
+            f"/calico/v1/host/node-1/workload/k8s/default%2fpod-{i}/endpoint/eth0",
+            b'{"state":"active","name":"cali%05d","profile_ids":["kns.default"]}' % i,
+            str(1000 + i),
+        )
         for i in range(20)
     ]
     wire = encode_updates(9, 10, _T, SyncStatus.IN_SYNC, kvs, Compressor())

@@ -161,7 +161,6 @@ def test_long_chain_frees_without_recursion_error() -> None:
     assert sys.getrecursionlimit() < 200_000
 
 
-
 def test_snapshot_chunks_end_early_for_large_values() -> None:
     c = SnapCache("felix", snapshot_chunk=1000)
     big = b"v" * (1 << 20)

@@ -124,7 +124,12 @@ async def test_client_joining_mid_stream_converges(server_factory) -> None:
     async def churn() -> None:
         i = 0
         while not stop:
-            cache.apply([(f"/calico/test/{i % 700:06d}", b"%d" % i, str(i)), (f"/calico/test/{(i * 7) % 700:06d}", None, str(i))])
+            cache.apply(
+                [
+                    (f"/calico/test/{i % 700:06d}", b"%d" % i, str(i)),
+                    (f"/calico/test/{(i * 7) % 700:06d}", None, str(i)),
+                ]
+            )
             i += 1
             await asyncio.sleep(0.001)
 
@@ -174,7 +179,7 @@ async def test_stalled_client_dropped_others_unaffected(server_factory) -> None:
     server = await server_factory(cache, write_timeout=1.0, write_high_water=64 * 1024, housekeeping_interval=0.1)
     clients, tasks = await start_clients(server.port, 20)
     await asyncio.gather(*(c.wait_in_sync(10) for c in clients))
-    reader, writer = await raw_connect(server.port)
+    _reader, writer = await raw_connect(server.port)
     writer.write(encode(ClientHello("stalled", "felix", compression=())))
     await writer.drain()
     await wait_for(lambda: len(server._following["felix"]) == 21, 10, "stalled client to follow")
@@ -184,7 +189,7 @@ async def test_stalled_client_dropped_others_unaffected(server_factory) -> None:
         cache.apply([(f"big/{i % 50}", blob + b"%d" % i, str(i))])
         t0 = time.monotonic()
         seq = cache.head.seq
-        await wait_for(lambda: all(c.seq >= seq for c in clients), 5, "healthy clients to receive")
+        await wait_for(lambda seq=seq: all(c.seq >= seq for c in clients), 5, "healthy clients to receive")
         latencies.append(time.monotonic() - t0)
         if dropped(server, "too-slow"):
             break
@@ -330,7 +335,10 @@ async def test_graceful_shutdown_paces_goodbyes(server_factory) -> None:
     server = await server_factory(make_cache(10))
     goodbyes: list[tuple[float, str]] = []
     clients, tasks = await start_clients(
-        server.port, 10, backoff_initial=5, on_connection=lambda up, why: None if up else goodbyes.append((time.monotonic(), why))
+        server.port,
+        10,
+        backoff_initial=5,
+        on_connection=lambda up, why: None if up else goodbyes.append((time.monotonic(), why)),
     )
     await asyncio.gather(*(c.wait_in_sync(5) for c in clients))
     t0 = time.monotonic()
@@ -367,8 +375,10 @@ async def test_slow_snapshot_reader_is_not_dropped_during_grace(server_factory) 
 
 async def test_lagging_client_dropped_after_grace(server_factory) -> None:
     cache = make_cache(10)
-    server = await server_factory(cache, max_fall_behind=0.2, new_client_grace=0, housekeeping_interval=0.05, write_high_water=16 * 1024)
-    reader, writer = await raw_connect(server.port)
+    server = await server_factory(
+        cache, max_fall_behind=0.2, new_client_grace=0, housekeeping_interval=0.05, write_high_water=16 * 1024
+    )
+    _reader, writer = await raw_connect(server.port)
     writer.write(encode(ClientHello("lagger", "felix", compression=())))
     await writer.drain()
     await wait_for(lambda: len(server._following["felix"]) == 1, 5, "following")
@@ -424,8 +434,13 @@ async def test_no_snapshot_before_the_cache_was_ever_in_sync(server_factory) -> 
     ready_cache.apply([("full/view", b"1", "1")])
     ready = await server_factory(ready_cache)
     reported: list[KV] = []
-    client = SyncClient([("127.0.0.1", loading.port), ("127.0.0.1", ready.port)], "felix", hostname="n",
-                        on_updates=reported.extend, backoff_initial=0.01)
+    client = SyncClient(
+        [("127.0.0.1", loading.port), ("127.0.0.1", ready.port)],
+        "felix",
+        hostname="n",
+        on_updates=reported.extend,
+        backoff_initial=0.01,
+    )
     client.state = {"old/key": KV("old/key", b"x", "0")}  # a view from before a reconnect
     task = asyncio.create_task(client.run())
     await client.wait_in_sync(5)
@@ -466,7 +481,9 @@ async def test_reconnect_to_the_same_cache_resumes_without_a_snapshot(server_fac
     await wait_for(lambda: client.stats.disconnects == 1, 5, "disconnected")
     reported.clear()
     # Changes while the agent was away: an add, a change, a delete.
-    cache.apply([("new/key", b"n", "r1"), ("/calico/test/000001", b"changed", "r2"), ("/calico/test/000002", None, "r3")])
+    cache.apply(
+        [("new/key", b"n", "r1"), ("/calico/test/000001", b"changed", "r2"), ("/calico/test/000002", None, "r3")]
+    )
     gate.set()
     await wait_for(lambda: client.stats.connects == 2 and client.seq == cache.head.seq, 5, "resumed and caught up")
     assert client.stats.resumes == 1 and client.stats.snapshots == 1  # no second snapshot

@@ -23,7 +23,7 @@ def digest(items) -> str:
 
 
 def small(**kw) -> SyntheticCluster:
-    args = dict(nodes=40, pods_per_node=30, namespaces=6, policies=12, seed=7)
+    args = {"nodes": 40, "pods_per_node": 30, "namespaces": 6, "policies": 12, "seed": 7}
     args.update(kw)
     return SyntheticCluster(**args)
 
@@ -207,8 +207,9 @@ def test_no_borrowing_when_disabled_and_unlimited_blocks() -> None:
 
 def test_exhausted_pool_borrows_then_fails() -> None:
     # 4 blocks of 64 for 5 nodes: the fifth node has no block of its own and borrows.
-    c = SyntheticCluster(nodes=5, pods_per_node=10, namespaces=2, policies=0, seed=1,
-                         pool_cidr="10.64.0.0/24", hot_node_fraction=0)
+    c = SyntheticCluster(
+        nodes=5, pods_per_node=10, namespaces=2, policies=0, seed=1, pool_cidr="10.64.0.0/24", hot_node_fraction=0
+    )
     facts = check_ipam(c)
     assert facts["borrowed"] >= 10
     with pytest.raises(PoolExhausted):
@@ -223,9 +224,17 @@ def test_churn_replay_matches_truth() -> None:
     state = project_all(c.initial_objects())
     events = c.churn(1500)
     ops = Counter((t, r) for t, r, _ in events)
-    for needed in [(ADDED, "pods"), (DELETED, "pods"), (MODIFIED, "pods"), (MODIFIED, "ipamblocks"),
-                   (ADDED, "nodes"), (DELETED, "nodes"), (ADDED, "blockaffinities"),
-                   (DELETED, "blockaffinities"), (MODIFIED, "networkpolicies")]:
+    for needed in [
+        (ADDED, "pods"),
+        (DELETED, "pods"),
+        (MODIFIED, "pods"),
+        (MODIFIED, "ipamblocks"),
+        (ADDED, "nodes"),
+        (DELETED, "nodes"),
+        (ADDED, "blockaffinities"),
+        (DELETED, "blockaffinities"),
+        (MODIFIED, "networkpolicies"),
+    ]:
         assert ops[needed] > 0, needed
     replay(state, events)
     assert state == project_all(c.initial_objects())
@@ -249,8 +258,7 @@ def test_node_leave_with_borrowers_orphans_block() -> None:
     events = c.churn(3000, mix={"pod_delete": 1})
     replay(state, events)
     assert c.stats()["pods"] == 0
-    assert "ipamblocks" not in c.objects() or all(
-        b["spec"]["affinity"] for b in c.objects()["ipamblocks"].values())
+    assert "ipamblocks" not in c.objects() or all(b["spec"]["affinity"] for b in c.objects()["ipamblocks"].values())
     assert state == project_all(c.initial_objects())
 
 
@@ -270,9 +278,8 @@ def test_status_only_events_project_identically() -> None:
     events = c.churn(300, mix={"pod_status": 1, "node_status": 1})
     assert {(t, r) for t, r, _ in events} == {(MODIFIED, "pods"), (MODIFIED, "nodes")}
     for _, res, obj in events:
-        (key, value), = project(res, obj)
-        assert orjson.dumps(value, option=orjson.OPT_SORT_KEYS) == \
-            orjson.dumps(state[key], option=orjson.OPT_SORT_KEYS)
+        ((key, value),) = project(res, obj)
+        assert orjson.dumps(value, option=orjson.OPT_SORT_KEYS) == orjson.dumps(state[key], option=orjson.OPT_SORT_KEYS)
 
 
 def test_label_and_policy_events_project_differently() -> None:
@@ -280,7 +287,7 @@ def test_label_and_policy_events_project_differently() -> None:
     state = project_all(c.initial_objects())
     events = c.churn(100, mix={"pod_label": 1})
     for _, res, obj in events:
-        (key, value), = project(res, obj)
+        ((key, value),) = project(res, obj)
         assert value != state[key]
         state[key] = value
     events = c.churn(100, mix={"policy_edit": 1})
@@ -292,14 +299,18 @@ def test_pod_lifecycle_events() -> None:
     c = small()
     events = c.churn(1, mix={"pod_create": 1})
     assert [(t, r) for t, r, _ in events] == [(ADDED, "pods"), (MODIFIED, "ipamblocks"), (MODIFIED, "pods")]
-    key, v = project("pods", events[0][2])[0]
+    _key, v = project("pods", events[0][2])[0]
     assert v is None  # Pending, no IP yet
     assert project("pods", events[2][2])[0][1]["ipNetworks"]
     events = c.churn(1, mix={"pod_delete": 1})
-    assert [(t, r) for t, r, _ in events] == [(MODIFIED, "pods"), (MODIFIED, "pods"),
-                                              (MODIFIED, "ipamblocks"), (DELETED, "pods")]
+    assert [(t, r) for t, r, _ in events] == [
+        (MODIFIED, "pods"),
+        (MODIFIED, "pods"),
+        (MODIFIED, "ipamblocks"),
+        (DELETED, "pods"),
+    ]
     assert project("pods", events[0][2])[0][1] is not None  # terminating, IP still held
-    assert project("pods", events[1][2])[0][1] is None      # CNI released it
+    assert project("pods", events[1][2])[0][1] is None  # CNI released it
 
 
 def test_churn_counting_events() -> None:
@@ -320,8 +331,15 @@ def test_churn_mix_validation() -> None:
         c.churn(1, mix={"explode": 1})
     with pytest.raises(ValueError):
         c.churn(1, mix={"pod_create": 0})
-    assert set(CHURN_OPS) >= {"pod_create", "pod_delete", "pod_label", "pod_status", "policy_edit",
-                              "node_join", "node_leave"}
+    assert set(CHURN_OPS) >= {
+        "pod_create",
+        "pod_delete",
+        "pod_label",
+        "pod_status",
+        "policy_edit",
+        "node_join",
+        "node_leave",
+    }
 
 
 def test_full_scale_is_fast() -> None:

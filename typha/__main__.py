@@ -14,8 +14,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from protocol import SYNCER_BGP, SYNCER_FELIX
 from common.runtime import kubernetes_client, run_main
+from protocol import SYNCER_BGP, SYNCER_FELIX
 
 from .config import TyphaConfig, load_config
 from .datastores.kubernetes import KubernetesDatastore
@@ -32,11 +32,19 @@ log = logging.getLogger("typha")
 
 def server_config(cfg: TyphaConfig) -> ServerConfig:
     return ServerConfig(
-        host=cfg.listen_host, port=cfg.port, handshake_timeout=cfg.handshake_timeout, ping_interval=cfg.ping_interval,
-        ping_timeout=cfg.ping_timeout, write_timeout=cfg.write_timeout, max_fall_behind=cfg.max_fall_behind,
-        new_client_grace=cfg.new_client_grace, max_connections=cfg.max_connections,
-        max_concurrent_snapshots=cfg.max_concurrent_snapshots, max_frame=cfg.max_frame,
-        compression=cfg.compression, server_id=cfg.server_id,
+        host=cfg.listen_host,
+        port=cfg.port,
+        handshake_timeout=cfg.handshake_timeout,
+        ping_interval=cfg.ping_interval,
+        ping_timeout=cfg.ping_timeout,
+        write_timeout=cfg.write_timeout,
+        max_fall_behind=cfg.max_fall_behind,
+        new_client_grace=cfg.new_client_grace,
+        max_connections=cfg.max_connections,
+        max_concurrent_snapshots=cfg.max_concurrent_snapshots,
+        max_frame=cfg.max_frame,
+        compression=cfg.compression,
+        server_id=cfg.server_id,
     )
 
 
@@ -47,7 +55,9 @@ def _report_datastore_end(task: asyncio.Task[None]) -> None:
 
 
 async def run(cfg: TyphaConfig) -> None:
-    caches = {name: SnapCache(name, resume_window_ns=int(cfg.resume_window * 1e9)) for name in (SYNCER_FELIX, SYNCER_BGP)}
+    caches = {
+        name: SnapCache(name, resume_window_ns=int(cfg.resume_window * 1e9)) for name in (SYNCER_FELIX, SYNCER_BGP)
+    }
     metrics = ServerMetrics()
     metrics.watch_caches(lambda: caches)
     server = SyncServer(caches, server_config(cfg), metrics)
@@ -58,10 +68,17 @@ async def run(cfg: TyphaConfig) -> None:
         api = await kubernetes_client(cfg.kubeconfig)
         datastore = KubernetesDatastore(ingestor, api, page_size=cfg.k8s_page_size)
     else:
-        datastore = SyntheticDatastore(ingestor, SyntheticOptions(
-            nodes=cfg.synthetic_nodes, pods_per_node=cfg.synthetic_pods_per_node, policies=cfg.synthetic_policies,
-            churn_rate=cfg.synthetic_churn_rate, churn_seconds=cfg.synthetic_churn_seconds, seed=cfg.synthetic_seed,
-        ))
+        datastore = SyntheticDatastore(
+            ingestor,
+            SyntheticOptions(
+                nodes=cfg.synthetic_nodes,
+                pods_per_node=cfg.synthetic_pods_per_node,
+                policies=cfg.synthetic_policies,
+                churn_rate=cfg.synthetic_churn_rate,
+                churn_seconds=cfg.synthetic_churn_seconds,
+                seed=cfg.synthetic_seed,
+            ),
+        )
     await server.start()
     runners = []
     if cfg.health_port:
@@ -76,7 +93,9 @@ async def run(cfg: TyphaConfig) -> None:
     rebalancer = None
     if api is not None and cfg.k8s_service_name:
         rebalancer = asyncio.create_task(
-            Rebalancer(server, ingestor, api, cfg.k8s_namespace, cfg.k8s_service_name, interval=cfg.rebalance_interval).run(),
+            Rebalancer(
+                server, ingestor, api, cfg.k8s_namespace, cfg.k8s_service_name, interval=cfg.rebalance_interval
+            ).run(),
             name="rebalance",
         )
 

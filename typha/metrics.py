@@ -29,7 +29,7 @@ _KV_BUCKETS = (0, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)
 class HotHistogram:
     """A histogram for the event loop's hot path: no lock, and `observe` takes a weight."""
 
-    __slots__ = ("name", "doc", "buckets", "counts", "sum")
+    __slots__ = ("buckets", "counts", "doc", "name", "sum")
 
     def __init__(self, name: str, doc: str, buckets: tuple[float, ...]) -> None:
         self.name = name
@@ -56,7 +56,7 @@ class HotHistogram:
 
 
 class HotCounter:
-    __slots__ = ("name", "doc", "value")
+    __slots__ = ("doc", "name", "value")
 
     def __init__(self, name: str, doc: str) -> None:
         self.name, self.doc, self.value = name, doc, 0
@@ -89,12 +89,22 @@ class _CacheCollector(Collector):
                 labels=["syncer"],
             ),
             "breadcrumbs": CounterMetricFamily("typha_breadcrumbs", "Breadcrumbs published.", labels=["syncer"]),
-            "bc_bytes": CounterMetricFamily("typha_breadcrumb_bytes", "Wire bytes of published breadcrumbs.", labels=["syncer"]),
+            "bc_bytes": CounterMetricFamily(
+                "typha_breadcrumb_bytes", "Wire bytes of published breadcrumbs.", labels=["syncer"]
+            ),
             "gen": CounterMetricFamily("typha_snapshots_generated", "Snapshots built.", labels=["syncer"]),
-            "reused": CounterMetricFamily("typha_snapshots_reused", "Snapshots reused by a later client.", labels=["syncer"]),
-            "raw": CounterMetricFamily("typha_snapshot_raw_bytes", "Uncompressed KV bytes encoded into snapshots.", labels=["syncer"]),
-            "wire": CounterMetricFamily("typha_snapshot_wire_bytes", "Encoded (maybe compressed) snapshot bytes.", labels=["syncer"]),
-            "seq": GaugeMetricFamily("typha_breadcrumb_seq_number", "Sequence number of the newest breadcrumb.", labels=["syncer"]),
+            "reused": CounterMetricFamily(
+                "typha_snapshots_reused", "Snapshots reused by a later client.", labels=["syncer"]
+            ),
+            "raw": CounterMetricFamily(
+                "typha_snapshot_raw_bytes", "Uncompressed KV bytes encoded into snapshots.", labels=["syncer"]
+            ),
+            "wire": CounterMetricFamily(
+                "typha_snapshot_wire_bytes", "Encoded (maybe compressed) snapshot bytes.", labels=["syncer"]
+            ),
+            "seq": GaugeMetricFamily(
+                "typha_breadcrumb_seq_number", "Sequence number of the newest breadcrumb.", labels=["syncer"]
+            ),
             "size": GaugeMetricFamily("typha_cache_size", "Keys in the cache.", labels=["syncer"]),
             "status": GaugeMetricFamily(
                 "typha_cache_sync_status", "Sync status: 1 wait-for-datastore, 2 resync, 3 in-sync.", labels=["syncer"]
@@ -123,13 +133,22 @@ class ServerMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.accepted = Counter("typha_connections_accepted", "Connections accepted.", registry=r)
-        self.resumed = Counter("typha_connections_resumed", "Reconnections continued from their last seq, without a snapshot.", registry=r)
-        self.dropped = Counter("typha_connections_dropped", "Connections closed by the server, by reason.", ["reason"], registry=r)
+        self.resumed = Counter(
+            "typha_connections_resumed", "Reconnections continued from their last seq, without a snapshot.", registry=r
+        )
+        self.dropped = Counter(
+            "typha_connections_dropped", "Connections closed by the server, by reason.", ["reason"], registry=r
+        )
         self.active = Gauge("typha_connections_active", "Open connections.", registry=r)
         self.snapshots_queued = Gauge("typha_snapshots_queued", "Connections waiting for a snapshot slot.", registry=r)
-        self.streaming = Gauge("typha_connections_streaming", "Connections past their snapshot, following the breadcrumbs.", registry=r)
+        self.streaming = Gauge(
+            "typha_connections_streaming", "Connections past their snapshot, following the breadcrumbs.", registry=r
+        )
         self.snapshot_send = Histogram(
-            "typha_client_snapshot_send_seconds", "Time to send a snapshot to one client.", buckets=_SEND_BUCKETS, registry=r
+            "typha_client_snapshot_send_seconds",
+            "Time to send a snapshot to one client.",
+            buckets=_SEND_BUCKETS,
+            registry=r,
         )
         self.client_latency = HotHistogram(
             "typha_client_latency_seconds", "Breadcrumb creation to its write to a client.", _LATENCY_BUCKETS
@@ -143,7 +162,9 @@ class ServerMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.ping_latency = Histogram("typha_ping_latency_seconds", "Ping round trip.", buckets=_LATENCY_BUCKETS, registry=r)
+        self.ping_latency = Histogram(
+            "typha_ping_latency_seconds", "Ping round trip.", buckets=_LATENCY_BUCKETS, registry=r
+        )
         self.kvs_per_msg = HotHistogram("typha_kvs_per_msg", "KVs carried by one write to a client.", _KV_BUCKETS)
         self.bytes_sent = HotCounter("typha_bytes_sent", "Bytes written to clients.")
         r.register(_HotCollector([self.client_latency, self.write_latency, self.kvs_per_msg, self.bytes_sent]))

@@ -9,13 +9,13 @@ stopped running housekeeping: "healthy but accepting nothing" is the failure use
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
+from common.ops import metrics_app, start_site
 from protocol import SyncStatus
 from protocol.digest import state_digest
-from common.ops import metrics_app, start_site
 
 from .snapcache import SnapCache
 from .syncserver import SyncServer
@@ -28,7 +28,9 @@ def readiness(server: SyncServer, caches: Mapping[str, SnapCache]) -> tuple[bool
         return False, "shutting down"
     if not server.accepting:
         return False, "not accepting connections"
-    lagging = [f"{name}={cache.status.name}" for name, cache in caches.items() if cache.status is not SyncStatus.IN_SYNC]
+    lagging = [
+        f"{name}={cache.status.name}" for name, cache in caches.items() if cache.status is not SyncStatus.IN_SYNC
+    ]
     if lagging:
         return False, "caches not in sync: " + ", ".join(sorted(lagging))
     return True, "ready"
@@ -43,7 +45,7 @@ def liveness(server: SyncServer, stale_after: float) -> tuple[bool, str]:
     return True, "live"
 
 
-def _reply(check: Callable[[], tuple[bool, str]]) -> Callable[[web.Request], object]:
+def _reply(check: Callable[[], tuple[bool, str]]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.Response:
         ok, why = check()
         return web.Response(status=200 if ok else 503, text=why + "\n")

@@ -30,7 +30,9 @@ LOWER_LIMIT = 400
 UPPER_LIMIT = 10_000
 
 
-def connection_target(syncer_types: int, nodes: int, replicas: int, lower: int = LOWER_LIMIT, upper: int = UPPER_LIMIT) -> int:
+def connection_target(
+    syncer_types: int, nodes: int, replicas: int, lower: int = LOWER_LIMIT, upper: int = UPPER_LIMIT
+) -> int:
     """This replica's share of connections, with room for one replica to fail."""
     share = nodes * 1.2 / max(1, replicas - 1)
     return int(min(upper, max(lower, syncer_types * (1 + share))))
@@ -38,8 +40,14 @@ def connection_target(syncer_types: int, nodes: int, replicas: int, lower: int =
 
 class Rebalancer:
     def __init__(
-        self, server: SyncServer, ingestor: Ingestor, api: object, namespace: str, service: str,
-        port_name: str = "calico-typha", interval: float = 30.0,
+        self,
+        server: SyncServer,
+        ingestor: Ingestor,
+        api: object,
+        namespace: str,
+        service: str,
+        port_name: str = "calico-typha",
+        interval: float = 30.0,
     ) -> None:
         self.server = server
         self.ingestor = ingestor
@@ -59,7 +67,9 @@ class Rebalancer:
             return self.server.rebalance_target
         self.replicas = max(1, len(ready_endpoints(slices, self.port_name)))
         nodes = self.ingestor.objects["nodes"]
-        target = min(self.server.config.max_connections, connection_target(len(self.server.caches), nodes, self.replicas))
+        target = min(
+            self.server.config.max_connections, connection_target(len(self.server.caches), nodes, self.replicas)
+        )
         if target != self.server.rebalance_target:
             log.info("connection target %d (%d nodes, %d replicas)", target, nodes, self.replicas)
         self.server.rebalance_target = target

@@ -58,11 +58,9 @@ DEFAULT_RESUME_WINDOW_NS = 60_000_000_000
 class Breadcrumb:
     """One step of the cache's history; immutable once published except for `next`."""
 
-    __slots__ = ("seq", "prev_seq", "created_ns", "status", "count", "wire", "next", "__weakref__")
+    __slots__ = ("__weakref__", "count", "created_ns", "next", "prev_seq", "seq", "status", "wire")
 
-    def __init__(
-        self, seq: int, prev_seq: int, created_ns: int, status: SyncStatus, count: int, wire: bytes
-    ) -> None:
+    def __init__(self, seq: int, prev_seq: int, created_ns: int, status: SyncStatus, count: int, wire: bytes) -> None:
         self.seq = seq
         self.prev_seq = prev_seq
         self.created_ns = created_ns
@@ -116,8 +114,19 @@ class Snapshot:
     """
 
     __slots__ = (
-        "breadcrumb", "built_ns", "compressed", "kv_count", "chunks", "raw_bytes", "wire_bytes",
-        "_values", "_next", "_chunk_size", "_chunk_bytes", "_compressor", "_on_chunk",
+        "_chunk_bytes",
+        "_chunk_size",
+        "_compressor",
+        "_next",
+        "_on_chunk",
+        "_values",
+        "breadcrumb",
+        "built_ns",
+        "chunks",
+        "compressed",
+        "kv_count",
+        "raw_bytes",
+        "wire_bytes",
     )
 
     def __init__(
@@ -334,9 +343,7 @@ class SnapCache:
         """A snapshot at the head, or a recent one reused (see the design note)."""
         now = self._clock_ns()
         snap = self._snapshots.get(compressed)
-        if snap is not None and (
-            snap.breadcrumb is self.head or now - snap.built_ns < self.snapshot_reuse_ns
-        ):
+        if snap is not None and (snap.breadcrumb is self.head or now - snap.built_ns < self.snapshot_reuse_ns):
             self.stats.snapshots_reused += 1
             return snap
         snap = Snapshot(

@@ -50,6 +50,7 @@ import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 from protocol import (
     DEFAULT_MAX_CLIENT_FRAME,
@@ -100,9 +101,29 @@ class SyncConnection(asyncio.Protocol):
     """One agent's connection. All decisions about it are made here or by the server's passes."""
 
     __slots__ = (
-        "server", "transport", "peer", "state", "proto", "syncer", "cache", "hello", "snapshot",
-        "chunk", "last", "paused", "paused_since", "connected_at", "snapshot_started", "ping_sent_at",
-        "ping_ns", "last_ping_at", "handshake_timer", "close_reason", "bytes_sent", "compressed", "__weakref__",
+        "__weakref__",
+        "bytes_sent",
+        "cache",
+        "chunk",
+        "close_reason",
+        "compressed",
+        "connected_at",
+        "handshake_timer",
+        "hello",
+        "last",
+        "last_ping_at",
+        "paused",
+        "paused_since",
+        "peer",
+        "ping_ns",
+        "ping_sent_at",
+        "proto",
+        "server",
+        "snapshot",
+        "snapshot_started",
+        "state",
+        "syncer",
+        "transport",
     )
 
     def __init__(self, server: SyncServer) -> None:
@@ -135,7 +156,7 @@ class SyncConnection(asyncio.Protocol):
 
     # -- asyncio callbacks ---------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         transport.set_write_buffer_limits(high=self.server.config.write_high_water)
@@ -248,7 +269,9 @@ class SyncConnection(asyncio.Protocol):
             metrics.kvs_per_msg.observe(pending.kvs)
 
     # -- closing -------------------------------------------------------------------------------------
-    def close(self, code: str, reason: str, send: bool = True, count: bool = True, level: int = logging.WARNING) -> None:
+    def close(
+        self, code: str, reason: str, send: bool = True, count: bool = True, level: int = logging.WARNING
+    ) -> None:
         """Say goodbye (if the socket can take it) and close; abort if the peer will not drain."""
         if self.state == CLOSED or self.transport is None:
             return
@@ -288,7 +311,7 @@ class SyncServer:
         self.metrics = metrics or ServerMetrics()
         self.connections: set[SyncConnection] = set()
         self._following: dict[str, set[SyncConnection]] = {name: set() for name in self.caches}
-        self._fanout_scheduled: dict[str, bool] = {name: False for name in self.caches}
+        self._fanout_scheduled: dict[str, bool] = dict.fromkeys(self.caches, False)
         self._server: asyncio.base_events.Server | None = None
         self._housekeeper: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -334,7 +357,9 @@ class SyncServer:
         interval = drain_seconds / len(conns) if conns else 0.0
         log.info("shutting down: closing %d connections over %.1fs", len(conns), drain_seconds)
         for conn in conns:
-            conn.close(GoodbyeCode.SHUTTING_DOWN, "server shutting down; reconnect to another replica", level=logging.INFO)
+            conn.close(
+                GoodbyeCode.SHUTTING_DOWN, "server shutting down; reconnect to another replica", level=logging.INFO
+            )
             if interval:
                 await asyncio.sleep(interval)
         if self._housekeeper is not None:
@@ -384,14 +409,23 @@ class SyncServer:
             # Pings go out on housekeeping passes, so never promise them more often than those run.
             interval = max(self.config.ping_interval, self.config.housekeeping_interval)
             server_hello = negotiate(
-                hello, self.caches.keys(), self.config.compression, self.config.server_id, interval,
-                epoch=cache.epoch if cache is not None else "", resumed=resume_from is not None,
+                hello,
+                self.caches.keys(),
+                self.config.compression,
+                self.config.server_id,
+                interval,
+                epoch=cache.epoch if cache is not None else "",
+                resumed=resume_from is not None,
             )
         except HandshakeRejected as exc:
             conn.close(exc.code, str(exc))
             return
         if hello.syncer_type not in self._synced_once:
-            conn.close(GoodbyeCode.NOT_READY, f"the {hello.syncer_type} cache has not synced with the datastore yet", level=logging.INFO)
+            conn.close(
+                GoodbyeCode.NOT_READY,
+                f"the {hello.syncer_type} cache has not synced with the datastore yet",
+                level=logging.INFO,
+            )
             return
         assert cache is not None
         conn.hello = hello
@@ -440,7 +474,7 @@ class SyncServer:
         self.metrics.streaming.inc()
 
     # -- fan-out -------------------------------------------------------------------------------------
-    def _make_notifier(self, syncer: str):  # noqa: ANN202 - closure type is obvious
+    def _make_notifier(self, syncer: str):
         def notify(bc: Breadcrumb) -> None:
             if bc.status is SyncStatus.IN_SYNC:
                 self._synced_once.add(syncer)

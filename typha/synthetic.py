@@ -31,14 +31,15 @@ from __future__ import annotations
 
 import bisect
 import functools
-import itertools
 import ipaddress
+import itertools
 import math
 import random
 import time
 import uuid
 from collections import deque
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 Obj = dict[str, Any]
 Event = tuple[str, str, Obj]
@@ -46,15 +47,38 @@ Event = tuple[str, str, Obj]
 ADDED, MODIFIED, DELETED = "ADDED", "MODIFIED", "DELETED"
 
 DEFAULT_MIX: dict[str, float] = {
-    "pod_create": 30, "pod_delete": 30, "pod_label": 8, "pod_status": 25,
-    "policy_edit": 2, "node_join": 1, "node_leave": 1, "node_status": 3,
+    "pod_create": 30,
+    "pod_delete": 30,
+    "pod_label": 8,
+    "pod_status": 25,
+    "policy_edit": 2,
+    "node_join": 1,
+    "node_leave": 1,
+    "node_status": 3,
 }
 CHURN_OPS = tuple(DEFAULT_MIX)
 
-_APP_WORDS = ("web", "api", "cart", "auth", "search", "db", "cache", "queue", "worker", "billing",
-              "ledger", "mailer", "report", "gateway", "frontend", "checkout", "catalog", "media")
-_TIERS = {"web": "frontend", "frontend": "frontend", "gateway": "frontend", "db": "db",
-          "cache": "db", "ledger": "db"}
+_APP_WORDS = (
+    "web",
+    "api",
+    "cart",
+    "auth",
+    "search",
+    "db",
+    "cache",
+    "queue",
+    "worker",
+    "billing",
+    "ledger",
+    "mailer",
+    "report",
+    "gateway",
+    "frontend",
+    "checkout",
+    "catalog",
+    "media",
+)
+_TIERS = {"web": "frontend", "frontend": "frontend", "gateway": "frontend", "db": "db", "cache": "db", "ledger": "db"}
 _TEAMS = ("payments", "search", "platform", "growth", "data")
 _ENVS = ("prod", "staging", "dev")
 _NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' generateName alphabet
@@ -84,8 +108,20 @@ def _dash(cidr: str) -> str:
 
 
 class _Node:
-    __slots__ = ("name", "idx", "ip", "uid", "rv", "created", "labels", "blocks", "pods",
-                 "tunnel", "annotated", "heartbeat")
+    __slots__ = (
+        "annotated",
+        "blocks",
+        "created",
+        "heartbeat",
+        "idx",
+        "ip",
+        "labels",
+        "name",
+        "pods",
+        "rv",
+        "tunnel",
+        "uid",
+    )
 
     def __init__(self, name: str, idx: int, ip: str, uid: str, created: int, labels: dict) -> None:
         self.name, self.idx, self.ip, self.uid, self.created, self.labels = name, idx, ip, uid, created, labels
@@ -99,7 +135,8 @@ class _Node:
 
 class _Tunnel:
     """An IPAM allocation for a node's IPIP/VXLAN tunnel address."""
-    __slots__ = ("node", "kind", "block", "ordinal", "ip", "alloc_seq", "created")
+
+    __slots__ = ("alloc_seq", "block", "created", "ip", "kind", "node", "ordinal")
 
     def __init__(self, node: _Node, kind: str, created: int) -> None:
         self.node, self.kind, self.created = node, kind, created
@@ -114,17 +151,31 @@ class _Tunnel:
 
 
 class _App:
-    __slots__ = ("name", "hash", "labels", "sa", "ports", "image", "rs_uid")
+    __slots__ = ("hash", "image", "labels", "name", "ports", "rs_uid", "sa")
 
-    def __init__(self, name: str, hash_: str, labels: dict, sa: str, ports: list, image: str,
-                 rs_uid: str) -> None:
+    def __init__(self, name: str, hash_: str, labels: dict, sa: str, ports: list, image: str, rs_uid: str) -> None:
         self.name, self.hash, self.labels, self.sa, self.ports = name, hash_, labels, sa, ports
         self.image, self.rs_uid = image, rs_uid
 
 
 class _Pod:
-    __slots__ = ("ns", "name", "node", "app", "labels", "uid", "rv", "created", "ip", "block",
-                 "ordinal", "alloc_seq", "phase", "restarts", "deleted_at")
+    __slots__ = (
+        "alloc_seq",
+        "app",
+        "block",
+        "created",
+        "deleted_at",
+        "ip",
+        "labels",
+        "name",
+        "node",
+        "ns",
+        "ordinal",
+        "phase",
+        "restarts",
+        "rv",
+        "uid",
+    )
 
     PENDING, RUNNING, TERMINATING, RELEASED = 0, 1, 2, 3
 
@@ -144,13 +195,31 @@ class _Pod:
         return "k8s-pod-network." + self.container_id()
 
     def secondary(self) -> dict:
-        return {"namespace": self.ns.name, "node": self.node.name, "pod": self.name,
-                "timestamp": _ipam_ts(self.created)}
+        return {
+            "namespace": self.ns.name,
+            "node": self.node.name,
+            "pod": self.name,
+            "timestamp": _ipam_ts(self.created),
+        }
 
 
 class _Block:
-    __slots__ = ("idx", "base", "cidr", "name", "node", "owners", "free", "seq", "uid", "rv",
-                 "created", "aff_uid", "aff_rv", "aff_state")
+    __slots__ = (
+        "aff_rv",
+        "aff_state",
+        "aff_uid",
+        "base",
+        "cidr",
+        "created",
+        "free",
+        "idx",
+        "name",
+        "node",
+        "owners",
+        "rv",
+        "seq",
+        "uid",
+    )
 
     def __init__(self, idx: int, base: int, prefix: int, size: int, uid: str, created: int) -> None:
         self.idx, self.base = idx, base
@@ -167,19 +236,19 @@ class _Block:
 
 
 class _Namespace:
-    __slots__ = ("name", "uid", "rv", "created", "labels", "sas", "apps", "pods", "policies")
+    __slots__ = ("apps", "created", "labels", "name", "pods", "policies", "rv", "sas", "uid")
 
     def __init__(self, name: str, uid: str, created: int, labels: dict) -> None:
         self.name, self.uid, self.created, self.labels = name, uid, created, labels
         self.rv = 0
-        self.sas: dict[str, tuple[str, int, int]] = {}   # name -> (uid, rv, created)
+        self.sas: dict[str, tuple[str, int, int]] = {}  # name -> (uid, rv, created)
         self.apps: list[_App] = []
         self.pods: dict[str, _Pod] = {}
         self.policies: dict[str, _Policy] = {}
 
 
 class _Policy:
-    __slots__ = ("ns", "name", "uid", "rv", "created", "generation", "spec")
+    __slots__ = ("created", "generation", "name", "ns", "rv", "spec", "uid")
 
     def __init__(self, ns: str | None, name: str, uid: str, created: int, spec: dict) -> None:
         self.ns, self.name, self.uid, self.created, self.spec = ns, name, uid, created, spec
@@ -188,7 +257,8 @@ class _Policy:
 
 class _IndexedSet:
     """A set with O(1) add/remove and O(1) uniform random choice (swap-remove list)."""
-    __slots__ = ("items", "index")
+
+    __slots__ = ("index", "items")
 
     def __init__(self) -> None:
         self.items: list = []
@@ -218,42 +288,93 @@ class PoolExhausted(RuntimeError):
 
 # --- Constant sub-objects, shared by every rendered object (read-only!) -------------------------
 
-_POD_SPEC_FIELDS = {"f:metadata": {"f:generateName": {}, "f:labels": {".": {}}, "f:ownerReferences": {".": {}}},
-                    "f:spec": {"f:containers": {}, "f:dnsPolicy": {}, "f:enableServiceLinks": {},
-                               "f:restartPolicy": {}, "f:schedulerName": {}, "f:securityContext": {},
-                               "f:terminationGracePeriodSeconds": {}}}
-_POD_CALICO_FIELDS = {"f:metadata": {"f:annotations": {".": {}, "f:cni.projectcalico.org/containerID": {},
-                                                        "f:cni.projectcalico.org/podIP": {},
-                                                        "f:cni.projectcalico.org/podIPs": {}}}}
-_POD_STATUS_FIELDS = {"f:status": {"f:conditions": {}, "f:containerStatuses": {}, "f:hostIP": {},
-                                   "f:hostIPs": {}, "f:phase": {}, "f:podIP": {}, "f:podIPs": {},
-                                   "f:startTime": {}}}
+_POD_SPEC_FIELDS = {
+    "f:metadata": {"f:generateName": {}, "f:labels": {".": {}}, "f:ownerReferences": {".": {}}},
+    "f:spec": {
+        "f:containers": {},
+        "f:dnsPolicy": {},
+        "f:enableServiceLinks": {},
+        "f:restartPolicy": {},
+        "f:schedulerName": {},
+        "f:securityContext": {},
+        "f:terminationGracePeriodSeconds": {},
+    },
+}
+_POD_CALICO_FIELDS = {
+    "f:metadata": {
+        "f:annotations": {
+            ".": {},
+            "f:cni.projectcalico.org/containerID": {},
+            "f:cni.projectcalico.org/podIP": {},
+            "f:cni.projectcalico.org/podIPs": {},
+        }
+    }
+}
+_POD_STATUS_FIELDS = {
+    "f:status": {
+        "f:conditions": {},
+        "f:containerStatuses": {},
+        "f:hostIP": {},
+        "f:hostIPs": {},
+        "f:phase": {},
+        "f:podIP": {},
+        "f:podIPs": {},
+        "f:startTime": {},
+    }
+}
 _TOLERATIONS = [
     {"effect": "NoExecute", "key": "node.kubernetes.io/not-ready", "operator": "Exists", "tolerationSeconds": 300},
     {"effect": "NoExecute", "key": "node.kubernetes.io/unreachable", "operator": "Exists", "tolerationSeconds": 300},
 ]
-_NODE_CAPACITY = {"cpu": "8", "ephemeral-storage": "101430960Ki", "hugepages-2Mi": "0",
-                  "memory": "32863040Ki", "pods": "110"}
-_NODE_ALLOCATABLE = {"cpu": "7910m", "ephemeral-storage": "93478772582", "hugepages-2Mi": "0",
-                     "memory": "31711040Ki", "pods": "110"}
-_NODE_INFO = {"architecture": "amd64", "bootID": "", "containerRuntimeVersion": "containerd://1.7.13",
-              "kernelVersion": "6.1.0-18-amd64", "kubeProxyVersion": "v1.29.2", "kubeletVersion": "v1.29.2",
-              "machineID": "", "operatingSystem": "linux", "osImage": "Debian GNU/Linux 12 (bookworm)",
-              "systemUUID": ""}
-_NODE_STATUS_FIELDS = {"f:status": {"f:conditions": {}, "f:daemonEndpoints": {}, "f:images": {},
-                                    "f:nodeInfo": {}}}
+_NODE_CAPACITY = {
+    "cpu": "8",
+    "ephemeral-storage": "101430960Ki",
+    "hugepages-2Mi": "0",
+    "memory": "32863040Ki",
+    "pods": "110",
+}
+_NODE_ALLOCATABLE = {
+    "cpu": "7910m",
+    "ephemeral-storage": "93478772582",
+    "hugepages-2Mi": "0",
+    "memory": "31711040Ki",
+    "pods": "110",
+}
+_NODE_INFO = {
+    "architecture": "amd64",
+    "bootID": "",
+    "containerRuntimeVersion": "containerd://1.7.13",
+    "kernelVersion": "6.1.0-18-amd64",
+    "kubeProxyVersion": "v1.29.2",
+    "kubeletVersion": "v1.29.2",
+    "machineID": "",
+    "operatingSystem": "linux",
+    "osImage": "Debian GNU/Linux 12 (bookworm)",
+    "systemUUID": "",
+}
+_NODE_STATUS_FIELDS = {"f:status": {"f:conditions": {}, "f:daemonEndpoints": {}, "f:images": {}, "f:nodeInfo": {}}}
 _NODE_CALICO_FIELDS = {"f:metadata": {"f:annotations": {"f:projectcalico.org/IPv4Address": {}}}}
 
 
 class SyntheticCluster:
     """A seeded synthetic cluster: ``initial_objects()`` lists it, ``churn()`` changes it."""
 
-    def __init__(self, nodes: int = 100, pods_per_node: int = 30, namespaces: int = 20,
-                 policies: int = 50, seed: int = 0, pool_cidr: str = "10.64.0.0/10",
-                 block_size: int = 26, max_blocks_per_node: int | None = None,
-                 hot_node_fraction: float = 0.002, encapsulation: str = "IPIP",
-                 apps_per_namespace: int = 5, global_policies: int = 4,
-                 start_time: int = 1_704_067_200) -> None:
+    def __init__(
+        self,
+        nodes: int = 100,
+        pods_per_node: int = 30,
+        namespaces: int = 20,
+        policies: int = 50,
+        seed: int = 0,
+        pool_cidr: str = "10.64.0.0/10",
+        block_size: int = 26,
+        max_blocks_per_node: int | None = None,
+        hot_node_fraction: float = 0.002,
+        encapsulation: str = "IPIP",
+        apps_per_namespace: int = 5,
+        global_policies: int = 4,
+        start_time: int = 1_704_067_200,
+    ) -> None:
         if encapsulation not in ("IPIP", "VXLAN", "None"):
             raise ValueError("encapsulation must be IPIP, VXLAN or None")
         pool = ipaddress.ip_network(pool_cidr)
@@ -272,11 +393,11 @@ class SyntheticCluster:
         self._block_addrs = 1 << (32 - block_size)
         self._pool_blocks = 1 << (block_size - pool.prefixlen)
         self._next_block = 0
-        self._free_block_idx: list[int] = []          # released indices, reused LIFO
-        self._blocks: dict[int, _Block] = {}          # idx -> block (claimed or borrow-only)
-        self._block_list = _IndexedSet()              # for random borrowing
+        self._free_block_idx: list[int] = []  # released indices, reused LIFO
+        self._blocks: dict[int, _Block] = {}  # idx -> block (claimed or borrow-only)
+        self._block_list = _IndexedSet()  # for random borrowing
         tunnel = 1 if encapsulation != "None" else 0
-        if max_blocks_per_node is None:               # "auto": enough for the average node
+        if max_blocks_per_node is None:  # "auto": enough for the average node
             max_blocks_per_node = max(1, math.ceil((pods_per_node + tunnel) / self._block_addrs))
         self.max_blocks_per_node = max_blocks_per_node  # 0 = unlimited, as Calico's maxBlocksPerHost
         self._nodes: dict[str, _Node] = {}
@@ -290,8 +411,7 @@ class SyntheticCluster:
         self._felix_uid = self._uid()
         self._ci_uid, self._cluster_guid = self._uid(), self._rng.getrandbits(128).to_bytes(16, "big").hex()
         self._fixed_rv = self._bump()
-        self._build(nodes, pods_per_node, namespaces, policies, apps_per_namespace,
-                    global_policies, hot_node_fraction)
+        self._build(nodes, pods_per_node, namespaces, policies, apps_per_namespace, global_policies, hot_node_fraction)
 
     # --- primitives -------------------------------------------------------------------------
 
@@ -312,15 +432,16 @@ class SyntheticCluster:
 
     # --- construction -----------------------------------------------------------------------
 
-    def _build(self, n_nodes: int, ppn: int, n_ns: int, n_pol: int, apps: int, n_gnp: int,
-               hot_fraction: float) -> None:
+    def _build(self, n_nodes: int, ppn: int, n_ns: int, n_pol: int, apps: int, n_gnp: int, hot_fraction: float) -> None:
         rng = self._rng
         for name in _FIXED_NAMESPACES:
             self._add_namespace(name, {"kubernetes.io/metadata.name": name})
         for i in range(n_ns):
             name = f"ns-{i:03d}"
-            ns = self._add_namespace(name, {"kubernetes.io/metadata.name": name, "team": _TEAMS[i % len(_TEAMS)],
-                                            "env": _ENVS[i % len(_ENVS)]})
+            ns = self._add_namespace(
+                name,
+                {"kubernetes.io/metadata.name": name, "team": _TEAMS[i % len(_TEAMS)], "env": _ENVS[i % len(_ENVS)]},
+            )
             words = rng.sample(_APP_WORDS, min(apps, len(_APP_WORDS)))
             for w in words:
                 sa = f"{w}-sa" if rng.random() < 0.7 else "default"
@@ -331,8 +452,9 @@ class SyntheticCluster:
                 ports = [{"containerPort": 8080, "name": "http", "protocol": "TCP"}]
                 if rng.random() < 0.3:
                     ports.append({"containerPort": 9090, "name": "metrics", "protocol": "TCP"})
-                ns.apps.append(_App(w, h, labels, sa, ports, f"registry.example/{w}:1.{rng.randrange(30)}",
-                                    self._uid()))
+                ns.apps.append(
+                    _App(w, h, labels, sa, ports, f"registry.example/{w}:1.{rng.randrange(30)}", self._uid())
+                )
         for i in range(n_gnp):
             self._add_gnp(i)
         ns_list = [self._namespaces[f"ns-{i:03d}"] for i in range(n_ns)]
@@ -385,21 +507,60 @@ class SyntheticCluster:
 
     def _add_gnp(self, i: int) -> None:
         templates = [
-            ("allow-cluster-dns", {"order": 100, "selector": "all()", "types": ["Egress"], "egress": [
-                {"action": "Allow", "protocol": "UDP", "destination": {
-                    "selector": "k8s-app == 'kube-dns'",
-                    "namespaceSelector": "projectcalico.org/name == 'kube-system'", "ports": [53]}},
-                {"action": "Pass"}]}),
-            ("deny-cloud-metadata", {"order": 10, "selector": "projectcalico.org/orchestrator == 'k8s'",
-                                     "types": ["Egress"], "egress": [
-                                         {"action": "Deny", "destination": {"nets": ["169.254.169.254/32"]}},
-                                         {"action": "Pass"}]}),
-            ("ops-ssh", {"order": 50, "selector": "has(kubernetes.io/hostname)", "types": ["Ingress"],
-                         "ingress": [{"action": "Allow", "protocol": "TCP",
-                                      "source": {"nets": ["198.51.100.0/24"]},
-                                      "destination": {"ports": [22]}}]}),
-            ("log-dev", {"selector": "env == 'dev'", "namespaceSelector": "env == 'dev'",
-                         "types": ["Ingress"], "ingress": [{"action": "Log"}]}),
+            (
+                "allow-cluster-dns",
+                {
+                    "order": 100,
+                    "selector": "all()",
+                    "types": ["Egress"],
+                    "egress": [
+                        {
+                            "action": "Allow",
+                            "protocol": "UDP",
+                            "destination": {
+                                "selector": "k8s-app == 'kube-dns'",
+                                "namespaceSelector": "projectcalico.org/name == 'kube-system'",
+                                "ports": [53],
+                            },
+                        },
+                        {"action": "Pass"},
+                    ],
+                },
+            ),
+            (
+                "deny-cloud-metadata",
+                {
+                    "order": 10,
+                    "selector": "projectcalico.org/orchestrator == 'k8s'",
+                    "types": ["Egress"],
+                    "egress": [{"action": "Deny", "destination": {"nets": ["169.254.169.254/32"]}}, {"action": "Pass"}],
+                },
+            ),
+            (
+                "ops-ssh",
+                {
+                    "order": 50,
+                    "selector": "has(kubernetes.io/hostname)",
+                    "types": ["Ingress"],
+                    "ingress": [
+                        {
+                            "action": "Allow",
+                            "protocol": "TCP",
+                            "source": {"nets": ["198.51.100.0/24"]},
+                            "destination": {"ports": [22]},
+                        }
+                    ],
+                },
+            ),
+            (
+                "log-dev",
+                {
+                    "selector": "env == 'dev'",
+                    "namespaceSelector": "env == 'dev'",
+                    "types": ["Ingress"],
+                    "ingress": [{"action": "Log"}],
+                },
+            ),
         ]
         name, spec = templates[i % len(templates)]
         if i >= len(templates):
@@ -418,32 +579,86 @@ class SyntheticCluster:
         if kind == 0:
             return {"podSelector": {}, "policyTypes": ["Ingress"]}
         if kind == 1:
-            return {"podSelector": {"matchLabels": {"app": app_a}}, "policyTypes": ["Ingress"],
-                    "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": app_b}}}],
-                                 "ports": [{"protocol": "TCP", "port": port}]}]}
+            return {
+                "podSelector": {"matchLabels": {"app": app_a}},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {
+                        "from": [{"podSelector": {"matchLabels": {"app": app_b}}}],
+                        "ports": [{"protocol": "TCP", "port": port}],
+                    }
+                ],
+            }
         if kind == 2:
-            return {"podSelector": {"matchLabels": {"tier": "backend"}}, "policyTypes": ["Ingress"],
-                    "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": _TEAMS[variant % 5]}},
-                                           "podSelector": {"matchExpressions": [
-                                               {"key": "tier", "operator": "In", "values": ["frontend", "backend"]}]}}],
-                                 "ports": [{"port": "http"}]}]}
+            return {
+                "podSelector": {"matchLabels": {"tier": "backend"}},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {
+                        "from": [
+                            {
+                                "namespaceSelector": {"matchLabels": {"team": _TEAMS[variant % 5]}},
+                                "podSelector": {
+                                    "matchExpressions": [
+                                        {"key": "tier", "operator": "In", "values": ["frontend", "backend"]}
+                                    ]
+                                },
+                            }
+                        ],
+                        "ports": [{"port": "http"}],
+                    }
+                ],
+            }
         if kind == 3:
-            return {"podSelector": {"matchLabels": {"app": app_a}}, "policyTypes": ["Ingress"],
-                    "ingress": [{"from": [{"ipBlock": {"cidr": "203.0.113.0/24", "except": ["203.0.113.128/25"]}}],
-                                 "ports": [{"protocol": "TCP", "port": 443},
-                                           {"protocol": "TCP", "port": port, "endPort": port + 10}]}]}
+            return {
+                "podSelector": {"matchLabels": {"app": app_a}},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {
+                        "from": [{"ipBlock": {"cidr": "203.0.113.0/24", "except": ["203.0.113.128/25"]}}],
+                        "ports": [
+                            {"protocol": "TCP", "port": 443},
+                            {"protocol": "TCP", "port": port, "endPort": port + 10},
+                        ],
+                    }
+                ],
+            }
         if kind == 4:
-            return {"podSelector": {}, "policyTypes": ["Egress"],
-                    "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
-                                        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
-                                "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}]}
-        return {"podSelector": {"matchLabels": {"app": app_a}}, "policyTypes": ["Ingress", "Egress"],
-                "ingress": [{}],
-                "egress": [{"to": [{"podSelector": {"matchLabels": {"tier": "db"}}}],
-                            "ports": [{"protocol": "TCP", "port": 5432 + variant % 3}]}]}
+            return {
+                "podSelector": {},
+                "policyTypes": ["Egress"],
+                "egress": [
+                    {
+                        "to": [
+                            {
+                                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                            }
+                        ],
+                        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+                    }
+                ],
+            }
+        return {
+            "podSelector": {"matchLabels": {"app": app_a}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{}],
+            "egress": [
+                {
+                    "to": [{"podSelector": {"matchLabels": {"tier": "db"}}}],
+                    "ports": [{"protocol": "TCP", "port": 5432 + variant % 3}],
+                }
+            ],
+        }
 
-    _K8S_POLICY_NAMES = ("default-deny-ingress", "allow-peer-app", "allow-team-backends",
-                         "allow-partner-https", "allow-dns-egress", "db-egress")
+    _K8S_POLICY_NAMES = (
+        "default-deny-ingress",
+        "allow-peer-app",
+        "allow-team-backends",
+        "allow-partner-https",
+        "allow-dns-egress",
+        "db-egress",
+    )
 
     def _add_k8s_policy(self, ns: _Namespace, i: int) -> None:
         kind = i % len(self._K8S_POLICY_NAMES)
@@ -461,9 +676,13 @@ class SyntheticCluster:
         idx = self._next_node
         self._next_node += 1
         name = f"node-{idx:05d}"
-        labels = {"kubernetes.io/arch": "amd64", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                  "node.kubernetes.io/instance-type": "m5.2xlarge",
-                  "topology.kubernetes.io/zone": f"zone-{'abc'[idx % 3]}"}
+        labels = {
+            "kubernetes.io/arch": "amd64",
+            "kubernetes.io/hostname": name,
+            "kubernetes.io/os": "linux",
+            "node.kubernetes.io/instance-type": "m5.2xlarge",
+            "topology.kubernetes.io/zone": f"zone-{'abc'[idx % 3]}",
+        }
         node = _Node(name, idx, self._node_ip(idx), self._uid(), self._now, labels)
         node.rv = self._bump()
         self._nodes[name] = node
@@ -511,8 +730,9 @@ class SyntheticCluster:
             self._next_block += 1
         else:
             return None
-        block = _Block(idx, self._pool_base + idx * self._block_addrs, self.block_size,
-                       self._block_addrs, self._uid(), self._now)
+        block = _Block(
+            idx, self._pool_base + idx * self._block_addrs, self.block_size, self._block_addrs, self._uid(), self._now
+        )
         block.node = node
         block.aff_uid = self._uid()
         self._blocks[idx] = block
@@ -587,52 +807,136 @@ class SyntheticCluster:
         ns, node, app = p.ns.name, p.node, p.app
         created = _ts(p.created)
         md: Obj = {
-            "name": p.name, "generateName": f"{app.name}-{app.hash}-", "namespace": ns, "uid": p.uid,
-            "resourceVersion": str(p.rv), "creationTimestamp": created, "labels": dict(p.labels),
-            "ownerReferences": [{"apiVersion": "apps/v1", "blockOwnerDeletion": True, "controller": True,
-                                 "kind": "ReplicaSet", "name": f"{app.name}-{app.hash}", "uid": app.rs_uid}],
+            "name": p.name,
+            "generateName": f"{app.name}-{app.hash}-",
+            "namespace": ns,
+            "uid": p.uid,
+            "resourceVersion": str(p.rv),
+            "creationTimestamp": created,
+            "labels": dict(p.labels),
+            "ownerReferences": [
+                {
+                    "apiVersion": "apps/v1",
+                    "blockOwnerDeletion": True,
+                    "controller": True,
+                    "kind": "ReplicaSet",
+                    "name": f"{app.name}-{app.hash}",
+                    "uid": app.rs_uid,
+                }
+            ],
         }
-        mf = [{"apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": _POD_SPEC_FIELDS,
-               "manager": "kube-controller-manager", "operation": "Update", "time": created}]
+        mf = [
+            {
+                "apiVersion": "v1",
+                "fieldsType": "FieldsV1",
+                "fieldsV1": _POD_SPEC_FIELDS,
+                "manager": "kube-controller-manager",
+                "operation": "Update",
+                "time": created,
+            }
+        ]
         spec: Obj = {
-            "containers": [{"image": app.image, "imagePullPolicy": "IfNotPresent", "name": app.name,
-                            "ports": app.ports, "resources": {},
-                            "terminationMessagePath": "/dev/termination-log",
-                            "terminationMessagePolicy": "File"}],
-            "dnsPolicy": "ClusterFirst", "enableServiceLinks": True, "nodeName": node.name,
-            "preemptionPolicy": "PreemptLowerPriority", "priority": 0, "restartPolicy": "Always",
-            "schedulerName": "default-scheduler", "securityContext": {}, "serviceAccount": app.sa,
-            "serviceAccountName": app.sa, "terminationGracePeriodSeconds": 30, "tolerations": _TOLERATIONS,
+            "containers": [
+                {
+                    "image": app.image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "name": app.name,
+                    "ports": app.ports,
+                    "resources": {},
+                    "terminationMessagePath": "/dev/termination-log",
+                    "terminationMessagePolicy": "File",
+                }
+            ],
+            "dnsPolicy": "ClusterFirst",
+            "enableServiceLinks": True,
+            "nodeName": node.name,
+            "preemptionPolicy": "PreemptLowerPriority",
+            "priority": 0,
+            "restartPolicy": "Always",
+            "schedulerName": "default-scheduler",
+            "securityContext": {},
+            "serviceAccount": app.sa,
+            "serviceAccountName": app.sa,
+            "terminationGracePeriodSeconds": 30,
+            "tolerations": _TOLERATIONS,
         }
-        status: Obj = {"phase": "Pending", "qosClass": "BestEffort", "hostIP": node.ip,
-                       "hostIPs": [{"ip": node.ip}], "startTime": created,
-                       "conditions": [{"lastProbeTime": None, "lastTransitionTime": created,
-                                       "status": "True", "type": "PodScheduled"}]}
+        status: Obj = {
+            "phase": "Pending",
+            "qosClass": "BestEffort",
+            "hostIP": node.ip,
+            "hostIPs": [{"ip": node.ip}],
+            "startTime": created,
+            "conditions": [
+                {"lastProbeTime": None, "lastTransitionTime": created, "status": "True", "type": "PodScheduled"}
+            ],
+        }
         if p.phase != _Pod.PENDING:
             ip = _ip(p.ip)
             started = _ts(p.created + 3 + 11 * p.restarts)
-            mf.append({"apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": _POD_CALICO_FIELDS,
-                       "manager": "calico", "operation": "Update", "time": _ts(p.created + 1)})
+            mf.append(
+                {
+                    "apiVersion": "v1",
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": _POD_CALICO_FIELDS,
+                    "manager": "calico",
+                    "operation": "Update",
+                    "time": _ts(p.created + 1),
+                }
+            )
             cni_ip = "" if p.phase == _Pod.RELEASED else f"{ip}/32"
-            md["annotations"] = {"cni.projectcalico.org/containerID": p.container_id(),
-                                 "cni.projectcalico.org/podIP": cni_ip, "cni.projectcalico.org/podIPs": cni_ip}
+            md["annotations"] = {
+                "cni.projectcalico.org/containerID": p.container_id(),
+                "cni.projectcalico.org/podIP": cni_ip,
+                "cni.projectcalico.org/podIPs": cni_ip,
+            }
             ready = "True"
-            status.update({
-                "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-                "conditions": [
-                    {"lastProbeTime": None, "lastTransitionTime": started, "status": "True", "type": "Initialized"},
-                    {"lastProbeTime": None, "lastTransitionTime": started, "status": ready, "type": "Ready"},
-                    {"lastProbeTime": None, "lastTransitionTime": started, "status": ready, "type": "ContainersReady"},
-                    {"lastProbeTime": None, "lastTransitionTime": created, "status": "True", "type": "PodScheduled"},
-                ],
-                "containerStatuses": [{"containerID": "containerd://" + p.container_id(),
-                                       "image": app.image, "imageID": app.image + "@sha256:" + app.rs_uid.replace("-", "") * 2,
-                                       "lastState": {}, "name": app.name, "ready": True,
-                                       "restartCount": p.restarts, "started": True,
-                                       "state": {"running": {"startedAt": started}}}],
-            })
-            mf.append({"apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": _POD_STATUS_FIELDS,
-                       "manager": "kubelet", "operation": "Update", "subresource": "status", "time": started})
+            status.update(
+                {
+                    "phase": "Running",
+                    "podIP": ip,
+                    "podIPs": [{"ip": ip}],
+                    "conditions": [
+                        {"lastProbeTime": None, "lastTransitionTime": started, "status": "True", "type": "Initialized"},
+                        {"lastProbeTime": None, "lastTransitionTime": started, "status": ready, "type": "Ready"},
+                        {
+                            "lastProbeTime": None,
+                            "lastTransitionTime": started,
+                            "status": ready,
+                            "type": "ContainersReady",
+                        },
+                        {
+                            "lastProbeTime": None,
+                            "lastTransitionTime": created,
+                            "status": "True",
+                            "type": "PodScheduled",
+                        },
+                    ],
+                    "containerStatuses": [
+                        {
+                            "containerID": "containerd://" + p.container_id(),
+                            "image": app.image,
+                            "imageID": app.image + "@sha256:" + app.rs_uid.replace("-", "") * 2,
+                            "lastState": {},
+                            "name": app.name,
+                            "ready": True,
+                            "restartCount": p.restarts,
+                            "started": True,
+                            "state": {"running": {"startedAt": started}},
+                        }
+                    ],
+                }
+            )
+            mf.append(
+                {
+                    "apiVersion": "v1",
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": _POD_STATUS_FIELDS,
+                    "manager": "kubelet",
+                    "operation": "Update",
+                    "subresource": "status",
+                    "time": started,
+                }
+            )
         if p.phase in (_Pod.TERMINATING, _Pod.RELEASED):
             md["deletionTimestamp"] = _ts(p.deleted_at + 30)
             md["deletionGracePeriodSeconds"] = 30
@@ -643,8 +947,17 @@ class SyntheticCluster:
         created = _ts(n.created)
         hb = _ts(n.heartbeat)
         ann = {"node.alpha.kubernetes.io/ttl": "0", "volumes.kubernetes.io/controller-managed-attach-detach": "true"}
-        mf = [{"apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": _NODE_STATUS_FIELDS,
-               "manager": "kubelet", "operation": "Update", "subresource": "status", "time": hb}]
+        mf = [
+            {
+                "apiVersion": "v1",
+                "fieldsType": "FieldsV1",
+                "fieldsV1": _NODE_STATUS_FIELDS,
+                "manager": "kubelet",
+                "operation": "Update",
+                "subresource": "status",
+                "time": hb,
+            }
+        ]
         if n.annotated:
             ann["projectcalico.org/IPv4Address"] = f"{n.ip}/24"
             t = n.tunnel
@@ -653,31 +966,75 @@ class SyntheticCluster:
                     ann["projectcalico.org/IPv4IPIPTunnelAddr"] = _ip(t.ip)
                 else:
                     ann["projectcalico.org/IPv4VXLANTunnelAddr"] = _ip(t.ip)
-                    ann["projectcalico.org/VXLANTunnelMACAddr"] = (
-                        "66:" + ":".join(f"{b:02x}" for b in (n.idx | 0x10000000).to_bytes(5, "big")))
-            mf.append({"apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": _NODE_CALICO_FIELDS,
-                       "manager": "calico-node", "operation": "Update", "time": _ts(n.created + 5)})
-        conds = [{"lastHeartbeatTime": hb, "lastTransitionTime": created, "message": m, "reason": r,
-                  "status": "False", "type": t}
-                 for t, r, m in (("MemoryPressure", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-                                 ("DiskPressure", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-                                 ("PIDPressure", "KubeletHasSufficientPID", "kubelet has sufficient PID available"))]
-        conds.append({"lastHeartbeatTime": hb, "lastTransitionTime": created, "message": "kubelet is posting ready status",
-                      "reason": "KubeletReady", "status": "True", "type": "Ready"})
+                    ann["projectcalico.org/VXLANTunnelMACAddr"] = "66:" + ":".join(
+                        f"{b:02x}" for b in (n.idx | 0x10000000).to_bytes(5, "big")
+                    )
+            mf.append(
+                {
+                    "apiVersion": "v1",
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": _NODE_CALICO_FIELDS,
+                    "manager": "calico-node",
+                    "operation": "Update",
+                    "time": _ts(n.created + 5),
+                }
+            )
+        conds = [
+            {
+                "lastHeartbeatTime": hb,
+                "lastTransitionTime": created,
+                "message": m,
+                "reason": r,
+                "status": "False",
+                "type": t,
+            }
+            for t, r, m in (
+                ("MemoryPressure", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+                ("DiskPressure", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+                ("PIDPressure", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+            )
+        ]
+        conds.append(
+            {
+                "lastHeartbeatTime": hb,
+                "lastTransitionTime": created,
+                "message": "kubelet is posting ready status",
+                "reason": "KubeletReady",
+                "status": "True",
+                "type": "Ready",
+            }
+        )
         return {
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": n.name, "uid": n.uid, "resourceVersion": str(n.rv), "creationTimestamp": created,
-                         "labels": dict(n.labels), "annotations": ann, "managedFields": mf},
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": n.name,
+                "uid": n.uid,
+                "resourceVersion": str(n.rv),
+                "creationTimestamp": created,
+                "labels": dict(n.labels),
+                "annotations": ann,
+                "managedFields": mf,
+            },
             "spec": {"providerID": f"synthetic://{n.name}"},
-            "status": {"addresses": [{"address": n.ip, "type": "InternalIP"}, {"address": n.name, "type": "Hostname"}],
-                       "allocatable": _NODE_ALLOCATABLE, "capacity": _NODE_CAPACITY, "conditions": conds,
-                       "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}}, "nodeInfo": _NODE_INFO},
+            "status": {
+                "addresses": [{"address": n.ip, "type": "InternalIP"}, {"address": n.name, "type": "Hostname"}],
+                "allocatable": _NODE_ALLOCATABLE,
+                "capacity": _NODE_CAPACITY,
+                "conditions": conds,
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+                "nodeInfo": _NODE_INFO,
+            },
         }
 
-    def _crd_meta(self, name: str, uid: str, rv: int, created: int, generation: int = 1,
-                  ns: str | None = None) -> Obj:
-        md: Obj = {"name": name, "uid": uid, "resourceVersion": str(rv), "generation": generation,
-                   "creationTimestamp": _ts(created)}
+    def _crd_meta(self, name: str, uid: str, rv: int, created: int, generation: int = 1, ns: str | None = None) -> Obj:
+        md: Obj = {
+            "name": name,
+            "uid": uid,
+            "resourceVersion": str(rv),
+            "generation": generation,
+            "creationTimestamp": _ts(created),
+        }
         if ns is not None:
             md["namespace"] = ns
         return md
@@ -693,69 +1050,155 @@ class SyntheticCluster:
             allocations.append(len(attributes))
             attributes.append({"handle_id": owner.handle(), "secondary": owner.secondary()})
             seq_for[str(ordinal)] = owner.alloc_seq
-        return {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPAMBlock",
-                "metadata": self._crd_meta(b.name, b.uid, b.rv, b.created),
-                "spec": {"cidr": b.cidr, "affinity": f"host:{b.node.name}" if b.node else None,
-                         "allocations": allocations, "unallocated": list(b.free), "attributes": attributes,
-                         "sequenceNumber": b.seq, "sequenceNumberForAllocation": seq_for,
-                         "deleted": False, "strictAffinity": False}}
+        return {
+            "apiVersion": "crd.projectcalico.org/v1",
+            "kind": "IPAMBlock",
+            "metadata": self._crd_meta(b.name, b.uid, b.rv, b.created),
+            "spec": {
+                "cidr": b.cidr,
+                "affinity": f"host:{b.node.name}" if b.node else None,
+                "allocations": allocations,
+                "unallocated": list(b.free),
+                "attributes": attributes,
+                "sequenceNumber": b.seq,
+                "sequenceNumberForAllocation": seq_for,
+                "deleted": False,
+                "strictAffinity": False,
+            },
+        }
 
     def _render_affinity(self, b: _Block, node: _Node | None = None) -> Obj:
         node = node or b.node
         assert node is not None
-        return {"apiVersion": "crd.projectcalico.org/v1", "kind": "BlockAffinity",
-                "metadata": self._crd_meta(f"{node.name}-{b.name}", b.aff_uid, b.aff_rv, b.created),
-                "spec": {"cidr": b.cidr, "deleted": "false", "node": node.name, "state": b.aff_state}}
+        return {
+            "apiVersion": "crd.projectcalico.org/v1",
+            "kind": "BlockAffinity",
+            "metadata": self._crd_meta(f"{node.name}-{b.name}", b.aff_uid, b.aff_rv, b.created),
+            "spec": {"cidr": b.cidr, "deleted": "false", "node": node.name, "state": b.aff_state},
+        }
 
     def _render_namespace(self, ns: _Namespace) -> Obj:
-        return {"apiVersion": "v1", "kind": "Namespace",
-                "metadata": {"name": ns.name, "uid": ns.uid, "resourceVersion": str(ns.rv),
-                             "creationTimestamp": _ts(ns.created), "labels": dict(ns.labels),
-                             "managedFields": [{"apiVersion": "v1", "fieldsType": "FieldsV1",
-                                                "fieldsV1": {"f:metadata": {"f:labels": {}}},
-                                                "manager": "kubectl-create", "operation": "Update",
-                                                "time": _ts(ns.created)}]},
-                "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}
+        return {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": ns.name,
+                "uid": ns.uid,
+                "resourceVersion": str(ns.rv),
+                "creationTimestamp": _ts(ns.created),
+                "labels": dict(ns.labels),
+                "managedFields": [
+                    {
+                        "apiVersion": "v1",
+                        "fieldsType": "FieldsV1",
+                        "fieldsV1": {"f:metadata": {"f:labels": {}}},
+                        "manager": "kubectl-create",
+                        "operation": "Update",
+                        "time": _ts(ns.created),
+                    }
+                ],
+            },
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"},
+        }
 
     def _render_sa(self, ns: _Namespace, name: str) -> Obj:
         uid, rv, created = ns.sas[name]
-        return {"apiVersion": "v1", "kind": "ServiceAccount",
-                "metadata": {"name": name, "namespace": ns.name, "uid": uid, "resourceVersion": str(rv),
-                             "creationTimestamp": _ts(created)}}
+        return {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {
+                "name": name,
+                "namespace": ns.name,
+                "uid": uid,
+                "resourceVersion": str(rv),
+                "creationTimestamp": _ts(created),
+            },
+        }
 
     def _render_k8s_policy(self, p: _Policy) -> Obj:
-        return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-                "metadata": {"name": p.name, "namespace": p.ns, "uid": p.uid, "resourceVersion": str(p.rv),
-                             "generation": p.generation, "creationTimestamp": _ts(p.created),
-                             "managedFields": [{"apiVersion": "networking.k8s.io/v1", "fieldsType": "FieldsV1",
-                                                "fieldsV1": {"f:spec": {}}, "manager": "kubectl-client-side-apply",
-                                                "operation": "Update", "time": _ts(p.created)}]},
-                "spec": p.spec}
+        return {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {
+                "name": p.name,
+                "namespace": p.ns,
+                "uid": p.uid,
+                "resourceVersion": str(p.rv),
+                "generation": p.generation,
+                "creationTimestamp": _ts(p.created),
+                "managedFields": [
+                    {
+                        "apiVersion": "networking.k8s.io/v1",
+                        "fieldsType": "FieldsV1",
+                        "fieldsV1": {"f:spec": {}},
+                        "manager": "kubectl-client-side-apply",
+                        "operation": "Update",
+                        "time": _ts(p.created),
+                    }
+                ],
+            },
+            "spec": p.spec,
+        }
 
     def _render_gnp(self, p: _Policy) -> Obj:
-        return {"apiVersion": "crd.projectcalico.org/v1", "kind": "GlobalNetworkPolicy",
-                "metadata": self._crd_meta(p.name, p.uid, p.rv, p.created, p.generation), "spec": p.spec}
+        return {
+            "apiVersion": "crd.projectcalico.org/v1",
+            "kind": "GlobalNetworkPolicy",
+            "metadata": self._crd_meta(p.name, p.uid, p.rv, p.created, p.generation),
+            "spec": p.spec,
+        }
 
     def _fixed_objects(self) -> Iterator[tuple[str, Obj]]:
         rv, now = self._fixed_rv, 1_704_067_200
-        yield "clusterinformations", {
-            "apiVersion": "crd.projectcalico.org/v1", "kind": "ClusterInformation",
-            "metadata": self._crd_meta("default", self._ci_uid, rv, now),
-            "spec": {"calicoVersion": "v3.27.2", "clusterGUID": self._cluster_guid,
-                     "clusterType": "typha,kdd,k8s,operator,bgp", "datastoreReady": True}}
-        yield "felixconfigurations", {
-            "apiVersion": "crd.projectcalico.org/v1", "kind": "FelixConfiguration",
-            "metadata": self._crd_meta("default", self._felix_uid, rv, now),
-            "spec": {"bpfLogLevel": "", "floatingIPs": "Disabled", "logSeverityScreen": "Info",
-                     "reportingInterval": "0s", "ipipEnabled": self.encapsulation == "IPIP",
-                     "vxlanEnabled": self.encapsulation == "VXLAN", "healthPort": 9099}}
-        yield "ippools", {
-            "apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
-            "metadata": self._crd_meta("default-ipv4-ippool", self._pool_uid, rv, now),
-            "spec": {"allowedUses": ["Workload", "Tunnel"], "blockSize": self.block_size, "cidr": self.pool_cidr,
-                     "ipipMode": "Always" if self.encapsulation == "IPIP" else "Never",
-                     "vxlanMode": "Always" if self.encapsulation == "VXLAN" else "Never",
-                     "natOutgoing": True, "nodeSelector": "all()"}}
+        yield (
+            "clusterinformations",
+            {
+                "apiVersion": "crd.projectcalico.org/v1",
+                "kind": "ClusterInformation",
+                "metadata": self._crd_meta("default", self._ci_uid, rv, now),
+                "spec": {
+                    "calicoVersion": "v3.27.2",
+                    "clusterGUID": self._cluster_guid,
+                    "clusterType": "typha,kdd,k8s,operator,bgp",
+                    "datastoreReady": True,
+                },
+            },
+        )
+        yield (
+            "felixconfigurations",
+            {
+                "apiVersion": "crd.projectcalico.org/v1",
+                "kind": "FelixConfiguration",
+                "metadata": self._crd_meta("default", self._felix_uid, rv, now),
+                "spec": {
+                    "bpfLogLevel": "",
+                    "floatingIPs": "Disabled",
+                    "logSeverityScreen": "Info",
+                    "reportingInterval": "0s",
+                    "ipipEnabled": self.encapsulation == "IPIP",
+                    "vxlanEnabled": self.encapsulation == "VXLAN",
+                    "healthPort": 9099,
+                },
+            },
+        )
+        yield (
+            "ippools",
+            {
+                "apiVersion": "crd.projectcalico.org/v1",
+                "kind": "IPPool",
+                "metadata": self._crd_meta("default-ipv4-ippool", self._pool_uid, rv, now),
+                "spec": {
+                    "allowedUses": ["Workload", "Tunnel"],
+                    "blockSize": self.block_size,
+                    "cidr": self.pool_cidr,
+                    "ipipMode": "Always" if self.encapsulation == "IPIP" else "Never",
+                    "vxlanMode": "Always" if self.encapsulation == "VXLAN" else "Never",
+                    "natOutgoing": True,
+                    "nodeSelector": "all()",
+                },
+            },
+        )
 
     # --- public API -------------------------------------------------------------------------
 
@@ -797,18 +1240,22 @@ class SyntheticCluster:
         return out
 
     def stats(self) -> dict[str, int]:
-        borrowed = sum(1 for b in self._blocks.values() for o in b.owners
-                       if o is not None and o.node is not b.node)
-        return {"nodes": len(self._nodes), "pods": len(self._pod_set), "namespaces": len(self._namespaces),
-                "blocks": len(self._blocks), "borrowed": borrowed, "resource_version": self._rv}
+        borrowed = sum(1 for b in self._blocks.values() for o in b.owners if o is not None and o.node is not b.node)
+        return {
+            "nodes": len(self._nodes),
+            "pods": len(self._pod_set),
+            "namespaces": len(self._namespaces),
+            "blocks": len(self._blocks),
+            "borrowed": borrowed,
+            "resource_version": self._rv,
+        }
 
     @property
     def resource_version(self) -> int:
         """The cluster-wide revision (like etcd's): the newest resourceVersion handed out."""
         return self._rv
 
-    def churn(self, count: int, mix: dict[str, float] | None = None, *,
-              count_events: bool = False) -> list[Event]:
+    def churn(self, count: int, mix: dict[str, float] | None = None, *, count_events: bool = False) -> list[Event]:
         """Apply random operations; return their watch events in order.
 
         ``count`` is the number of operations, or with ``count_events`` the number of events to
@@ -919,9 +1366,9 @@ class SyntheticCluster:
             spec["order"] = (spec.get("order") or 0) + 1
             p.spec, p.generation, p.rv = spec, p.generation + 1, self._bump()
             ev.append((MODIFIED, "globalnetworkpolicies", self._render_gnp(p)))
-            return None
+            return
         if not self._k8s_policies:
-            return None
+            return
         p = self._k8s_policies[int(rng.random() * len(self._k8s_policies))]
         kind = self._K8S_POLICY_NAMES.index(p.name.rsplit("-", 1)[0])
         old = p.spec
@@ -932,14 +1379,14 @@ class SyntheticCluster:
         p.generation += 1
         p.rv = self._bump()
         ev.append((MODIFIED, "networkpolicies", self._render_k8s_policy(p)))
-        return None
+        return
 
     def _op_node_join(self, ev: list) -> None:
         try:
             self._add_node(ev)
         except PoolExhausted:
             pass
-        return None
+        return
 
     def _op_node_leave(self, ev: list) -> None:
         if len(self._node_set) < 2:

@@ -10,7 +10,7 @@ Public entry points::
 """
 
 from .errors import ApiError
-from .fixtures import make_namespace, make_node, make_pod, make_calico_object
+from .fixtures import make_calico_object, make_namespace, make_node, make_pod
 from .kubeconfig import TLSMaterial, kubeconfig_text, make_tls, write_kubeconfig
 from .resources import CALICO_GROUP, DEFAULT_RESOURCES, ResourceRegistry, ResourceType
 from .server import ApiServerHandle, ServerConfig, start_apiserver
@@ -18,8 +18,27 @@ from .stats import ResourceStats, Stats
 from .store import Event, ListResult, Store, StoredObject, Watcher
 
 __all__ = [
-    "ApiError", "ApiServerHandle", "CALICO_GROUP", "DEFAULT_RESOURCES", "Event", "ListResult",
-    "ResourceRegistry", "ResourceStats", "ResourceType", "ServerConfig", "Stats", "Store",
-    "StoredObject", "TLSMaterial", "Watcher", "kubeconfig_text", "make_calico_object",
-    "make_namespace", "make_node", "make_pod", "make_tls", "start_apiserver", "write_kubeconfig",
+    "CALICO_GROUP",
+    "DEFAULT_RESOURCES",
+    "ApiError",
+    "ApiServerHandle",
+    "Event",
+    "ListResult",
+    "ResourceRegistry",
+    "ResourceStats",
+    "ResourceType",
+    "ServerConfig",
+    "Stats",
+    "Store",
+    "StoredObject",
+    "TLSMaterial",
+    "Watcher",
+    "kubeconfig_text",
+    "make_calico_object",
+    "make_namespace",
+    "make_node",
+    "make_pod",
+    "make_tls",
+    "start_apiserver",
+    "write_kubeconfig",
 ]

@@ -32,19 +32,29 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _run(args: argparse.Namespace) -> None:
-    handle = await start_apiserver(host=args.host, port=args.port, token=args.token,
-                                   forbidden=args.forbid, bookmark_interval=args.bookmark_interval,
-                                   window_size=args.window_size, max_watch_queue=args.max_watch_queue,
-                                   min_request_timeout=args.min_request_timeout,
-                                   kubeconfig_path=args.kubeconfig_out)
+    handle = await start_apiserver(
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        forbidden=args.forbid,
+        bookmark_interval=args.bookmark_interval,
+        window_size=args.window_size,
+        max_watch_queue=args.max_watch_queue,
+        min_request_timeout=args.min_request_timeout,
+        kubeconfig_path=args.kubeconfig_out,
+    )
     store = handle.store
     if args.seed_nodes:
-        store.bulk_load("nodes", (make_node(f"node-{i}", pod_ip(i, "10.0.0.0"))
-                                  for i in range(args.seed_nodes)), emit_events=False)
+        store.bulk_load(
+            "nodes", (make_node(f"node-{i}", pod_ip(i, "10.0.0.0")) for i in range(args.seed_nodes)), emit_events=False
+        )
     if args.seed_pods:
         nn = max(args.seed_nodes, 1)
-        store.bulk_load("pods", (make_pod("default", f"pod-{i}", f"node-{i % nn}", pod_ip(i))
-                                 for i in range(args.seed_pods)), emit_events=False)
+        store.bulk_load(
+            "pods",
+            (make_pod("default", f"pod-{i}", f"node-{i % nn}", pod_ip(i)) for i in range(args.seed_pods)),
+            emit_events=False,
+        )
     print(handle.url, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -20,9 +20,14 @@ from .resources import ResourceType
 class ApiError(Exception):
     """A failure with a ready-made Status body (``.status``) and HTTP code (``.code``)."""
 
-    def __init__(self, code: int, reason: str, message: str,
-                 details: dict[str, Any] | None = None,
-                 list_meta: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        message: str,
+        details: dict[str, Any] | None = None,
+        list_meta: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(f"{code} {reason}: {message}")
         self.code = code
         self.reason = reason
@@ -68,8 +73,9 @@ def already_exists(rt: ResourceType, name: str) -> ApiError:
 
 
 def conflict(rt: ResourceType, name: str, why: str) -> ApiError:
-    return ApiError(409, "Conflict", f'Operation cannot be fulfilled on {_qualified(rt)} "{name}": {why}',
-                    _details(rt, name))
+    return ApiError(
+        409, "Conflict", f'Operation cannot be fulfilled on {_qualified(rt)} "{name}": {why}', _details(rt, name)
+    )
 
 
 STALE_RV = "the object has been modified; please apply your changes to the latest version and try again"
@@ -106,23 +112,28 @@ CONTINUE_EXPIRED_MSG = (
 
 
 def too_large_rv(requested: int, current: int) -> ApiError:
-    return ApiError(504, "Timeout", f"Too large resource version: {requested}, current: {current}",
-                    {"causes": [{"reason": "ResourceVersionTooLarge",
-                                 "message": "Too large resource version"}],
-                     "retryAfterSeconds": 1})
+    return ApiError(
+        504,
+        "Timeout",
+        f"Too large resource version: {requested}, current: {current}",
+        {
+            "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+            "retryAfterSeconds": 1,
+        },
+    )
 
 
 def unauthorized() -> ApiError:
     return ApiError(401, "Unauthorized", "Unauthorized")
 
 
-def forbidden(rt: ResourceType | None, resource: str, verb: str, name: str | None,
-              namespace: str | None, user: str) -> ApiError:
+def forbidden(
+    rt: ResourceType | None, resource: str, verb: str, name: str | None, namespace: str | None, user: str
+) -> ApiError:
     group = rt.group if rt else ""
     what = f'{resource} "{name}"' if name else resource
     scope = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
-    msg = (f'{what} is forbidden: User "{user}" cannot {verb} resource "{resource}" '
-           f'in API group "{group}" {scope}')
+    msg = f'{what} is forbidden: User "{user}" cannot {verb} resource "{resource}" in API group "{group}" {scope}'
     details: dict[str, Any] = {"kind": resource}
     if name:
         details["name"] = name
@@ -132,13 +143,23 @@ def forbidden(rt: ResourceType | None, resource: str, verb: str, name: str | Non
 
 
 def method_not_allowed(verb: str) -> ApiError:
-    return ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource ({verb})")
+    return ApiError(
+        405, "MethodNotAllowed", f"the server does not allow this method on the requested resource ({verb})"
+    )
 
 
 def unsupported_media_type(ct: str) -> ApiError:
-    return ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ct!r})")
+    return ApiError(
+        415,
+        "UnsupportedMediaType",
+        f"the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ct!r})",
+    )
 
 
 def path_not_found() -> ApiError:
-    return ApiError(404, "NotFound", "the server could not find the requested resource",
-                    {"causes": [{"reason": "UnexpectedServerResponse", "message": "404 page not found"}]})
+    return ApiError(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+        {"causes": [{"reason": "UnexpectedServerResponse", "message": "404 page not found"}]},
+    )

@@ -58,8 +58,9 @@ def _q(s: str) -> str:
     return json.dumps(s)
 
 
-def kubeconfig_text(server: str, ca_pem: bytes, token: str, *, namespace: str = "default",
-                    name: str = "emulator") -> str:
+def kubeconfig_text(
+    server: str, ca_pem: bytes, token: str, *, namespace: str = "default", name: str = "emulator"
+) -> str:
     ca_b64 = base64.b64encode(ca_pem).decode()
     return (
         "apiVersion: v1\n"
@@ -83,8 +84,9 @@ def kubeconfig_text(server: str, ca_pem: bytes, token: str, *, namespace: str = 
     )
 
 
-def write_kubeconfig(path: str | os.PathLike[str], server: str, ca_pem: bytes, token: str, *,
-                     namespace: str = "default") -> str:
+def write_kubeconfig(
+    path: str | os.PathLike[str], server: str, ca_pem: bytes, token: str, *, namespace: str = "default"
+) -> str:
     """Write atomically (readers never see half a file), mode 0600; returns the path."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

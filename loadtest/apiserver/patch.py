@@ -41,8 +41,7 @@ def _strip_directives(patch: Any) -> Any:
     if isinstance(patch, dict):
         return {k: _strip_directives(v) for k, v in patch.items() if not k.startswith("$")}
     if isinstance(patch, list):
-        return [_strip_directives(v) for v in patch
-                if not (isinstance(v, dict) and "$patch" in v)]
+        return [_strip_directives(v) for v in patch if not (isinstance(v, dict) and "$patch" in v)]
     return patch
 
 

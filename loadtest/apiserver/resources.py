@@ -17,8 +17,9 @@ networking.k8s.io and crd.projectcalico.org define it).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 CALICO_GROUP = "crd.projectcalico.org"
 
@@ -66,8 +67,8 @@ class ResourceType:
     @property
     def all_field_labels(self) -> tuple[str, ...]:
         if self.namespaced:
-            return ("metadata.name", "metadata.namespace") + self.field_labels
-        return ("metadata.name",) + self.field_labels
+            return ("metadata.name", "metadata.namespace", *self.field_labels)
+        return ("metadata.name", *self.field_labels)
 
 
 def _core(plural: str, kind: str, namespaced: bool, **kw: Any) -> ResourceType:
@@ -79,19 +80,31 @@ def _calico(plural: str, kind: str, namespaced: bool = False) -> ResourceType:
 
 
 DEFAULT_RESOURCES: tuple[ResourceType, ...] = (
-    _core("namespaces", "Namespace", False, short_names=("ns",), status_subresource=True,
-          field_labels=("status.phase",)),
-    _core("nodes", "Node", False, short_names=("no",), status_subresource=True,
-          field_labels=("spec.unschedulable",)),
-    _core("pods", "Pod", True, short_names=("po",), status_subresource=True,
-          field_labels=("spec.nodeName", "spec.restartPolicy", "spec.schedulerName",
-                        "spec.serviceAccountName", "spec.hostNetwork", "status.phase",
-                        "status.podIP", "status.nominatedNodeName"),
-          indexed_field="spec.nodeName"),
+    _core(
+        "namespaces", "Namespace", False, short_names=("ns",), status_subresource=True, field_labels=("status.phase",)
+    ),
+    _core("nodes", "Node", False, short_names=("no",), status_subresource=True, field_labels=("spec.unschedulable",)),
+    _core(
+        "pods",
+        "Pod",
+        True,
+        short_names=("po",),
+        status_subresource=True,
+        field_labels=(
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ),
+        indexed_field="spec.nodeName",
+    ),
     _core("serviceaccounts", "ServiceAccount", True, short_names=("sa",)),
     _core("services", "Service", True, short_names=("svc",), status_subresource=True),
-    ResourceType("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True,
-                 short_names=("netpol",)),
+    ResourceType("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True, short_names=("netpol",)),
     ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True),
     _calico("globalnetworkpolicies", "GlobalNetworkPolicy"),
     _calico("networkpolicies", "NetworkPolicy", namespaced=True),
@@ -181,19 +194,23 @@ class ResourceRegistry:
                 entry["storageVersionHash"] = ""
             resources.append(entry)
             if rt.status_subresource:
-                resources.append({"name": rt.plural + "/status", "singularName": "",
-                                  "namespaced": rt.namespaced, "kind": rt.kind,
-                                  "verbs": ["get", "patch", "update"]})
-        return {"kind": "APIResourceList", "apiVersion": "v1",
-                "groupVersion": rt.api_version, "resources": resources}
+                resources.append(
+                    {
+                        "name": rt.plural + "/status",
+                        "singularName": "",
+                        "namespaced": rt.namespaced,
+                        "kind": rt.kind,
+                        "verbs": ["get", "patch", "update"],
+                    }
+                )
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": rt.api_version, "resources": resources}
 
     def api_group(self, group: str) -> dict[str, Any] | None:
         versions = self.group_versions().get(group)
         if not versions or not group:
             return None
         vs = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
-        return {"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": vs,
-                "preferredVersion": vs[0]}
+        return {"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": vs, "preferredVersion": vs[0]}
 
     def api_group_list(self) -> dict[str, Any]:
         groups = [self.api_group(g) for g in self.group_versions() if g]

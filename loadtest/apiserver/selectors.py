@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .errors import ApiError, bad_request
 
@@ -61,7 +62,9 @@ def _tokenize(s: str) -> list[str]:
             j = i
             while j < n and s[j] not in _SPECIAL:
                 j += 1
-            toks.append("\x00" + s[i:j])  # \x00 marks an identifier, so "in" != keyword "in" ambiguity is resolved by position
+            toks.append(
+                "\x00" + s[i:j]
+            )  # \x00 marks an identifier, so "in" != keyword "in" ambiguity is resolved by position
             i = j
     return toks
 
@@ -186,7 +189,9 @@ def parse_label_selector(text: str | None) -> LabelSelector:
                 try:
                     int(val)
                 except ValueError:
-                    raise bad_request(f"unable to parse requirement: for 'gt', 'lt' operators, the value must be an integer: {val!r}") from None
+                    raise bad_request(
+                        f"unable to parse requirement: for 'gt', 'lt' operators, the value must be an integer: {val!r}"
+                    ) from None
                 reqs.append((key, GT if op == ">" else LT, frozenset([val])))
                 i += 2
             else:
@@ -207,10 +212,9 @@ class FieldSelector:
     the object's pre-extracted ``fields`` tuple (see :func:`extract_fields`).
     """
 
-    __slots__ = ("reqs", "text", "names")
+    __slots__ = ("names", "reqs", "text")
 
-    def __init__(self, reqs: list[tuple[int, bool, str]], text: str = "",
-                 names: list[str] | None = None) -> None:
+    def __init__(self, reqs: list[tuple[int, bool, str]], text: str = "", names: list[str] | None = None) -> None:
         self.reqs = reqs
         self.text = text
         self.names = names or []
@@ -243,7 +247,7 @@ def _split_unescaped(s: str, sep: str) -> list[str]:
     while i < len(s):
         c = s[i]
         if c == "\\" and i + 1 < len(s):
-            cur.append(s[i:i + 2])
+            cur.append(s[i : i + 2])
             i += 2
             continue
         if c == sep:
@@ -260,8 +264,7 @@ def _unescape(s: str) -> str:
     return re.sub(r"\\(.)", r"\1", s)
 
 
-def parse_field_selector(text: str | None, field_labels: tuple[str, ...],
-                         namespaced: bool = True) -> FieldSelector:
+def parse_field_selector(text: str | None, field_labels: tuple[str, ...], namespaced: bool = True) -> FieldSelector:
     """Parse ``text``; ``field_labels`` are the resource's extra selectable fields (in slot order)."""
     if not text:
         return FieldSelector([], "")
@@ -271,10 +274,10 @@ def parse_field_selector(text: str | None, field_labels: tuple[str, ...],
     for term in _split_unescaped(text, ","):
         if not term:
             continue
-        for op, eq in (("!=", False), ("==", True), ("=", True)):
+        for op, eq in (("!=", False), ("==", True), ("=", True)):  # noqa: B007 - `eq` of the matching operator is used after the break
             idx = term.find(op)
             if idx > 0:
-                f, v = term[:idx].strip(), _unescape(term[idx + len(op):].strip())
+                f, v = term[:idx].strip(), _unescape(term[idx + len(op) :].strip())
                 break
         else:
             raise bad_request(f"invalid selector: '{text}'; can't understand '{term}'")
@@ -282,8 +285,7 @@ def parse_field_selector(text: str | None, field_labels: tuple[str, ...],
             # kube accepts metadata.namespace on cluster-scoped lists; it only matches "".
             slot = -2
         elif f not in supported:
-            raise bad_request(f'"{f}" is not a known field selector: only '
-                              + ", ".join(f'"{s}"' for s in supported))
+            raise bad_request(f'"{f}" is not a known field selector: only ' + ", ".join(f'"{s}"' for s in supported))
         else:
             slot = -1 if f == "metadata.name" else -2 if f == "metadata.namespace" else field_labels.index(f)
         reqs.append((slot, eq, v))
@@ -326,5 +328,11 @@ def extract_fields(obj: Mapping[str, Any], field_labels: tuple[str, ...]) -> tup
     return tuple(out)
 
 
-__all__ = ["ApiError", "LabelSelector", "FieldSelector", "parse_label_selector",
-           "parse_field_selector", "extract_fields"]
+__all__ = [
+    "ApiError",
+    "FieldSelector",
+    "LabelSelector",
+    "extract_fields",
+    "parse_field_selector",
+    "parse_label_selector",
+]

@@ -28,8 +28,9 @@ import random
 import secrets
 import socket
 import ssl
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -45,9 +46,14 @@ _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _JSON = "application/json"
 
 VERSION_INFO = {
-    "major": "1", "minor": "31", "gitVersion": "v1.31.0-pytypha-emulator",
-    "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
-    "buildDate": "2024-08-13T00:00:00Z", "goVersion": "go1.22.5", "compiler": "gc",
+    "major": "1",
+    "minor": "31",
+    "gitVersion": "v1.31.0-pytypha-emulator",
+    "gitCommit": "0000000000000000000000000000000000000000",
+    "gitTreeState": "clean",
+    "buildDate": "2024-08-13T00:00:00Z",
+    "goVersion": "go1.22.5",
+    "compiler": "gc",
     "platform": "linux/amd64",
 }
 
@@ -68,7 +74,7 @@ class ServerConfig:
 
 @dataclass
 class Route:
-    kind: str                      # "resource" | "discovery"
+    kind: str  # "resource" | "discovery"
     rt: ResourceType | None = None
     namespace: str | None = None
     name: str | None = None
@@ -230,8 +236,12 @@ class ApiServerApp:
                 doc = route.doc
                 assert doc is not None
                 if doc.get("kind") == "APIVersions":
-                    doc = dict(doc, serverAddressByClientCIDRs=[
-                        {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self.host}:{self.port}"}])
+                    doc = dict(
+                        doc,
+                        serverAddressByClientCIDRs=[
+                            {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self.host}:{self.port}"}
+                        ],
+                    )
                 return _json_response(200, orjson.dumps(doc))
             return await self._resource(request, route)
         except ApiError as e:
@@ -253,8 +263,9 @@ class ApiServerApp:
         for n in names:
             if n in rules or f"{verb}:{n}" in rules or f"*:{n}" in rules:
                 self.store.stats.forbidden += 1
-                raise errors.forbidden(rt, rt.plural + (f"/{sub}" if sub else ""), verb,
-                                       route.name, route.namespace, self.config.user)
+                raise errors.forbidden(
+                    rt, rt.plural + (f"/{sub}" if sub else ""), verb, route.name, route.namespace, self.config.user
+                )
 
     # ---- resources -------------------------------------------------------------------
 
@@ -289,11 +300,18 @@ class ApiServerApp:
             rstats.get_requests += 1
             return _json_response(200, store.get_object(rt, name, ns).raw)  # type: ignore[arg-type]
         if verb == "list":
-            res = await self._retry_too_large(lambda: store.list(
-                rt, ns, label_selector=q.get("labelSelector"), field_selector=q.get("fieldSelector"),
-                limit=_qint(q, "limit"), continue_=q.get("continue") or None,
-                resource_version=q.get("resourceVersion"),
-                resource_version_match=q.get("resourceVersionMatch")))
+            res = await self._retry_too_large(
+                lambda: store.list(
+                    rt,
+                    ns,
+                    label_selector=q.get("labelSelector"),
+                    field_selector=q.get("fieldSelector"),
+                    limit=_qint(q, "limit"),
+                    continue_=q.get("continue") or None,
+                    resource_version=q.get("resourceVersion"),
+                    resource_version_match=q.get("resourceVersionMatch"),
+                )
+            )
             body = res.to_bytes()
             rstats.list_bytes_sent += len(body)
             return _json_response(200, body)
@@ -305,15 +323,22 @@ class ApiServerApp:
         if verb == "update":
             if name is None:
                 raise errors.method_not_allowed(method)
-            obj = store.update_object(rt, await self._body(request), namespace=ns, name=name,
-                                      subresource=sub, strategy=True)
+            obj = store.update_object(
+                rt, await self._body(request), namespace=ns, name=name, subresource=sub, strategy=True
+            )
             return _json_response(200, obj.raw)
         if verb == "patch":
             if name is None:
                 raise errors.method_not_allowed(method)
-            obj = store.patch_object(rt, name, await self._body(request), namespace=ns,
-                                     content_type=request.headers.get("Content-Type", ""),
-                                     subresource=sub, strategy=True)
+            obj = store.patch_object(
+                rt,
+                name,
+                await self._body(request),
+                namespace=ns,
+                content_type=request.headers.get("Content-Type", ""),
+                subresource=sub,
+                strategy=True,
+            )
             return _json_response(200, obj.raw)
         if verb == "delete":
             if sub is not None:
@@ -325,10 +350,12 @@ class ApiServerApp:
         # deletecollection
         if rt.namespaced and ns is None:
             raise errors.method_not_allowed(method)
-        deleted = store.delete_collection(rt.key, ns, label_selector=q.get("labelSelector"),
-                                          field_selector=q.get("fieldSelector"))
-        head = orjson.dumps({"kind": rt.list_kind, "apiVersion": rt.api_version,
-                             "metadata": {"resourceVersion": str(store.rv)}})
+        deleted = store.delete_collection(
+            rt.key, ns, label_selector=q.get("labelSelector"), field_selector=q.get("fieldSelector")
+        )
+        head = orjson.dumps(
+            {"kind": rt.list_kind, "apiVersion": rt.api_version, "metadata": {"resourceVersion": str(store.rv)}}
+        )
         return _json_response(200, head[:-1] + b',"items":[' + b",".join(o.raw for o in deleted) + b"]}")
 
     async def _body(self, request: web.Request, optional: bool = False) -> Any:
@@ -367,7 +394,7 @@ class ApiServerApp:
         try:
             await asyncio.wait_for(fut, timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         finally:
             store.remove_commit_listener(on_commit)
@@ -388,11 +415,26 @@ class ApiServerApp:
         match = q.get("resourceVersionMatch")
         if send_initial:
             if not bookmarks:
-                raise errors.invalid(None, "", "allowWatchBookmarks", "Forbidden: sendInitialEvents requires setting allowWatchBookmarks to true")
+                raise errors.invalid(
+                    None,
+                    "",
+                    "allowWatchBookmarks",
+                    "Forbidden: sendInitialEvents requires setting allowWatchBookmarks to true",
+                )
             if match != "NotOlderThan":
-                raise errors.invalid(None, "", "resourceVersionMatch", "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan")
+                raise errors.invalid(
+                    None,
+                    "",
+                    "resourceVersionMatch",
+                    "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+                )
         elif match:
-            raise errors.invalid(None, "", "resourceVersionMatch", "Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided")
+            raise errors.invalid(
+                None,
+                "",
+                "resourceVersionMatch",
+                "Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+            )
         timeout_s = _qint(q, "timeoutSeconds")
         if timeout_s is None or timeout_s <= 0:
             timeout = self.config.min_request_timeout * (1 + random.random())
@@ -404,16 +446,22 @@ class ApiServerApp:
         error: ApiError | None = None
         w: Watcher | None = None
         try:
-            w = await self._retry_too_large(lambda: store.watch(
-                rt, route.namespace, resource_version=rv_param,
-                label_selector=q.get("labelSelector"), field_selector=fsel or None,
-                send_initial_events=send_initial, notify=waker.notify))
+            w = await self._retry_too_large(
+                lambda: store.watch(
+                    rt,
+                    route.namespace,
+                    resource_version=rv_param,
+                    label_selector=q.get("labelSelector"),
+                    field_selector=fsel or None,
+                    send_initial_events=send_initial,
+                    notify=waker.notify,
+                )
+            )
         except ApiError as e:
             if e.code not in (410, 504):
                 raise
             error = e  # kube-apiserver reports these *inside* a 200 watch stream
-        resp = web.StreamResponse(status=200, headers={"Content-Type": _JSON,
-                                                       "Cache-Control": "no-cache, private"})
+        resp = web.StreamResponse(status=200, headers={"Content-Type": _JSON, "Cache-Control": "no-cache, private"})
         resp.enable_chunked_encoding()
         _shrink_tls_read_buffer(request.transport)
         try:
@@ -435,8 +483,15 @@ class ApiServerApp:
                 store.unwatch(w)
         return resp
 
-    async def _stream(self, resp: web.StreamResponse, w: Watcher, loop: asyncio.AbstractEventLoop,
-                      waker: _Waker, timeout: float, bookmarks: bool) -> None:
+    async def _stream(
+        self,
+        resp: web.StreamResponse,
+        w: Watcher,
+        loop: asyncio.AbstractEventLoop,
+        waker: _Waker,
+        timeout: float,
+        bookmarks: bool,
+    ) -> None:
         store = self.store
         rstats = store.stats.resource(w.rt.key)
         deadline = loop.time() + timeout
@@ -489,8 +544,7 @@ class ApiServerApp:
 class ApiServerHandle:
     """A running emulator. ``store``/``stats`` are live; mutate the store from the loop's thread."""
 
-    def __init__(self, app: ApiServerApp, runner: web.AppRunner, tls: TLSMaterial,
-                 host: str, port: int) -> None:
+    def __init__(self, app: ApiServerApp, runner: web.AppRunner, tls: TLSMaterial, host: str, port: int) -> None:
         self.app = app
         self.store: Store = app.store
         self.stats: Stats = app.store.stats
@@ -518,8 +572,9 @@ class ApiServerHandle:
 
     def write_kubeconfig(self, path: str, *, token: str | None = None, namespace: str = "default") -> str:
         """Write a kubeconfig for this server (``token`` overrides, e.g. to test 401)."""
-        return write_kubeconfig(path, self.url, self.ca_pem, token if token is not None else self.token,
-                                namespace=namespace)
+        return write_kubeconfig(
+            path, self.url, self.ca_pem, token if token is not None else self.token, namespace=namespace
+        )
 
     def client_ssl_context(self) -> ssl.SSLContext:
         return self.tls.client_context()
@@ -543,31 +598,43 @@ class ApiServerHandle:
         self.store.cut_watches(reason="shutdown")
         await self._runner.cleanup()
 
-    async def __aenter__(self) -> "ApiServerHandle":
+    async def __aenter__(self) -> ApiServerHandle:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
 
-async def start_apiserver(*, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
-                          store: Store | None = None, forbidden: Iterable[str] = (),
-                          bookmark_interval: float = 60.0, window_size: int = 10_000,
-                          max_watch_queue: int = 10_000, min_request_timeout: float = 1800.0,
-                          too_large_rv_wait: float = 3.0, require_namespace: bool = False,
-                          kubeconfig_path: str | None = None,
-                          tls: TLSMaterial | None = None) -> ApiServerHandle:
+async def start_apiserver(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+    store: Store | None = None,
+    forbidden: Iterable[str] = (),
+    bookmark_interval: float = 60.0,
+    window_size: int = 10_000,
+    max_watch_queue: int = 10_000,
+    min_request_timeout: float = 1800.0,
+    too_large_rv_wait: float = 3.0,
+    require_namespace: bool = False,
+    kubeconfig_path: str | None = None,
+    tls: TLSMaterial | None = None,
+) -> ApiServerHandle:
     """Start an HTTPS Kubernetes API emulator on ``host:port`` (0 = ephemeral port).
 
     ``window_size`` (events retained per resource) and ``max_watch_queue`` only apply when
     a new Store is created here. ``token`` defaults to a random one.
     """
     if store is None:
-        store = Store(window_size=window_size, max_watch_queue=max_watch_queue,
-                      require_namespace=require_namespace)
-    config = ServerConfig(token=token or secrets.token_urlsafe(24), forbidden=set(forbidden),
-                          bookmark_interval=bookmark_interval, min_request_timeout=min_request_timeout,
-                          too_large_rv_wait=too_large_rv_wait)
+        store = Store(window_size=window_size, max_watch_queue=max_watch_queue, require_namespace=require_namespace)
+    config = ServerConfig(
+        token=token or secrets.token_urlsafe(24),
+        forbidden=set(forbidden),
+        bookmark_interval=bookmark_interval,
+        min_request_timeout=min_request_timeout,
+        too_large_rv_wait=too_large_rv_wait,
+    )
     tls = tls or make_tls()
     api = ApiServerApp(store, config)
     app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -587,4 +654,4 @@ async def start_apiserver(*, host: str = "127.0.0.1", port: int = 0, token: str 
     return handle
 
 
-__all__ = ["start_apiserver", "ApiServerHandle", "ApiServerApp", "ServerConfig", "parse_path", "Route"]
+__all__ = ["ApiServerApp", "ApiServerHandle", "Route", "ServerConfig", "parse_path", "start_apiserver"]

@@ -13,24 +13,24 @@ from __future__ import annotations
 from typing import Any
 
 _FIELDS = (
-    "open_watches",        # watch streams currently open
-    "watches_total",       # watch streams ever started
+    "open_watches",  # watch streams currently open
+    "watches_total",  # watch streams ever started
     "watches_closed_slow",  # closed because the watcher's queue overflowed
-    "watches_cut",         # closed by cut_watches()/shutdown
-    "watches_expired",     # watch requests answered with a 410 ERROR event
-    "events_sent",         # ADDED/MODIFIED/DELETED/ERROR events written to sockets
+    "watches_cut",  # closed by cut_watches()/shutdown
+    "watches_expired",  # watch requests answered with a 410 ERROR event
+    "events_sent",  # ADDED/MODIFIED/DELETED/ERROR events written to sockets
     "bookmarks_sent",
-    "bytes_sent",          # watch stream bytes written (events + bookmarks)
+    "bytes_sent",  # watch stream bytes written (events + bookmarks)
     "list_requests",
     "list_items_sent",
     "list_bytes_sent",
-    "list_expired",        # lists/continues answered 410
+    "list_expired",  # lists/continues answered 410
     "get_requests",
     "creates",
     "updates",
     "patches",
     "deletes",
-    "events_generated",    # store-level events (independent of watcher count)
+    "events_generated",  # store-level events (independent of watcher count)
 )
 
 

@@ -46,7 +46,8 @@ import time
 import uuid
 from bisect import bisect_left, bisect_right, insort
 from collections import deque
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import orjson
 
@@ -62,6 +63,7 @@ Key = str  # namespace + "\x00" + name ("" namespace for cluster-scoped); string
 
 def make_key(namespace: str, name: str) -> Key:
     return namespace + "\x00" + name
+
 
 ADDED, MODIFIED, DELETED, BOOKMARK, ERROR = "ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"
 
@@ -103,10 +105,9 @@ def _with_rv(raw_or_dict: bytes | dict[str, Any], rv: int) -> bytes:
 class StoredObject:
     """One immutable version of an object: its JSON bytes plus pre-extracted filter data."""
 
-    __slots__ = ("key", "rv", "raw", "labels", "fields")
+    __slots__ = ("fields", "key", "labels", "raw", "rv")
 
-    def __init__(self, key: Key, rv: int, raw: bytes, labels: dict[str, str],
-                 fields: tuple[str | None, ...]) -> None:
+    def __init__(self, key: Key, rv: int, raw: bytes, labels: dict[str, str], fields: tuple[str | None, ...]) -> None:
         self.key = key
         self.rv = rv
         self.raw = raw
@@ -131,7 +132,7 @@ class StoredObject:
 class Event:
     """A committed change. ``obj`` is the new state (for DELETED: last state at the delete RV)."""
 
-    __slots__ = ("type", "rv", "obj", "prev", "_enc", "_as_added", "_as_deleted")
+    __slots__ = ("_as_added", "_as_deleted", "_enc", "obj", "prev", "rv", "type")
 
     def __init__(self, etype: str, rv: int, obj: StoredObject, prev: StoredObject | None) -> None:
         self.type = etype
@@ -169,9 +170,16 @@ class Watcher:
     having work, or the watcher closes, so the shell can sleep in between.
     """
 
-    def __init__(self, rt: ResourceType, namespace: str | None, lsel: LabelSelector,
-                 fsel: FieldSelector, max_queue: int, stats: ResourceStats,
-                 start_rv: int) -> None:
+    def __init__(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        lsel: LabelSelector,
+        fsel: FieldSelector,
+        max_queue: int,
+        stats: ResourceStats,
+        start_rv: int,
+    ) -> None:
         self.rt = rt
         self.namespace = namespace
         self.label_selector = lsel
@@ -197,9 +205,9 @@ class Watcher:
             return False
         if not self.label_selector.empty and not self.label_selector.matches(obj.labels):
             return False
-        if not self.field_selector.empty and not self.field_selector.matches(obj.name, obj.namespace, obj.fields):
-            return False
-        return True
+        return not (
+            not self.field_selector.empty and not self.field_selector.matches(obj.name, obj.namespace, obj.fields)
+        )
 
     def render(self, ev: Event) -> bytes | None:
         """The line this watcher should see for ``ev`` (selector transitions included), or None."""
@@ -274,10 +282,16 @@ class Watcher:
 class ListResult:
     """One page of a list: items at snapshot ``resource_version``."""
 
-    __slots__ = ("rt", "items", "resource_version", "continue_token", "remaining")
+    __slots__ = ("continue_token", "items", "remaining", "resource_version", "rt")
 
-    def __init__(self, rt: ResourceType, items: list[StoredObject], resource_version: int,
-                 continue_token: str | None, remaining: int | None) -> None:
+    def __init__(
+        self,
+        rt: ResourceType,
+        items: list[StoredObject],
+        resource_version: int,
+        continue_token: str | None,
+        remaining: int | None,
+    ) -> None:
         self.rt = rt
         self.items = items
         self.resource_version = resource_version
@@ -293,8 +307,7 @@ class ListResult:
         return md
 
     def to_bytes(self) -> bytes:
-        head = orjson.dumps({"kind": self.rt.list_kind, "apiVersion": self.rt.api_version,
-                             "metadata": self.metadata()})
+        head = orjson.dumps({"kind": self.rt.list_kind, "apiVersion": self.rt.api_version, "metadata": self.metadata()})
         # Splice pre-encoded items in; never re-encode stored objects.
         return head[:-1] + b',"items":[' + b",".join(o.raw for o in self.items) + b"]}"
 
@@ -317,7 +330,7 @@ def decode_continue(token: str) -> tuple[int, Key]:
         if not isinstance(start, str) or "\x00" not in start:
             raise ValueError("bad start key")
         return int(d["rv"]), start
-    except Exception as e:  # noqa: BLE001 - any garbage token is the same client error
+    except Exception as e:
         raise errors.bad_request(f"continue key is not valid: {e}") from None
 
 
@@ -332,16 +345,27 @@ def parse_rv(s: str) -> int:
 
 
 class _ResourceState:
-    __slots__ = ("rt", "objects", "keys", "pending", "window", "window_start", "unindexed",
-                 "index", "nwatchers", "stats", "index_slot")
+    __slots__ = (
+        "index",
+        "index_slot",
+        "keys",
+        "nwatchers",
+        "objects",
+        "pending",
+        "rt",
+        "stats",
+        "unindexed",
+        "window",
+        "window_start",
+    )
 
     def __init__(self, rt: ResourceType, window_size: int, start_rv: int, stats: ResourceStats) -> None:
         self.rt = rt
         self.objects: dict[Key, StoredObject] = {}
-        self.keys: list[Key] = []          # sorted; new keys wait in `pending` until a read needs order
+        self.keys: list[Key] = []  # sorted; new keys wait in `pending` until a read needs order
         self.pending: set[Key] = set()
         self.window: deque[Event] = deque(maxlen=window_size)
-        self.window_start = start_rv       # every event with rv > window_start is retained
+        self.window_start = start_rv  # every event with rv > window_start is retained
         self.unindexed: set[Watcher] = set()
         self.index: dict[tuple[str, str], set[Watcher]] = {}
         self.nwatchers = 0
@@ -391,11 +415,17 @@ class Store:
     system metadata and emits the same watch events.
     """
 
-    def __init__(self, resources: Iterable[ResourceType] = DEFAULT_RESOURCES, *,
-                 window_size: int = 10_000, max_watch_queue: int = 10_000,
-                 initial_rv: int = 1, stats: Stats | None = None,
-                 seed_namespaces: Iterable[str] = DEFAULT_NAMESPACES,
-                 require_namespace: bool = False) -> None:
+    def __init__(
+        self,
+        resources: Iterable[ResourceType] = DEFAULT_RESOURCES,
+        *,
+        window_size: int = 10_000,
+        max_watch_queue: int = 10_000,
+        initial_rv: int = 1,
+        stats: Stats | None = None,
+        seed_namespaces: Iterable[str] = DEFAULT_NAMESPACES,
+        require_namespace: bool = False,
+    ) -> None:
         self.registry = ResourceRegistry(resources)
         self.stats = stats or Stats()
         self.window_size = window_size
@@ -403,8 +433,7 @@ class Store:
         self.require_namespace = require_namespace
         self._rv = initial_rv
         self._states: dict[str, _ResourceState] = {
-            rt.key: _ResourceState(rt, window_size, initial_rv, self.stats.resource(rt.key))
-            for rt in self.registry
+            rt.key: _ResourceState(rt, window_size, initial_rv, self.stats.resource(rt.key)) for rt in self.registry
         }
         self._listeners: list[Callable[[int], None]] = []
         for ns in seed_namespaces:
@@ -461,12 +490,18 @@ class Store:
         """The current object as a dict; raises ApiError(404)."""
         return self.get_object(resource, name, namespace).to_dict()
 
-    def list(self, resource: str | ResourceType, namespace: str | None = None, *,
-             label_selector: str | LabelSelector | None = None,
-             field_selector: str | FieldSelector | None = None,
-             limit: int | None = None, continue_: str | None = None,
-             resource_version: str | None = None,
-             resource_version_match: str | None = None) -> ListResult:
+    def list(
+        self,
+        resource: str | ResourceType,
+        namespace: str | None = None,
+        *,
+        label_selector: str | LabelSelector | None = None,
+        field_selector: str | FieldSelector | None = None,
+        limit: int | None = None,
+        continue_: str | None = None,
+        resource_version: str | None = None,
+        resource_version_match: str | None = None,
+    ) -> ListResult:
         """A list page with Kubernetes resourceVersion / limit / continue semantics."""
         rs = self._state(resource)
         rt = rs.rt
@@ -483,13 +518,13 @@ class Store:
             if continue_:
                 # Like etcd3's store: tell the client how to continue inconsistently.
                 assert start is not None
-                raise errors.expired(errors.CONTINUE_EXPIRED_MSG,
-                                     {"continue": encode_continue(-1, start)}) from None
+                raise errors.expired(errors.CONTINUE_EXPIRED_MSG, {"continue": encode_continue(-1, start)}) from None
             raise
         return self._page(rs, snap_rv, start, namespace, lsel, fsel, limit, overrides)
 
-    def list_objects(self, resource: str, namespace: str | None = None,
-                     label_selector: str | None = None) -> builtins.list[dict[str, Any]]:
+    def list_objects(
+        self, resource: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> builtins.list[dict[str, Any]]:
         """Convenience: every current object (decoded), optionally filtered."""
         return [o.to_dict() for o in self.list(resource, namespace, label_selector=label_selector).items]
 
@@ -499,27 +534,48 @@ class Store:
     def _fsel(self, rt: ResourceType, sel: str | FieldSelector | None) -> FieldSelector:
         return sel if isinstance(sel, FieldSelector) else parse_field_selector(sel, rt.field_labels, rt.namespaced)
 
-    def _list_snapshot(self, rs: _ResourceState, rv_s: str | None, match: str | None,
-                       limit: int | None, continue_: str | None) -> tuple[int, Key | None]:
+    def _list_snapshot(
+        self, rs: _ResourceState, rv_s: str | None, match: str | None, limit: int | None, continue_: str | None
+    ) -> tuple[int, Key | None]:
         current = self._rv
         if continue_:
             if match:
-                raise errors.invalid(None, "", "resourceVersionMatch", "Forbidden: resourceVersionMatch is forbidden when continue is provided")
+                raise errors.invalid(
+                    None,
+                    "",
+                    "resourceVersionMatch",
+                    "Forbidden: resourceVersionMatch is forbidden when continue is provided",
+                )
             if rv_s not in (None, "", "0"):
                 raise errors.bad_request("specifying resource version is not allowed when using continue")
             rv, start = decode_continue(continue_)
             return (current if rv <= 0 else rv), start  # rv -1: the "inconsistent" continuation
         if match and not rv_s:
-            raise errors.invalid(None, "", "resourceVersionMatch", "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided")
+            raise errors.invalid(
+                None,
+                "",
+                "resourceVersionMatch",
+                "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided",
+            )
         if match not in (None, "", "NotOlderThan", "Exact"):
-            raise errors.invalid(None, "", "resourceVersionMatch", f'Unsupported value: "{match}": supported values: "Exact", "NotOlderThan"')
+            raise errors.invalid(
+                None,
+                "",
+                "resourceVersionMatch",
+                f'Unsupported value: "{match}": supported values: "Exact", "NotOlderThan"',
+            )
         if not rv_s:
             return current, None  # "Most Recent": a consistent read at the current revision
         rv = parse_rv(rv_s)
         if match == "Exact" or (not match and limit and rv != 0):
             # Exact (explicit, or legacy "RV + limit"): the state at exactly rv.
             if rv == 0:
-                raise errors.invalid(None, "", "resourceVersionMatch", 'Forbidden: resourceVersionMatch "exact" is forbidden for resourceVersion "0"')
+                raise errors.invalid(
+                    None,
+                    "",
+                    "resourceVersionMatch",
+                    'Forbidden: resourceVersionMatch "exact" is forbidden for resourceVersion "0"',
+                )
             if rv > current:
                 raise TooLargeResourceVersion(rv, current)
             if rv < rs.window_start:
@@ -542,9 +598,17 @@ class Store:
             ov[ev.obj.key] = ev.prev
         return ov
 
-    def _page(self, rs: _ResourceState, snap_rv: int, start: Key | None, ns: str | None,
-              lsel: LabelSelector, fsel: FieldSelector, limit: int | None,
-              overrides: dict[Key, StoredObject | None]) -> ListResult:
+    def _page(
+        self,
+        rs: _ResourceState,
+        snap_rv: int,
+        start: Key | None,
+        ns: str | None,
+        lsel: LabelSelector,
+        fsel: FieldSelector,
+        limit: int | None,
+        overrides: dict[Key, StoredObject | None],
+    ) -> ListResult:
         keys = rs.sorted_keys()
         objects = rs.objects
         lo, hi = rs.ns_range(keys, ns)
@@ -552,8 +616,9 @@ class Store:
             lo = max(lo, bisect_right(keys, start, lo, hi))
         # Keys deleted since the snapshot are not in `keys` but existed at snap_rv.
         prefix = "" if ns is None else ns + "\x00"
-        extra = sorted(k for k in overrides
-                       if k not in objects and k.startswith(prefix) and (start is None or k > start))
+        extra = sorted(
+            k for k in overrides if k not in objects and k.startswith(prefix) and (start is None or k > start)
+        )
         it: Iterator[Key] = map(keys.__getitem__, range(lo, hi))
         if extra:
             it = heapq.merge(it, extra)
@@ -567,8 +632,10 @@ class Store:
             if limit is not None and len(items) >= limit:
                 more = True
                 break
-            if filtered and not ((lsel.empty or lsel.matches(obj.labels))
-                                 and (fsel.empty or fsel.matches(obj.name, obj.namespace, obj.fields))):
+            if filtered and not (
+                (lsel.empty or lsel.matches(obj.labels))
+                and (fsel.empty or fsel.matches(obj.name, obj.namespace, obj.fields))
+            ):
                 continue
             items.append(obj)
         token = remaining = None
@@ -642,14 +709,19 @@ class Store:
         self._rv += 1
         return self._rv
 
-    def _prepare_new(self, rt: ResourceType, obj: Mapping[str, Any], namespace: str | None,
-                     strategy: bool) -> dict[str, Any]:
+    def _prepare_new(
+        self, rt: ResourceType, obj: Mapping[str, Any], namespace: str | None, strategy: bool
+    ) -> dict[str, Any]:
         if type(obj) is not dict and not isinstance(obj, Mapping):  # ABC check is slow; dicts skip it
             raise errors.bad_request("the body of the request must be a JSON object")
         if obj.get("kind") not in (None, "", rt.kind):
-            raise errors.bad_request(f"the kind in the data ({obj.get('kind')}) does not match the expected kind ({rt.kind})")
+            raise errors.bad_request(
+                f"the kind in the data ({obj.get('kind')}) does not match the expected kind ({rt.kind})"
+            )
         if obj.get("apiVersion") not in (None, "", rt.api_version):
-            raise errors.bad_request(f"the API version in the data ({obj.get('apiVersion')}) does not match the expected API version ({rt.api_version})")
+            raise errors.bad_request(
+                f"the API version in the data ({obj.get('apiVersion')}) does not match the expected API version ({rt.api_version})"
+            )
         md = dict(obj.get("metadata") or {})
         d: dict[str, Any] = {"kind": rt.kind, "apiVersion": rt.api_version, "metadata": md}
         for k, v in obj.items():
@@ -658,7 +730,9 @@ class Store:
         if rt.namespaced:
             body_ns = md.get("namespace")
             if namespace and body_ns and body_ns != namespace:
-                raise errors.bad_request("the namespace of the provided object does not match the namespace sent on the request")
+                raise errors.bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                )
             ns = namespace or body_ns
             if not ns:
                 raise errors.invalid(rt, md.get("name", ""), "metadata.namespace", "Required value")
@@ -667,13 +741,20 @@ class Store:
             md.pop("namespace", None)
         return d
 
-    def create(self, resource: str, obj: Mapping[str, Any], *, namespace: str | None = None,
-               strategy: bool = False) -> dict[str, Any]:
+    def create(
+        self, resource: str, obj: Mapping[str, Any], *, namespace: str | None = None, strategy: bool = False
+    ) -> dict[str, Any]:
         """Create ``obj``; returns the stored object. 409 AlreadyExists if present."""
         return self.create_object(resource, obj, namespace=namespace, strategy=strategy).to_dict()
 
-    def create_object(self, resource: str | ResourceType, obj: Mapping[str, Any], *,
-                      namespace: str | None = None, strategy: bool = False) -> StoredObject:
+    def create_object(
+        self,
+        resource: str | ResourceType,
+        obj: Mapping[str, Any],
+        *,
+        namespace: str | None = None,
+        strategy: bool = False,
+    ) -> StoredObject:
         rs = self._state(resource)
         rt = rs.rt
         d = self._prepare_new(rt, obj, namespace, strategy)
@@ -685,8 +766,12 @@ class Store:
         if not name:
             raise errors.invalid(rt, "", "metadata.name", "Required value: name or generateName is required")
         if len(name) > 253 or not _NAME_RE.match(name):
-            raise errors.invalid(rt, name, "metadata.name",
-                                 f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, \'-\' or \'.\'')
+            raise errors.invalid(
+                rt,
+                name,
+                "metadata.name",
+                f"Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'",
+            )
         ns = md.get("namespace", "")
         if strategy and md.get("resourceVersion"):
             raise errors.ApiError(500, "InternalError", "resourceVersion should not be set on objects to be created")
@@ -713,22 +798,39 @@ class Store:
         elif strategy and rt.key == "pods":
             d["status"] = {"phase": "Pending"}  # PodStrategy.PrepareForCreate resets status
 
-    def update(self, resource: str, obj: Mapping[str, Any], *, namespace: str | None = None,
-               subresource: str | None = None, strategy: bool = False) -> dict[str, Any]:
+    def update(
+        self,
+        resource: str,
+        obj: Mapping[str, Any],
+        *,
+        namespace: str | None = None,
+        subresource: str | None = None,
+        strategy: bool = False,
+    ) -> dict[str, Any]:
         """PUT semantics: 409 Conflict if metadata.resourceVersion is set and stale."""
-        return self.update_object(resource, obj, namespace=namespace, subresource=subresource,
-                                  strategy=strategy).to_dict()
+        return self.update_object(
+            resource, obj, namespace=namespace, subresource=subresource, strategy=strategy
+        ).to_dict()
 
-    def update_object(self, resource: str | ResourceType, obj: Mapping[str, Any], *,
-                      namespace: str | None = None, name: str | None = None,
-                      subresource: str | None = None, strategy: bool = False) -> StoredObject:
+    def update_object(
+        self,
+        resource: str | ResourceType,
+        obj: Mapping[str, Any],
+        *,
+        namespace: str | None = None,
+        name: str | None = None,
+        subresource: str | None = None,
+        strategy: bool = False,
+    ) -> StoredObject:
         rs = self._state(resource)
         rt = rs.rt
         d = self._prepare_new(rt, obj, namespace, strategy)
         md = d["metadata"]
         body_name = md.get("name")
         if name is not None and body_name and body_name != name:
-            raise errors.bad_request(f"the name of the object ({body_name}) does not match the name on the URL ({name})")
+            raise errors.bad_request(
+                f"the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )
         name = name or body_name
         if not name:
             raise errors.invalid(rt, "", "metadata.name", "Required value: name is required")
@@ -741,19 +843,26 @@ class Store:
             if parse_rv(str(rv_in)) != cur.rv:
                 raise errors.conflict(rt, name, errors.STALE_RV)
         elif strategy and not rt.unconditional_update:
-            raise errors.invalid(rt, name, "metadata.resourceVersion", "Invalid value: 0x0: must be specified for an update")
+            raise errors.invalid(
+                rt, name, "metadata.resourceVersion", "Invalid value: 0x0: must be specified for an update"
+            )
         stored = self._update_from(rs, cur, d, subresource, strategy)
         rs.stats.updates += 1
         return stored
 
-    def _update_from(self, rs: _ResourceState, cur: StoredObject, d: dict[str, Any],
-                     subresource: str | None, strategy: bool) -> StoredObject:
+    def _update_from(
+        self, rs: _ResourceState, cur: StoredObject, d: dict[str, Any], subresource: str | None, strategy: bool
+    ) -> StoredObject:
         rt = rs.rt
         old = cur.to_dict()
         old_md = old["metadata"]
         md = d["metadata"]
         if md.get("uid") and md["uid"] != old_md.get("uid"):
-            raise errors.conflict(rt, cur.name, f"Precondition failed: UID in precondition: {md['uid']}, UID in object meta: {old_md.get('uid')}")
+            raise errors.conflict(
+                rt,
+                cur.name,
+                f"Precondition failed: UID in precondition: {md['uid']}, UID in object meta: {old_md.get('uid')}",
+            )
         if subresource is not None:
             if subresource != "status" or not rt.status_subresource:
                 raise errors.path_not_found()
@@ -791,16 +900,39 @@ class Store:
         self._commit(rs, MODIFIED, stored, cur)
         return stored
 
-    def patch(self, resource: str, name: str, patch: Any, *, namespace: str | None = None,
-              content_type: str = MERGE, subresource: str | None = None,
-              strategy: bool = False) -> dict[str, Any]:
+    def patch(
+        self,
+        resource: str,
+        name: str,
+        patch: Any,
+        *,
+        namespace: str | None = None,
+        content_type: str = MERGE,
+        subresource: str | None = None,
+        strategy: bool = False,
+    ) -> dict[str, Any]:
         """Apply a merge / strategic-merge (as merge) / JSON patch."""
-        return self.patch_object(resource, name, patch, namespace=namespace, content_type=content_type,
-                                 subresource=subresource, strategy=strategy).to_dict()
+        return self.patch_object(
+            resource,
+            name,
+            patch,
+            namespace=namespace,
+            content_type=content_type,
+            subresource=subresource,
+            strategy=strategy,
+        ).to_dict()
 
-    def patch_object(self, resource: str | ResourceType, name: str, patch: Any, *,
-                     namespace: str | None = None, content_type: str = MERGE,
-                     subresource: str | None = None, strategy: bool = False) -> StoredObject:
+    def patch_object(
+        self,
+        resource: str | ResourceType,
+        name: str,
+        patch: Any,
+        *,
+        namespace: str | None = None,
+        content_type: str = MERGE,
+        subresource: str | None = None,
+        strategy: bool = False,
+    ) -> StoredObject:
         rs = self._state(resource)
         rt = rs.rt
         cur = self.get_object(rt, name, namespace)
@@ -829,13 +961,20 @@ class Store:
             return self.update(resource, o, namespace=namespace)
         return self.create(resource, obj, namespace=namespace)
 
-    def delete(self, resource: str, name: str, *, namespace: str | None = None,
-               preconditions: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def delete(
+        self, resource: str, name: str, *, namespace: str | None = None, preconditions: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Delete; returns the final object. Objects with finalizers only get deletionTimestamp."""
         return self.delete_object(resource, name, namespace=namespace, preconditions=preconditions)[0].to_dict()
 
-    def delete_object(self, resource: str | ResourceType, name: str, *, namespace: str | None = None,
-                      preconditions: Mapping[str, Any] | None = None) -> tuple[StoredObject, bool]:
+    def delete_object(
+        self,
+        resource: str | ResourceType,
+        name: str,
+        *,
+        namespace: str | None = None,
+        preconditions: Mapping[str, Any] | None = None,
+    ) -> tuple[StoredObject, bool]:
         """Returns (object, deleted_now). deleted_now is False when finalizers defer it."""
         rs = self._state(resource)
         rt = rs.rt
@@ -844,10 +983,18 @@ class Store:
         md = d["metadata"]
         if preconditions:
             if preconditions.get("uid") and preconditions["uid"] != md.get("uid"):
-                raise errors.conflict(rt, name, f"Precondition failed: UID in precondition: {preconditions['uid']}, UID in object meta: {md.get('uid')}")
+                raise errors.conflict(
+                    rt,
+                    name,
+                    f"Precondition failed: UID in precondition: {preconditions['uid']}, UID in object meta: {md.get('uid')}",
+                )
             prv = preconditions.get("resourceVersion")
             if prv and str(prv) != str(cur.rv):
-                raise errors.conflict(rt, name, f"Precondition failed: ResourceVersion in precondition: {prv}, ResourceVersion in object meta: {cur.rv}")
+                raise errors.conflict(
+                    rt,
+                    name,
+                    f"Precondition failed: ResourceVersion in precondition: {prv}, ResourceVersion in object meta: {cur.rv}",
+                )
         if md.get("finalizers"):
             if md.get("deletionTimestamp"):
                 return cur, False
@@ -865,13 +1012,25 @@ class Store:
         rs.stats.deletes += 1
         return tomb
 
-    def delete_collection(self, resource: str, namespace: str | None = None, *,
-                          label_selector: str | None = None, field_selector: str | None = None) -> builtins.list[StoredObject]:
+    def delete_collection(
+        self,
+        resource: str,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> builtins.list[StoredObject]:
         res = self.list(resource, namespace, label_selector=label_selector, field_selector=field_selector)
         return [self.delete_object(resource, o.name, namespace=o.namespace or None)[0] for o in res.items]
 
-    def bulk_load(self, resource: str, objs: Iterable[Mapping[str, Any]], *,
-                  namespace: str | None = None, emit_events: bool = True) -> int:
+    def bulk_load(
+        self,
+        resource: str,
+        objs: Iterable[Mapping[str, Any]],
+        *,
+        namespace: str | None = None,
+        emit_events: bool = True,
+    ) -> int:
         """Create many objects fast; returns how many.
 
         With ``emit_events=False`` no per-object events are recorded or sent; instead the
@@ -913,12 +1072,18 @@ class Store:
 
     # ---- watch -----------------------------------------------------------------------
 
-    def watch(self, resource: str | ResourceType, namespace: str | None = None, *,
-              resource_version: str | None = None,
-              label_selector: str | LabelSelector | None = None,
-              field_selector: str | FieldSelector | None = None,
-              send_initial_events: bool = False, max_queue: int | None = None,
-              notify: Callable[[], None] | None = None) -> Watcher:
+    def watch(
+        self,
+        resource: str | ResourceType,
+        namespace: str | None = None,
+        *,
+        resource_version: str | None = None,
+        label_selector: str | LabelSelector | None = None,
+        field_selector: str | FieldSelector | None = None,
+        send_initial_events: bool = False,
+        max_queue: int | None = None,
+        notify: Callable[[], None] | None = None,
+    ) -> Watcher:
         """Register a watch. RV ""/"0"/None: synthetic ADDED for the current state first;
         RV "N": replay retained events after N (ApiError 410 if N < window_start).
         ``send_initial_events`` (streaming list) ends the initial ADDEDs with a BOOKMARK
@@ -969,8 +1134,9 @@ class Store:
         return w
 
     @staticmethod
-    def _initial_lines(w: Watcher, snapshot: builtins.list[StoredObject], replay: builtins.list[Event],
-                       end_bookmark: bytes | None) -> Iterator[bytes]:
+    def _initial_lines(
+        w: Watcher, snapshot: builtins.list[StoredObject], replay: builtins.list[Event], end_bookmark: bytes | None
+    ) -> Iterator[bytes]:
         for o in snapshot:
             if w.matches(o):
                 yield encode_event(ADDED, o.raw)
@@ -1019,14 +1185,13 @@ class Store:
 
     def watchers(self, resource: str | None = None) -> builtins.list[Watcher]:
         out: builtins.list[Watcher] = []
-        for rs in ([self._state(resource)] if resource else self._states.values()):
+        for rs in [self._state(resource)] if resource else self._states.values():
             out.extend(rs.unindexed)
             for b in rs.index.values():
                 out.extend(b)
         return out
 
-    def bookmark_bytes(self, rt: ResourceType, rv: int | None = None,
-                       initial_events_end: bool = False) -> bytes:
+    def bookmark_bytes(self, rt: ResourceType, rv: int | None = None, initial_events_end: bool = False) -> bytes:
         md: dict[str, Any] = {"resourceVersion": str(self._rv if rv is None else rv)}
         if initial_events_end:
             md["annotations"] = {"k8s.io/initial-events-end": "true"}
@@ -1063,13 +1228,27 @@ class Store:
             for cb in self._listeners:
                 cb(self._rv)
         target = self._rv if rv is None else min(rv, self._rv)
-        for rs in ([self._state(resource)] if resource else self._states.values()):
+        for rs in [self._state(resource)] if resource else self._states.values():
             while rs.window and rs.window[0].rv <= target:
                 rs.window.popleft()
             rs.window_start = max(rs.window_start, target)
         return target
 
 
-__all__ = ["Store", "StoredObject", "Event", "Watcher", "ListResult", "TooLargeResourceVersion",
-           "encode_event", "encode_continue", "decode_continue", "ADDED", "MODIFIED", "DELETED",
-           "BOOKMARK", "ERROR", "DEFAULT_NAMESPACES"]
+__all__ = [
+    "ADDED",
+    "BOOKMARK",
+    "DEFAULT_NAMESPACES",
+    "DELETED",
+    "ERROR",
+    "MODIFIED",
+    "Event",
+    "ListResult",
+    "Store",
+    "StoredObject",
+    "TooLargeResourceVersion",
+    "Watcher",
+    "decode_continue",
+    "encode_continue",
+    "encode_event",
+]

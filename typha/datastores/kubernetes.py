@@ -110,7 +110,8 @@ def parse_watch_lines(lines: Iterable[bytes], stats: ResourceStats) -> tuple[lis
         if not isinstance(obj, dict):
             stats.malformed += 1
             continue
-        md = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+        raw_md = obj.get("metadata")
+        md: dict[str, Any] = raw_md if isinstance(raw_md, dict) else {}
         if etype == "ERROR":
             code = obj.get("code")
             msg = str(obj.get("message") or obj.get("reason") or "watch error")
@@ -155,9 +156,7 @@ class KubernetesDatastore:
         self.resources: list[Resource] = [RESOURCES[n] for n in names]
         self.stats: dict[str, ResourceStats] = {r.name: ResourceStats() for r in self.resources}
         # Which followed resources feed each cache: its status is the least advanced of theirs.
-        self._feeds = {
-            name: [r.name for r in self.resources if name in r.syncers] for name in ingestor.caches
-        }
+        self._feeds = {name: [r.name for r in self.resources if name in r.syncers] for name in ingestor.caches}
         self.synced = asyncio.Event()
         self._frozen = False
 
@@ -184,8 +183,13 @@ class KubernetesDatastore:
     # -- requests --------------------------------------------------------------------------------------
     async def _get(self, path: str, params: list[tuple[str, str]], timeout: float) -> aiohttp.ClientResponse:
         resp = await self.api.call_api(
-            path, "GET", query_params=params, header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True,
+            path,
+            "GET",
+            query_params=params,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _return_http_data_only=True,
             _request_timeout=timeout,
         )
         if resp.status != 200:
@@ -234,7 +238,9 @@ class KubernetesDatastore:
         """Stream events from `rv` until the server ends the watch; returns the newest version seen."""
         st = self.stats[res.name]
         params = [
-            ("watch", "1"), ("resourceVersion", rv), ("allowWatchBookmarks", "true"),
+            ("watch", "1"),
+            ("resourceVersion", rv),
+            ("allowWatchBookmarks", "true"),
             ("timeoutSeconds", str(int(self.watch_timeout))),
         ]
         resp = await self._get(res.path(), params, timeout=self.watch_timeout + 60)
@@ -278,7 +284,9 @@ class KubernetesDatastore:
                     st.lists += 1
                     st.resource_version = rv
                     self._set_state(res.name, SYNCED)
-                    log.info("%s: listed %d objects at rv %s in %.2fs", res.name, resync.objects, rv, time.monotonic() - t0)
+                    log.info(
+                        "%s: listed %d objects at rv %s in %.2fs", res.name, resync.objects, rv, time.monotonic() - t0
+                    )
                 rv = await self._watch(res, rv)
                 failures = 0  # a watch that ran and ended normally: resume at once
             except Gone as exc:

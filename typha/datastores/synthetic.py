@@ -39,7 +39,10 @@ class SyntheticDatastore:
         self.ingestor = ingestor
         self.options = options
         self.cluster = SyntheticCluster(
-            nodes=options.nodes, pods_per_node=options.pods_per_node, policies=options.policies, seed=options.seed,
+            nodes=options.nodes,
+            pods_per_node=options.pods_per_node,
+            policies=options.policies,
+            seed=options.seed,
             namespaces=max(1, min(200, options.nodes // 5)),
         )
         self.churned = 0

@@ -66,11 +66,11 @@ class WorkloadKey(NamedTuple):
     endpoint: str
 
 
-def workload_key(node: str, namespace: str, pod: str,
-                 endpoint: str = DEFAULT_ENDPOINT, orchestrator: str = ORCHESTRATOR_K8S) -> str:
+def workload_key(
+    node: str, namespace: str, pod: str, endpoint: str = DEFAULT_ENDPOINT, orchestrator: str = ORCHESTRATOR_K8S
+) -> str:
     """``/calico/v1/host/<node>/workload/k8s/<ns>%2f<pod>/endpoint/eth0``."""
-    return (f"{_WEP_PREFIX}{node}/workload/{orchestrator}/"
-            f"{escape(namespace + '/' + pod)}/endpoint/{escape(endpoint)}")
+    return f"{_WEP_PREFIX}{node}/workload/{orchestrator}/{escape(namespace + '/' + pod)}/endpoint/{escape(endpoint)}"
 
 
 def workload_prefix(node: str) -> str:
@@ -85,7 +85,7 @@ def parse_workload_key(key: str) -> WorkloadKey | None:
     """
     if not key.startswith(_WEP_PREFIX):
         return None
-    parts = key[len(_WEP_PREFIX):].split("/")
+    parts = key[len(_WEP_PREFIX) :].split("/")
     # <node>/workload/<orch>/<workload>/endpoint/<endpoint>
     if len(parts) != 6 or parts[1] != "workload" or parts[4] != "endpoint":
         return None
@@ -126,7 +126,7 @@ def parse_policy_key(key: str) -> PolicyKey | None:
     prefix = "/calico/v1/policy/tier/"
     if not key.startswith(prefix):
         return None
-    parts = key[len(prefix):].split("/")
+    parts = key[len(prefix) :].split("/")
     if len(parts) != 3 or parts[1] != "policy":
         return None
     full = unescape(parts[2])
@@ -161,7 +161,7 @@ def parse_block_key(key: str) -> str | None:
     prefix = "/calico/ipam/v2/assignment/ipv"
     if not key.startswith(prefix):
         return None
-    parts = key[len(prefix):].split("/")
+    parts = key[len(prefix) :].split("/")
     if len(parts) != 3 or parts[1] != "block":
         return None
     return segment_cidr(parts[2])
@@ -182,8 +182,8 @@ def node_key(name: str) -> str:
 
 def parse_node_key(key: str) -> str | None:
     prefix = _RESOURCES_V3 + "nodes/"
-    if key.startswith(prefix) and "/" not in key[len(prefix):]:
-        return unescape(key[len(prefix):])
+    if key.startswith(prefix) and "/" not in key[len(prefix) :]:
+        return unescape(key[len(prefix) :])
     return None
 
 

@@ -46,8 +46,9 @@ import hashlib
 import ipaddress
 import re
 import socket
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from typha.k8s import keys as K
 
@@ -69,9 +70,9 @@ class ProjectionError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Resource:
-    name: str            # our identifier, used by project()/project_delete()
+    name: str  # our identifier, used by project()/project_delete()
     kind: str
-    group: str           # "" for the core API group
+    group: str  # "" for the core API group
     version: str
     plural: str
     namespaced: bool
@@ -94,26 +95,29 @@ _F = frozenset({FELIX})
 _FB = frozenset({FELIX, BGP})
 _B = frozenset({BGP})
 
-RESOURCES: dict[str, Resource] = {r.name: r for r in (
-    Resource("nodes", "Node", "", "v1", "nodes", False, _FB),
-    Resource("pods", "Pod", "", "v1", "pods", True, _F),
-    Resource("namespaces", "Namespace", "", "v1", "namespaces", False, _F),
-    Resource("serviceaccounts", "ServiceAccount", "", "v1", "serviceaccounts", True, _F),
-    Resource("networkpolicies", "NetworkPolicy", "networking.k8s.io", "v1", "networkpolicies", True, _F),
-    Resource("globalnetworkpolicies", "GlobalNetworkPolicy", _CRD, "v1", "globalnetworkpolicies", False, _F),
-    # Named apart from the Kubernetes kind of the same plural.
-    Resource("calico-networkpolicies", "NetworkPolicy", _CRD, "v1", "networkpolicies", True, _F),
-    Resource("globalnetworksets", "GlobalNetworkSet", _CRD, "v1", "globalnetworksets", False, _F),
-    Resource("networksets", "NetworkSet", _CRD, "v1", "networksets", True, _F),
-    Resource("ippools", "IPPool", _CRD, "v1", "ippools", False, _FB),
-    Resource("blockaffinities", "BlockAffinity", _CRD, "v1", "blockaffinities", False, _FB),
-    Resource("ipamblocks", "IPAMBlock", _CRD, "v1", "ipamblocks", False, _F),
-    Resource("hostendpoints", "HostEndpoint", _CRD, "v1", "hostendpoints", False, _F),
-    Resource("felixconfigurations", "FelixConfiguration", _CRD, "v1", "felixconfigurations", False, _F),
-    Resource("clusterinformations", "ClusterInformation", _CRD, "v1", "clusterinformations", False, _F),
-    Resource("bgppeers", "BGPPeer", _CRD, "v1", "bgppeers", False, _B),
-    Resource("bgpconfigurations", "BGPConfiguration", _CRD, "v1", "bgpconfigurations", False, _B),
-)}
+RESOURCES: dict[str, Resource] = {
+    r.name: r
+    for r in (
+        Resource("nodes", "Node", "", "v1", "nodes", False, _FB),
+        Resource("pods", "Pod", "", "v1", "pods", True, _F),
+        Resource("namespaces", "Namespace", "", "v1", "namespaces", False, _F),
+        Resource("serviceaccounts", "ServiceAccount", "", "v1", "serviceaccounts", True, _F),
+        Resource("networkpolicies", "NetworkPolicy", "networking.k8s.io", "v1", "networkpolicies", True, _F),
+        Resource("globalnetworkpolicies", "GlobalNetworkPolicy", _CRD, "v1", "globalnetworkpolicies", False, _F),
+        # Named apart from the Kubernetes kind of the same plural.
+        Resource("calico-networkpolicies", "NetworkPolicy", _CRD, "v1", "networkpolicies", True, _F),
+        Resource("globalnetworksets", "GlobalNetworkSet", _CRD, "v1", "globalnetworksets", False, _F),
+        Resource("networksets", "NetworkSet", _CRD, "v1", "networksets", True, _F),
+        Resource("ippools", "IPPool", _CRD, "v1", "ippools", False, _FB),
+        Resource("blockaffinities", "BlockAffinity", _CRD, "v1", "blockaffinities", False, _FB),
+        Resource("ipamblocks", "IPAMBlock", _CRD, "v1", "ipamblocks", False, _F),
+        Resource("hostendpoints", "HostEndpoint", _CRD, "v1", "hostendpoints", False, _F),
+        Resource("felixconfigurations", "FelixConfiguration", _CRD, "v1", "felixconfigurations", False, _F),
+        Resource("clusterinformations", "ClusterInformation", _CRD, "v1", "clusterinformations", False, _F),
+        Resource("bgppeers", "BGPPeer", _CRD, "v1", "bgppeers", False, _B),
+        Resource("bgpconfigurations", "BGPConfiguration", _CRD, "v1", "bgpconfigurations", False, _B),
+    )
+}
 
 SYNCER_TYPES: tuple[str, ...] = (FELIX, BGP)
 
@@ -278,8 +282,7 @@ def prefix_selector(selector: str, prefix: str, namespace_semantics: bool = Fals
         prev = toks[sig[n - 1]] if n > 0 else None
         prev2 = toks[sig[n - 2]] if n > 1 else None
         if nxt == "(":
-            if namespace_semantics and t in ("all", "global") and n + 2 < len(sig) \
-                    and toks[sig[n + 2]] == ")":
+            if namespace_semantics and t in ("all", "global") and n + 2 < len(sig) and toks[sig[n + 2]] == ")":
                 repl = f"has({LABEL_NAMESPACE})" if t == "all" else f"!has({LABEL_NAMESPACE})"
                 out[i] = repl
                 out[sig[n + 1]] = ""
@@ -465,10 +468,10 @@ def _simplify_ports(ports: list) -> list:
 
 
 def _k8s_port(p: dict) -> tuple[str, list | None]:
-    proto = p.get("protocol") or "TCP"   # TCP is the documented default
+    proto = p.get("protocol") or "TCP"  # TCP is the documented default
     port = p.get("port")
     if port is None:
-        return proto, None               # all ports of this protocol
+        return proto, None  # all ports of this protocol
     if isinstance(port, bool) or not isinstance(port, (int, str)):
         raise ProjectionError(f"bad NetworkPolicy port {port!r}")
     s = str(port)
@@ -510,8 +513,7 @@ def _k8s_rules(peers_v: Any, ports_v: Any, ingress: bool) -> list[dict]:
                     ent["notNets"] = _nets(block.get("except"), "ipBlock.except")
                 else:
                     ent["selector"] = k8s_selector(peer.get("podSelector"), True, "podSelector")
-                    ent["namespaceSelector"] = k8s_selector(
-                        peer.get("namespaceSelector"), False, "namespaceSelector")
+                    ent["namespaceSelector"] = k8s_selector(peer.get("namespaceSelector"), False, "namespaceSelector")
             rule: dict = {"action": "Allow"}
             if proto:
                 rule["protocol"] = proto
@@ -545,7 +547,7 @@ def _pod_ips(status: dict, ann: dict[str, str], what: str) -> list[str]:
 
 def _pod_finished(md: dict, status: dict, ann: dict[str, str]) -> bool:
     # Being deleted and Calico CNI has blanked the IP annotation: the IP is already released.
-    if md.get("deletionTimestamp") and ann.get(ANN_POD_IP, None) == "":
+    if md.get("deletionTimestamp") and ann.get(ANN_POD_IP) == "":
         return True
     return status.get("phase") in ("Failed", "Succeeded", "Completed")
 
@@ -562,8 +564,17 @@ def _endpoint_ports(spec: dict) -> list[Value]:
                 proto = (p.get("protocol") or "TCP").lower()
                 if proto not in ("tcp", "udp", "sctp"):
                     continue
-                out.append(_compact({"name": name, "protocol": proto, "port": port,
-                                     "hostPort": host_port or None, "hostIP": p.get("hostIP")}))
+                out.append(
+                    _compact(
+                        {
+                            "name": name,
+                            "protocol": proto,
+                            "port": port,
+                            "hostPort": host_port or None,
+                            "hostIP": p.get("hostIP"),
+                        }
+                    )
+                )
     return out
 
 
@@ -620,11 +631,16 @@ def _namespace(obj: dict) -> list[Update]:
     name, _, md = _meta(obj, False)
     labels = {NS_LABEL_PREFIX + k: v for k, v in _str_map(md.get("labels"), "labels").items()}
     labels[NS_LABEL_PREFIX + LABEL_NAME] = name
-    return [(K.profile_key(NS_PROFILE_PREFIX + name), {
-        "labels": labels,
-        "inboundRules": [{"action": "allow"}],
-        "outboundRules": [{"action": "allow"}],
-    })]
+    return [
+        (
+            K.profile_key(NS_PROFILE_PREFIX + name),
+            {
+                "labels": labels,
+                "inboundRules": [{"action": "allow"}],
+                "outboundRules": [{"action": "allow"}],
+            },
+        )
+    ]
 
 
 def _namespace_delete(obj: dict) -> list[str]:
@@ -636,8 +652,9 @@ def _service_account(obj: dict) -> list[Update]:
     name, ns, md = _meta(obj, True)
     labels = {SA_LABEL_PREFIX + k: v for k, v in _str_map(md.get("labels"), "labels").items()}
     labels[SA_LABEL_PREFIX + LABEL_NAME] = name
-    return [(K.profile_key(f"{SA_PROFILE_PREFIX}{ns}.{name}"),
-             {"labels": labels, "inboundRules": [], "outboundRules": []})]
+    return [
+        (K.profile_key(f"{SA_PROFILE_PREFIX}{ns}.{name}"), {"labels": labels, "inboundRules": [], "outboundRules": []})
+    ]
 
 
 def _service_account_delete(obj: dict) -> list[str]:
@@ -647,12 +664,18 @@ def _service_account_delete(obj: dict) -> list[str]:
 
 def k8s_network_policy_to_calico(obj: dict) -> dict:
     """A Kubernetes NetworkPolicy as the equivalent Calico v3 NetworkPolicy spec."""
-    name, ns, _ = _meta(obj, True)
+    _name, _ns, _ = _meta(obj, True)
     spec = _dict(obj.get("spec"), "spec")
-    ingress = [r for e in _list(spec.get("ingress"), "spec.ingress")
-               for r in _k8s_rules(_dict(e, "ingress").get("from"), e.get("ports"), True)]
-    egress = [r for e in _list(spec.get("egress"), "spec.egress")
-              for r in _k8s_rules(_dict(e, "egress").get("to"), e.get("ports"), False)]
+    ingress = [
+        r
+        for e in _list(spec.get("ingress"), "spec.ingress")
+        for r in _k8s_rules(_dict(e, "ingress").get("from"), e.get("ports"), True)
+    ]
+    egress = [
+        r
+        for e in _list(spec.get("egress"), "spec.egress")
+        for r in _k8s_rules(_dict(e, "egress").get("to"), e.get("ports"), False)
+    ]
     ptypes = _list(spec.get("policyTypes"), "spec.policyTypes")
     types = [t for t in ("Ingress", "Egress") if t in ptypes] or ["Ingress"]
     return {
@@ -755,6 +778,7 @@ def _network_set(namespaced: bool) -> tuple[Callable, Callable]:
     def delete(obj: dict) -> list[str]:
         name, ns, _ = _meta(obj, namespaced)
         return [K.network_set_key(name, ns)]
+
     return project, delete
 
 
@@ -782,15 +806,20 @@ def _ip_pool(obj: dict) -> list[Update]:
     if not ipip and legacy.get("enabled"):
         ipip = "CrossSubnet" if str(legacy.get("mode", "")).lower() == "cross-subnet" else "Always"
     v6 = ":" in cidr
-    return [(K.ip_pool_key(cidr), {
-        "cidr": cidr,
-        "ipipMode": ipip or "Never",
-        "vxlanMode": spec.get("vxlanMode") or "Never",
-        "natOutgoing": bool(spec.get("natOutgoing") or spec.get("nat-outgoing")),
-        "disabled": bool(spec.get("disabled")),
-        "disableBGPExport": bool(spec.get("disableBGPExport")),
-        "blockSize": int(spec.get("blockSize") or (122 if v6 else 26)),
-    })]
+    return [
+        (
+            K.ip_pool_key(cidr),
+            {
+                "cidr": cidr,
+                "ipipMode": ipip or "Never",
+                "vxlanMode": spec.get("vxlanMode") or "Never",
+                "natOutgoing": bool(spec.get("natOutgoing") or spec.get("nat-outgoing")),
+                "disabled": bool(spec.get("disabled")),
+                "disableBGPExport": bool(spec.get("disableBGPExport")),
+                "blockSize": int(spec.get("blockSize") or (122 if v6 else 26)),
+            },
+        )
+    ]
 
 
 def _ip_pool_delete(obj: dict) -> list[str]:
@@ -831,7 +860,7 @@ def _affinity_id(obj: dict) -> tuple[str, str, dict]:
         cidr = _name_to_cidr(name)
     if not node and cidr:
         suffix = "-" + cidr.replace(".", "-").replace("/", "-")
-        node = name[:-len(suffix)] if name.endswith(suffix) else None
+        node = name[: -len(suffix)] if name.endswith(suffix) else None
     if not node or not cidr:
         raise ProjectionError(f"BlockAffinity {name}: no spec.node/spec.cidr")
     return node, _net(cidr, f"BlockAffinity {name}"), spec
@@ -893,13 +922,14 @@ def _host_endpoint(obj: dict) -> list[Update]:
     ports = []
     for p in _list(spec.get("ports"), "spec.ports"):
         p = _dict(p, "port")
-        ports.append(_compact({"name": p.get("name"), "protocol": _protocol(p.get("protocol")),
-                               "port": p.get("port")}))
+        ports.append(_compact({"name": p.get("name"), "protocol": _protocol(p.get("protocol")), "port": p.get("port")}))
     value = {
         "node": node,
         "interfaceName": spec.get("interfaceName"),
-        "expectedIPs": [_host_net(i, f"HostEndpoint {name}").split("/")[0]
-                        for i in _list(spec.get("expectedIPs"), "spec.expectedIPs")],
+        "expectedIPs": [
+            _host_net(i, f"HostEndpoint {name}").split("/")[0]
+            for i in _list(spec.get("expectedIPs"), "spec.expectedIPs")
+        ],
         "profiles": _list(spec.get("profiles"), "spec.profiles"),
         "labels": _str_map(md.get("labels"), "labels"),
         "ports": ports,
@@ -914,6 +944,7 @@ def _host_endpoint_delete(obj: dict) -> list[str]:
 
 def _whole_spec(key_fn: Callable[[str], str]) -> tuple[Callable, Callable]:
     """Resources passed through as their spec: user configuration, small and rarely changed."""
+
     def project(obj: dict) -> list[Update]:
         name, _, _ = _meta(obj, False)
         return [(key_fn(name), dict(_dict(obj.get("spec"), "spec")))]
@@ -921,6 +952,7 @@ def _whole_spec(key_fn: Callable[[str], str]) -> tuple[Callable, Callable]:
     def delete(obj: dict) -> list[str]:
         name, _, _ = _meta(obj, False)
         return [key_fn(name)]
+
     return project, delete
 
 
