@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from .connection import ClientConnection, ConnState
 from .errors import ProtocolError
@@ -158,6 +158,7 @@ class SyncClient:
         self._synced = asyncio.Event()  # snapshot complete and status in-sync
         self._streaming = asyncio.Event()  # snapshot complete on the current connection
         self._stopping = False
+        self._stop_requested = asyncio.Event()  # wakes a dial or a backoff sleep in flight
         self._proto: _StreamProtocol | None = None
         self._address_index = 0
         self._epoch = ""  # epoch of the cache our view (up to self.seq) came from; "" = not resumable
@@ -181,8 +182,10 @@ class SyncClient:
         await asyncio.wait_for(self._streaming.wait(), timeout)
 
     def stop(self) -> None:
-        """Ask `run()` to return; the current connection is closed with a goodbye."""
+        """Make `run()` return promptly, wherever it is: following (the connection is closed with a
+        goodbye), dialling (the dial is abandoned) or waiting to redial (the backoff is cut short)."""
         self._stopping = True
+        self._stop_requested.set()
         if self._proto is not None:
             self._proto.finish("client stopping", goodbye=GoodbyeCode.CLIENT_CLOSING)
 
@@ -210,7 +213,10 @@ class SyncClient:
             delay = random.uniform(0, min(self.backoff_max, self.backoff_initial * (2**attempt)))
             attempt += 1
             log.info("%s: disconnected (%s); reconnecting in %.2fs", self.hostname, reason, delay)
-            await asyncio.sleep(delay)
+            try:
+                await asyncio.wait_for(self._stop_requested.wait(), delay)
+            except TimeoutError:
+                pass
 
     # -- one connection ------------------------------------------------------------------------------
     async def _next_address(self) -> Address:
@@ -223,7 +229,6 @@ class SyncClient:
         return addr
 
     async def _connect_once(self) -> str:
-        loop = asyncio.get_running_loop()
         hello = ClientHello(
             hostname=self.hostname,
             syncer_type=self.syncer_type,
@@ -235,13 +240,27 @@ class SyncClient:
             resume_seq=self.seq if self.resume and self._epoch else 0,
         )
         conn = ClientConnection(hello, self.max_frame, self.decode_kvs)
+        # The dial (address lookup, TCP connect) races stop(): a stop must never wait for a dial to end.
+        dial = asyncio.ensure_future(self._dial(conn))
+        stop = asyncio.ensure_future(self._stop_requested.wait())
+        waiters: tuple[asyncio.Future[Any], ...] = (dial, stop)
+        done: set[asyncio.Future[Any]] = set()
         try:
-            host, port = await self._next_address()
-            transport, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: _StreamProtocol(self, conn), host, port), self.connect_timeout
-            )
-        except (TimeoutError, OSError) as exc:
-            return f"connect failed: {exc!r}"
+            done, _ = await asyncio.wait(waiters, timeout=self.connect_timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if dial not in done:
+                dial.cancel()  # timed out, stopped, or run() itself cancelled: _dial closes what it opened
+        if dial not in done:
+            return "stopped while connecting" if self._stopping else f"connect timed out after {self.connect_timeout}s"
+        if (exc := dial.exception()) is not None:
+            if isinstance(exc, OSError):
+                return f"connect failed: {exc!r}"
+            raise exc
+        host, port, transport, proto = dial.result()
+        if self._stopping:  # stop() came while the dial was completing: it had no connection to close yet
+            proto.finish("client stopping", goodbye=GoodbyeCode.CLIENT_CLOSING)
+            return "stopped while connecting"
         self._proto = proto
         self.connected_to = (host, port)
         self.stats.connects += 1
@@ -256,6 +275,25 @@ class SyncClient:
             self.stats.bytes_received += conn.bytes_received
             self._proto = None
             self.connected_to = None
+
+    async def _dial(self, conn: ClientConnection) -> tuple[str, int, asyncio.Transport, _StreamProtocol]:
+        host, port = await self._next_address()
+        loop = asyncio.get_running_loop()
+        made: list[_StreamProtocol] = []
+
+        def factory() -> _StreamProtocol:
+            made.append(_StreamProtocol(self, conn))
+            return made[-1]
+
+        try:
+            transport, proto = await loop.create_connection(factory, host, port)
+        except asyncio.CancelledError:
+            # Cancelled just as the connection was made: the transport exists but nobody will own it.
+            for p in made:
+                if p.transport is not None:
+                    p.transport.abort()
+            raise
+        return host, port, transport, proto
 
     async def _watch_reads(self, proto: _StreamProtocol, conn: ClientConnection) -> None:
         while not proto.done.done():
