@@ -102,7 +102,7 @@ class _StreamProtocol(asyncio.Protocol):
 
     def finish(self, reason: str, goodbye: str | None = None) -> None:
         if goodbye is not None:
-            self.send(self.conn.goodbye(str(goodbye.value if isinstance(goodbye, GoodbyeCode) else goodbye), reason))
+            self.send(self.conn.goodbye(goodbye, reason))
         if self.transport is not None:
             self.transport.close()
         if not self.done.done():

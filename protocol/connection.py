@@ -39,10 +39,17 @@ from .messages import (
 
 
 class ConnState(enum.Enum):
-    HANDSHAKE = "handshake"
-    SNAPSHOT = "snapshot"
-    STREAMING = "streaming"
-    CLOSED = "closed"
+    """The phases of a sync connection, the same at both ends (docs/protocol.md, sections 7 and 8).
+
+    A connection moves forward only: HANDSHAKE -> [QUEUED ->] SNAPSHOT -> STREAMING -> CLOSED, where a
+    granted resume goes from HANDSHAKE straight to STREAMING and any phase may end in CLOSED.
+    """
+
+    HANDSHAKE = "handshake"  # connected; the hellos have not both been exchanged
+    QUEUED = "queued"  # server only: hello answered, waiting for a free snapshot slot (pinged meanwhile)
+    SNAPSHOT = "snapshot"  # snapshot chunks are being sent / received
+    STREAMING = "streaming"  # breadcrumbs follow, each continuing from the previous one
+    CLOSED = "closed"  # a GOODBYE was sent or received, or the transport is gone
 
 
 class ClientConnection:

@@ -317,6 +317,28 @@ def test_client_helpers() -> None:
     assert decode(_one_frame(ClientConnection.goodbye("client-closing", "stop"))) == Goodbye("client-closing", "stop")
 
 
+@pytest.mark.parametrize("code", list(GoodbyeCode))
+def test_goodbye_codes_go_on_the_wire_as_their_plain_string(code: GoodbyeCode) -> None:
+    assert ClientConnection.goodbye(code, "r") == ClientConnection.goodbye(code.value, "r")
+    decoded = decode(_one_frame(ClientConnection.goodbye(code, "r")))
+    assert isinstance(decoded, Goodbye) and type(decoded.code) is str and decoded.code == code
+
+
+def test_both_ends_walk_the_same_phases() -> None:
+    client = ClientConnection(HELLO)
+    server = ServerConnection()
+    assert client.state is server.state is ConnState.HANDSHAKE
+    server.receive_data(client.initiate())
+    assert server.state is ConnState.STREAMING  # the server shell keeps QUEUED/SNAPSHOT itself
+    client.receive_data(encode(SERVER_HELLO))
+    assert client.state is ConnState.SNAPSHOT
+    client.receive_data(chunk(5, 0, final=True))
+    assert client.state is ConnState.STREAMING
+    client.receive_data(encode(Goodbye(GoodbyeCode.REBALANCE)))
+    server.receive_data(encode(Goodbye(GoodbyeCode.CLIENT_CLOSING)))
+    assert client.state is server.state is ConnState.CLOSED
+
+
 def _one_frame(data: bytes):
     reader = FrameReader()
     reader.feed(data)

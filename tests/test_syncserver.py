@@ -12,6 +12,7 @@ from protocol import (
     KV,
     ClientConnection,
     ClientHello,
+    ConnState,
     Goodbye,
     GoodbyeCode,
     MsgType,
@@ -57,7 +58,7 @@ async def raw_connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWr
 async def read_until_goodbye(reader: asyncio.StreamReader, timeout: float) -> Goodbye | None:
     """Read frames until a GOODBYE or EOF; returns the goodbye (None on EOF without one)."""
     conn = ClientConnection(ClientHello("raw", "felix"), decode_kvs=False)
-    conn.state = conn.state.__class__.STREAMING  # accept any order: we only look for the goodbye
+    conn.state = ConnState.STREAMING  # accept any order: we only look for the goodbye
     deadline = time.monotonic() + timeout
     buf = b""
     while True:
@@ -530,8 +531,8 @@ async def test_snapshots_stream_a_bounded_number_at_a_time(server_factory) -> No
     def watch() -> bool:
         nonlocal peak, queued_seen
         states = [c.state for c in server.connections]
-        peak = max(peak, sum(1 for s in states if s == 1))  # SNAPSHOT
-        queued_seen = max(queued_seen, sum(1 for s in states if s == 4))  # QUEUED
+        peak = max(peak, sum(1 for s in states if s is ConnState.SNAPSHOT))
+        queued_seen = max(queued_seen, sum(1 for s in states if s is ConnState.QUEUED))
         return False
 
     clients, tasks = await start_clients(server.port, 8)
