@@ -30,7 +30,7 @@ async def run(cfg: FelixConfig) -> None:
         typha = list(cfg.typha_addresses)
     routes = None
     if cfg.routes_enabled:
-        from .routes import RouteManager
+        from .dataplane.routes import RouteManager
 
         try:
             routes = RouteManager(cfg.netns or None, resync_interval=cfg.route_refresh_interval or float("inf"))

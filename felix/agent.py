@@ -6,7 +6,7 @@ Three pieces with one job each, joined here and nowhere else:
 - `protocol.client.SyncClient` keeps the cluster view in sync with a typha replica (reconnects,
   resync diffs, read timeouts);
 - `felix.calc.RouteCalculator` (pure) turns each batch of KV changes into a route delta;
-- `felix.routes.RouteManager` reconciles the kernel to the desired routes.
+- `felix.dataplane.routes.RouteManager` reconciles the kernel to the desired routes.
 Updates from typha are applied to the calculator as they arrive but handed to the kernel once per
 event-loop pass, merged, so a burst (a snapshot, a resync) becomes one netlink batch. Nothing is
 programmed before the first in-sync: a half-received view would delete routes that are merely not
@@ -27,9 +27,9 @@ from protocol import KV, SYNCER_FELIX, SyncStatus
 from protocol.client import Address, AddressSource, SyncClient
 
 from .calc import RouteCalculator, RouteDelta
+from .dataplane.routes import Drift, RouteManager
+from .dataplane.sysctl import InterfaceMissing, configure_workload_interface
 from .metrics import FelixMetrics
-from .routes import Drift, RouteManager
-from .sysctl import InterfaceMissing, configure_workload_interface
 
 log = logging.getLogger("felix")
 
@@ -50,7 +50,7 @@ class FelixAgent:
         self.nodename = nodename
         self.netns = netns
         self.calc = RouteCalculator(nodename, network_mtu=network_mtu)
-        self.routes = routes  # a felix.routes.RouteManager, or None to calculate without programming
+        self.routes = routes  # a felix.dataplane.routes.RouteManager, or None to calculate without programming
         self.metrics = metrics or FelixMetrics()
         self._configure = configure_interface or (lambda iface, ns: configure_workload_interface(iface, netns=ns))
         self.client = SyncClient(

@@ -4,7 +4,7 @@ Design note
 -----------
 Pure: no I/O, no clocks, no threads.  ``RouteCalculator.apply(kvs)`` takes a batch of Typha
 updates and returns a :class:`RouteDelta` holding only the routes whose value changed because
-of that batch; ``desired()`` is the whole answer.  ``felix.routes`` turns deltas into netlink
+of that batch; ``desired()`` is the whole answer.  ``felix.dataplane.routes`` turns deltas into netlink
 calls.
 
 How it stays incremental.  Every route is keyed by its destination (a :class:`Net`), and the

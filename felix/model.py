@@ -95,10 +95,6 @@ class Net(NamedTuple):
     def ip(self) -> str:
         return socket.inet_ntop(_FAMILY[self.version], self.addr.to_bytes(_BITS[self.version] // 8, "big"))
 
-    @property
-    def is_host(self) -> bool:
-        return self.plen == _BITS[self.version]
-
     def contains(self, other: Net) -> bool:
         return (
             other.version == self.version

@@ -30,7 +30,8 @@ from typing import Any
 
 from rich.console import Console
 
-from felix.routes import RTPROT_FELIX, run_in_netns
+from felix.dataplane.netlink import RTPROT_FELIX
+from felix.dataplane.netns import run_in_netns
 from typha.ingest import ADDED
 
 from .apiserver import start_apiserver

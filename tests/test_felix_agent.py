@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 
 from felix.agent import FelixAgent
+from felix.dataplane.routes import RTPROT_FELIX, RouteManager
 from felix.ops import health_app, metrics_app, start_site
-from felix.routes import RTPROT_FELIX, RouteManager
 from loadtest.apiserver.fixtures import make_calico_object, make_node
 from protocol import SYNCER_FELIX, SyncStatus
 from typha.ingest import ADDED, Ingestor

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from felix.routes import RTPROT_FELIX, run_in_netns
+from felix.dataplane.netlink import RTPROT_FELIX
+from felix.dataplane.netns import run_in_netns
 from loadtest.apiserver.fixtures import make_calico_object, make_namespace, make_node, make_pod
 from protocol import SYNCER_FELIX, SyncStatus
 from typha.ingest import ADDED, DELETED, Ingestor

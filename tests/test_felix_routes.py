@@ -1,4 +1,4 @@
-"""Kernel tests for felix.routes (RouteManager) and felix.sysctl, each in a fresh network namespace.
+"""Kernel tests for felix.dataplane.routes (RouteManager) and its sysctls, each in a fresh network namespace.
 
 What the kernel holds is read back with iproute2 (``ip -j``), not with the manager's own
 netlink parser, so a bug in that parser cannot hide a bug in the programming.
@@ -20,8 +20,9 @@ import orjson
 import pytest
 
 from felix.calc import Neighbor, Route, RouteCalculator, RouteDelta
-from felix.routes import RTPROT_FELIX, RouteManager, run_in_netns
-from felix.sysctl import InterfaceMissing, configure_workload_interface, read_sysctl
+from felix.dataplane.netns import run_in_netns
+from felix.dataplane.routes import RTPROT_FELIX, RouteManager
+from felix.dataplane.sysctl import InterfaceMissing, configure_workload_interface, read_sysctl
 from tests.conftest import kernel_skip
 from typha.k8s import keys as K
 from typha.k8s.projection import interface_name

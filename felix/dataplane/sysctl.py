@@ -15,7 +15,7 @@ its default route: a test namespace without one leaves pods unable to resolve 16
 How.  The files live under ``/proc/sys/net`` of the *interface's* namespace, and ``/proc/sys/net``
 resolves against the network namespace of the task that opens it.  We therefore open and write
 them from a short-lived thread that has ``setns()``-ed into the namespace
-(:func:`felix.routes.run_in_netns`): no ``ip netns exec`` child process per interface (a fork
+(:func:`felix.dataplane.netns.run_in_netns`): no ``ip netns exec`` child process per interface (a fork
 and exec per pod start would dominate the cost at 600 pods per node) and no chance of leaving
 the calling thread in the wrong namespace.  Several interfaces can be configured in one switch.
 
@@ -28,7 +28,7 @@ import os
 import re
 from collections.abc import Iterable
 
-from felix.routes import run_in_netns
+from .netns import run_in_netns
 
 __all__ = [
     "InterfaceMissing",
