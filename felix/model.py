@@ -5,9 +5,8 @@ Design note
 Felix receives ``(key, value)`` pairs from Typha, where ``value`` is canonical JSON bytes or
 ``None`` for a delete (see docs/datastore.md for the exact keys and values).  This module turns
 the pairs the route calculation needs into small frozen records and ignores every other key.
-It deliberately does *not* import ``typha.k8s.keys``: felix depends only on ``protocol``, so the
-few key layouts it reads are parsed here, and the test-suite builds its keys with typha's
-builders to prove the two sides agree.
+Keys are parsed by the stream's key schema (``protocol.keys``), the same module typha builds them
+with; this module only decides which kinds route calculation reads and parses their values.
 
 Addresses are held as :class:`Net` -- ``(version, int address, prefix length)`` -- rather than
 ``ipaddress`` objects.  The calculation graph masks and hashes millions of these during a
@@ -27,6 +26,16 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
+
+from protocol.keys import (
+    BlockAffinityKey,
+    BlockKey,
+    IPPoolKey,
+    MalformedKey,
+    ResourceKey,
+    WorkloadKey,
+    parse_key,
+)
 
 __all__ = [
     "AFFINITY",
@@ -54,12 +63,6 @@ AFFINITY = "affinity"
 NODE = "node"
 
 ENCAP_MODES = ("Never", "Always", "CrossSubnet")
-
-_WEP_PREFIX = "/calico/v1/host/"
-_POOL_PREFIX = "/calico/v1/ipam/v"
-_BLOCK_PREFIX = "/calico/ipam/v2/assignment/ipv"
-_AFFINITY_PREFIX = "/calico/ipam/v2/host/"
-_NODE_PREFIX = "/calico/resources/v3/projectcalico.org/nodes/"
 
 # Linux interface names: at most 15 bytes, no '/', never '.' or '..'.  Checked here because the
 # name ends up in /proc/sys paths and netlink requests.
@@ -172,18 +175,6 @@ def _ip(key: str, text: Any, what: str) -> str | None:
         raise MalformedUpdate(key, f"{what}: {e}") from None
 
 
-def _segment_net(key: str, segment: str) -> Net:
-    """``10.64.0.0-26`` (a CIDR as one key segment) -> Net."""
-    addr, sep, plen = segment.rpartition("-")
-    if not sep:
-        raise MalformedUpdate(key, f"not a CIDR segment: {segment!r}")
-    return _net(key, f"{addr}/{plen}", "key CIDR")
-
-
-def _unescape(segment: str) -> str:
-    return segment.replace("%2f", "/").replace("%2F", "/")
-
-
 # --- records ---------------------------------------------------------------------------------
 
 
@@ -257,36 +248,20 @@ class Parsed(NamedTuple):
 
 def _parse_key(key: str) -> tuple[str, Any] | None:
     """(kind, identity) of the keys route calculation reads; None for any other key."""
-    if key.startswith(_WEP_PREFIX):
-        parts = key[len(_WEP_PREFIX) :].split("/")
-        # <node>/workload/<orch>/<ns>%2f<pod>/endpoint/<endpoint>; host endpoints are ignored
-        if len(parts) != 6 or parts[1] != "workload" or parts[4] != "endpoint":
-            return None
-        ns, sep, pod = _unescape(parts[3]).partition("/")
-        if not parts[0] or not sep or not ns or not pod:
-            raise MalformedUpdate(key, "bad workload endpoint key")
-        return WORKLOAD, key
-    if key.startswith(_BLOCK_PREFIX):
-        parts = key[len(_BLOCK_PREFIX) :].split("/")
-        if len(parts) != 3 or parts[1] != "block":
-            return None
-        return BLOCK, _segment_net(key, parts[2])
-    if key.startswith(_AFFINITY_PREFIX):
-        parts = key[len(_AFFINITY_PREFIX) :].split("/")
-        # <node>/ipv4/block/<cidr->
-        if len(parts) != 4 or parts[2] != "block" or parts[1] not in ("ipv4", "ipv6"):
-            return None
-        return AFFINITY, (parts[0], _segment_net(key, parts[3]))
-    if key.startswith(_POOL_PREFIX):
-        parts = key[len(_POOL_PREFIX) :].split("/")
-        if len(parts) != 3 or parts[1] != "pool" or parts[0] not in ("4", "6"):
-            return None
-        return POOL, _segment_net(key, parts[2])
-    if key.startswith(_NODE_PREFIX):
-        name = key[len(_NODE_PREFIX) :]
-        if not name or "/" in name:
-            return None
-        return NODE, _unescape(name)
+    try:
+        k = parse_key(key)
+    except MalformedKey as e:
+        raise MalformedUpdate(key, e.reason) from None
+    if type(k) is WorkloadKey:
+        return WORKLOAD, k
+    if type(k) is BlockKey:
+        return BLOCK, _net(key, k.cidr, "key CIDR")
+    if type(k) is BlockAffinityKey:
+        return AFFINITY, (k.node, _net(key, k.cidr, "key CIDR"))
+    if type(k) is IPPoolKey:
+        return POOL, _net(key, k.cidr, "key CIDR")
+    if type(k) is ResourceKey and k.plural == "nodes" and k.namespace is None:
+        return NODE, k.name
     return None
 
 
@@ -310,9 +285,7 @@ def _str(key: str, v: dict, field: str, default: str | None = None) -> str | Non
     return x or default
 
 
-def _workload(key: str, v: dict) -> WorkloadEndpoint:
-    parts = key[len(_WEP_PREFIX) :].split("/")
-    ns, _, pod = _unescape(parts[3]).partition("/")
+def _workload(key: str, k: WorkloadKey, v: dict) -> WorkloadEndpoint:
     iface = v.get("name")
     if not isinstance(iface, str) or not _IFNAME.match(iface) or iface in (".", ".."):
         raise MalformedUpdate(key, f"bad interface name {iface!r}")
@@ -328,11 +301,11 @@ def _workload(key: str, v: dict) -> WorkloadEndpoint:
     if mac is not None and (not isinstance(mac, str) or not _MAC.match(mac)):
         raise MalformedUpdate(key, f"bad MAC {mac!r}")
     return WorkloadEndpoint(
-        node=parts[0],
-        orchestrator=parts[2],
-        namespace=ns,
-        pod=pod,
-        endpoint=_unescape(parts[5]),
+        node=k.node,
+        orchestrator=k.orchestrator,
+        namespace=k.namespace,
+        pod=k.pod,
+        endpoint=k.endpoint,
         iface=iface,
         ipv4_nets=tuple(n for n in parsed if n.version == 4),
         ipv6_nets=tuple(n for n in parsed if n.version == 6),
@@ -443,11 +416,14 @@ def parse_kv(key: str, value: bytes | None) -> Parsed | None:
     if found is None:
         return None
     kind, ident = found
+    if kind == WORKLOAD:
+        # Route calculation identifies endpoints by their key string; the parts build the record.
+        if value is None:
+            return Parsed(kind, key, None)
+        return Parsed(kind, key, _workload(key, ident, _obj(key, value)))
     if value is None:
         return Parsed(kind, ident, None)
     v = _obj(key, value)
-    if kind == WORKLOAD:
-        return Parsed(kind, ident, _workload(key, v))
     if kind == BLOCK:
         return Parsed(kind, ident, _block(key, ident, v))
     if kind == POOL:

@@ -13,13 +13,12 @@ from .framing import (
     FrameReader,
     encode_frame,
 )
+from .keys import SYNCER_BGP, SYNCER_FELIX  # the key schema owns the syncer names
 from .messages import (
     COMPRESSION_ZSTD,
     KV,
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
-    SYNCER_BGP,
-    SYNCER_FELIX,
     ClientHello,
     Goodbye,
     GoodbyeCode,

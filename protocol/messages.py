@@ -22,10 +22,6 @@ from typing import NamedTuple
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
 PROTOCOL_VERSION = SUPPORTED_VERSIONS[-1]
 
-#: Well-known syncer types (a server may serve any subset; names are free-form strings on the wire).
-SYNCER_FELIX = "felix"
-SYNCER_BGP = "bgp"
-
 COMPRESSION_ZSTD = "zstd"
 
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from felix.calc import Neighbor, Route, RouteCalculator, RouteDelta
 from felix.model import MalformedUpdate, Net, parse_kv, parse_net
 from protocol import KV
-from typha.k8s import keys as K
+from protocol import keys as K
 from typha.k8s.projection import interface_name, project
 
 ME = "node-a"

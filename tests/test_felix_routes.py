@@ -23,8 +23,8 @@ from felix.calc import Neighbor, Route, RouteCalculator, RouteDelta
 from felix.dataplane.netns import run_in_netns
 from felix.dataplane.routes import RTPROT_FELIX, RouteManager
 from felix.dataplane.sysctl import InterfaceMissing, configure_workload_interface, read_sysctl
+from protocol import keys as K
 from tests.conftest import kernel_skip
-from typha.k8s import keys as K
 from typha.k8s.projection import interface_name
 
 pytestmark = pytest.mark.kernel

@@ -1,4 +1,4 @@
-"""Tests for typha.k8s.projection and typha.k8s.keys."""
+"""Tests for typha.k8s.projection and the key builders it uses (protocol.keys)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from typha.k8s import keys as K
+from protocol import keys as K
 from typha.k8s.projection import (
     RESOURCES,
     ProjectionError,

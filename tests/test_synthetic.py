@@ -10,7 +10,7 @@ from collections import Counter
 import orjson
 import pytest
 
-from typha.k8s import keys as K
+from protocol import keys as K
 from typha.k8s.projection import project, project_all, project_delete
 from typha.synthetic import ADDED, CHURN_OPS, DELETED, MODIFIED, PoolExhausted, SyntheticCluster
 

@@ -29,13 +29,15 @@ from contextlib import contextmanager
 import orjson
 
 from protocol import SyncStatus
+from protocol.keys import ADDED, DELETED, MODIFIED
 
 from .k8s.projection import RESOURCES, ProjectionError, project, project_delete
 from .snapcache import SnapCache, Update
 
+__all__ = ["ADDED", "DELETED", "MODIFIED", "Ingestor", "ObjectEvent", "Resync", "encode_value", "gc_paused"]
+
 log = logging.getLogger("typha.ingest")
 
-ADDED, MODIFIED, DELETED = "ADDED", "MODIFIED", "DELETED"
 ObjectEvent = tuple[str, str, dict]  # (event type, resource name, object)
 _Ident = tuple[str, str, str]  # (resource, namespace or "", name)
 

@@ -41,10 +41,11 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+from protocol.keys import ADDED, DELETED, MODIFIED
+
 Obj = dict[str, Any]
 Event = tuple[str, str, Obj]
 
-ADDED, MODIFIED, DELETED = "ADDED", "MODIFIED", "DELETED"
 
 DEFAULT_MIX: dict[str, float] = {
     "pod_create": 30,

@@ -41,14 +41,14 @@ import aiohttp
 import orjson
 
 from protocol import SyncStatus
+from protocol.keys import BOOKMARK, ERROR, WATCH_EVENT_TYPES
 
-from ..ingest import DELETED, Ingestor, ObjectEvent, Resync, gc_paused
+from ..ingest import Ingestor, ObjectEvent, Resync, gc_paused
 from ..k8s.projection import RESOURCES, Resource
 
 log = logging.getLogger("typha.kubernetes")
 
 WAITING, RESYNCING, SYNCED = SyncStatus.WAIT_FOR_DATASTORE, SyncStatus.RESYNC_IN_PROGRESS, SyncStatus.IN_SYNC
-_EVENT_TYPES = frozenset({"ADDED", "MODIFIED", DELETED})
 
 
 class ApiError(Exception):
@@ -112,18 +112,18 @@ def parse_watch_lines(lines: Iterable[bytes], stats: ResourceStats) -> tuple[lis
             continue
         raw_md = obj.get("metadata")
         md: dict[str, Any] = raw_md if isinstance(raw_md, dict) else {}
-        if etype == "ERROR":
+        if etype == ERROR:
             code = obj.get("code")
             msg = str(obj.get("message") or obj.get("reason") or "watch error")
             if code == 410:
                 raise Gone(410, msg)
             raise ApiError(int(code) if isinstance(code, int) else 500, msg)
-        if etype == "BOOKMARK":
+        if etype == BOOKMARK:
             stats.bookmarks += 1
             if isinstance(md.get("resourceVersion"), str):
                 rv = md["resourceVersion"]
             continue
-        if etype not in _EVENT_TYPES:
+        if etype not in WATCH_EVENT_TYPES:
             stats.malformed += 1
             continue
         events.append((etype, obj))

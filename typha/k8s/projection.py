@@ -4,7 +4,7 @@ Design note
 -----------
 Each watched object is *projected*: a pure function builds, from scratch, a small
 JSON-able dict holding only the fields agents act on, under a key modelled on
-Calico's v1 data model (see :mod:`typha.k8s.keys`).  Building the value up from
+Calico's v1 data model (see :mod:`protocol.keys`).  Building the value up from
 an allow-list, rather than copying the object and deleting known noise
 (managedFields, status conditions, resourceVersion, ...), is deliberate:
 
@@ -50,13 +50,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from typha.k8s import keys as K
+from protocol import keys as K
 
 Value = dict[str, Any]
 Update = tuple[str, Value | None]
 
-FELIX = "felix"
-BGP = "bgp"
+FELIX, BGP = K.SYNCER_FELIX, K.SYNCER_BGP
 
 
 class ProjectionError(ValueError):
@@ -119,7 +118,7 @@ RESOURCES: dict[str, Resource] = {
     )
 }
 
-SYNCER_TYPES: tuple[str, ...] = (FELIX, BGP)
+SYNCER_TYPES = K.SYNCER_TYPES
 
 
 def resources_for_syncer(syncer: str) -> list[Resource]:
