@@ -1,5 +1,6 @@
 # Two entry points for a newcomer on a fresh machine: `make demo` and `make test`.
-# Both create the virtualenv and install everything they need (system packages via apt when root).
+# Both create the virtualenv and install everything they need (system packages via apt when root):
+# the project with its `test` and `loadtest` extras (the image installs neither).
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ SYSTEM_TOOLS := iptables ipset ip conntrack
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,loadtest]'
 	touch $@
 
 system-packages:

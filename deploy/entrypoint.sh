@@ -8,7 +8,7 @@
 set -eu
 
 if [ "$#" -eq 0 ]; then
-    echo "usage: pytypha-entrypoint COMMAND [ARGS...]   (e.g. typha, felix, loadtest)" >&2
+    echo "usage: pytypha-entrypoint COMMAND [ARGS...]   (e.g. typha, felix)" >&2
     exit 64
 fi
 

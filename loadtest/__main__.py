@@ -13,7 +13,7 @@ def _bench(args: argparse.Namespace) -> int:
     import uvloop
 
     if args.which == "fanout":
-        from .bench import FanoutOptions, run_fanout
+        from .commands.bench_fanout import FanoutOptions, run_fanout
 
         opts = FanoutOptions(
             agents=args.agents,
@@ -32,7 +32,7 @@ def _bench(args: argparse.Namespace) -> int:
             0 if v["sampled_agents_matching"] == v["sampled_agents"] and v["agents_at_final_seq"] == opts.agents else 1
         )
     if args.which == "apiload":
-        from .apiload import ApiLoadOptions, run_apiload
+        from .commands.bench_apiload import ApiLoadOptions, run_apiload
 
         results = uvloop.run(
             run_apiload(
@@ -49,12 +49,12 @@ def _bench(args: argparse.Namespace) -> int:
         )
         ok = all(r["all_agents_synced"] for r in results.values())
     elif args.which == "felix":
-        from .bench_felix import run_felix_bench
+        from .commands.bench_felix import run_felix_bench
 
         results = uvloop.run(run_felix_bench(args.nodes, args.blocks_per_node, args.pods))
         ok = True
     else:
-        from .apiload import run_ingest
+        from .commands.bench_apiload import run_ingest
 
         results = uvloop.run(run_ingest(args.nodes, args.pods_per_node, args.burst))
         ok = True
@@ -67,7 +67,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     import uvloop
 
-    from .demo import DemoOptions, run_demo
+    from .commands.demo import DemoOptions, run_demo
 
     return uvloop.run(
         run_demo(
@@ -90,8 +90,8 @@ def _run(args: argparse.Namespace) -> int:
 
     import uvloop
 
-    from .run import run_scenario
-    from .scenario import Scenario, ScenarioError, parse_fault, parse_mix, parse_ramp
+    from .run.orchestrator import run_scenario
+    from .run.scenario import Scenario, ScenarioError, parse_fault, parse_mix, parse_ramp
 
     try:
         sc = Scenario(
@@ -128,19 +128,24 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     command = "loadtest " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
     results = uvloop.run(run_scenario(sc, progress=not args.no_progress, command=command))
-    return 0 if results["passed"] else 1
+    return 0 if results.passed else 1
 
 
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .report import render
+    from .run.results import ResultsError
 
     if not (Path(args.dir) / "results.json").exists():
         print(f"loadtest report: error: no results.json in {args.dir}", file=sys.stderr)
         return 2
-    results = render(args.dir)
-    return 0 if results.get("passed") else 1
+    try:
+        results = render(args.dir)
+    except ResultsError as exc:
+        print(f"loadtest report: error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if results.passed else 1
 
 
 def _apiserver(args: argparse.Namespace, rest: list[str]) -> int:
@@ -149,8 +154,26 @@ def _apiserver(args: argparse.Namespace, rest: list[str]) -> int:
     return apiserver_main(rest) or 0
 
 
+# The `loadtest` extra: present wherever the load tests run, absent from a plain install and the image.
+EXTRA_MODULES = ("rich", "matplotlib", "msgspec", "trustme")
+
+
+def missing_extra() -> list[str]:
+    """Modules of the `loadtest` extra that cannot be imported here."""
+    import importlib.util
+
+    return [m for m in EXTRA_MODULES if importlib.util.find_spec(m) is None]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if missing := missing_extra():
+        print(
+            f"loadtest: error: the load tests need the 'loadtest' extra (missing: {', '.join(missing)}); "
+            "install it with: pip install 'pytypha[loadtest]'",
+            file=sys.stderr,
+        )
+        return 2
     parser = argparse.ArgumentParser(prog="loadtest", description="Typha load tests, benchmarks and demo.")
     parser.add_argument("--log-level", default="WARNING")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -210,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Stand up the API-server emulator with a synthetic cluster, typha replicas and simulated agents, "
         "drive churn and faults, verify every agent, and write results.json, PNG plots and summary.md into --out. "
         "Fault kinds: restart-typha[:I], kill-typha[:I], cut-watches[:RESOURCE], compact (410 relists); "
-        "see loadtest/scenario.py.",
+        "see loadtest/run/scenario.py.",
     )
     run.add_argument(
         "--mode",

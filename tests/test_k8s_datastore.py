@@ -16,7 +16,7 @@ from kubernetes_asyncio import client as kclient
 from kubernetes_asyncio import config as kconfig
 
 from loadtest.apiserver import start_apiserver
-from loadtest.cluster import apply_events, seed, store_key, truth
+from loadtest.support.cluster import apply_events, seed, store_key, truth
 from protocol import KV, SYNCER_BGP, SYNCER_FELIX, SyncStatus
 from protocol.client import SyncClient
 from typha.datastores.kubernetes import ApiError, Gone, KubernetesDatastore, ResourceStats, parse_watch_lines

@@ -20,7 +20,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .histogram import merge_arrivals
+from loadtest.support.histogram import merge_arrivals
+
 from .workers import WorkerFleet
 
 

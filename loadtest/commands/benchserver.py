@@ -21,12 +21,11 @@ import random
 import sys
 import time
 
+from loadtest.support.processes import process_rss_bytes
 from protocol import SyncStatus
 from protocol.digest import state_digest
 from typha.snapcache import SnapCache
 from typha.syncserver import ServerConfig, SyncServer
-
-from .processes import process_rss_bytes
 
 
 def synthetic_value(i: int, rng: random.Random, size: int) -> bytes:

@@ -42,8 +42,37 @@ from typing import Any
 from typha.synthetic import CHURN_OPS, DEFAULT_MIX
 
 MODES = ("typha", "direct", "both")
-FAULT_KINDS = ("restart-typha", "kill-typha", "cut-watches", "compact")
-TYPHA_FAULTS = ("restart-typha", "kill-typha")
+
+
+@dataclass(frozen=True)
+class FaultKind:
+    """One kind of fault a scenario can schedule. Its injection lives in `faults.py` under the same name."""
+
+    name: str
+    target: str  # "typha": needs typha replicas (skipped in direct mode); "api": the API server
+    arg: str  # what ARG names: "" (takes none), "replica" (an index) or "resource"
+    help: str
+    aliases: tuple[str, ...] = ()
+
+
+FAULT_KINDS: dict[str, FaultKind] = {
+    k.name: k
+    for k in (
+        FaultKind(
+            "restart-typha", "typha", "replica", "SIGTERM replica I (default: in turn), start it again", ("restart",)
+        ),
+        FaultKind("kill-typha", "typha", "replica", "SIGKILL replica I (default: in turn), start it again", ("kill",)),
+        FaultKind("cut-watches", "api", "resource", "the API server closes every watch (of RESOURCE only)", ("cut",)),
+        FaultKind(
+            "compact",
+            "api",
+            "",
+            "compact the API history and cut every watch: every watcher relists (410)",
+            ("relist", "410"),
+        ),
+    )
+}
+TYPHA_FAULTS = tuple(name for name, k in FAULT_KINDS.items() if k.target == "typha")
 
 _OP_ALIASES = {
     "create": "pod_create",
@@ -119,20 +148,15 @@ def parse_fault(text: str) -> Fault:
     if at < 0 or not math.isfinite(at):
         raise ScenarioError(f"--fault {text!r}: time must be >= 0")
     kind = parts[1].strip().lower().replace("_", "-")
-    kind = {
-        "restart": "restart-typha",
-        "kill": "kill-typha",
-        "cut": "cut-watches",
-        "relist": "compact",
-        "410": "compact",
-    }.get(kind, kind)
+    kind = next((k.name for k in FAULT_KINDS.values() if kind in k.aliases), kind)
     if kind not in FAULT_KINDS:
         raise ScenarioError(f"--fault {text!r}: unknown kind {parts[1]!r} (known: {', '.join(FAULT_KINDS)})")
     arg = parts[2].strip() if len(parts) > 2 and parts[2].strip() else None
-    if kind in TYPHA_FAULTS and arg is not None and not arg.isdigit():
+    takes = FAULT_KINDS[kind].arg
+    if takes == "replica" and arg is not None and not arg.isdigit():
         raise ScenarioError(f"--fault {text!r}: the replica index must be a number")
-    if kind == "compact" and arg is not None:
-        raise ScenarioError(f"--fault {text!r}: compact takes no argument")
+    if not takes and arg is not None:
+        raise ScenarioError(f"--fault {text!r}: {kind} takes no argument")
     return Fault(at, kind, arg)
 
 

@@ -32,14 +32,13 @@ from rich.console import Console
 
 from felix.dataplane.netlink import RTPROT_FELIX
 from felix.dataplane.netns import run_in_netns
+from loadtest.apiserver import start_apiserver
+from loadtest.apiserver.fixtures import make_calico_object, make_namespace, make_node, make_pod
+from loadtest.support.cluster import apply_events
+from loadtest.support.console import kv_table
+from loadtest.support.histogram import LogHistogram
+from loadtest.support.processes import TyphaProcess
 from typha.ingest import ADDED
-
-from .apiserver import start_apiserver
-from .apiserver.fixtures import make_calico_object, make_namespace, make_node, make_pod
-from .cluster import apply_events
-from .histogram import LogHistogram
-from .processes import TyphaProcess
-from .tables import kv_table
 
 RTMGRP_IPV4_ROUTE = 0x40
 RTM_NEWROUTE = 24
@@ -49,7 +48,7 @@ _RTMSG = struct.Struct("=BBBBBBBBI")
 
 def _route_events(sock: socket.socket) -> list[tuple[int, int]]:
     """Drain a route-event socket: [(dst_len, protocol)] of the RTM_NEWROUTE messages read."""
-    out = []
+    out: list[tuple[int, int]] = []
     while True:
         try:
             data = sock.recv(1 << 20)

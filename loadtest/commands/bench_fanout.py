@@ -18,8 +18,8 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
-from .agents import AgentFleet, FleetSpec
-from .tables import kv_table
+from loadtest.fleets.agents import AgentFleet, FleetSpec
+from loadtest.support.console import kv_table
 
 
 @dataclass
@@ -48,7 +48,7 @@ class BenchServer:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "loadtest.benchserver",
+            "loadtest.commands.benchserver",
             "--kvs",
             str(kvs),
             "--value-size",
@@ -113,13 +113,13 @@ async def run_fanout(opts: FanoutOptions, console: Console | None = None) -> dic
             compression=opts.compression,
             connect_spread=0.5,
         )
-        fleet = AgentFleet(spec)
+        fleet = agents = AgentFleet(spec)
         t0 = time.monotonic()
         fleet.start()
         with Live(console=console, refresh_per_second=4) as live:
 
             def tick() -> None:
-                d = fleet.describe()
+                d = agents.describe()
                 el = time.monotonic() - t0
                 live.update(
                     kv_table(
@@ -160,7 +160,7 @@ async def run_fanout(opts: FanoutOptions, console: Console | None = None) -> dic
         with Live(console=console, refresh_per_second=4) as live:
 
             def tick2() -> None:
-                lat = fleet.merged("latency")
+                lat = agents.merged("latency")
                 live.update(
                     kv_table(
                         f"churn phase {time.monotonic() - t1:5.1f}s / {opts.seconds:.0f}s",
@@ -203,11 +203,7 @@ async def run_fanout(opts: FanoutOptions, console: Console | None = None) -> dic
         truth = await server.call(cmd="digest")
         await fleet.stop()
         fleet_digests = fleet.digests()
-        reasons: dict[str, int] = {}
-        for r in fleet.reports.values():
-            for why, n in r.disconnect_reasons.items():
-                reasons[why] = reasons.get(why, 0) + n
-        results["disconnect_reasons"] = reasons
+        results["disconnect_reasons"] = fleet.disconnect_reasons()
         results["verification"] = {
             "final_seq": truth["seq"],
             "agents_at_final_seq": sum(r.agents for r in fleet.reports.values() if r.min_seq >= truth["seq"]),

@@ -16,20 +16,19 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from loadtest.apiserver import start_apiserver
+from loadtest.fleets.agents import AgentFleet, FleetSpec
+from loadtest.support.cluster import churn_at_rate, seed, truth
+from loadtest.support.console import kv_table
+from loadtest.support.processes import TyphaProcess
+from loadtest.support.typha_api import TyphaMetrics, TyphaStatus
 from protocol.digest import state_digest
 from typha.synthetic import SyntheticCluster
-
-from .agents import AgentFleet, FleetSpec
-from .apiserver import start_apiserver
-from .cluster import churn_at_rate, seed, truth
-from .processes import TyphaProcess
-from .tables import kv_table
 
 
 @dataclass
@@ -45,17 +44,15 @@ class DemoOptions:
     kubeconfig: str | None = None
 
 
-def _progress(title: str, fleet: AgentFleet, typha: dict[str, Any], metrics: dict[str, float]) -> Table:
+def _progress(title: str, fleet: AgentFleet, typha: TyphaStatus, metrics: TyphaMetrics) -> Table:
     d = fleet.describe()
     lat = fleet.merged("latency")
-    felix = typha.get("syncers", {}).get("felix", {})
+    felix = typha.syncer()
+    counters = metrics.counters()
     t = kv_table(title)
     t.add_row("agents connected / in sync", f"{d['connected']:,} / {d['in_sync']:,} of {d['agents']:,}")
-    t.add_row("typha keys (felix) / seq", f"{felix.get('keys', 0):,} / {felix.get('seq', 0):,}")
-    t.add_row(
-        "updates in / skipped as duplicates",
-        f"{metrics.get('typha_updates_total{syncer=felix}', 0):,.0f} / {metrics.get('typha_updates_skipped_total{syncer=felix}', 0):,.0f}",
-    )
+    t.add_row("typha keys (felix) / seq", f"{felix.keys:,} / {felix.seq:,}")
+    t.add_row("updates in / skipped as duplicates", f"{counters.updates:,.0f} / {counters.skipped:,.0f}")
     t.add_row("KVs delivered to agents", f"{d['kvs']:,}")
     t.add_row("bytes delivered", f"{d['bytes'] / 1e6:,.1f} MB")
     t.add_row("update latency p50 / p99", f"{lat.percentile(50) * 1e3:.1f} / {lat.percentile(99) * 1e3:.1f} ms")
@@ -123,7 +120,7 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
                 fleet.poll()
                 st = await typha.status()
                 m = await typha.metrics()
-                seq = st["syncers"]["felix"]["seq"]
+                seq = st.syncer().seq
                 table = _progress(f"demo {time.monotonic() - t1:5.1f}s", fleet, st, m)
                 if api is not None:
                     watches = sum(r.open_watches for r in api.stats.resources.values())
@@ -152,8 +149,8 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         metrics = await typha.metrics()
         elapsed = time.monotonic() - t1
         await fleet.stop()
-        felix = served["syncers"]["felix"]
-        expected = felix["digest"]
+        felix = served.syncer()
+        expected = felix.digest
         if api is not None:
             expected = state_digest(truth(api.store).items())
         digests = fleet.digests()
@@ -162,15 +159,15 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
         lat = fleet.merged("latency")
         last = fleet.last_agent_latency()
         snap = fleet.merged("snapshot_seconds")
-        updates = metrics.get("typha_updates_total{syncer=felix}", 0)
-        skipped = metrics.get("typha_updates_skipped_total{syncer=felix}", 0)
+        counters = metrics.counters()
+        updates, skipped = counters.updates, counters.skipped
         t = kv_table("demo summary")
         t.add_row("agents (processes)", f"{opts.agents:,} ({opts.processes})")
         t.add_row(
             "agents at typha's final seq",
-            f"{sum(r.agents for r in fleet.reports.values() if r.min_seq >= felix['seq']):,}",
+            f"{sum(r.agents for r in fleet.reports.values() if r.min_seq >= felix.seq):,}",
         )
-        t.add_row("keys in typha's felix cache", f"{felix['keys']:,}")
+        t.add_row("keys in typha's felix cache", f"{felix.keys:,}")
         t.add_row("KVs delivered (all agents)", f"{d['kvs']:,}")
         t.add_row("bytes delivered", f"{d['bytes'] / 1e6:,.1f} MB in {elapsed:.1f}s")
         t.add_row(

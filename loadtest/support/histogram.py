@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 _GROWTH = 1.02
 _LOG_GROWTH = math.log(_GROWTH)
@@ -83,12 +84,13 @@ class LogHistogram:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, object]) -> LogHistogram:
+    def from_dict(cls, d: Mapping[str, Any]) -> LogHistogram:
+        """The inverse of `to_dict` (bucket keys may be strings, as JSON leaves them)."""
         h = cls()
-        h.counts = {int(k): int(v) for k, v in dict(d["counts"]).items()}  # type: ignore[arg-type]
-        h.count = int(d["count"])  # type: ignore[arg-type]
-        h.total = float(d["total"])  # type: ignore[arg-type]
-        h.max = float(d["max"])  # type: ignore[arg-type]
+        h.counts = {int(k): int(v) for k, v in d["counts"].items()}
+        h.count = int(d["count"])
+        h.total = float(d["total"])
+        h.max = float(d["max"])
         return h
 
     def summary(self) -> dict[str, float]:

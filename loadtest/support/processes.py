@@ -7,10 +7,10 @@ import os
 import socket
 import sys
 import time
-from typing import Any
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
+
+from .typha_api import TyphaMetrics, TyphaStatus
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -73,23 +73,18 @@ class TyphaProcess:
             await asyncio.sleep(0.2)
         raise RuntimeError("typha did not become ready in time")
 
-    async def status(self, digest: bool = False) -> dict[str, Any]:
+    async def status(self, digest: bool = False) -> TyphaStatus:
         assert self.session is not None
         q = "?digest=1" if digest else ""
         async with self.session.get(f"http://127.0.0.1:{self.health_port}/status{q}") as r:
-            return await r.json()
+            r.raise_for_status()
+            return TyphaStatus.decode(await r.read())
 
-    async def metrics(self) -> dict[str, float]:
-        """Flattened samples: 'name{label=value}' -> value (labels sorted)."""
+    async def metrics(self) -> TyphaMetrics:
         assert self.session is not None
         async with self.session.get(f"http://127.0.0.1:{self.metrics_port}/metrics") as r:
-            text = await r.text()
-        out: dict[str, float] = {}
-        for fam in text_string_to_metric_families(text):
-            for s in fam.samples:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-                out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-        return out
+            r.raise_for_status()
+            return TyphaMetrics.parse(await r.text())
 
     @property
     def pid(self) -> int:
@@ -102,11 +97,19 @@ class TyphaProcess:
     def rss_bytes(self) -> int:
         return process_rss_bytes(self.pid)
 
-    async def stop(self) -> None:
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def stop(self, kill: bool = False) -> None:
+        """SIGTERM (typha drains its clients, at most --shutdown-timeout) or, with `kill`, SIGKILL."""
         if self.session is not None:
             await self.session.close()
         if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
             try:
                 await asyncio.wait_for(self.proc.wait(), 15)
             except TimeoutError:

@@ -4,18 +4,30 @@ One parent-side class serves both kinds of fleet (typha agents and direct API wa
 the workers (spawn, not fork: forking a process that runs an event loop copies the loop's state into
 the child), drains their reports without blocking, notices dead workers, and stops them, waiting for
 each one's final report. Subclasses say what a worker runs and how a report is merged.
+
+Workers ignore SIGINT: a Ctrl-C in a terminal reaches the whole process group, and the parent, not
+each worker, decides how they end (a final report, or a kill when the run is interrupted), so an
+interrupted run prints one line instead of a traceback per worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import signal
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, Generic, TypeVar
 
+from loadtest.support.processes import process_cpu_seconds
+
 R = TypeVar("R")
+
+
+def _run_worker(target: Callable[..., None], *args: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    target(*args)
 
 
 class WorkerFleet(Generic[R]):
@@ -45,8 +57,8 @@ class WorkerFleet(Generic[R]):
             ids = list(range(w, self.agents, self.processes))
             parent, child = ctx.Pipe()
             proc = ctx.Process(
-                target=self.worker_target(),
-                args=(*self.worker_args(w, ids), child),
+                target=_run_worker,
+                args=(self.worker_target(), *self.worker_args(w, ids), child),
                 name=f"{self.name}-{w}",
                 daemon=True,
             )
@@ -61,6 +73,18 @@ class WorkerFleet(Generic[R]):
 
     def dead_workers(self) -> list[str]:
         return [f"{p.name} exited with {p.exitcode}" for p in self._procs if p.exitcode is not None]
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds used so far by the live workers."""
+        total = 0.0
+        for p in self._procs:
+            if p.pid is None or p.exitcode is not None:
+                continue
+            try:
+                total += process_cpu_seconds(p.pid)
+            except (OSError, ValueError, IndexError):
+                pass  # exited between the check and the read
+        return total
 
     def poll(self) -> None:
         """Absorb every report waiting in the pipes (non-blocking)."""
@@ -112,3 +136,12 @@ class WorkerFleet(Generic[R]):
             proc.join(timeout=max(0.1, deadline - time.monotonic()))
             if proc.is_alive():
                 proc.kill()
+                proc.join(1.0)
+
+    def kill(self) -> None:
+        """End every worker now, without final reports (an interrupted run)."""
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.kill()
+        for proc in self._procs:
+            proc.join(1.0)

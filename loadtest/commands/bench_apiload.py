@@ -15,7 +15,6 @@ CPU, which is the per-core ingest rate.
 from __future__ import annotations
 
 import asyncio
-import resource
 import tempfile
 import time
 from dataclasses import dataclass
@@ -25,15 +24,16 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from loadtest.apiserver import start_apiserver
+from loadtest.fleets.agents import AgentFleet, FleetSpec
+from loadtest.fleets.direct import DirectFleet, DirectSpec
+from loadtest.run.measure import api_totals, open_watches
+from loadtest.support.cluster import apply_events, churn_at_rate, seed
+from loadtest.support.histogram import arrival_latency
+from loadtest.support.host import self_cpu
+from loadtest.support.processes import TyphaProcess
 from typha.k8s.projection import resources_for_syncer
 from typha.synthetic import SyntheticCluster
-
-from .agents import AgentFleet, FleetSpec
-from .apiserver import start_apiserver
-from .cluster import apply_events, churn_at_rate, seed
-from .direct import DirectFleet, DirectSpec
-from .histogram import arrival_latency
-from .processes import TyphaProcess
 
 
 @dataclass
@@ -47,19 +47,14 @@ class ApiLoadOptions:
     modes: tuple[str, ...] = ("typha", "direct")
 
 
-def _self_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-
-
 def _emulator_totals(api: Any) -> dict[str, int]:
-    res = list(api.stats.resources.values())
+    c = api_totals(api)
     return {
-        "watches_opened": sum(r.watches_total for r in res),
-        "events_sent": sum(r.events_sent for r in res),
-        "watch_bytes": sum(r.bytes_sent for r in res),
-        "list_bytes": sum(r.list_bytes_sent for r in res),
-        "requests": api.stats.requests_total,
+        "watches_opened": c.watches_total,
+        "events_sent": c.events_sent,
+        "watch_bytes": c.bytes_sent,
+        "list_bytes": c.list_bytes_sent,
+        "requests": c.requests,
     }
 
 
@@ -72,7 +67,7 @@ async def _one_mode(mode: str, opts: ApiLoadOptions, console: Console) -> dict[s
     typha: TyphaProcess | None = None
     fleet: AgentFleet | DirectFleet | None = None
     try:
-        cpu0 = _self_cpu()
+        cpu0 = self_cpu()
         t0 = time.monotonic()
         if mode == "typha":
             kc = str(Path(workdir.name) / "kubeconfig")
@@ -94,7 +89,7 @@ async def _one_mode(mode: str, opts: ApiLoadOptions, console: Console) -> dict[s
         out["startup_seconds"] = time.monotonic() - t0
         out["all_agents_synced"] = ok
         startup = _emulator_totals(api)
-        cpu1 = _self_cpu()
+        cpu1 = self_cpu()
         out["emulator_cpu_startup"] = cpu1 - cpu0
         console.print(
             f"  {mode}: {opts.agents} agents synced in {out['startup_seconds']:.1f}s; churning {opts.churn:g}/s for {opts.seconds:g}s"
@@ -105,13 +100,13 @@ async def _one_mode(mode: str, opts: ApiLoadOptions, console: Console) -> dict[s
         max_watches = 0
         while not churner.done():
             fleet.poll()
-            max_watches = max(max_watches, sum(r.open_watches for r in api.stats.resources.values()))
+            max_watches = max(max_watches, open_watches(api))
             await asyncio.sleep(0.25)
         out["changes_written"] = churner.result()
         await asyncio.sleep(2)  # let the last events drain
         fleet.poll()
         steady = _emulator_totals(api)
-        out["emulator_cpu_steady"] = _self_cpu() - cpu1
+        out["emulator_cpu_steady"] = self_cpu() - cpu1
         out["open_watches_max"] = max_watches
         out["startup"] = startup
         out["steady"] = {k: steady[k] - startup[k] for k in steady}
@@ -229,12 +224,12 @@ async def run_ingest(nodes: int, pods_per_node: int, burst: int, console: Consol
         while still < 4:
             await asyncio.sleep(0.25)
             m = await typha.metrics()
-            cur = m.get("typha_updates_total{syncer=felix}", 0.0)
+            cur = m.counters().updates
             still = still + 1 if cur == last else 0
             last = cur
         cpu = typha.cpu_seconds() - cpu0 - 0.0
         out["burst_events"] = len(events)
-        out["burst_kv_updates"] = last - m0.get("typha_updates_total{syncer=felix}", 0.0)
+        out["burst_kv_updates"] = last - m0.counters().updates
         out["burst_typha_cpu"] = cpu
         out["burst_events_per_cpu_second"] = len(events) / cpu if cpu else 0.0
         out["typha_rss"] = typha.rss_bytes()

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from loadtest.support.histogram import LogHistogram, arrival_latency, merge_arrivals
 from protocol import Message, SnapshotChunk, SyncStatus, SyncStatusChange, Updates
 from protocol.client import SyncClient
 from protocol.digest import state_digest
 
-from .histogram import LogHistogram, arrival_latency, merge_arrivals
 from .workers import WorkerFleet
 
 
@@ -298,6 +298,14 @@ class AgentFleet(WorkerFleet[WorkerReport]):
     def last_agent_latency(self, since_ns: int = 0) -> LogHistogram:
         """For each breadcrumb: creation to its receipt by the last agent (over all workers)."""
         return arrival_latency(self.seq_last_arrival, self.seq_created, since_ns)
+
+    def disconnect_reasons(self) -> dict[str, int]:
+        """Agents by the first words of their last disconnect's reason, over all workers."""
+        reasons: dict[str, int] = {}
+        for r in self.reports.values():
+            for why, n in r.disconnect_reasons.items():
+                reasons[why] = reasons.get(why, 0) + n
+        return reasons
 
     def digests(self) -> dict[str, tuple[int, str]]:
         out: dict[str, tuple[int, str]] = {}

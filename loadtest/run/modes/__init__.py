@@ -1,0 +1,15 @@
+"""The modes of `loadtest run`, by name: what serves the agents and what the agents are.
+
+`typha`: real typha replicas and protocol agents; `direct`: agents that list and watch the API
+server themselves. `--mode both` runs typha, then direct, on the same cluster and churn.
+"""
+
+from __future__ import annotations
+
+from .base import ModeError, ModeRun
+from .direct import DirectRun
+from .typha import TyphaRun
+
+MODES: dict[str, type[ModeRun]] = {"typha": TyphaRun, "direct": DirectRun}
+
+__all__ = ["MODES", "DirectRun", "ModeError", "ModeRun", "TyphaRun"]
