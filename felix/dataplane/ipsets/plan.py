@@ -1,0 +1,116 @@
+"""Desired ip sets + what the kernel holds -> ``ipset restore`` scripts. Pure.
+
+Design note
+-----------
+Ip sets are written in two scripts around the iptables transaction, because a rule can only refer
+to a set that exists and a set cannot be destroyed while a rule refers to it:
+
+* ``before``: create new sets, then bring existing ones to their desired members with ``add`` and
+  ``del`` lines -- a pod's label change is one ``add`` or ``del`` per family, never a set rewrite;
+* ``after``: destroy sets that no rule uses any more (and scratch sets left by an interrupted run).
+
+A set is rewritten whole only when that is the right tool: when its header differs from what
+felix creates (another ``maxelem``, say) or when the change is bigger than the set itself (a
+relist that replaced most members). Then the new contents go into a scratch set (``cali4t<n>``)
+that is swapped in with ``ipset swap``, which exchanges the two sets' contents atomically under
+the rules that use them, and the scratch set is destroyed. A set of another *type* cannot be
+swapped; felix's names encode the type (``s:`` / ``n:``), so that only happens when someone else
+recreated one of our sets, and the planner destroys and recreates it.
+
+``ipset restore`` is not transactional (it stops at the first failing line), so the scripts run
+with ``-exist``: creating an existing set, adding a present member or deleting a missing one is
+not an error, and a script can be retried after a partial failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+from felix.dataplane.iptables.desired import DesiredSet
+from felix.dataplane.iptables.names import temp_set_name
+
+from .save import KernelSet
+
+__all__ = ["MAXELEM", "SetPlan", "plan_sets"]
+
+MAXELEM = 1048576  # Calico's MaxIPSetSize
+
+
+@dataclass(slots=True)
+class SetPlan:
+    before: list[str] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)
+    state: dict[str, KernelSet] = field(default_factory=dict)  # the kernel once both scripts ran
+    created: int = 0
+    swapped: int = 0
+    destroyed: int = 0
+    added: int = 0
+    removed: int = 0
+
+    @property
+    def members_written(self) -> int:
+        return self.added + self.removed
+
+
+def _family(version: int) -> str:
+    return "inet" if version == 4 else "inet6"
+
+
+def plan_sets(
+    version: int,
+    desired: Mapping[str, DesiredSet],
+    kernel: Mapping[str, KernelSet],
+    only: Collection[str] | None = None,
+    maxelem: int = MAXELEM,
+) -> SetPlan:
+    """Scripts turning ``kernel`` (felix's sets of this IP version) into ``desired``, looking at the
+    sets named in ``only`` (all of them if None)."""
+    family = _family(version)
+    prefix = f"cali{version}"
+    plan = SetPlan(state={k: v.copy() for k, v in kernel.items()})
+    state = plan.state
+    names = set(desired) | {n for n in kernel if n.startswith(prefix)} if only is None else set(only)
+    temps = iter(n for n in (temp_set_name(version, i) for i in range(1 << 16)) if n not in kernel and n not in desired)
+
+    def create(name: str, kind: str) -> str:
+        return f"create {name} {kind} family {family} maxelem {maxelem}"
+
+    for name in sorted(names):
+        want, have = desired.get(name), kernel.get(name)
+        if want is None:
+            if have is not None and name.startswith(prefix):
+                plan.after.append(f"destroy {name}")
+                plan.destroyed += 1
+                del state[name]
+            continue
+        fresh = KernelSet(want.type, family, maxelem, set(want.members))
+        if have is None:
+            plan.before.append(create(name, want.type))
+            plan.before += [f"add {name} {m}" for m in sorted(want.members)]
+            plan.created += 1
+            plan.added += len(want.members)
+        elif have.type != want.type or have.family != family:
+            plan.before += [f"destroy {name}", create(name, want.type)]
+            plan.before += [f"add {name} {m}" for m in sorted(want.members)]
+            plan.created += 1
+            plan.added += len(want.members)
+        else:
+            adds = want.members - have.members
+            dels = have.members - want.members
+            if not adds and not dels and have.maxelem == maxelem:
+                continue
+            if have.maxelem != maxelem or len(adds) + len(dels) > max(len(want.members), 64):
+                tmp = next(temps)
+                plan.before.append(create(tmp, want.type))
+                plan.before += [f"add {tmp} {m}" for m in sorted(want.members)]
+                plan.before += [f"swap {tmp} {name}", f"destroy {tmp}"]
+                plan.swapped += 1
+                plan.added += len(want.members)
+            else:
+                plan.before += [f"del {name} {m}" for m in sorted(dels)]
+                plan.before += [f"add {name} {m}" for m in sorted(adds)]
+                plan.added += len(adds)
+                plan.removed += len(dels)
+        state[name] = fresh
+    return plan

@@ -1,0 +1,204 @@
+"""felix.dataplane.iptables.manager and backend, without root: a model kernel behind a fake runner.
+
+The fake runner executes iptables-restore and ipset restore input on the models of
+tests/test_iptables_plan.py and tests/test_ipsets_plan.py, and can be told to fail, so the shell's
+failure handling (readiness, retries with backoff, re-reading the kernel) is tested directly. The
+kernel tests cover the same paths with the real tools.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from felix.dataplane.ipsets.save import KernelSet
+from felix.dataplane.iptables.backend import Backend, CommandResult, detect_backend
+from felix.dataplane.iptables.manager import PolicyConfig, PolicyDataplane
+from felix.dataplane.iptables.save import KernelTable, parse_save
+from felix.policy.messages import (
+    ActivePolicyUpdate,
+    ActiveProfileUpdate,
+    IpSetDeltaUpdate,
+    IpSetUpdate,
+    Policy,
+    PolicyID,
+    Rule,
+    TierInfo,
+    WorkloadEndpoint,
+    WorkloadEndpointUpdate,
+)
+
+from .test_ipsets_plan import run_script
+from .test_iptables_plan import apply_restore
+
+ALLOW_ALL = Policy(inbound_rules=(Rule("allow"),), outbound_rules=(Rule("allow"),))
+
+
+class FakeKernel:
+    def __init__(self) -> None:
+        base = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+        self.tables: dict[str, KernelTable] = parse_save(base + "*nat\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n")
+        self.sets: dict[str, KernelSet] = {}
+        self.fail: set[str] = set()  # "restore", "ipset", "save"
+        self.calls: list[str] = []
+
+    def __call__(self, argv: Sequence[str], stdin: str | None) -> CommandResult:
+        tool = argv[0]
+        self.calls.append(tool)
+        if tool.endswith("-save"):
+            if "save" in self.fail:
+                return CommandResult(1, "", "boom")
+            return CommandResult(0, self.save(), "")
+        if tool.endswith("-restore"):
+            if "restore" in self.fail:
+                return CommandResult(1, "", "iptables-restore: line 2 failed")
+            assert "--noflush" in argv and "-w" in argv
+            for block in (stdin or "").split("COMMIT\n"):
+                if block.strip():
+                    name = block.split("\n", 1)[0][1:]
+                    self.tables[name] = apply_restore(self.tables[name], block)
+            return CommandResult(0, "", "")
+        if tool == "ipset":
+            if argv[1] == "save":
+                text = "".join(
+                    f"create {n} {s.type} family {s.family} maxelem {s.maxelem}\n"
+                    + "".join(f"add {n} {m}\n" for m in s.members)
+                    for n, s in self.sets.items()
+                )
+                return CommandResult(0, text, "")
+            if "ipset" in self.fail:
+                return CommandResult(1, "", "ipset v7.17: Error in line 1")
+            self.sets = run_script(self.sets, (stdin or "").split("\n")[:-1])
+            return CommandResult(0, "", "")
+        raise AssertionError(argv)
+
+    def save(self) -> str:
+        out = []
+        for name, t in self.tables.items():
+            out.append(f"*{name}")
+            out += [f":{c} - [0:0]" for c in t.chains]
+            for c, hashes in t.chains.items():
+                if c in t.lines:
+                    out += t.lines[c]
+                else:
+                    out += [f'-A {c} -m comment --comment "cali:{h}" -j ACCEPT' for h in hashes]
+            out.append("COMMIT")
+        return "\n".join(out) + "\n"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(cfg: PolicyConfig | None = None) -> tuple[PolicyDataplane, FakeKernel, Clock]:
+    k, clock = FakeKernel(), Clock()
+    dp = PolicyDataplane(None, cfg, run=k, backend=Backend("nft"), clock=clock)
+    return dp, k, clock
+
+
+def batch() -> list:
+    return [
+        IpSetUpdate("s", "hash:net", frozenset({"10.0.0.1/32"})),
+        ActiveProfileUpdate("kns.default", ALLOW_ALL),
+        ActivePolicyUpdate(PolicyID("default", "p"), Policy(inbound_rules=(Rule("allow", src_ip_set_ids=("s",)),))),
+        WorkloadEndpointUpdate(
+            "a", WorkloadEndpoint("cali0000000000a", ("kns.default",), (TierInfo("default", ("p",)),))
+        ),
+    ]
+
+
+def test_nothing_is_written_before_programming_starts() -> None:
+    dp, k, _ = make()
+    assert dp.apply(batch()) is None
+    assert k.calls == [] and not dp.ready
+    assert dp.not_ready_reason == "policy not programmed yet"
+    report = dp.start_programming()
+    assert report.ok and dp.ready
+    assert k.calls[:2] == ["iptables-nft-save", "ipset"], "reads the kernel back before the first write"
+    assert dp.stats.rules[(4, "filter")] > 0 and dp.stats.sets == 1 and dp.stats.set_members == 1
+
+
+def test_restore_failure_makes_unready_retries_with_backoff_then_recovers() -> None:
+    dp, k, clock = make()
+    dp.apply(batch())
+    dp.start_programming()
+    k.fail.add("restore")
+    report = dp.apply([WorkloadEndpointUpdate("b", WorkloadEndpoint("cali0000000000b", ("kns.default",)))])
+    assert report is not None and not report.ok
+    assert not dp.ready and "iptables-nft-restore failed" in dp.not_ready_reason
+    assert dp.stats.restore_failures == 1
+    first = dp.next_deadline()
+    assert first is not None and first == pytest.approx(clock.now + 0.05)
+    assert dp.apply([IpSetDeltaUpdate("s", added=frozenset({"10.0.0.2/32"}))]) is None, "queued for the retry"
+    clock.now = first
+    dp.tick()
+    assert dp.stats.restore_failures == 2
+    second = dp.next_deadline()
+    assert second is not None and second - clock.now == pytest.approx(0.1)  # doubled
+    k.fail.clear()
+    calls = len(k.calls)
+    clock.now = second
+    dp.tick()
+    assert dp.ready and k.calls[calls] == "iptables-nft-save", "re-reads the kernel before retrying"
+    assert "cali-fw-cali0000000000b" in k.tables["filter"].chains
+    assert k.sets[next(iter(k.sets))].members == {"10.0.0.1", "10.0.0.2"}
+
+
+def test_ipset_failure_stops_before_iptables() -> None:
+    dp, k, _ = make()
+    dp.apply(batch())
+    k.fail.add("ipset")
+    assert not dp.start_programming().ok
+    assert "iptables-nft-restore" not in k.calls, "rules must not refer to sets that failed to appear"
+    assert dp.stats.ipset_failures == 1 and not dp.ready
+
+
+def test_periodic_read_back_counts_and_repairs_drift() -> None:
+    dp, k, clock = make(PolicyConfig(refresh_interval=90))
+    dp.apply(batch())
+    dp.start_programming()
+    assert dp.next_deadline() == clock.now + 90
+    k.tables["filter"].chains["cali-fw-cali0000000000a"].pop()
+    next(iter(k.sets.values())).members.clear()
+    clock.now += 90
+    dp.tick()
+    assert dp.stats.resyncs == 1 and dp.stats.drift_repaired == 2
+    assert next(iter(k.sets.values())).members == {"10.0.0.1"}
+    clock.now += 90
+    dp.tick()
+    assert dp.stats.drift_repaired == 2, "nothing more"
+
+
+def test_backend_detection() -> None:
+    def runner(outputs: dict[str, str]):  # type: ignore[no-untyped-def]
+        def run(argv: Sequence[str], stdin: str | None) -> CommandResult:
+            key = " ".join(argv)
+            for k, v in outputs.items():
+                if key.startswith(k):
+                    return CommandResult(0, v, "")
+            return CommandResult(0, "", "")
+
+        return run
+
+    kube = "*mangle\n:KUBE-IPTABLES-HINT - [0:0]\nCOMMIT\n"
+    rules = "*filter\n-A FORWARD -j X\n-A FORWARD -j Y\nCOMMIT\n"
+    cases = [
+        ("legacy", {}, "legacy"),
+        ("auto", {"iptables-nft-save -t mangle": kube}, "nft"),
+        ("auto", {"iptables-legacy-save -t mangle": kube, "cat": "mangle\n"}, "legacy"),
+        ("auto", {"iptables-legacy-save -t mangle": kube}, "nft"),  # no legacy tables: never probed
+        ("auto", {"iptables-legacy-save": rules, "cat": "filter\n"}, "legacy"),
+        ("auto", {"iptables --version": "iptables v1.8.7 (legacy)"}, "legacy"),
+        ("auto", {"iptables --version": "iptables v1.8.9 (nf_tables)"}, "nft"),
+    ]
+    for setting, outputs, expect in cases:
+        backend, why = detect_backend(setting, runner(outputs))
+        assert backend.name == expect, (setting, outputs, why)
+    old = Backend("nft", (1, 8, 2))
+    assert not old.reliable_replace and Backend("legacy", (1, 4, 21)).restore_argv(4)[-1] == "--noflush"
+    assert Backend("nft", (1, 8, 9), lock_timeout=5).restore_argv(6)[2:] == ["-w", "5", "-W", "50000"]
