@@ -7,4 +7,5 @@ tested without root) and a thin shell that carries the operations out and record
 - `netlink`: the rtnetlink codec and socket; `fakenetlink` is an in-memory kernel for tests.
 - `routeplan` / `routes`: routes in the main table and VXLAN neighbours (`RouteManager`).
 - `sysctl`: per-workload-interface sysctls.
+- `iptables` / `ipsets`: network policy in iptables and ip sets (`iptables.manager.PolicyDataplane`).
 """
