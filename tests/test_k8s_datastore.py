@@ -21,9 +21,9 @@ from protocol import KV, SYNCER_BGP, SYNCER_FELIX, SyncStatus
 from protocol.client import SyncClient
 from typha.datastores.kubernetes import ApiError, Gone, KubernetesDatastore, ResourceStats, parse_watch_lines
 from typha.ingest import Ingestor
+from typha.simcluster import SyntheticCluster
 from typha.snapcache import SnapCache
 from typha.syncserver import ServerConfig, SyncServer
-from typha.synthetic import SyntheticCluster
 
 from .conftest import wait_for
 

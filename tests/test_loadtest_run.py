@@ -16,7 +16,7 @@ from loadtest.run.orchestrator import run_scenario
 from loadtest.run.results import load
 from loadtest.run.scenario import Fault, Scenario, ScenarioError, parse_fault, parse_mix, parse_ramp
 from loadtest.support.histogram import LogHistogram
-from typha.synthetic import DEFAULT_MIX
+from typha.simcluster import DEFAULT_MIX
 
 
 # -- parsing ------------------------------------------------------------------------------------------------

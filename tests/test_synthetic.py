@@ -1,4 +1,4 @@
-"""Tests for typha.synthetic: determinism, sizes, IPAM consistency, churn."""
+"""Tests for typha.simcluster (the synthetic cluster): determinism, sizes, IPAM consistency, churn."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import orjson
 import pytest
 
 from protocol import keys as K
+from protocol.keys import ADDED, DELETED, MODIFIED
 from typha.k8s.projection import project, project_all, project_delete
-from typha.synthetic import ADDED, CHURN_OPS, DELETED, MODIFIED, PoolExhausted, SyntheticCluster
+from typha.simcluster import CHURN_OPS, PoolExhausted, SyntheticCluster
 
 
 def digest(items) -> str:

@@ -33,7 +33,7 @@ from loadtest.support.histogram import arrival_latency
 from loadtest.support.host import self_cpu
 from loadtest.support.processes import TyphaProcess
 from typha.k8s.projection import resources_for_syncer
-from typha.synthetic import SyntheticCluster
+from typha.simcluster import SyntheticCluster
 
 
 @dataclass

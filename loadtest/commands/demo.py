@@ -28,7 +28,7 @@ from loadtest.support.console import kv_table
 from loadtest.support.processes import TyphaProcess
 from loadtest.support.typha_api import TyphaMetrics, TyphaStatus
 from protocol.digest import state_digest
-from typha.synthetic import SyntheticCluster
+from typha.simcluster import SyntheticCluster
 
 
 @dataclass

@@ -4,7 +4,7 @@ Pure data and parsing (no I/O), so the command line, the tests and `run.py` shar
 
 Churn mix
 ---------
-``--mix`` weights the synthetic cluster's churn operations (`typha.synthetic.CHURN_OPS`). It is a
+``--mix`` weights the synthetic cluster's churn operations (`typha.simcluster.CHURN_OPS`). It is a
 comma-separated list of ``op=weight`` entries; ``default`` starts from the generator's default mix
 (which the other entries then override). Without ``default`` only the named operations run. Dashes
 and underscores are interchangeable, and a few short aliases are accepted (``create``, ``delete``,
@@ -39,7 +39,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from typha.synthetic import CHURN_OPS, DEFAULT_MIX
+from typha.simcluster import CHURN_OPS, DEFAULT_MIX
 
 MODES = ("typha", "direct", "both")
 

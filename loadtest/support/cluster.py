@@ -17,8 +17,8 @@ from loadtest.apiserver.store import Store
 from protocol import SYNCER_FELIX
 from typha.ingest import ADDED, DELETED, Ingestor
 from typha.k8s.projection import RESOURCES
+from typha.simcluster import SyntheticCluster
 from typha.snapcache import SnapCache
-from typha.synthetic import SyntheticCluster
 
 
 def store_key(resource: str) -> str:

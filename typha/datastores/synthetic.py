@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from protocol import SyncStatus
 
 from ..ingest import ADDED, Ingestor
-from ..synthetic import SyntheticCluster
+from ..simcluster import SyntheticCluster
 
 log = logging.getLogger("typha.synthetic")
 

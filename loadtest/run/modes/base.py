@@ -34,7 +34,7 @@ from loadtest.apiserver import start_apiserver
 from loadtest.fleets.workers import WorkerFleet
 from loadtest.support.cluster import apply_timed, seed
 from loadtest.support.host import host_cpu, meminfo, self_cpu
-from typha.synthetic import SyntheticCluster
+from typha.simcluster import SyntheticCluster
 
 from ..faults import run_schedule
 from ..measure import ChurnWindow, api_totals
