@@ -11,6 +11,11 @@ from typing import Any
 from common.settings import Setting, non_negative, parse_bool, parse_settings, port, positive
 
 ENV_PREFIX = "FELIX"
+MIN_NETWORK_MTU = 576  # the smallest datagram every IPv4 host must accept (RFC 791)
+
+
+def _network_mtu(value: int) -> str | None:
+    return None if value >= MIN_NETWORK_MTU else f"must be at least {MIN_NETWORK_MTU} (an IPv4 network's minimum MTU)"
 
 
 def parse_addresses(text: str) -> tuple[tuple[str, int], ...]:
@@ -29,7 +34,13 @@ def parse_addresses(text: str) -> tuple[tuple[str, int], ...]:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("nodename", str, "", "This node's name, as in Kubernetes (default: $NODENAME, then the hostname)."),
+    Setting(
+        "nodename",
+        str,
+        "",
+        "This node's name, as in Kubernetes (default: $FELIX_FELIXHOSTNAME, Calico's name, then $NODENAME, "
+        "then the hostname).",
+    ),
     Setting(
         "typha_addresses", parse_addresses, (), "Static typha addresses 'host:port,...' (used when no Service is set)."
     ),
@@ -49,7 +60,11 @@ SETTINGS: tuple[Setting, ...] = (
         non_negative,
     ),
     Setting(
-        "network_mtu", int, 1500, "MTU of the node network; encapsulated routes subtract their overhead.", positive
+        "network_mtu",
+        int,
+        1500,
+        "MTU of the node network; tunnel devices and encapsulated routes subtract their overhead.",
+        _network_mtu,
     ),
     Setting("routes_enabled", parse_bool, True, "Program routes into the kernel."),
     Setting(
@@ -99,5 +114,5 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         cross_checks=[_typha_source],
     )
     if not values["nodename"]:
-        values["nodename"] = env.get("NODENAME") or socket.gethostname()
+        values["nodename"] = env.get("FELIX_FELIXHOSTNAME") or env.get("NODENAME") or socket.gethostname()
     return FelixConfig(**values)
