@@ -184,3 +184,24 @@ def test_neighbour_drift_against_beliefs() -> None:
     want = {"10.64.1.1": N1}
     assert neighbor_drift({"10.64.1.1": N1.mac}, {fdb_key: N1.node_ip}, {}, {}, want) == 2  # both deleted
     assert neighbor_drift({"10.64.1.1": N1.mac}, {}, {"10.64.1.1": N2.mac}, {}, want) == 1  # changed
+
+
+def test_a_cni_plugins_identical_local_route_is_adopted() -> None:
+    cni = held(LOCAL, 5, proto=3)  # protocol boot, on the pod's interface
+    p = plan([LOCAL.dst], {LOCAL.dst: LOCAL}, {}, foreign={LOCAL.dst: cni})
+    assert p.ops == [RouteOp("adopt", LOCAL.dst, LOCAL, 5)] and p.pending == {}
+    # Not on the pod's interface, or not the same route: a conflict, left alone.
+    for other in (cni._replace(oif=6), cni._replace(gateway="192.168.50.9"), cni._replace(rtype=RTN_BLACKHOLE)):
+        p = plan([LOCAL.dst], {LOCAL.dst: LOCAL}, {}, foreign={LOCAL.dst: other})
+        assert p.ops == [] and p.pending[LOCAL.dst].reason == CONFLICT
+    # Only local workload routes are adopted: a foreign route at a remote block stays a conflict.
+    p = plan([REMOTE.dst], {REMOTE.dst: REMOTE}, {}, foreign={REMOTE.dst: held(REMOTE, proto=3)})
+    assert p.ops == [] and p.pending[REMOTE.dst].reason == CONFLICT
+
+
+def test_neighbours_found_at_start_up_are_adopted_not_drift() -> None:
+    fdb_key = ("vxlan.calico", N1.mac)
+    want = {"10.64.1.1": N1}
+    assert neighbor_drift({}, {}, {"10.64.1.1": N1.mac}, {fdb_key: N1.node_ip}, want) == 0
+    # ... but entries nobody wants are, believed or not.
+    assert neighbor_drift({}, {}, {"10.64.9.9": N2.mac}, {("vxlan.calico", N2.mac): N2.node_ip}, want) == 2

@@ -452,3 +452,89 @@ def test_workload_interface_sysctls(ns: str) -> None:
         configure_workload_interface("cali-gone", netns=ns)
     with pytest.raises(ValueError):
         configure_workload_interface("../../x", netns=ns)
+
+
+# --- adoption: what is already right is taken over, not counted as drift or conflict ------------------------
+
+
+def vxlan_device(ns: str, mac: str = "66:00:00:00:00:0a") -> bool:
+    """Make vxlan.calico by hand (felix's device manager is tested elsewhere); False without vxlan."""
+    made = try_ip(
+        ns,
+        "link",
+        "add",
+        "vxlan.calico",
+        "address",
+        mac,
+        "type",
+        "vxlan",
+        "id",
+        "4096",
+        "dstport",
+        "4789",
+        "nolearning",
+    )
+    if made:
+        ip(ns, "link", "set", "vxlan.calico", "up")
+    return made
+
+
+def test_a_cni_plugins_route_for_a_local_pod_is_adopted_not_pending(ns: str, mgr: RouteManager) -> None:
+    # The CNI plugin installs the pod's route before felix hears of the pod (protocol boot, as
+    # `ip route add` writes): same destination, same interface. That is the route felix wants.
+    iface = interface_name("shop", "web-1")
+    veth(ns, iface)
+    ip(ns, "route", "add", "10.64.0.5/32", "dev", iface, "scope", "link", "proto", "boot")
+    # A CNI route on *another* interface is a real conflict and stays one.
+    other = interface_name("shop", "web-2")
+    veth(ns, other)
+    veth(ns, interface_name("shop", "web-3"))
+    veth(ns, interface_name("shop", "web-4"))
+    ip(ns, "route", "add", "10.64.0.6/32", "dev", other, "scope", "link", "proto", "boot")
+    calc = RouteCalculator(ME)
+    mgr.apply(calc.apply([*cluster(), kv_wep(ME, "web-1", "10.64.0.5")]))
+    mgr.start_programming()
+    assert mgr.pending() == {} and mgr.stats.adopted == 1 and mgr.stats.conflicts == 0
+    assert ours(ns)["10.64.0.5/32"]["dev"] == iface  # ours now (protocol 80), in place
+    assert "10.64.0.5/32" not in kernel_routes(ns, "boot")
+    # Later pods: the CNI route appears first, then felix's update arrives (no resync in between).
+    ip(ns, "route", "add", "10.64.0.7/32", "dev", interface_name("shop", "web-3"), "scope", "link", "proto", "boot")
+    mgr.apply(calc.apply([kv_wep(ME, "web-3", "10.64.0.7"), kv_wep(ME, "web-4", "10.64.0.6")]))
+    mgr.resync()
+    assert "10.64.0.7/32" in ours(ns) and "10.64.0.7/32" not in mgr.pending()
+    assert "protocol" in mgr.pending()["10.64.0.6/32"]  # web-4's interface is not the CNI route's
+    assert kernel_routes(ns, "boot")["10.64.0.6/32"]["dev"] == other
+    assert mgr.resync().total == 0
+
+
+def test_start_up_adopts_a_previous_runs_state_without_counting_drift(ns: str) -> None:
+    if not vxlan_device(ns):
+        kernel_skip("this kernel cannot create a vxlan device")
+    mac = "66:00:00:00:00:0b"
+    kvs = [
+        kv_pool("10.64.0.0/16", vxlan="Always"),
+        kv_node(ME, "192.168.50.1/24"),
+        kv_node("node-b", "192.168.50.2/24", ipv4VXLANTunnelAddr="10.64.0.65", vxlanTunnelMACAddr=mac),
+        kv_block("10.64.0.0/26", ME),
+        kv_block("10.64.0.64/26", "node-b"),
+    ]
+    first = RouteManager(ns)
+    try:
+        first.apply(RouteCalculator(ME).apply(kvs))
+        first.start_programming()
+        assert first.pending() == {} and first.stats.neighbors_programmed == 1
+    finally:
+        first.close()
+    # A restart: everything the new run wants is already in the kernel.
+    second = RouteManager(ns)
+    try:
+        second.apply(RouteCalculator(ME).apply(kvs))
+        drift = second.start_programming()
+        assert (drift.total, drift.repaired, second.stats.drift_repaired) == (0, 0, 0)
+        assert (second.stats.created, second.stats.neighbor_ops) == (0, 0)
+        # Real drift is still counted once the state is believed.
+        ip(ns, "neigh", "del", "10.64.0.65", "dev", "vxlan.calico")
+        drift = second.resync()
+        assert (drift.neighbors, drift.repaired) == (1, 1)
+    finally:
+        second.close()

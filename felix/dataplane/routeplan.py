@@ -5,14 +5,14 @@ Design note
 The route manager is split the sans-I/O way.  This module is the pure core: given what felix wants
 (routes from :mod:`felix.calc`), what it believes the kernel holds (its own routes, foreign routes
 at the same destinations, the interfaces), it returns *operations* -- create, replace,
-delete -- and, for the destinations that cannot be programmed now, a :class:`Pending` reason.  It
+adopt, delete -- and, for the destinations that cannot be programmed now, a :class:`Pending` reason.  It
 also classifies each operation's netlink result (:func:`outcome`) and works out drift after a dump
 (:func:`find_drift`).  :class:`felix.dataplane.routes.RouteManager` is the thin shell that encodes
 the operations, sends them, and records the outcomes as its new beliefs.
 
 Why a pure function and not a reconciler object that also does I/O: every decision here (never
 overwrite a foreign route, remove a stale route rather than let it route to a device that vanished,
-which results leave a route pending and which back off) can
+adopt a CNI plugin's identical route, which results leave a route pending and which back off) can
 be tested with plain values in microseconds, exhaustively and without root; the kernel tests then
 only need to prove that the shell carries the decisions out.
 
@@ -22,7 +22,11 @@ Rules, per destination (``plan_routes``):
 * wanted but its interface is missing or down, or its tunnel device is missing: pending; a route
   we hold there is deleted (it is no longer the plan: e.g. the pool switched encapsulation);
 * wanted and what we hold already implements it: nothing to do;
-* a foreign route (another protocol, same metric) is there: a conflict, pending -- never overwritten;
+* a foreign route (another protocol, same metric) is there: if it is exactly the local workload
+  route we want, on the very interface we want (a CNI plugin installed the pod's route before
+  felix heard of the pod), we *adopt* it: a replace that only changes its protocol to ours, so
+  nothing changes for traffic and we own it from then on (as Calico's Felix owns every route on
+  its workload interfaces).  Otherwise it is a conflict and stays pending -- never overwritten;
 * otherwise create it (``NLM_F_EXCL``: never silently overwrite) or replace ours in place.
 
 Reasons are a small closed set (:data:`REASONS`), because they label metrics; the ``detail`` says
@@ -102,7 +106,7 @@ class Pending:
         return self.detail
 
 
-Action = Literal["create", "replace", "delete"]
+Action = Literal["create", "replace", "adopt", "delete"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +227,10 @@ def plan_routes(
             continue
         other = foreign.get(dst)
         if have is None and other is not None:
-            plan.pending[dst] = Pending(CONFLICT, f"a route with protocol {other.proto} already exists here")
+            if want.scope == "link" and oif is not None and implements(other, want, oif):
+                plan.ops.append(RouteOp("adopt", dst, want, oif))  # a CNI plugin's route: the same route
+            else:
+                plan.pending[dst] = Pending(CONFLICT, f"a route with protocol {other.proto} already exists here")
             continue
         plan.ops.append(RouteOp("replace" if held else "create", dst, want, oif))
     return plan
@@ -342,6 +349,21 @@ def neighbor_drift(
     fdb: Mapping[tuple[str, str], str],
     desired: Mapping[str, Neighbor],
 ) -> int:
-    """Neighbour entries where the kernel differs from what we believed."""
-    drifted = sum(1 for ip in set(believed_arp) | set(arp) if believed_arp.get(ip) != arp.get(ip))
-    return drifted + sum(1 for key in set(believed_fdb) | set(fdb) if believed_fdb.get(key) != fdb.get(key))
+    """Neighbour entries that drifted: believed but changed or gone, or present but unwanted.
+
+    As for routes, an entry we never believed in is not drift if we want it: at start-up the
+    entries a previous run left are adopted, not "repaired".
+    """
+    wanted_fdb = {(vxlan_device(ip), n.mac) for ip, n in desired.items()}
+    drifted = 0
+    for ip in set(believed_arp) | set(arp):
+        if ip not in desired:
+            drifted += ip in arp  # ours on our device, unwanted
+        elif ip in believed_arp and believed_arp[ip] != arp.get(ip):
+            drifted += 1
+    for key in set(believed_fdb) | set(fdb):
+        if key not in wanted_fdb:
+            drifted += key in fdb
+        elif key in believed_fdb and believed_fdb[key] != fdb.get(key):
+            drifted += 1
+    return drifted

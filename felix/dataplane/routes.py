@@ -83,6 +83,7 @@ class RouteStats:
     netlink_errors: int = 0
     retries: int = 0
     conflicts: int = 0
+    adopted: int = 0  # identical routes of another protocol (a CNI plugin's) taken over
     neighbors_programmed: int = 0
     neighbor_ops: int = 0
     link_events: int = 0
@@ -434,6 +435,9 @@ class RouteManager:
             self._retry.pop(dst, None)
             if op.action == "create":
                 self.stats.created += 1
+            elif op.action == "adopt":
+                self.stats.adopted += 1
+                self._foreign.pop(dst, None)
             else:
                 self.stats.replaced += 1
             return True
