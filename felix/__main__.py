@@ -28,22 +28,28 @@ async def run(cfg: FelixConfig) -> None:
         )
     else:
         typha = list(cfg.typha_addresses)
-    routes = None
+    routes = devices = None
     if cfg.routes_enabled:
+        from .dataplane.devices import DeviceManager
         from .dataplane.routes import RouteManager
 
         try:
             routes = RouteManager(cfg.netns or None, resync_interval=cfg.route_refresh_interval or float("inf"))
+            devices = DeviceManager(cfg.netns or None)
         except OSError as exc:
+            if routes is not None:
+                routes.close()
             where = f"network namespace {cfg.netns!r}" if cfg.netns else "this network namespace"
             raise StartupError(f"cannot open netlink sockets in {where}: {exc}") from None
     agent = FelixAgent(
         cfg.nodename,
         typha,
         routes=routes,
+        devices=devices,
         network_mtu=cfg.network_mtu,
         read_timeout=cfg.typha_read_timeout,
         netns=cfg.netns or None,
+        pending_grace=cfg.route_pending_grace,
     )
     task = asyncio.create_task(agent.run(), name="felix-agent")
     runners = []
@@ -54,7 +60,7 @@ async def run(cfg: FelixConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.stop)
-    log.info("felix for node %s starting", cfg.nodename)
+    log.info("felix for node %s starting (network MTU %d)", cfg.nodename, cfg.network_mtu)
     try:
         await task
     finally:
@@ -62,6 +68,8 @@ async def run(cfg: FelixConfig) -> None:
             await runner.cleanup()
         if routes is not None:
             routes.close()
+        if devices is not None:
+            devices.close()
         if api is not None:
             await api.close()
 

@@ -2,15 +2,24 @@
 
 Design note
 -----------
-Three pieces with one job each, joined here and nowhere else:
+Pieces with one job each, joined here and nowhere else:
 - `protocol.client.SyncClient` keeps the cluster view in sync with a typha replica (reconnects,
   resync diffs, read timeouts);
 - `felix.calc.RouteCalculator` (pure) turns each batch of KV changes into a route delta;
-- `felix.dataplane.routes.RouteManager` reconciles the kernel to the desired routes.
+- `felix.dataplane.devices.DeviceManager` keeps the tunnel devices the pools need
+  (`felix.dataplane.deviceplan` decides which);
+- `felix.dataplane.routes.RouteManager` reconciles the kernel to the desired routes;
+- `felix.status.ProblemLog` (pure) turns what the others cannot do into log lines, metrics,
+  readiness and `/status`.
 Updates from typha are applied to the calculator as they arrive but handed to the kernel once per
 event-loop pass, merged, so a burst (a snapshot, a resync) becomes one netlink batch. Nothing is
 programmed before the first in-sync: a half-received view would delete routes that are merely not
-yet known. After that a reconnect's resync diff flows through like any other update.
+yet known. Nor before typha knows a Node of our name: with a wrong node name every block of this
+node would look remote and be routed away from it, so felix logs an error and stays unready
+instead. After that a reconnect's resync diff flows through like any other update.
+
+Ready means in sync, connected, the first programming pass done, our Node known, and nothing that
+should be in the kernel kept out of it for longer than the grace period (`route_pending_grace`).
 
 Interfaces of local workloads get Calico's sysctls (proxy ARP for the 169.254.1.1 gateway, no proxy
 delay, forwarding) when their route appears, or when the interface itself appears later.
@@ -22,16 +31,23 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from protocol import KV, SYNCER_FELIX, SyncStatus
 from protocol.client import Address, AddressSource, SyncClient
 
 from .calc import RouteCalculator, RouteDelta
-from .dataplane.routes import Drift, RouteManager
+from .dataplane.deviceplan import desired_devices
+from .dataplane.devices import MANAGED, DeviceManager
+from .dataplane.routeplan import REASONS
+from .dataplane.routes import RouteManager
 from .dataplane.sysctl import InterfaceMissing, configure_workload_interface
 from .metrics import FelixMetrics
+from .status import FAILING, NODE_UNKNOWN, UNRESOLVED, Problem, ProblemLog, RateLimiter
 
 log = logging.getLogger("felix")
+
+PENDING_REASONS = (*REASONS, UNRESOLVED)
 
 
 class FelixAgent:
@@ -41,16 +57,21 @@ class FelixAgent:
         typha: AddressSource,
         *,
         routes: RouteManager | None = None,
+        devices: DeviceManager | None = None,
         network_mtu: int = 1500,
         read_timeout: float | None = None,
         netns: str | None = None,
         metrics: FelixMetrics | None = None,
         configure_interface: Callable[[str, str | None], None] | None = None,
+        pending_grace: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.nodename = nodename
         self.netns = netns
+        self.network_mtu = network_mtu
         self.calc = RouteCalculator(nodename, network_mtu=network_mtu)
-        self.routes = routes  # a felix.dataplane.routes.RouteManager, or None to calculate without programming
+        self.routes = routes  # None: calculate without programming
+        self.devices = devices
         self.metrics = metrics or FelixMetrics()
         self._configure = configure_interface or (lambda iface, ns: configure_workload_interface(iface, netns=ns))
         self.client = SyncClient(
@@ -65,6 +86,10 @@ class FelixAgent:
         )
         self.in_sync = False
         self.programmed_once = False
+        self.problems = ProblemLog(pending_grace)
+        self._clock = clock
+        self._error_log = RateLimiter()
+        self._netlink_errors_seen = 0
         self._pending_delta: RouteDelta | None = None
         self._flush_scheduled = False
         self._ifaces_waiting: set[str] = set()  # local workload interfaces whose sysctls are not set yet
@@ -80,13 +105,11 @@ class FelixAgent:
             self.metrics.malformed.inc(len(delta.malformed))
             for key, why in delta.malformed[:3]:
                 log.warning("ignoring malformed update for %s: %s", key, why)
-        if not delta:
-            return
         if self._pending_delta is None:
             self._pending_delta = delta
         else:
             self._pending_delta.merge(delta)
-        self._schedule_flush()
+        self._schedule_flush()  # even an empty delta: a pool or our Node may have changed the devices
 
     def _on_status(self, status: SyncStatus) -> None:
         self.metrics.typha_status.set(int(status))
@@ -104,6 +127,10 @@ class FelixAgent:
             log.warning("lost typha: %s", detail)
 
     # -- programming ---------------------------------------------------------------------------------
+    @property
+    def node_known(self) -> bool:
+        return self.calc.node(self.nodename) is not None
+
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled and self._loop is not None:
             self._flush_scheduled = True
@@ -113,14 +140,19 @@ class FelixAgent:
         self._flush_scheduled = False
         if not self.in_sync:
             return  # keep accumulating: nothing is programmed before the first in-sync
+        if not self.programmed_once and not self.node_known:
+            self._observe()  # logs the error; the plan keeps accumulating until our Node appears
+            return
         delta, self._pending_delta = self._pending_delta, None
         routes = self.routes
         t0 = time.perf_counter()
+        self._sync_devices()
         if routes is not None:
             if not routes.programming:
                 routes.apply(delta or RouteDelta())
                 drift = routes.start_programming()
-                self._count_resync(drift)
+                self.metrics.resyncs.inc()
+                self.metrics.drift_repaired.inc(drift.repaired)
             elif delta:
                 routes.apply(delta)
         self.programmed_once = True
@@ -130,7 +162,12 @@ class FelixAgent:
                 if r.scope == "link" and r.dev and r.dev not in self._ifaces_done:
                     self._ifaces_waiting.add(r.dev)
         self._configure_interfaces()
-        self._export_route_stats()
+        self._observe()
+
+    def _sync_devices(self) -> None:
+        if self.devices is not None:
+            me = self.calc.node(self.nodename)
+            self.devices.set_desired(*desired_devices(self.calc.pools(), me, self.nodename, self.network_mtu))
 
     def _configure_interfaces(self) -> None:
         for iface in list(self._ifaces_waiting):
@@ -149,24 +186,13 @@ class FelixAgent:
         if routes is None:
             return
         if routes.process_link_events():
+            if self.devices is not None and self.programmed_once and routes.links_changed & set(MANAGED):
+                self.devices.sync()  # someone changed one of our devices: put it back
             self._configure_interfaces()
-            self._export_route_stats()
-
-    def _count_resync(self, drift: Drift) -> None:
-        self.metrics.resyncs.inc()
-        self.metrics.drift_repaired.inc(drift.repaired)
-
-    def _export_route_stats(self) -> None:
-        if self.routes is None:
-            return
-        st = self.routes.stats
-        self.metrics.routes_programmed.set(st.programmed)
-        self.metrics.routes_pending.set(st.pending)
-        self.metrics.routes_failing.set(st.failing)
-        self.metrics.netlink_errors.set(st.netlink_errors)
+            self._observe()
 
     async def _housekeeping(self) -> None:
-        """Retries and the periodic full resync (drift repair), at the route manager's deadlines."""
+        """Retries, the periodic full resync (drift repair), and the problem report, at least every second."""
         routes = self.routes
         while not self._stopping.is_set():
             deadline = routes.next_deadline() if routes is not None else None
@@ -182,13 +208,100 @@ class FelixAgent:
                 if routes.stats.resyncs != resyncs:
                     self.metrics.resyncs.inc(routes.stats.resyncs - resyncs)
                     self.metrics.drift_repaired.inc(routes.stats.drift_repaired - repaired)
+                    if self.devices is not None:
+                        self.devices.sync()
                 self._configure_interfaces()
-                self._export_route_stats()
+            if self.in_sync:
+                self._observe()
+
+    # -- what is wrong ------------------------------------------------------------------------------
+    def _collect(self) -> dict[str, Problem]:
+        out: dict[str, Problem] = {}
+        if not self.node_known:
+            why = f"node name {self.nodename!r} is not a Node typha knows: not programming (set --nodename)"
+            out[f"node:{self.nodename}"] = Problem(f"node:{self.nodename}", NODE_UNKNOWN, why, route=False)
+        if not self.programmed_once:
+            return out
+        for dst, why in self.calc.unresolved().items():
+            out[dst] = Problem(dst, UNRESOLVED, why)
+        if self.routes is not None:
+            for key, p in self.routes.pending_reasons().items():
+                out[key] = Problem(key, p.reason, p.detail, route=not key.startswith("neigh:"))
+            for dst, err in self.routes.failing().items():
+                out[dst] = Problem(dst, FAILING, err)
+        if self.devices is not None:
+            for name, p in self.devices.problems().items():
+                out[f"device:{name}"] = Problem(f"device:{name}", p.reason, p.detail, route=False)
+        return out
+
+    def _observe(self) -> None:
+        """Refresh problems, metrics and log lines from the managers' current state."""
+        now = self._clock()
+        for level, line in self.problems.update(self._collect(), now):
+            log.log(level, line)
+        counts = self.problems.by_reason()
+        for reason in PENDING_REASONS:
+            self.metrics.routes_pending.labels(reason=reason).set(counts.get(reason, 0))
+        errors, last = 0, ""
+        for stats in (self.routes.stats if self.routes else None, self.devices.stats if self.devices else None):
+            if stats is not None:
+                errors += stats.netlink_errors
+                last = stats.last_error or last
+        if errors > self._netlink_errors_seen:
+            self.metrics.netlink_errors.inc(errors - self._netlink_errors_seen)
+            self._netlink_errors_seen = errors
+            if self._error_log.allow(now):
+                skipped = self._error_log.take_suppressed()
+                log.warning("netlink error: %s%s", last, f" [{skipped} more not logged]" if skipped else "")
+        if self.routes is not None:
+            st = self.routes.stats
+            self.metrics.routes_programmed.set(st.programmed)
+            self.metrics.routes_failing.set(st.failing)
 
     # -- lifecycle -----------------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return self.in_sync and self.programmed_once and self.client.connected_to is not None
+        return self.not_ready_because() is None
+
+    def not_ready_because(self) -> str | None:
+        if not self.in_sync:
+            return "not yet in sync with typha"
+        if self.client.connected_to is None:
+            return "not connected to typha"
+        if not self.node_known:
+            return f"node name {self.nodename!r} is not a Node typha knows"
+        if not self.programmed_once:
+            return "routes not yet programmed"
+        late = self.problems.overdue(self._clock())
+        if late:
+            p = late[0]
+            return (
+                f"{len(late)} problems for more than {self.problems.grace:g}s, e.g. "
+                f"{p.what}: {p.detail} ({p.reason}); see /status"
+            )
+        return None
+
+    def status(self) -> dict[str, Any]:
+        """What `/status` shows: readiness, the sync state, and every problem with its age."""
+        now = self._clock()
+        routes = self.routes
+        return {
+            "node": self.nodename,
+            "ready": self.ready,
+            "not_ready_because": self.not_ready_because(),
+            "in_sync": self.in_sync,
+            "typha": None if self.typha_address is None else "{}:{}".format(*self.typha_address),
+            "routes": {
+                "desired": len(self.calc.desired()),
+                "programmed": routes.stats.programmed if routes else 0,
+                "failing": routes.stats.failing if routes else 0,
+                "adopted": routes.stats.adopted if routes else 0,
+                "last_error": routes.stats.last_error if routes else "",
+            },
+            "pending_by_reason": dict(self.problems.by_reason(routes_only=False)),
+            "problems_total": len(self.problems),
+            "problems": self.problems.listing(now),
+        }
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -353,6 +353,13 @@ class RouteCalculator:
     def desired_neighbors(self) -> dict[str, Neighbor]:
         return dict(self._neighbors)
 
+    def node(self, name: str) -> Node | None:
+        """The Node record typha sent for ``name``, if any."""
+        return self._nodes.get(name)
+
+    def pools(self) -> list[IPPool]:
+        return list(self._pools.values())
+
     def unresolved(self) -> dict[str, str]:
         """Destinations that should have a route but cannot yet, with the reason."""
         return {str(d): why for d, why in self._unresolved.items()}

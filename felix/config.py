@@ -66,7 +66,14 @@ SETTINGS: tuple[Setting, ...] = (
         "MTU of the node network; tunnel devices and encapsulated routes subtract their overhead.",
         _network_mtu,
     ),
-    Setting("routes_enabled", parse_bool, True, "Program routes into the kernel."),
+    Setting(
+        "route_pending_grace",
+        float,
+        30.0,
+        "Seconds a route (or tunnel device) may stay unprogrammable before felix reports not ready.",
+        non_negative,
+    ),
+    Setting("routes_enabled", parse_bool, True, "Program routes and tunnel devices into the kernel."),
     Setting(
         "netns", str, "", "Program this named network namespace instead of felix's own (tests, benchmarks, sidecars)."
     ),
@@ -88,6 +95,7 @@ class FelixConfig:
     metrics_port: int
     route_refresh_interval: float
     network_mtu: int
+    route_pending_grace: float
     routes_enabled: bool
     netns: str
     log_level: str

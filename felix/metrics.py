@@ -27,11 +27,19 @@ class FelixMetrics:
             registry=r,
         )
         self.routes_programmed = Gauge("felix_routes_programmed", "Routes felix owns in the kernel.", registry=r)
-        self.routes_pending = Gauge("felix_routes_pending", "Routes waiting for an interface or device.", registry=r)
+        self.routes_pending = Gauge(
+            "felix_routes_pending",
+            "Routes that should be in the kernel but are not, by reason (interface missing or down, device missing, "
+            "conflict with another protocol's route, unresolved by the calculation).",
+            ["reason"],
+            registry=r,
+        )
         self.routes_failing = Gauge(
             "felix_routes_failing", "Routes waiting to retry after a netlink error.", registry=r
         )
-        self.netlink_errors = Gauge("felix_netlink_errors", "Netlink errors seen (cumulative).", registry=r)
+        self.netlink_errors = Counter(
+            "felix_netlink_errors", "Netlink requests or dumps that failed (routes, neighbours, devices).", registry=r
+        )
         self.resyncs = Counter("felix_route_resyncs", "Full route resyncs against the kernel.", registry=r)
         self.drift_repaired = Counter(
             "felix_route_drift_repaired", "Routes found wrong, missing or extra and repaired.", registry=r

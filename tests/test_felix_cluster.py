@@ -7,13 +7,15 @@ Topology (every name prefixed, every namespace ours and removed afterwards):
   pod:      netns pt-n<i>-<name>, eth0 = peer of cali<hash> in the node, <ip>/32,
             default via 169.254.1.1 (the fictitious gateway felix makes work with proxy ARP)
 Addresses come from the benchmarking ranges 198.18.0.0/15 (RFC 2544): lab-only, never routed.
-Pool 198.19.0.0/16 with /26 blocks, native routing (no encapsulation: this kernel has no ipip/vxlan).
+Pool 198.19.0.0/16 with /26 blocks, native routing; one test switches it to VXLAN, where felix makes
+vxlan.calico itself from each Node's annotations (this kernel has vxlan but no ipip).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -29,7 +31,7 @@ from felix.dataplane.netlink import RTPROT_FELIX
 from felix.dataplane.netns import run_in_netns
 from loadtest.apiserver.fixtures import make_calico_object, make_namespace, make_node, make_pod
 from protocol import SYNCER_FELIX, SyncStatus
-from typha.ingest import ADDED, DELETED, Ingestor
+from typha.ingest import ADDED, DELETED, MODIFIED, Ingestor
 from typha.snapcache import SnapCache
 from typha.syncserver import ServerConfig, SyncServer
 
@@ -72,7 +74,7 @@ class Cluster:
     def apply(self, *events: tuple[str, str, dict]) -> None:
         self.ingestor.handle(events)
 
-    def add_node(self, index: int) -> str:
+    def add_node(self, index: int, vxlan: bool = False) -> str:
         node = f"node{index}"
         ns = self.node_ns(node)
         ip = f"198.18.0.{index}"
@@ -89,7 +91,15 @@ class Cluster:
         ):
             sh("ip", "netns", "exec", ns, *cmd)
         self.nodes.append(node)
-        self.apply((ADDED, "nodes", make_node(node, ip)))
+        obj = make_node(node, ip)
+        if vxlan:  # a VTEP address from the node's block, and a MAC, as Calico's IPAM would annotate
+            obj["metadata"]["annotations"].update(
+                {
+                    "projectcalico.org/IPv4VXLANTunnelAddr": f"198.19.{index}.1",
+                    "projectcalico.org/VXLANTunnelMACAddr": f"66:00:00:00:00:{index:02x}",
+                }
+            )
+        self.apply((ADDED, "nodes", obj))
         return node
 
     def add_block(self, node: str, cidr: str) -> None:
@@ -185,6 +195,14 @@ class Cluster:
     def routes(self, node: str) -> str:
         return sh("ip", "netns", "exec", self.node_ns(node), "ip", "route", "show", "proto", str(RTPROT_FELIX)).stdout
 
+    def set_pool(self, vxlan: str) -> None:
+        spec = {"cidr": POOL, "ipipMode": "Never", "vxlanMode": vxlan, "blockSize": 26}
+        self.apply((MODIFIED, "ippools", make_calico_object("IPPool", "default-pool", spec)))
+
+    def link(self, node: str, dev: str) -> dict:
+        out = sh("ip", "-n", self.node_ns(node), "-d", "-j", "link", "show", "dev", dev, check=False)
+        return json.loads(out.stdout)[0] if out.returncode == 0 else {}
+
 
 def can_connect(src_ns: str, dst_ip: str, port: int, timeout: float = 1.0) -> bool:
     def attempt() -> bool:
@@ -266,9 +284,9 @@ async def cluster() -> AsyncIterator[Cluster]:
         sh("ip", "link", "del", bridge, check=False)
 
 
-async def three_nodes(c: Cluster) -> None:
+async def three_nodes(c: Cluster, vxlan: bool = False) -> None:
     for i in (1, 2, 3):
-        node = c.add_node(i)
+        node = c.add_node(i, vxlan=vxlan)
         c.add_block(node, f"198.19.{i}.0/26")
     c.add_pod("a1", "node1", "198.19.1.2")
     c.add_pod("b2", "node2", "198.19.2.2")
@@ -280,21 +298,45 @@ async def three_nodes(c: Cluster) -> None:
         await wait_for(lambda n=node: "198.19." in c.routes(n), 20, f"felix on {node} to program routes")
 
 
+async def all_pods_connect(cluster: Cluster, port: int) -> None:
+    servers = {name: listen(ns, port) for name, (_, _, ns) in cluster.pods.items()}
+    try:
+        for src, (_, _, src_ns) in cluster.pods.items():
+            for dst, (_, ip, _) in cluster.pods.items():
+                if src != dst:
+                    await eventually_connects(src_ns, ip, port)
+    finally:
+        for s in servers.values():
+            s.close()
+
+
 async def test_pods_on_different_nodes_reach_each_other(cluster: Cluster) -> None:
     await three_nodes(cluster)
     routes = cluster.routes("node1")
     assert "blackhole 198.19.1.0/26" in routes
     assert "198.19.1.2 dev " + iface_for("default", "a1") + " scope link" in routes
     assert "198.19.2.0/26 via 198.18.0.2 dev eth0" in routes
-    servers = {name: listen(ns, 8080) for name, (_, _, ns) in cluster.pods.items()}
-    try:
-        for src, (_, _, src_ns) in cluster.pods.items():
-            for dst, (_, ip, _) in cluster.pods.items():
-                if src != dst:
-                    await eventually_connects(src_ns, ip, 8080)
-    finally:
-        for s in servers.values():
-            s.close()
+    await all_pods_connect(cluster, 8080)
+
+
+async def test_vxlan_pool_felix_makes_vxlan_calico_and_pods_reach_each_other(cluster: Cluster) -> None:
+    cluster.set_pool(vxlan="Always")
+    await three_nodes(cluster, vxlan=True)
+    for i, node in enumerate(cluster.nodes, 1):
+        await wait_for(lambda n=node: "dev vxlan.calico" in cluster.routes(n), 15, f"VXLAN routes on {node}")
+        dev = cluster.link(node, "vxlan.calico")
+        info = dev["linkinfo"]["info_data"]
+        assert (dev["mtu"], dev["address"]) == (1450, f"66:00:00:00:00:{i:02x}")
+        assert (info["id"], info["port"], info["local"], info["learning"]) == (4096, 4789, f"198.18.0.{i}", False)
+    assert "198.19.2.0/26 via 198.19.2.1 dev vxlan.calico onlink" in cluster.routes("node1")
+    await all_pods_connect(cluster, 8081)
+    # No pool uses VXLAN any more: native routes again, and felix removes the device it made.
+    cluster.set_pool(vxlan="Never")
+    for node in cluster.nodes:
+        await wait_for(lambda n=node: cluster.link(n, "vxlan.calico") == {}, 15, f"vxlan.calico removed on {node}")
+        await wait_for(lambda n=node: "dev vxlan.calico" not in cluster.routes(n), 15, f"native routes on {node}")
+    assert "198.19.2.0/26 via 198.18.0.2 dev eth0" in cluster.routes("node1")
+    await all_pods_connect(cluster, 8082)
 
 
 async def test_borrowed_address_is_reachable_from_every_node(cluster: Cluster) -> None:

@@ -142,6 +142,7 @@ class RouteManager:
         self._neigh_pending: dict[str, Pending] = {}
         self._links: dict[str, Link] = {}
         self._names: dict[int, str] = {}
+        self.links_changed: set[str] = set()  # interfaces the last process_link_events saw change
         self._refresh_links()
 
     # --- public API ----------------------------------------------------------------------------
@@ -249,6 +250,7 @@ class RouteManager:
                 self._resync_needed = True
             changed |= {k for k in set(before) | set(self._links) if before.get(k) != self._links.get(k)}
         self.stats.link_events += n
+        self.links_changed = changed
         if changed:
             self._on_links_changed(changed)
         return n

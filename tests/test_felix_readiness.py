@@ -1,0 +1,266 @@
+"""Felix that cannot program what it should is never silent and ready (issue 9, items 2 and 4).
+
+A real typha serves a small cluster; felix runs as an agent in this process with its health app.
+The dataplane is a real network namespace where the scenario needs the kernel's own refusal (a
+missing interface, a VXLAN device that cannot be configured), and the in-memory kernel where it
+needs something a test cannot do to a real one (every write refused, as with NET_ADMIN dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import logging
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+
+from felix.agent import FelixAgent
+from felix.dataplane.devices import DeviceManager
+from felix.dataplane.fakenetlink import FakeKernel
+from felix.dataplane.routes import RouteManager
+from felix.ops import health_app, metrics_app, start_site
+from loadtest.apiserver.fixtures import make_calico_object, make_namespace, make_node, make_pod
+from protocol import SYNCER_FELIX, SyncStatus
+from typha.ingest import ADDED, Ingestor
+from typha.snapcache import SnapCache
+from typha.syncserver import ServerConfig, SyncServer
+
+from .conftest import kernel_skip, wait_for
+
+GRACE = 0.5
+
+
+def iface(pod: str) -> str:
+    return "cali" + hashlib.sha1(f"default.{pod}".encode()).hexdigest()[:11]
+
+
+def node(name: str, ip: str, vtep: str | None = None, mac: str | None = None) -> dict[str, Any]:
+    obj = make_node(name, ip)
+    if vtep:
+        obj["metadata"]["annotations"]["projectcalico.org/IPv4VXLANTunnelAddr"] = vtep
+    if mac:
+        obj["metadata"]["annotations"]["projectcalico.org/VXLANTunnelMACAddr"] = mac
+    return obj
+
+
+def pool(vxlan: str = "Never") -> dict[str, Any]:
+    spec = {"cidr": "10.200.0.0/16", "ipipMode": "Never", "vxlanMode": vxlan, "blockSize": 26}
+    return make_calico_object("IPPool", "p", spec)
+
+
+def block(owner: str, cidr: str) -> list[tuple[str, str, dict[str, Any]]]:
+    aff = {"node": owner, "cidr": cidr, "state": "confirmed"}
+    spec = {"cidr": cidr, "affinity": f"host:{owner}", "allocations": [], "attributes": []}
+    return [
+        (ADDED, "blockaffinities", make_calico_object("BlockAffinity", f"{owner}-{cidr[:-3]}", aff)),
+        (ADDED, "ipamblocks", make_calico_object("IPAMBlock", cidr.replace("/", "-"), spec)),
+    ]
+
+
+@dataclass
+class Felix:
+    agent: FelixAgent
+    ingest: Ingestor
+    http: aiohttp.ClientSession
+    health: int
+    metrics: int
+
+    async def get(self, path: str, port: int | None = None) -> tuple[int, str]:
+        async with self.http.get(f"http://127.0.0.1:{port or self.health}{path}") as r:
+            return r.status, await r.text()
+
+    async def status(self) -> dict[str, Any]:
+        async with self.http.get(f"http://127.0.0.1:{self.health}/status") as r:
+            assert r.status == 200
+            return await r.json()
+
+    async def metric(self, line_start: str) -> float | None:
+        _, text = await self.get("/metrics", self.metrics)
+        for line in text.splitlines():
+            if line.startswith(line_start + " "):
+                return float(line.split()[-1])
+        return None
+
+
+async def run_felix(
+    events: list[tuple[str, str, dict[str, Any]]], nodename: str, routes: RouteManager, devices: DeviceManager
+) -> AsyncIterator[Felix]:
+    cache = SnapCache(SYNCER_FELIX)
+    server = SyncServer({SYNCER_FELIX: cache}, ServerConfig(host="127.0.0.1", port=0))
+    await server.start()
+    ingest = Ingestor({SYNCER_FELIX: cache})
+    ingest.handle([(ADDED, "namespaces", make_namespace("default")), *events])
+    cache.set_status(SyncStatus.IN_SYNC)
+    agent = FelixAgent(nodename, [("127.0.0.1", server.port)], routes=routes, devices=devices, pending_grace=GRACE)
+    task = asyncio.create_task(agent.run())
+    hrun, hport = await start_site(health_app(agent, task.done), "127.0.0.1", 0)
+    mrun, mport = await start_site(metrics_app(agent.metrics.registry), "127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as http:
+            await wait_for(lambda: agent.in_sync, 5, "in sync")
+            yield Felix(agent, ingest, http, hport, mport)
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 5)
+        await hrun.cleanup()
+        await mrun.cleanup()
+        await server.shutdown()
+        routes.close()
+        devices.close()
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    if os.geteuid() != 0:
+        kernel_skip("needs root for a network namespace")
+    name = f"ptready{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    for cmd in (
+        ["link", "add", "under0", "type", "veth", "peer", "name", "under1"],
+        ["addr", "add", "198.18.0.1/16", "dev", "under0"],
+        ["link", "set", "under1", "up"],
+        ["link", "set", "under0", "up"],
+    ):
+        subprocess.run(["ip", "-n", name, *cmd], check=True)
+    yield name
+    subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.mark.kernel
+async def test_a_route_whose_interface_never_appears_makes_felix_unready_and_says_why(
+    netns: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="felix")
+    events = [
+        (ADDED, "ippools", pool()),
+        (ADDED, "nodes", node("me", "198.18.0.1")),
+        *block("me", "10.200.0.0/26"),
+        (ADDED, "pods", make_pod("default", "web", "me", "10.200.0.5")),  # its interface does not exist
+    ]
+    gen = run_felix(events, "me", RouteManager(netns), DeviceManager(netns))
+    felix = await gen.__anext__()
+    try:
+        await wait_for(lambda: felix.agent.programmed_once, 5, "first programming")
+        await wait_for(lambda: not felix.agent.ready, 5, "unready after the grace period")
+        code, text = await felix.get("/readiness")
+        assert code == 503 and "10.200.0.5/32" in text and "interface-missing" in text
+        st = await felix.status()
+        assert st["ready"] is False and st["pending_by_reason"] == {"interface-missing": 1}
+        [p] = st["problems"]
+        assert (p["what"], p["reason"]) == ("10.200.0.5/32", "interface-missing") and p["seconds"] >= GRACE
+        assert iface("web") in p["detail"]
+        assert await felix.metric('felix_routes_pending{reason="interface-missing"}') == 1.0
+        assert await felix.metric('felix_routes_pending{reason="device-missing"}') == 0.0
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert [m for m in warnings if "10.200.0.5/32" in m and "interface-missing" in m], warnings
+        # The CNI plugin makes the interface: programmed, ready, and the log says it cleared.
+        subprocess.run(
+            ["ip", "-n", netns, "link", "add", iface("web"), "type", "veth", "peer", "name", "p0"], check=True
+        )
+        subprocess.run(["ip", "-n", netns, "link", "set", iface("web"), "up"], check=True)
+        await wait_for(lambda: felix.agent.ready, 5, "ready once the route is programmed")
+        assert (await felix.status())["problems"] == []
+        assert any(r.getMessage().startswith("resolved (interface-missing)") for r in caplog.records)
+    finally:
+        await gen.aclose()
+
+
+@pytest.mark.kernel
+async def test_a_vxlan_device_that_cannot_be_made_makes_felix_unready_and_says_why(netns: str) -> None:
+    events = [
+        (ADDED, "ippools", pool(vxlan="Always")),
+        (ADDED, "nodes", node("me", "198.18.0.1")),  # no VXLAN tunnel address: the device cannot be made
+        (ADDED, "nodes", node("other", "198.18.0.2", vtep="10.200.1.1", mac="66:00:00:00:00:02")),
+        *block("me", "10.200.0.0/26"),
+        *block("other", "10.200.1.0/26"),
+    ]
+    gen = run_felix(events, "me", RouteManager(netns), DeviceManager(netns))
+    felix = await gen.__anext__()
+    try:
+        await wait_for(lambda: not felix.agent.ready and felix.agent.programmed_once, 5, "unready")
+        st = await felix.status()
+        by_what = {p["what"]: p for p in st["problems"]}
+        assert by_what["device:vxlan.calico"]["detail"] == "node me has no IPv4 VXLAN tunnel address for vxlan.calico"
+        assert by_what["10.200.1.0/26"]["reason"] == "device-missing"
+        assert await felix.metric('felix_routes_pending{reason="device-missing"}') == 1.0
+        # The Node gets its annotations: felix makes the device and routes through it.
+        felix.ingest.handle([(ADDED, "nodes", node("me", "198.18.0.1", vtep="10.200.0.1", mac="66:00:00:00:00:01"))])
+        await wait_for(lambda: felix.agent.ready, 5, "ready once vxlan.calico exists")
+        routes = subprocess.run(["ip", "-n", netns, "route"], capture_output=True, text=True).stdout
+        assert "10.200.1.0/26 via 10.200.1.1 dev vxlan.calico" in routes
+    finally:
+        await gen.aclose()
+
+
+async def test_writes_refused_as_without_net_admin_are_logged_counted_and_unready(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    kernel = FakeKernel()
+    kernel.add_link("under0")
+    kernel.add_addr("under0", "198.18.0.1/16")
+    kernel.deny = errno.EPERM
+    events = [
+        (ADDED, "ippools", pool()),
+        (ADDED, "nodes", node("me", "198.18.0.1")),
+        (ADDED, "nodes", node("other", "198.18.0.2")),
+        *block("me", "10.200.0.0/26"),
+        *block("other", "10.200.1.0/26"),
+    ]
+    routes = RouteManager(netlink=kernel.socket)
+    gen = run_felix(events, "me", routes, DeviceManager(netlink=kernel.socket))
+    felix = await gen.__anext__()
+    try:
+        await wait_for(lambda: not felix.agent.ready and felix.agent.programmed_once, 5, "unready")
+        assert (await felix.metric("felix_netlink_errors_total") or 0) >= 2
+        code, text = await felix.get("/readiness")
+        assert code == 503 and "netlink-error" in text
+        st = await felix.status()
+        assert {p["what"] for p in st["problems"]} == {"10.200.0.0/26", "10.200.1.0/26"}
+        assert all("Operation not permitted" in p["detail"] for p in st["problems"])
+        assert any("Operation not permitted" in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+        kernel.deny = 0  # privileges back: the retries succeed
+        await wait_for(lambda: felix.agent.ready, 5, "ready after the retries succeed")
+        assert len(kernel.routes) == 2
+    finally:
+        await gen.aclose()
+
+
+async def test_an_unknown_node_name_programs_nothing_and_stays_unready(caplog: pytest.LogCaptureFixture) -> None:
+    kernel = FakeKernel()
+    kernel.add_link("under0")
+    kernel.add_addr("under0", "198.18.0.1/16")
+    events = [
+        (ADDED, "ippools", pool()),
+        (ADDED, "nodes", node("node-1", "198.18.0.1")),
+        (ADDED, "nodes", node("other", "198.18.0.2")),
+        *block("node-1", "10.200.0.0/26"),
+        *block("other", "10.200.1.0/26"),
+    ]
+    # felix was given its hostname, not its Kubernetes node name: every block would look remote.
+    gen = run_felix(
+        events, "node-1.example.com", RouteManager(netlink=kernel.socket), DeviceManager(netlink=kernel.socket)
+    )
+    felix = await gen.__anext__()
+    try:
+        await wait_for(lambda: any(r.levelno == logging.ERROR for r in caplog.records), 5, "an error logged")
+        [err] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert "'node-1.example.com' is not a Node typha knows" in err
+        code, text = await felix.get("/readiness")
+        assert code == 503 and "is not a Node typha knows" in text
+        assert kernel.routes == {} and not felix.agent.programmed_once
+        # The Node appears under that name (or felix is restarted with the right one): it programs.
+        felix.ingest.handle(
+            [(ADDED, "nodes", node("node-1.example.com", "198.18.0.1")), *block("node-1.example.com", "10.200.2.0/26")]
+        )
+        await wait_for(lambda: felix.agent.ready, 5, "ready once the node is known")
+        assert {r.dst for r in kernel.routes.values()} >= {"10.200.2.0/26", "10.200.0.0/26", "10.200.1.0/26"}
+    finally:
+        await gen.aclose()
