@@ -39,7 +39,7 @@ from protocol.client import Address, AddressSource, SyncClient
 from .calc import RouteCalculator, RouteDelta
 from .dataplane.deviceplan import desired_devices
 from .dataplane.devices import MANAGED, DeviceManager
-from .dataplane.routeplan import REASONS
+from .dataplane.routeplan import REASONS, vxlan_device
 from .dataplane.routes import RouteManager
 from .dataplane.sysctl import InterfaceMissing, configure_workload_interface
 from .metrics import FelixMetrics
@@ -90,6 +90,7 @@ class FelixAgent:
         self._clock = clock
         self._error_log = RateLimiter()
         self._netlink_errors_seen = 0
+        self._devices_needed: set[str] = set()  # tunnel devices some pool needs
         self._pending_delta: RouteDelta | None = None
         self._flush_scheduled = False
         self._ifaces_waiting: set[str] = set()  # local workload interfaces whose sysctls are not set yet
@@ -165,9 +166,11 @@ class FelixAgent:
         self._observe()
 
     def _sync_devices(self) -> None:
+        me = self.calc.node(self.nodename)
+        wanted, waiting = desired_devices(self.calc.pools(), me, self.nodename, self.network_mtu)
+        self._devices_needed = set(wanted) | set(waiting)
         if self.devices is not None:
-            me = self.calc.node(self.nodename)
-            self.devices.set_desired(*desired_devices(self.calc.pools(), me, self.nodename, self.network_mtu))
+            self.devices.set_desired(wanted, waiting)
 
     def _configure_interfaces(self) -> None:
         for iface in list(self._ifaces_waiting):
@@ -226,7 +229,10 @@ class FelixAgent:
             out[dst] = Problem(dst, UNRESOLVED, why)
         if self.routes is not None:
             for key, p in self.routes.pending_reasons().items():
-                out[key] = Problem(key, p.reason, p.detail, route=not key.startswith("neigh:"))
+                neighbor = key.startswith("neigh:")
+                if neighbor and vxlan_device(key[6:]) not in self._devices_needed:
+                    continue  # VTEPs are known whatever the pools; their entries matter only while VXLAN is used
+                out[key] = Problem(key, p.reason, p.detail, route=not neighbor)
             for dst, err in self.routes.failing().items():
                 out[dst] = Problem(dst, FAILING, err)
         if self.devices is not None:

@@ -70,7 +70,9 @@ class RateLimiter:
 
 
 def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+    if n == 1:
+        return f"{n} {word}"
+    return f"{n} {word[:-1]}ies" if word.endswith("y") else f"{n} {word}s"
 
 
 class ProblemLog:
@@ -103,8 +105,9 @@ class ProblemLog:
             if what.startswith(("node:", "device:")):
                 lines.append((level, f"{what.split(':', 1)[1]}: {detail} ({reason})"))
             else:
+                noun = "route" if self._problems[what].route else "entry"
                 n = kinds[kind]
-                lines.append((level, f"{_plural(n, 'route')} cannot be programmed ({reason}): {detail}; e.g. {what}"))
+                lines.append((level, f"{_plural(n, noun)} cannot be programmed ({reason}): {detail}; e.g. {what}"))
         for kind in sorted(set(self._kinds) - set(kinds)):
             lines.append((logging.INFO, f"resolved ({kind[0]}): {kind[1]}"))
         self._kinds = kinds

@@ -1,12 +1,14 @@
 """Three 'nodes' on a real kernel, a real typha, a real felix process per node: pods reach each other.
 
 Topology (every name prefixed, every namespace ours and removed afterwards):
-  root ns:  bridge ptbr0 198.18.0.254/24; typha listens there
-  node i:   netns pt-node<i>, eth0 198.18.0.<i>/24 on the bridge, default route via .254 (so proxy ARP
+  root ns:  bridge pt<tag>br 198.18.<n>.254/24; typha listens there
+  node i:   netns pt<tag>-node<i>, eth0 198.18.<n>.<i>/24 on the bridge, default route via .254 (so proxy ARP
             answers for the pods' gateway), forwarding on; felix runs inside it
   pod:      netns pt-n<i>-<name>, eth0 = peer of cali<hash> in the node, <ip>/32,
             default via 169.254.1.1 (the fictitious gateway felix makes work with proxy ARP)
-Addresses come from the benchmarking ranges 198.18.0.0/15 (RFC 2544): lab-only, never routed.
+Addresses come from the benchmarking ranges 198.18.0.0/15 (RFC 2544): lab-only, never routed. The
+underlay /24 (<n>) is drawn at random per cluster, because the bridge lives in the root namespace:
+two test runs at once on one machine must not put the same subnet on two bridges.
 Pool 198.19.0.0/16 with /26 blocks, native routing; one test switches it to VXLAN, where felix makes
 vxlan.calico itself from each Node's annotations (this kernel has vxlan but no ipip).
 """
@@ -17,10 +19,12 @@ import asyncio
 import hashlib
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -39,7 +43,6 @@ from .conftest import kernel_skip, wait_for
 
 pytestmark = pytest.mark.kernel
 
-BRIDGE_IP = "198.18.0.254"
 POOL = "198.19.0.0/16"
 
 
@@ -59,11 +62,17 @@ def block_of(ip: str) -> str:
 @dataclass
 class Cluster:
     tag: str
+    subnet: int  # the underlay is 198.18.<subnet>.0/24
     ingestor: Ingestor
     server: SyncServer
     nodes: list[str] = field(default_factory=list)
     pods: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # name -> (node, ip, pod netns)
     felix: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    logdir: str = ""  # felix's stderr per node; printed at teardown (pytest shows it if the test fails)
+
+    def ip(self, host: int) -> str:
+        """An underlay address: node i is .i, the bridge (and typha) .254."""
+        return f"198.18.{self.subnet}.{host}"
 
     def node_ns(self, node: str) -> str:
         return f"pt{self.tag}-{node}"
@@ -77,7 +86,7 @@ class Cluster:
     def add_node(self, index: int, vxlan: bool = False) -> str:
         node = f"node{index}"
         ns = self.node_ns(node)
-        ip = f"198.18.0.{index}"
+        ip = self.ip(index)
         host_if = f"pt{self.tag}n{index}"
         sh("ip", "netns", "add", ns)
         sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns)
@@ -86,7 +95,7 @@ class Cluster:
             ["ip", "addr", "add", f"{ip}/24", "dev", "eth0"],
             ["ip", "link", "set", "eth0", "up"],
             ["ip", "link", "set", "lo", "up"],
-            ["ip", "route", "add", "default", "via", BRIDGE_IP],
+            ["ip", "route", "add", "default", "via", self.ip(254)],
             ["sysctl", "-qw", "net.ipv4.ip_forward=1"],
         ):
             sh("ip", "netns", "exec", ns, *cmd)
@@ -179,18 +188,19 @@ class Cluster:
         env = {
             **os.environ,
             "FELIX_NODENAME": node,
-            "FELIX_TYPHA_ADDRESSES": f"{BRIDGE_IP}:{self.server.port}",
+            "FELIX_TYPHA_ADDRESSES": f"{self.ip(254)}:{self.server.port}",
             "FELIX_HEALTH_PORT": "0",
             "FELIX_METRICS_PORT": "0",
             "FELIX_ROUTE_REFRESH_INTERVAL": "1",
             "FELIX_LOG_LEVEL": "INFO",
         }
-        self.felix[node] = subprocess.Popen(
-            ["ip", "netns", "exec", self.node_ns(node), sys.executable, "-m", "felix"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        with open(os.path.join(self.logdir, f"{node}.log"), "ab") as log:
+            self.felix[node] = subprocess.Popen(
+                ["ip", "netns", "exec", self.node_ns(node), sys.executable, "-m", "felix"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
 
     def routes(self, node: str) -> str:
         return sh("ip", "netns", "exec", self.node_ns(node), "ip", "route", "show", "proto", str(RTPROT_FELIX)).stdout
@@ -249,13 +259,16 @@ async def cluster() -> AsyncIterator[Cluster]:
     tag = uuid.uuid4().hex[:4]
     bridge = f"pt{tag}br"
     sh("ip", "link", "add", bridge, "type", "bridge")
-    sh("ip", "addr", "add", f"{BRIDGE_IP}/24", "dev", bridge)
+    subnet = random.randrange(1, 250)
+    bridge_ip = f"198.18.{subnet}.254"
+    sh("ip", "addr", "add", f"{bridge_ip}/24", "dev", bridge)
     sh("ip", "link", "set", bridge, "up")
     cache = SnapCache(SYNCER_FELIX)
-    server = SyncServer({SYNCER_FELIX: cache}, ServerConfig(host=BRIDGE_IP, port=0))
+    server = SyncServer({SYNCER_FELIX: cache}, ServerConfig(host=bridge_ip, port=0))
     await server.start()
     ingestor = Ingestor({SYNCER_FELIX: cache})
-    c = Cluster(tag, ingestor, server)
+    logs = tempfile.TemporaryDirectory(prefix="pytypha-cluster-")
+    c = Cluster(tag, subnet, ingestor, server, logdir=logs.name)
     c.apply(
         (ADDED, "namespaces", make_namespace("default")),
         (
@@ -276,6 +289,10 @@ async def cluster() -> AsyncIterator[Cluster]:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        for node in c.felix:
+            with open(os.path.join(logs.name, f"{node}.log"), errors="replace") as f:
+                print(f"--- felix on {node} ---\n{f.read()[-4000:]}")
+        logs.cleanup()
         await server.shutdown()
         for line in sh("ip", "netns", "list").stdout.splitlines():
             name = line.split()[0]
@@ -315,7 +332,7 @@ async def test_pods_on_different_nodes_reach_each_other(cluster: Cluster) -> Non
     routes = cluster.routes("node1")
     assert "blackhole 198.19.1.0/26" in routes
     assert "198.19.1.2 dev " + iface_for("default", "a1") + " scope link" in routes
-    assert "198.19.2.0/26 via 198.18.0.2 dev eth0" in routes
+    assert f"198.19.2.0/26 via {cluster.ip(2)} dev eth0" in routes
     await all_pods_connect(cluster, 8080)
 
 
@@ -327,7 +344,7 @@ async def test_vxlan_pool_felix_makes_vxlan_calico_and_pods_reach_each_other(clu
         dev = cluster.link(node, "vxlan.calico")
         info = dev["linkinfo"]["info_data"]
         assert (dev["mtu"], dev["address"]) == (1450, f"66:00:00:00:00:{i:02x}")
-        assert (info["id"], info["port"], info["local"], info["learning"]) == (4096, 4789, f"198.18.0.{i}", False)
+        assert (info["id"], info["port"], info["local"], info["learning"]) == (4096, 4789, cluster.ip(i), False)
     assert "198.19.2.0/26 via 198.19.2.1 dev vxlan.calico onlink" in cluster.routes("node1")
     await all_pods_connect(cluster, 8081)
     # No pool uses VXLAN any more: native routes again, and felix removes the device it made.
@@ -335,7 +352,7 @@ async def test_vxlan_pool_felix_makes_vxlan_calico_and_pods_reach_each_other(clu
     for node in cluster.nodes:
         await wait_for(lambda n=node: cluster.link(n, "vxlan.calico") == {}, 15, f"vxlan.calico removed on {node}")
         await wait_for(lambda n=node: "dev vxlan.calico" not in cluster.routes(n), 15, f"native routes on {node}")
-    assert "198.19.2.0/26 via 198.18.0.2 dev eth0" in cluster.routes("node1")
+    assert f"198.19.2.0/26 via {cluster.ip(2)} dev eth0" in cluster.routes("node1")
     await all_pods_connect(cluster, 8082)
 
 
@@ -345,7 +362,7 @@ async def test_borrowed_address_is_reachable_from_every_node(cluster: Cluster) -
     cluster.add_pod("borrower", "node3", "198.19.1.40")
     cluster.borrow("198.19.1.0/26", "node1", "198.19.1.40", "node3")
     await wait_for(
-        lambda: "198.19.1.40 via 198.18.0.3" in cluster.routes("node1"), 15, "borrowed /32 on the block owner"
+        lambda: f"198.19.1.40 via {cluster.ip(3)}" in cluster.routes("node1"), 15, "borrowed /32 on the block owner"
     )
     srv = listen(cluster.pod_ns("borrower"), 9090)
     try:
@@ -358,10 +375,10 @@ async def test_borrowed_address_is_reachable_from_every_node(cluster: Cluster) -
 async def test_drift_repaired_and_foreign_routes_left_alone(cluster: Cluster) -> None:
     await three_nodes(cluster)
     ns = cluster.node_ns("node1")
-    sh("ip", "netns", "exec", ns, "ip", "route", "add", "203.0.113.0/24", "via", BRIDGE_IP, "proto", "static")
+    sh("ip", "netns", "exec", ns, "ip", "route", "add", "203.0.113.0/24", "via", cluster.ip(254), "proto", "static")
     sh("ip", "netns", "exec", ns, "ip", "route", "del", "198.19.2.0/26")
     await wait_for(
-        lambda: "198.19.2.0/26 via 198.18.0.2" in cluster.routes("node1"), 10, "deleted route repaired by resync"
+        lambda: f"198.19.2.0/26 via {cluster.ip(2)}" in cluster.routes("node1"), 10, "deleted route repaired by resync"
     )
     assert "203.0.113.0/24" in sh("ip", "netns", "exec", ns, "ip", "route", "show", "proto", "static").stdout
     srv = listen(cluster.pod_ns("b2"), 7070)
@@ -378,7 +395,9 @@ async def test_moving_a_pod_moves_its_route(cluster: Cluster) -> None:
     cluster.add_pod("b2-moved", "node1", "198.19.2.2")
     cluster.borrow("198.19.2.0/26", "node2", "198.19.2.2", "node1")
     await wait_for(
-        lambda: "198.19.2.2 via 198.18.0.1" in cluster.routes("node3"), 15, "node3 to route the moved pod via node1"
+        lambda: f"198.19.2.2 via {cluster.ip(1)}" in cluster.routes("node3"),
+        15,
+        "node3 to route the moved pod via node1",
     )
     await wait_for(
         lambda: "198.19.2.2 dev " + iface_for("default", "b2-moved") in cluster.routes("node1"),

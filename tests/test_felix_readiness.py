@@ -264,3 +264,27 @@ async def test_an_unknown_node_name_programs_nothing_and_stays_unready(caplog: p
         assert {r.dst for r in kernel.routes.values()} >= {"10.200.2.0/26", "10.200.0.0/26", "10.200.1.0/26"}
     finally:
         await gen.aclose()
+
+
+async def test_vteps_of_other_nodes_are_no_problem_while_no_pool_uses_vxlan() -> None:
+    kernel = FakeKernel()
+    kernel.add_link("under0")
+    kernel.add_addr("under0", "198.18.0.1/16")
+    events = [
+        (ADDED, "ippools", pool()),  # native routing...
+        (ADDED, "nodes", node("me", "198.18.0.1", vtep="10.200.0.1", mac="66:00:00:00:00:01")),
+        (ADDED, "nodes", node("other", "198.18.0.2", vtep="10.200.1.1", mac="66:00:00:00:00:02")),  # ...but VTEPs
+        *block("me", "10.200.0.0/26"),
+        *block("other", "10.200.1.0/26"),
+    ]
+    gen = run_felix(events, "me", RouteManager(netlink=kernel.socket), DeviceManager(netlink=kernel.socket))
+    felix = await gen.__anext__()
+    try:
+        await wait_for(lambda: felix.agent.programmed_once, 5, "programmed")
+        assert "neigh:10.200.1.1" in felix.agent.routes.pending()  # waiting for a device nobody needs...
+        assert (await felix.status())["problems"] == []  # ...which is not a problem
+        felix.ingest.handle([(ADDED, "ippools", pool(vxlan="Always"))])
+        await wait_for(lambda: felix.agent.routes.pending() == {}, 5, "VXLAN programmed")
+        assert kernel.link("vxlan.calico").mac == "66:00:00:00:00:01" and felix.agent.ready
+    finally:
+        await gen.aclose()
