@@ -606,6 +606,7 @@ async def raw_request(h: Any, method: str, path: str, token: str | None = TOKEN,
             return r.status, body
 
 
+@pytest.mark.slow
 async def test_kubeconfig_and_discovery(server, api, tmp_path) -> None:
     text = (tmp_path / "kubeconfig").read_text()
     assert f"https://127.0.0.1:{server.port}" in text and "certificate-authority-data" in text
@@ -623,6 +624,7 @@ async def test_kubeconfig_and_discovery(server, api, tmp_path) -> None:
     assert {"ippools", "globalnetworkpolicies", "ipamblocks", "bgppeers"} <= {r.name for r in cres.resources}
 
 
+@pytest.mark.slow
 async def test_list_and_crud_with_status_bodies(server, api) -> None:
     v1 = client.CoreV1Api(api)
     nss = await v1.list_namespace()
@@ -672,6 +674,7 @@ async def test_list_and_crud_with_status_bodies(server, api) -> None:
     assert (await v1.list_namespaced_pod("default")).items == []
 
 
+@pytest.mark.slow
 async def test_calico_custom_objects(server, api) -> None:
     co = client.CustomObjectsApi(api)
     gnp = make_calico_object("GlobalNetworkPolicy", "default.allow-dns", {"order": 10, "selector": "all()"})
@@ -746,6 +749,7 @@ async def test_calico_custom_objects(server, api) -> None:
     }
 
 
+@pytest.mark.slow
 async def test_pagination_consistent_across_concurrent_writes(server, api) -> None:
     v1 = client.CoreV1Api(api)
     server.store.bulk_load("pods", [pod(f"p{i:03d}") for i in range(120)])
@@ -773,6 +777,7 @@ async def test_pagination_consistent_across_concurrent_writes(server, api) -> No
     assert len(latest.items) == 120 and int(latest.metadata.resource_version) > int(snap)
 
 
+@pytest.mark.slow
 async def test_watch_added_modified_deleted(server, api) -> None:
     v1 = client.CoreV1Api(api)
     await v1.create_namespaced_pod("default", pod("pre"))
@@ -791,6 +796,7 @@ async def test_watch_added_modified_deleted(server, api) -> None:
     await wait_until(lambda: server.stats.resource("pods").open_watches == 0, what="watch released")
 
 
+@pytest.mark.slow
 async def test_watch_from_rv_bookmarks_and_in_process_writes(server, api) -> None:
     v1 = client.CoreV1Api(api)
     rv = str(server.store.rv)
@@ -815,6 +821,7 @@ async def test_watch_from_rv_bookmarks_and_in_process_writes(server, api) -> Non
     assert st_.bookmarks_sent >= 2 and st_.events_sent >= 2
 
 
+@pytest.mark.slow
 async def test_watch_too_old_rv_gets_410_error_event(server, api) -> None:
     v1 = client.CoreV1Api(api)
     old = str(server.store.rv)
@@ -844,6 +851,7 @@ async def test_watch_too_old_rv_gets_410_error_event(server, api) -> None:
     assert server.stats.resource("nodes").watches_expired == 2
 
 
+@pytest.mark.slow
 async def test_continue_token_410_after_compaction(server, api) -> None:
     v1 = client.CoreV1Api(api)
     server.store.bulk_load("nodes", [make_node(f"n{i}", "10.0.0.1") for i in range(10)])
@@ -860,6 +868,7 @@ async def test_continue_token_410_after_compaction(server, api) -> None:
     assert server.stats.resource("nodes").list_expired == 1
 
 
+@pytest.mark.slow
 async def test_small_window_forces_relist(tmp_path) -> None:
     h = await start_apiserver(token=TOKEN, window_size=3)
     try:
@@ -880,6 +889,7 @@ async def test_small_window_forces_relist(tmp_path) -> None:
         await h.stop()
 
 
+@pytest.mark.slow
 async def test_auth_401_and_403(server, api, tmp_path) -> None:
     async with await _api_client(server, tmp_path / "bad", token="wrong") as bad:
         with pytest.raises(ApiException) as ei:
@@ -918,6 +928,7 @@ async def test_auth_401_and_403(server, api, tmp_path) -> None:
     assert server.stats.forbidden == 2 and server.stats.unauthorized == 3
 
 
+@pytest.mark.slow
 async def test_label_and_field_selectors_over_http(server, api) -> None:
     v1 = client.CoreV1Api(api)
     store = server.store
@@ -971,6 +982,7 @@ async def test_label_and_field_selectors_over_http(server, api) -> None:
     assert ev["object"].metadata.resource_version == str(store.rv)
 
 
+@pytest.mark.slow
 async def test_cut_watches_and_reconnect(server, api) -> None:
     v1 = client.CoreV1Api(api)
     got_added = asyncio.Event()
@@ -1009,6 +1021,7 @@ async def test_cut_watches_and_reconnect(server, api) -> None:
     assert server.stats.resource("nodes").watches_total == 3
 
 
+@pytest.mark.slow
 async def test_slow_watcher_is_closed(tmp_path) -> None:
     h = await start_apiserver(token=TOKEN, max_watch_queue=5)
     try:
@@ -1034,6 +1047,7 @@ async def test_slow_watcher_is_closed(tmp_path) -> None:
         await h.stop()
 
 
+@pytest.mark.slow
 async def test_client_disconnect_releases_idle_watch(server) -> None:
     async with (
         aiohttp.ClientSession() as sess,
@@ -1050,6 +1064,7 @@ async def test_client_disconnect_releases_idle_watch(server) -> None:
     assert not server.store.watchers("pods")
 
 
+@pytest.mark.slow
 async def test_stats_endpoint_and_object(server, api) -> None:
     v1 = client.CoreV1Api(api)
     await v1.list_node()
@@ -1069,6 +1084,7 @@ async def test_stats_endpoint_and_object(server, api) -> None:
     assert server.stats.snapshot()["resources"]["nodes"]["creates"] == 1
 
 
+@pytest.mark.slow
 async def test_too_large_rv_waits_then_504(server, api) -> None:
     future = server.store.rv + 1
     status, body = await raw_request(server, "GET", f"/api/v1/nodes?resourceVersion={future + 5}")
@@ -1086,6 +1102,7 @@ async def test_too_large_rv_waits_then_504(server, api) -> None:
     assert status == 200 and [i["metadata"]["name"] for i in body["items"]] == ["n1"]
 
 
+@pytest.mark.slow
 async def test_streaming_list_send_initial_events(server) -> None:
     server.store.create("nodes", make_node("n1", "10.0.0.1"))
     async with (
@@ -1105,6 +1122,7 @@ async def test_streaming_list_send_initial_events(server) -> None:
     assert status == 422
 
 
+@pytest.mark.slow
 async def test_main_entry_point(tmp_path) -> None:
     kc = tmp_path / "kc"
     proc = await asyncio.create_subprocess_exec(

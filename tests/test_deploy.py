@@ -237,6 +237,7 @@ def test_dockerfile_copies_every_package_and_the_ignore_file_lets_them_through()
     assert re.search(r"^USER 10001:10001$", dockerfile, re.M)
 
 
+@pytest.mark.slow
 def test_entrypoint_raises_the_open_files_soft_limit() -> None:
     hard = subprocess.run(["sh", "-c", "ulimit -Hn"], capture_output=True, text=True, check=True).stdout.strip()
     if hard == "unlimited" or int(hard) <= 256:

@@ -22,6 +22,8 @@ from typha.syncserver import ServerConfig, SyncServer
 
 from .conftest import kernel_skip, wait_for
 
+pytestmark = pytest.mark.slow  # a network namespace, a typha server, HTTP endpoints
+
 
 @pytest.fixture
 def netns() -> object:

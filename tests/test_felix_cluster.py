@@ -41,7 +41,7 @@ from typha.syncserver import ServerConfig, SyncServer
 
 from .conftest import kernel_skip, wait_for
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.slow]  # network namespaces, felix processes
 
 POOL = "198.19.0.0/16"
 

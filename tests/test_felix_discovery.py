@@ -68,6 +68,7 @@ def test_static_addresses_and_config_validation() -> None:
         load_config([], environ={"FELIX_TYPHA_ADDRESSES": "x:notaport"})
 
 
+@pytest.mark.slow
 async def test_discovery_against_the_api_server(tmp_path: Path) -> None:
     api = await start_apiserver()
     try:

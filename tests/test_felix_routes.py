@@ -27,7 +27,7 @@ from protocol import keys as K
 from tests.conftest import kernel_skip
 from typha.k8s.projection import interface_name
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.slow]  # network namespaces via ip(8)
 
 ME = "node-a"
 _counter = itertools.count()

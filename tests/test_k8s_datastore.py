@@ -111,6 +111,7 @@ def pod_watches(rig: Rig) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_agents_hold_the_projection_of_the_api_server(rig: Rig) -> None:
     agents = rig.agents(30) + rig.agents(3, SYNCER_BGP)
     tasks = await run_agents(agents)
@@ -128,6 +129,7 @@ async def test_agents_hold_the_projection_of_the_api_server(rig: Rig) -> None:
     await stop_agents(agents, tasks)
 
 
+@pytest.mark.slow
 async def test_random_churn_no_update_lost_or_duplicated(rig: Rig) -> None:
     seen: dict[str, list[bytes | None]] = {}
 
@@ -148,6 +150,7 @@ async def test_random_churn_no_update_lost_or_duplicated(rig: Rig) -> None:
     await stop_agents(agents, tasks)
 
 
+@pytest.mark.slow
 async def test_status_only_pod_updates_are_skipped_and_never_reach_agents(rig: Rig) -> None:
     reported: list[KV] = []
     agents = rig.agents(1, on_updates=reported.extend)
@@ -165,6 +168,7 @@ async def test_status_only_pod_updates_are_skipped_and_never_reach_agents(rig: R
     await stop_agents(agents, tasks)
 
 
+@pytest.mark.slow
 async def test_watch_cut_mid_stream_resumes_without_relist(rig: Rig) -> None:
     agents = rig.agents(5)
     tasks = await run_agents(agents)
@@ -178,6 +182,7 @@ async def test_watch_cut_mid_stream_resumes_without_relist(rig: Rig) -> None:
     await stop_agents(agents, tasks)
 
 
+@pytest.mark.slow
 async def test_compaction_forces_relist_that_synthesizes_deletions(rig: Rig) -> None:
     agents = rig.agents(5)
     tasks = await run_agents(agents)
@@ -206,6 +211,7 @@ async def test_compaction_forces_relist_that_synthesizes_deletions(rig: Rig) -> 
     await stop_agents(agents, tasks)
 
 
+@pytest.mark.slow
 async def test_api_server_restart_drops_status_then_recovers(rig: Rig) -> None:
     agents = rig.agents(3)
     tasks = await run_agents(agents)
@@ -226,6 +232,7 @@ async def test_api_server_restart_drops_status_then_recovers(rig: Rig) -> None:
     await stop_agents(agents + watcher, tasks)
 
 
+@pytest.mark.slow
 async def test_bad_token_and_forbidden_resource_are_retried_not_fatal(tmp_path: Path) -> None:
     api = await start_apiserver()
     seed(api.store, SyntheticCluster(nodes=3, pods_per_node=2, seed=1))
@@ -263,6 +270,7 @@ async def test_bad_token_and_forbidden_resource_are_retried_not_fatal(tmp_path: 
         await api.stop()
 
 
+@pytest.mark.slow
 async def test_objects_missing_fields_are_skipped_and_counted(rig: Rig) -> None:
     agents = rig.agents(1)
     tasks = await run_agents(agents)
@@ -309,6 +317,7 @@ def test_connection_target_formula() -> None:
     assert connection_target(2, 100_000, 3) == 10_000  # the ceiling
 
 
+@pytest.mark.slow
 async def test_rebalancer_counts_nodes_and_ready_replicas(rig: Rig) -> None:
     from loadtest.apiserver.fixtures import make_node
     from typha.rebalance import Rebalancer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import aiohttp
+import pytest
 
 from protocol import SyncStatus
 from protocol.client import SyncClient
@@ -36,6 +37,7 @@ FAMILIES = [
 ]
 
 
+@pytest.mark.slow
 async def test_readiness_follows_sync_status_and_metrics_cover_families() -> None:
     caches = {"felix": SnapCache("felix"), "bgp": SnapCache("bgp")}
     metrics = ServerMetrics()

@@ -26,6 +26,8 @@ from typha.snapcache import SnapCache
 
 from .conftest import make_cache, wait_for
 
+pytestmark = pytest.mark.slow  # every test runs a typha server on loopback
+
 
 def dropped(server, reason: str) -> float:
     return server.metrics.registry.get_sample_value("typha_connections_dropped_total", {"reason": reason}) or 0.0
