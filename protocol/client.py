@@ -7,11 +7,19 @@ bytes, and the client applies the validated messages to its view and reports cha
 callbacks. Felix and the load test both use it, the load test in "cheap" mode (`decode_kvs=False`),
 where only frame headers are read and sequence continuity is still enforced.
 
-Reconnects are where naive clients go wrong. Typha has no resume: every new connection starts with a
-full snapshot. The client therefore keeps its old view while the new snapshot streams in, reports
-only keys whose value actually differs, and when the final chunk arrives reports a deletion for every
-key the new snapshot lacks. The caller sees exactly the difference between its old view and the
+Reconnects are where naive clients go wrong. A reconnect first asks to *resume*: the client names the
+cache epoch and the last seq it applied, and a server that still holds that point of the same cache
+sends only the breadcrumbs missed since (docs/protocol.md 12.1); the view is then already right and
+the stream simply continues. Otherwise (another replica, a restarted typha, a seq outside the resume
+window) a full snapshot follows. The client keeps its old view while it streams in, reports only keys
+whose value actually differs, and when the final chunk arrives reports a deletion for every key the
+new snapshot lacks. Either way the caller sees exactly the difference between its old view and the
 server's, never a flood of unchanged keys and never a stale key left behind.
+
+`stop()` must end `run()` wherever it is waiting: on a live stream (goodbye and close), in a dial
+(address lookup or TCP connect, abandoned) or in the backoff before the next dial (cut short). The
+dial therefore races a stop event instead of being awaited alone, so an agent exits within a moment of
+SIGTERM whether or not typha is reachable.
 
 A connection that goes quiet for `read_timeout` (3 x the server's ping interval unless set) is
 dropped and redialled: the server pings every interval, so silence means a black-holed connection.
@@ -364,6 +372,8 @@ class SyncClient:
             seen = self._seen
             changed: list[KV] = []
             for kv in chunk.kvs:
+                if kv.value is None:
+                    continue  # never sent by a correct server; "absent" (the final chunk deletes it if held)
                 if seen is not None:
                     seen.add(kv.key)
                     old = state.get(kv.key)

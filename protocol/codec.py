@@ -201,6 +201,9 @@ def _unpack_map(body: bytes, what: str) -> dict[str, Any]:
         raise ProtocolError(f"{what}: body is not valid msgpack ({type(exc).__name__})") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"{what}: body must be a map, got {type(obj).__name__}")
+    # strict_map_key admits str and bin keys; a bin key can never name a field, so it is malformed too.
+    if not all(type(k) is str for k in obj):
+        raise ProtocolError(f"{what}: map keys must be msgpack str")
     return obj
 
 
@@ -294,6 +297,15 @@ def decode(frame: Frame, decompressor: Decompressor | None = None, decode_kvs: b
         compression = _str_list(_opt_field(obj, "compression", list, [], what), "compression", what)
         if not all(isinstance(c, str) for c in compression):
             raise ProtocolError(f"{what}: 'compression' must list strings")
+        resume_epoch = _opt_field(obj, "resume_epoch", str, "", what)
+        resume_seq = _opt_field(obj, "resume_seq", int, None, what)
+        if resume_seq is None:
+            # Required with an epoch: a forgotten seq must not quietly mean "I hold the state of seq 0".
+            if resume_epoch:
+                raise ProtocolError(f"{what}: 'resume_epoch' without 'resume_seq'")
+            resume_seq = 0
+        elif resume_seq < 0:
+            raise ProtocolError(f"{what}: 'resume_seq' must not be negative, got {resume_seq}")
         return ClientHello(
             hostname=_field(obj, "hostname", str, what),
             syncer_type=_field(obj, "syncer_type", str, what),
@@ -301,8 +313,8 @@ def decode(frame: Frame, decompressor: Decompressor | None = None, decode_kvs: b
             info=_opt_field(obj, "info", str, "", what),
             compression=compression,
             connection_id=_opt_field(obj, "connection_id", str, "", what),
-            resume_epoch=_opt_field(obj, "resume_epoch", str, "", what),
-            resume_seq=_opt_field(obj, "resume_seq", int, 0, what),
+            resume_epoch=resume_epoch,
+            resume_seq=resume_seq,
         )
     if mtype is MsgType.SERVER_HELLO:
         chosen = obj.get("compression")

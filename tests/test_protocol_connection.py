@@ -7,6 +7,7 @@ snapshot bytes, decoded by a client, must rebuild exactly the state the cache ho
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -655,37 +656,78 @@ def _feed(conn: ClientConnection, data: bytes, piece_sizes: list[int]) -> list:
 # The resync rule, as the reference client implements it (no sockets: messages are handed over directly)
 
 
+class _FakeProto:
+    """Stands in for the client's transport protocol: messages are handed to the client directly."""
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+
+    def send(self, data: bytes) -> None:
+        pass
+
+    def finish(self, reason: str, goodbye=None) -> None:
+        pass
+
+
+def _connect(client, data: bytes, hello: ClientHello = HELLO, server_hello: ServerHello = SERVER_HELLO) -> None:
+    """One connection of `client`: the server hello, then `data`."""
+    conn = ClientConnection(hello)
+    proto = _FakeProto(conn)
+    for msg in conn.receive_data(encode(server_hello) + data):
+        client._handle(proto, msg)
+
+
 def test_resync_reports_only_the_difference_and_synthesizes_deletes() -> None:
     from protocol.client import SyncClient
 
     reported: list[list[KV]] = []
     client = SyncClient([("127.0.0.1", 1)], "felix", hostname="h", on_updates=reported.append)
-
-    class Proto:
-        def __init__(self, conn: ClientConnection) -> None:
-            self.conn = conn
-
-        def send(self, data: bytes) -> None:
-            pass
-
-        def finish(self, reason: str, goodbye=None) -> None:
-            pass
-
-    def connect(data: bytes) -> None:
-        conn = ClientConnection(HELLO)
-        proto = Proto(conn)
-        for msg in conn.receive_data(encode(SERVER_HELLO) + data):
-            client._handle(proto, msg)
-
-    connect(chunk(4, 0, [("a", b"1", "1"), ("b", b"2", "1")]) + chunk(4, 1, [("c", b"3", "1")], final=True))
+    _connect(client, chunk(4, 0, [("a", b"1", "1"), ("b", b"2", "1")]) + chunk(4, 1, [("c", b"3", "1")], final=True))
     assert sorted(kv.key for batch in reported for kv in batch) == ["a", "b", "c"]
     reported.clear()
     # Reconnect (maybe to another server: seqs are unrelated). "a" unchanged, "b" changed, "c" gone, "d" new.
-    connect(chunk(100, 0, [("a", b"1", "9"), ("b", b"22", "9")]) + chunk(100, 1, [("d", b"4", "9")], final=True))
+    _connect(
+        client, chunk(100, 0, [("a", b"1", "9"), ("b", b"22", "9")]) + chunk(100, 1, [("d", b"4", "9")], final=True)
+    )
     flat = [kv for batch in reported for kv in batch]
     assert sorted((kv.key, kv.value) for kv in flat) == [("b", b"22"), ("c", None), ("d", b"4")]
     assert {k: kv.value for k, kv in client.state.items()} == {"a": b"1", "b": b"22", "d": b"4"}
     assert client.stats.deletes_synthesized == 1 and client.seq == 100
+
+
+def test_a_nil_value_in_a_snapshot_means_the_key_is_absent() -> None:
+    # Senders never put nil in a snapshot (section 5); a receiver that gets one treats the key as absent.
+    from protocol.client import SyncClient
+
+    reported: list[KV] = []
+    client = SyncClient([("127.0.0.1", 1)], "felix", hostname="h", on_updates=reported.extend)
+    _connect(client, chunk(4, 0, [("a", b"1", "1"), ("nil", None, "1")], final=True))
+    assert set(client.state) == {"a"} and [kv.key for kv in reported] == ["a"]
+    reported.clear()
+    _connect(client, chunk(9, 0, [("a", None, "2"), ("b", b"2", "2")], final=True))  # resync: "a" now absent
+    assert set(client.state) == {"b"}
+    assert sorted((kv.key, kv.value) for kv in reported) == [("a", None), ("b", b"2")]
+
+
+def test_a_resumed_connection_is_in_sync_without_a_snapshot() -> None:
+    # Section 8.4: a granted resume stands in for the FINAL chunk; the status is the stream's last one.
+    from protocol.client import SyncClient
+
+    client = SyncClient([("127.0.0.1", 1)], "felix", hostname="h")
+    _connect(client, chunk(4, 0, [("a", b"1", "1")], final=True), server_hello=replace(SERVER_HELLO, epoch="e1"))
+    assert client.in_sync and client.seq == 4
+    client._synced.clear()  # what run() does when the connection drops
+    client._streaming.clear()
+    resume = replace(HELLO, resume_epoch="e1", resume_seq=4)
+    _connect(client, b"", hello=resume, server_hello=replace(SERVER_HELLO, epoch="e1", resumed=True))
+    assert client.in_sync and client.stats.resumes == 1  # nothing was missed: in sync at the hello
+    _connect(
+        client,
+        encode_sync_status(4, 5, 1, SyncStatus.RESYNC_IN_PROGRESS),
+        hello=resume,
+        server_hello=replace(SERVER_HELLO, epoch="e1", resumed=True),
+    )
+    assert not client.in_sync and client.seq == 5
 
 
 def test_resume_fields_round_trip_and_resumed_hello_skips_the_snapshot() -> None:

@@ -7,7 +7,10 @@ IndexError or a zstd/msgpack exception escaping would take down a server's event
 
 from __future__ import annotations
 
+import re
 import struct
+from dataclasses import replace
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -363,6 +366,8 @@ def test_truncated_bodies_raise_protocol_error(msg, data) -> None:
         msgpack.packb([1, 2, 3]),
         msgpack.packb("text"),
         msgpack.packb({1: 2}),  # non-string map key
+        msgpack.packb({"ts": 1, b"ts": 2}, use_bin_type=True),  # a bin key is not a str key either
+        msgpack.packb({b"code": "x"}, use_bin_type=True),
         msgpack.packb({}) + b"\x00",  # trailing bytes
         b"\xdf\xff\xff\xff\xff",  # map claiming 4G entries
     ],
@@ -401,6 +406,13 @@ SERVER_HELLO_OK = {"version": 1, "syncer_type": "felix", "compression": "zstd", 
         (MsgType.CLIENT_HELLO, {**HELLO_OK, "compression": [1]}),
         (MsgType.CLIENT_HELLO, {**HELLO_OK, "info": 5}),
         (MsgType.CLIENT_HELLO, {**HELLO_OK, "connection_id": ["x"]}),
+        (MsgType.CLIENT_HELLO, {**HELLO_OK, "resume_epoch": "e"}),  # resume_seq omitted: not silently 0
+        (MsgType.CLIENT_HELLO, {**HELLO_OK, "resume_epoch": "e", "resume_seq": -1}),
+        (MsgType.CLIENT_HELLO, {**HELLO_OK, "resume_epoch": "e", "resume_seq": "7"}),
+        (MsgType.CLIENT_HELLO, {**HELLO_OK, "resume_epoch": 7, "resume_seq": 7}),
+        (MsgType.CLIENT_HELLO, {**HELLO_OK, "resume_seq": "7"}),  # wrong type even where it is unused
+        (MsgType.SERVER_HELLO, {**SERVER_HELLO_OK, "resumed": 1}),
+        (MsgType.SERVER_HELLO, {**SERVER_HELLO_OK, "epoch": None}),
         (MsgType.SERVER_HELLO, {**SERVER_HELLO_OK, "version": "1"}),
         (MsgType.SERVER_HELLO, {**SERVER_HELLO_OK, "version": True}),
         (MsgType.SERVER_HELLO, {**SERVER_HELLO_OK, "version": 1.0}),
@@ -442,6 +454,10 @@ def test_valid_control_fixtures_decode() -> None:
         decode(Frame(MsgType.SERVER_HELLO, 0, msgpack.packb({**SERVER_HELLO_OK, "ping_interval": 3}))).ping_interval
         == 3.0
     )
+    resuming = {**HELLO_OK, "resume_epoch": "e", "resume_seq": 0}
+    assert decode(Frame(MsgType.CLIENT_HELLO, 0, msgpack.packb(resuming))).resume_seq == 0
+    stray_seq = {**HELLO_OK, "resume_seq": 5}  # without an epoch there is nothing to resume: ignored
+    assert decode(Frame(MsgType.CLIENT_HELLO, 0, msgpack.packb(stray_seq))).resume_epoch == ""
 
 
 def _updates_frame(payload: bytes, count: int, flags: int = 0, base: int = 1, seq: int = 2) -> Frame:
@@ -736,10 +752,18 @@ SPEC_EXAMPLES = [
            6f 6e 5f 69 64 a2 63 31""",
     ),
     (
-        ServerHello(version=1, syncer_type="felix", compression="zstd", server_id="srv1", ping_interval=10.0),
-        """00 00 00 53 02 00 00 00 85 a7 76 65 72 73 69 6f 6e 01 ab 73 79 6e 63 65 72 5f 74 79 70 65 a5 66
+        ServerHello(
+            version=1,
+            syncer_type="felix",
+            compression="zstd",
+            server_id="srv1",
+            ping_interval=10.0,
+            epoch="5d1f0c8a9b3e4f27",
+        ),
+        """00 00 00 6a 02 00 00 00 86 a7 76 65 72 73 69 6f 6e 01 ab 73 79 6e 63 65 72 5f 74 79 70 65 a5 66
            65 6c 69 78 ab 63 6f 6d 70 72 65 73 73 69 6f 6e a4 7a 73 74 64 a9 73 65 72 76 65 72 5f 69 64 a4
-           73 72 76 31 ad 70 69 6e 67 5f 69 6e 74 65 72 76 61 6c cb 40 24 00 00 00 00 00 00""",
+           73 72 76 31 ad 70 69 6e 67 5f 69 6e 74 65 72 76 61 6c cb 40 24 00 00 00 00 00 00 a5 65 70 6f 63
+           68 b0 35 64 31 66 30 63 38 61 39 62 33 65 34 66 32 37""",
     ),
     (
         Updates(
@@ -780,6 +804,21 @@ def test_spec_examples(msg, hexdump) -> None:
     assert decode(frame) == msg
 
 
+def test_spec_document_shows_the_encoder_bytes() -> None:
+    # The hex dumps in docs/protocol.md section 13 are the bytes above (13.1-13.5 as offset dumps, 13.6 inline).
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()
+    section13 = doc[doc.index("## 13. Worked examples") : doc.index("## 14.")]
+    dumps = []
+    for block in re.findall(r"```\n(0000:.*?)```", section13, re.S):
+        dumps.append(bytes.fromhex("".join(line.split(":", 1)[1] for line in block.strip().splitlines())))
+    dumps.append(bytes.fromhex(re.search(r"`(00 00 00 0d 06 [0-9a-f ]+)`", section13)[1]))
+    assert dumps == [bytes.fromhex(h) for _, h in SPEC_EXAMPLES[:6]]
+    # "Granting a resume adds a seventh entry at the end, a7 "resumed" c3: map header 87, length field 115."
+    plain = encode(SPEC_EXAMPLES[1][0])
+    resumed = encode(replace(SPEC_EXAMPLES[1][0], resumed=True))
+    assert resumed == (115).to_bytes(4, "big") + plain[4:8] + b"\x87" + plain[9:] + b"\xa7resumed\xc3"
+
+
 def test_spec_compressed_example_prefix() -> None:
     kvs = [
         KV(
@@ -789,12 +828,14 @@ def test_spec_compressed_example_prefix() -> None:
         )
         for i in range(20)
     ]
-    wire = encode_updates(9, 10, _T, SyncStatus.IN_SYNC, kvs, Compressor())
-    assert len(encode_updates(9, 10, _T, SyncStatus.IN_SYNC, kvs)) == 2893
+    wire = encode_snapshot_chunk(10, 0, _T, SyncStatus.IN_SYNC, kvs, True, Compressor())
+    assert len(encode_snapshot_chunk(10, 0, _T, SyncStatus.IN_SYNC, kvs, True)) == 2893
     # The compressed size (and so the length field) depends on the zstd library version; the rest is fixed.
     assert int.from_bytes(wire[:4], "big") == len(wire) - 8 < 1000
     assert wire[4:47] == bytes.fromhex(
-        "04 01 00 00 00 00 00 00 00 00 00 09 00 00 00 00 00 00 00 0a 17 97 9c fe 36 2a 00 00"
+        "05 03 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 0a 17 97 9c fe 36 2a 00 00"
         "00 00 00 14 03 00 00 00 28 b5 2f fd 60 25 0a"
     )
     assert zstandard.frame_content_size(wire[40:]) == 2853
+    (frame,) = read_all(wire)
+    assert decode(frame, Decompressor(1 << 20)).kvs == kvs
