@@ -306,6 +306,8 @@ def decode(frame: Frame, decompressor: Decompressor | None = None, decode_kvs: b
             resume_seq = 0
         elif resume_seq < 0:
             raise ProtocolError(f"{what}: 'resume_seq' must not be negative, got {resume_seq}")
+        elif not resume_epoch:
+            resume_seq = 0  # meaningless without an epoch (and never re-encoded without one)
         return ClientHello(
             hostname=_field(obj, "hostname", str, what),
             syncer_type=_field(obj, "syncer_type", str, what),
