@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SYSTEM_TOOLS := iptables ipset ip conntrack
 
-.PHONY: demo test lint bench system-packages clean
+.PHONY: demo test lint bench fuzz fuzz-ci system-packages clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -36,8 +36,23 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# Coverage-guided fuzzing (atheris) of every parser of untrusted input, FUZZ_SECONDS per target; crash
+# inputs land in .fuzz/crashes/. Where atheris cannot install, the same targets run under hypothesis.
+FUZZ_SECONDS ?= 60
+$(VENV)/.fuzz-installed: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[test,fuzz]' || echo "note: atheris did not install; fuzzing falls back to hypothesis"
+	touch $@
+
+fuzz: $(VENV)/.fuzz-installed
+	$(PY) -m fuzz all --seconds $(FUZZ_SECONDS)
+
+# CI's short run: seeded and bounded by a number of inputs rather than by time, so a slow or busy machine
+# does the same work as a fast one (about half a minute in all).
+fuzz-ci: $(VENV)/.fuzz-installed
+	$(PY) -m fuzz all --seconds 60 --runs 20000 --seed 1
+
 bench: $(VENV)/.installed
 	$(VENV)/bin/loadtest bench fanout
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis .fuzz

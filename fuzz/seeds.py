@@ -1,0 +1,222 @@
+"""Build the seed corpus: small valid inputs for every target, from the real encoders and fixtures.
+
+Run `python -m fuzz.seeds` to rewrite `fuzz/corpus/<target>/seed-*`; files named otherwise (crash
+regressions, `regress-*`) are left alone. The output is deterministic, so a rerun changes nothing
+unless an encoder or fixture did.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from loadtest.apiserver.fixtures import make_calico_object, make_namespace, make_node, make_pod
+from loadtest.apiserver.patch import JSON_PATCH, MERGE, STRATEGIC
+from loadtest.apiserver.store import encode_continue
+from protocol import (
+    KV,
+    ClientHello,
+    Goodbye,
+    GoodbyeCode,
+    Ping,
+    Pong,
+    ServerHello,
+    SnapshotChunk,
+    SyncStatus,
+    SyncStatusChange,
+    Updates,
+    encode,
+)
+from protocol.codec import Compressor, encode_snapshot_chunk, encode_sync_status, encode_updates
+from typha.synthetic import SyntheticCluster
+
+from .targets import FUZZ_HELLO, FUZZ_RESUME_HELLO, PATCH_TYPES
+
+CORPUS = Path(__file__).resolve().parent / "corpus"
+T = 1_700_000_000_000_000_000
+KVS = [
+    KV(f"/calico/v1/host/node-1/workload/k8s/default%2fpod-{i}/endpoint/eth0", b'{"name":"cali%05d"}' % i, str(i))
+    for i in range(12)
+]
+
+
+def _frames() -> Iterator[tuple[str, bytes]]:
+    hello = encode(FUZZ_HELLO)
+    yield "server-hello-ping-goodbye", b"\x00\x07" + hello + encode(Ping(T)) + encode(Pong(T)) + encode(Goodbye("x"))
+    yield "server-resume-hello", b"\x00\x03" + encode(FUZZ_RESUME_HELLO)
+    yield "server-garbage-after-hello", b"\x00\x40" + hello + encode(Updates(1, 2, T, SyncStatus.IN_SYNC, 0, []))
+    sh = encode(ServerHello(1, "felix", None, "srv", 10.0, "e1"))
+    zsh = encode(ServerHello(1, "felix", "zstd", "srv", 10.0, "e1"))
+    stream = b"".join(
+        (
+            encode_snapshot_chunk(5, 0, T, SyncStatus.RESYNC_IN_PROGRESS, KVS[:6], False),
+            encode(Ping(T)),
+            encode_snapshot_chunk(5, 1, T, SyncStatus.RESYNC_IN_PROGRESS, KVS[6:], True),
+            encode_updates(5, 6, T, SyncStatus.RESYNC_IN_PROGRESS, [(KVS[0].key, None, "9"), (KVS[1].key, b"{}", "9")]),
+            encode_sync_status(6, 7, T, SyncStatus.IN_SYNC),
+            encode(Goodbye(GoodbyeCode.REBALANCE, "bye")),
+        )
+    )
+    compressed = b"".join(
+        (
+            encode_snapshot_chunk(5, 0, T, SyncStatus.IN_SYNC, KVS * 4, True, Compressor()),
+            encode_updates(5, 6, T, SyncStatus.IN_SYNC, KVS * 3, Compressor()),
+        )
+    )
+    yield "client-stream", b"\x01\x05" + sh + stream
+    yield "client-stream-headers-only", b"\x03\x0b" + sh + stream
+    yield "client-compressed", b"\x01\x3f" + zsh + compressed
+    yield "client-compressed-headers-only", b"\x03\x10" + zsh + compressed
+    resumed = encode(ServerHello(1, "felix", None, "srv", 10.0, "e1", resumed=True))
+    yield "client-resumed", b"\x05\x02" + resumed + encode_updates(7, 8, T, SyncStatus.IN_SYNC, KVS[:2])
+    yield "client-not-ready", b"\x01\x01" + encode(Goodbye(GoodbyeCode.NOT_READY, "loading"))
+
+
+def _decode() -> Iterator[tuple[str, bytes]]:
+    messages: list[tuple[str, Any]] = [
+        ("client-hello", FUZZ_HELLO),
+        ("client-hello-resume", FUZZ_RESUME_HELLO),
+        ("client-hello-minimal", ClientHello("h", "bgp", compression=())),
+        ("server-hello", ServerHello(1, "felix", "zstd", "srv", 10.0, "e1")),
+        ("server-hello-resumed", ServerHello(1, "felix", None, "", 3.5, "e1", True)),
+        ("ping", Ping(T)),
+        ("pong", Pong(-5)),
+        ("goodbye", Goodbye(GoodbyeCode.TOO_SLOW, "2 s behind")),
+        ("updates", Updates(41, 42, T, SyncStatus.IN_SYNC, 3, [KVS[0], KV("gone", None, ""), KVS[1]])),
+        ("sync-status", SyncStatusChange(42, 43, T, SyncStatus.RESYNC_IN_PROGRESS)),
+        ("snapshot-final", SnapshotChunk(7, 2, T, SyncStatus.IN_SYNC, 2, True, KVS[:2])),
+        ("snapshot-empty", SnapshotChunk(0, 0, T, SyncStatus.WAIT_FOR_DATASTORE, 0, True, [])),
+    ]
+    for name, msg in messages:
+        wire = encode(msg)
+        yield name, bytes((wire[4], wire[5])) + wire[8:]
+    for name, wire in (
+        ("updates-zstd", encode_updates(1, 2, T, SyncStatus.IN_SYNC, KVS * 3, Compressor())),
+        ("snapshot-zstd", encode_snapshot_chunk(9, 0, T, SyncStatus.IN_SYNC, KVS * 3, True, Compressor())),
+    ):
+        yield name, bytes((wire[4], wire[5])) + wire[8:]
+        yield name + "-headers-only", bytes((wire[4], wire[5] | 0x80)) + wire[8:]
+
+
+def _k8s_objects() -> Iterator[tuple[str, dict[str, Any]]]:
+    cluster = SyntheticCluster(nodes=2, pods_per_node=2, namespaces=2, policies=2, global_policies=2, seed=1)
+    seen: dict[str, int] = {}
+    for resource, obj in cluster.initial_objects():
+        if seen.get(resource, 0) < 2:
+            seen[resource] = seen.get(resource, 0) + 1
+            yield resource, obj
+    yield (
+        "calico-networkpolicies",
+        make_calico_object(
+            "NetworkPolicy",
+            "allow-web",
+            {
+                "selector": "app == 'web'",
+                "order": 100,
+                "ingress": [{"action": "Allow", "protocol": "TCP", "source": {"selector": "role == 'lb'"}}],
+                "egress": [{"action": "Deny", "destination": {"nets": ["10.0.0.0/8"], "ports": [80, "1000:2000"]}}],
+            },
+            namespace="shop",
+        ),
+    )
+    yield (
+        "globalnetworksets",
+        make_calico_object("GlobalNetworkSet", "ext", {"nets": ["192.0.2.0/24"]}, labels={"a": "b"}),
+    )
+    yield "networksets", make_calico_object("NetworkSet", "ns1", {"nets": ["198.51.100.7/32"]}, namespace="shop")
+    yield (
+        "hostendpoints",
+        make_calico_object(
+            "HostEndpoint", "node-1-eth0", {"node": "node-1", "interfaceName": "eth0", "expectedIPs": ["192.0.2.1"]}
+        ),
+    )
+    yield "bgppeers", make_calico_object("BGPPeer", "rr", {"peerIP": "192.0.2.254", "asNumber": 64512})
+    yield "bgpconfigurations", make_calico_object("BGPConfiguration", "default", {"asNumber": 64512})
+
+
+def _projection() -> Iterator[tuple[str, bytes]]:
+    counts: dict[str, int] = {}
+    for resource, obj in _k8s_objects():
+        counts[resource] = counts.get(resource, 0) + 1
+        yield f"{resource}-{counts[resource]}", resource.encode() + b"\n" + orjson.dumps(obj)
+
+
+def _selectors() -> Iterator[tuple[str, bytes]]:
+    for i, text in enumerate(
+        (
+            "app=web,tier in (frontend, backend),!legacy,env notin (dev),k8s.io/name",
+            "app==web,version!=2",
+            "metadata.name=web-1,metadata.namespace!=kube-system,spec.nodeName=node-1",
+            "status.phase=Running",
+            encode_continue(1234, "default\x00web-1"),
+            "/api/v1/namespaces/default/pods/web-1/status",
+            "/apis/crd.projectcalico.org/v1/ippools",
+            "/api/v1/watch/namespaces/default/pods",
+        )
+    ):
+        yield f"{i}", text.encode()
+
+
+def _patches() -> Iterator[tuple[str, bytes]]:
+    target = make_pod("shop", "web-1", "node-1", "10.128.0.5")
+    cases = [
+        (MERGE, {"metadata": {"labels": {"app": "web", "old": None}}, "spec": {"nodeName": "node-2"}}),
+        (STRATEGIC, {"spec": {"containers": [{"name": "c", "image": "x:2"}]}, "$patch": "merge"}),
+        (
+            JSON_PATCH,
+            [
+                {"op": "add", "path": "/metadata/labels/x", "value": "1"},
+                {"op": "replace", "path": "/spec/nodeName", "value": "n"},
+                {"op": "copy", "from": "/metadata/name", "path": "/metadata/labels/name"},
+                {"op": "move", "from": "/metadata/labels/x", "path": "/metadata/labels/y"},
+                {"op": "test", "path": "/metadata/labels/y", "value": "1"},
+                {"op": "remove", "path": "/metadata/labels/y"},
+            ],
+        ),
+        (PATCH_TYPES[3], {"metadata": {"name": "web-1"}}),
+    ]
+    for content_type, patch in cases:
+        yield content_type.rsplit("/", 1)[-1], bytes((PATCH_TYPES.index(content_type),)) + orjson.dumps([target, patch])
+
+
+def _bodies() -> Iterator[tuple[str, bytes]]:
+    objects: list[tuple[str, dict[str, Any]]] = [
+        ("namespaces", make_namespace("shop", {"team": "a"})),
+        ("nodes", make_node("node-1", "192.0.2.1", "10.244.1.0/24", {"kubernetes.io/hostname": "node-1"})),
+        ("pods", make_pod("default", "web-1", "node-1", "10.128.0.5", labels={"app": "web"})),
+        ("ippools", make_calico_object("IPPool", "pool", {"cidr": "10.64.0.0/10", "vxlanMode": "Always"})),
+        ("configmaps", {"metadata": {"name": "c"}}),  # not served: 404
+    ]
+    for resource, obj in objects:
+        yield resource, resource.encode() + b"\n" + orjson.dumps(obj)
+
+
+SEEDS = {
+    "frames": _frames,
+    "decode": _decode,
+    "projection": _projection,
+    "selectors": _selectors,
+    "patches": _patches,
+    "bodies": _bodies,
+}
+
+
+def write(corpus: Path = CORPUS) -> int:
+    written = 0
+    for target, make in SEEDS.items():
+        folder = corpus / target
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("seed-*"):
+            old.unlink()
+        for name, data in make():
+            (folder / f"seed-{name}").write_bytes(data)
+            written += 1
+    return written
+
+
+if __name__ == "__main__":
+    print(f"wrote {write()} seed files under {CORPUS}", file=sys.stderr)

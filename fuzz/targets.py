@@ -1,0 +1,264 @@
+"""The fuzz targets: one parser of untrusted input each, its documented errors allowed, anything else a crash.
+
+Input layouts (what the seed corpus holds, and what the fuzzer mutates):
+- frames:     [mode][piece][stream...]  mode bit 0: client end (else server end), bit 1: header-only
+              client, bit 2: the client asked to resume; piece: the size stream pieces are fed in.
+- decode:     [type][flags][body...]    flags bit 7 set: header-only decode.
+- projection: b"<resource>\\n<JSON object>"
+- selectors:  UTF-8 text: a label selector, a field selector, a continue token and a request path.
+- patches:    [content type][JSON [target, patch]]
+- bodies:     b"<resource>\\n<JSON object>", created in a fresh emulator store, then listed, watched,
+              replaced and patched.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from loadtest.apiserver import ApiError, Store
+from loadtest.apiserver.patch import JSON_PATCH, MERGE, STRATEGIC, apply_patch
+from loadtest.apiserver.selectors import parse_field_selector, parse_label_selector
+from loadtest.apiserver.server import parse_path
+from loadtest.apiserver.store import decode_continue
+from protocol import (
+    ClientConnection,
+    ClientHello,
+    Frame,
+    FrameReader,
+    Message,
+    ProtocolError,
+    ServerConnection,
+    decode,
+)
+from protocol.codec import Decompressor, encode
+from typha.k8s.projection import RESOURCES, ProjectionError, project, project_delete
+
+Target = Callable[[bytes], None]
+
+#: The hello a fuzzed client end sent; mode bit 2 makes it a resuming one (so resumed hellos pass).
+FUZZ_HELLO = ClientHello("fuzz", "felix", compression=("zstd",))
+FUZZ_RESUME_HELLO = ClientHello("fuzz", "felix", compression=("zstd",), resume_epoch="e1", resume_seq=7)
+
+
+# -- protocol -----------------------------------------------------------------------------------------
+
+
+def _drive(mode: int, pieces: list[bytes]) -> tuple[list[Message], str | None, int]:
+    conn: ClientConnection | ServerConnection
+    if mode & 1:
+        conn = ClientConnection(FUZZ_RESUME_HELLO if mode & 4 else FUZZ_HELLO, 1 << 16, decode_kvs=not mode & 2)
+    else:
+        conn = ServerConnection(4096)
+    out: list[Message] = []
+    try:
+        for piece in pieces:
+            out.extend(conn.receive_data(piece))
+    except ProtocolError as exc:
+        return out, f"{type(exc).__name__}: {exc}", conn.bytes_received
+    return out, None, conn.bytes_received
+
+
+def frames(data: bytes) -> None:
+    """Bytes from a peer through FrameReader and a connection state machine; the split must not matter."""
+    if len(data) < 2:
+        return
+    mode, size, stream = data[0], data[1] % 64 + 1, data[2:]
+    whole_msgs, whole_err, whole_bytes = _drive(mode, [stream])
+    msgs, err, nbytes = _drive(mode, [stream[i : i + size] for i in range(0, len(stream), size)])
+    assert whole_err == err, f"feeding in {size}-byte pieces changed the error: {whole_err!r} != {err!r}"
+    if err is None:
+        assert whole_msgs == msgs, f"feeding in {size}-byte pieces changed the messages: {whole_msgs} != {msgs}"
+        assert whole_bytes == nbytes == len(stream), "bytes_received does not count what was fed"
+    else:
+        # receive_data raises instead of returning the messages decoded before the error in the same
+        # call, so fed whole, fewer messages come out; never different ones.
+        assert msgs[: len(whole_msgs)] == whole_msgs, "messages before the error differ"
+
+
+def decode_frame(data: bytes) -> None:
+    """One frame's type, flags and body through the decoder; what decodes must survive re-encoding."""
+    if len(data) < 2:
+        return
+    decode_kvs = not data[1] & 0x80
+    frame = Frame(data[0] % 10, data[1] & 0x0F, data[2:])
+    try:
+        msg = decode(frame, Decompressor(1 << 20), decode_kvs)
+    except ProtocolError:
+        return
+    if decode_kvs:
+        reader = FrameReader(1 << 30)
+        reader.feed(encode(msg))
+        (again,) = reader.frames()
+        assert decode(again, Decompressor(1 << 20)) == msg, f"{msg!r} does not survive re-encoding"
+
+
+# -- typha's projection of Kubernetes objects -----------------------------------------------------------
+
+
+def _resource_and_json(data: bytes) -> tuple[str, Any] | None:
+    head, sep, body = data.partition(b"\n")
+    if not sep:
+        return None
+    try:
+        return head.decode(), orjson.loads(body)
+    except (UnicodeDecodeError, orjson.JSONDecodeError):
+        return None
+
+
+def projection(data: bytes) -> None:
+    """A (malformed) object as the API server could send it, through typha's projection."""
+    parsed = _resource_and_json(data)
+    if parsed is None or parsed[0] not in RESOURCES:
+        return
+    resource, obj = parsed
+    before = orjson.dumps(obj)
+    for fn in (project, project_delete):
+        try:
+            first = fn(resource, obj)
+        except ProjectionError:
+            continue
+        assert orjson.dumps(obj) == before, f"{fn.__name__} modified the object it projected"
+        assert fn(resource, copy.deepcopy(obj)) == first, f"{fn.__name__} is not deterministic"
+        for item in first:
+            key, value = item if isinstance(item, tuple) else (item, None)
+            assert isinstance(key, str) and key, f"bad key {key!r}"
+            if value is not None:
+                orjson.dumps(value, option=orjson.OPT_SORT_KEYS)  # what typha's ingest does with it
+
+
+# -- the API-server emulator's request parsing ------------------------------------------------------------
+
+_STORE_FOR_PATHS = Store()
+_LABELS: tuple[dict[str, str] | None, ...] = ({"app": "web", "tier": "", "k8s.io/name": "x"}, {}, None)
+
+
+def selectors(data: bytes) -> None:
+    """Query parameters and paths as a client sends them: label and field selectors, continue, path."""
+    text = data.decode("utf-8", "replace")
+    try:
+        label = parse_label_selector(text)
+    except ApiError:
+        pass
+    else:
+        for labels in _LABELS:
+            label.matches(labels)
+        label.equality_value("app")
+    for resource in ("pods", "nodes", "networkpolicies.crd.projectcalico.org"):
+        rt = _STORE_FOR_PATHS.resource(resource)
+        try:
+            field = parse_field_selector(text, rt.field_labels, rt.namespaced)
+        except ApiError:
+            continue
+        field.matches("name", "default", tuple("x" for _ in rt.field_labels))
+    try:
+        decode_continue(text)
+    except ApiError:
+        pass
+    try:
+        parse_path(_STORE_FOR_PATHS, text)
+    except ApiError:
+        pass
+
+
+PATCH_TYPES = (MERGE, STRATEGIC, JSON_PATCH, "application/apply-patch+yaml")
+
+
+def patches(data: bytes) -> None:
+    """A PATCH body of each content type applied to an object; the object itself is never modified."""
+    if not data:
+        return
+    try:
+        doc = orjson.loads(data[1:])
+    except orjson.JSONDecodeError:
+        return
+    if not (isinstance(doc, list) and len(doc) == 2 and isinstance(doc[0], dict)):
+        return
+    target, patch = doc
+    content_type = PATCH_TYPES[data[0] % len(PATCH_TYPES)]
+    before = orjson.dumps(target)
+    try:
+        out = apply_patch(target, patch, content_type)
+    except ApiError:
+        assert orjson.dumps(target) == before, "a failed patch modified its target"
+        return
+    assert orjson.dumps(target) == before, "apply_patch modified its target"
+    assert isinstance(out, dict)
+    orjson.dumps(out)  # stored as JSON: must serialise
+    if content_type == MERGE:  # RFC 7386: applying a merge patch twice changes nothing more
+        assert apply_patch(out, patch, content_type) == out, "merge patch is not idempotent"
+
+
+def bodies(data: bytes) -> None:
+    """A request body created in a fresh store, then read back by every path that serves objects."""
+    parsed = _resource_and_json(data)
+    if parsed is None:
+        return
+    resource, obj = parsed
+    store = Store()
+    try:
+        rt = store.resource(resource)
+    except ApiError:
+        return
+    namespace = "default" if rt.namespaced else None
+    try:
+        created = store.create(resource, obj, namespace=namespace)
+    except ApiError:
+        return
+    name = created["metadata"]["name"]
+    labels = created["metadata"].get("labels")
+    keys = [k for k in labels if isinstance(k, str)][:3] if isinstance(labels, dict) else []
+    watchers = [
+        store.watch(resource, namespace, resource_version="0", label_selector=selector)
+        for selector in ("app", *keys)
+        if _selector_ok(selector)
+    ]
+    # Every list that covers the object, by each of its own labels as well as by others.
+    for selector in (
+        "",
+        "app",
+        "app=web,tier!=db",
+        "!app",
+        *keys,
+        *(f"{k}=x" for k in keys),
+        *(f"{k} in (a)" for k in keys),
+    ):
+        if _selector_ok(selector):
+            store.list(resource, namespace, label_selector=selector)
+    store.list(resource, namespace, field_selector=f"metadata.name={name}")
+    for watcher in watchers:
+        watcher.drain()
+    for op in (
+        lambda: store.update(resource, obj, namespace=namespace),
+        lambda: store.patch(resource, name, obj, namespace=namespace, content_type=MERGE),
+        lambda: store.patch(resource, name, {"metadata": {"labels": {"app": "x"}}}, namespace=namespace),
+    ):
+        try:
+            op()
+        except ApiError:
+            pass
+    store.list(resource, namespace, label_selector="app=x")
+    for watcher in watchers:
+        watcher.drain()
+    store.delete(resource, name, namespace=namespace)
+
+
+def _selector_ok(selector: str) -> bool:
+    try:
+        parse_label_selector(selector)
+    except ApiError:
+        return False
+    return True
+
+
+TARGETS: dict[str, Target] = {
+    "frames": frames,
+    "decode": decode_frame,
+    "projection": projection,
+    "selectors": selectors,
+    "patches": patches,
+    "bodies": bodies,
+}
