@@ -90,34 +90,39 @@ def _run_hypothesis(name: str, seconds: int, runs: int = 0, seed: int = 0) -> No
     inputs = st.binary(max_size=4096) | st.builds(_mutate, st.sampled_from(_seeds(name)), edits)
     failing: list[bytes] = []
 
-    @settings(
-        max_examples=500,
-        deadline=None,
-        database=None,
-        phases=[Phase.generate, Phase.shrink],
-        suppress_health_check=list(HealthCheck),
-    )
-    @hypothesis_seed(seed or random.getrandbits(32))
-    @given(inputs)
-    def check(data: bytes) -> None:
-        try:
-            target(data)
-        except BaseException:
-            failing.append(data)
-            raise
+    def batch(batch_seed: int) -> None:
+        @settings(
+            max_examples=500,
+            deadline=None,
+            database=None,
+            phases=[Phase.generate, Phase.shrink],
+            suppress_health_check=list(HealthCheck),
+        )
+        @hypothesis_seed(batch_seed)
+        @given(inputs)
+        def check(data: bytes) -> None:
+            try:
+                target(data)
+            except Exception:
+                failing.append(data)
+                raise
 
+        check()
+
+    rng = random.Random(seed or None)
     deadline = time.monotonic() + seconds
     done = 0
     try:
         while time.monotonic() < deadline and not (runs and done >= runs):
-            check()
+            batch(rng.getrandbits(32))
             done += 500
-    except BaseException:
-        crashes = WORK / "crashes"
-        crashes.mkdir(parents=True, exist_ok=True)
-        path = crashes / f"{name}-hypothesis-{int(time.time())}"
-        path.write_bytes(failing[-1])
-        print(f"crash input (shrunk) written to {path}", file=sys.stderr)
+    except Exception:
+        if failing:  # the last failing input is the shrunk one hypothesis reports
+            crashes = WORK / "crashes"
+            crashes.mkdir(parents=True, exist_ok=True)
+            path = crashes / f"{name}-hypothesis-{int(time.time())}"
+            path.write_bytes(failing[-1])
+            print(f"crash input (shrunk) written to {path}", file=sys.stderr)
         raise
     print(f"stat::number_of_executed_units: {done}", file=sys.stderr)
 

@@ -33,9 +33,11 @@ def test_every_target_has_a_driver_name_and_seeds() -> None:
         assert any((CORPUS / name).glob("seed-*")), f"{name} has no seeds"
 
 
-def test_seed_corpus_is_what_the_generator_writes(tmp_path: Path) -> None:
+def test_wire_format_seeds_are_what_the_encoder_writes(tmp_path: Path) -> None:
+    # Seeds of the protocol targets follow the encoder (rerun the generator after a wire change); the
+    # Kubernetes-object seeds need only be valid, which the replay above checks.
     write(tmp_path)
-    for fresh in sorted(tmp_path.rglob("seed-*")):
+    for fresh in sorted([*tmp_path.glob("frames/seed-*"), *tmp_path.glob("decode/seed-*")]):
         committed = CORPUS / fresh.relative_to(tmp_path)
         assert committed.exists(), f"run: python -m fuzz.seeds ({committed.name} is missing)"
         assert committed.read_bytes() == fresh.read_bytes(), f"run: python -m fuzz.seeds ({committed} is stale)"

@@ -284,18 +284,17 @@ class SyncConnection(asyncio.Protocol):
         """Say goodbye (if the socket can take it) and close; abort if the peer will not drain."""
         if self.state == CLOSED or self.transport is None:
             return
-        code_s = str(code)  # GoodbyeCode is a StrEnum: str() is its wire value
         if count:
-            self.server.metrics.dropped.labels(code_s).inc()
-            log.log(level, "closing %r: %s: %s", self, code_s, reason)
-        self.close_reason = code_s
+            self.server.metrics.dropped.labels(code).inc()
+            log.log(level, "closing %r: %s: %s", self, code, reason)
+        self.close_reason = code
         self.state = CLOSED
         transport = self.transport
         if self.paused:
             transport.abort()  # its buffer is full already: a goodbye would never arrive
             return
         if send:
-            self._write(encode(Goodbye(code_s, reason)))
+            self._write(encode(Goodbye(code, reason)))
         transport.close()
         self.server.loop.call_later(self.server.config.close_timeout, self._abort_if_open)
 
