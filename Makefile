@@ -40,7 +40,7 @@ lint: $(VENV)/.installed
 # inputs land in .fuzz/crashes/. Where atheris cannot install, the same targets run under hypothesis.
 FUZZ_SECONDS ?= 60
 $(VENV)/.fuzz-installed: $(VENV)/.installed
-	$(PY) -m pip install -q -e '.[test,fuzz]' || echo "note: atheris did not install; fuzzing falls back to hypothesis"
+	$(PY) -m pip install -q -e '.[test,loadtest,fuzz]' || echo "note: atheris did not install; fuzzing falls back to hypothesis"
 	touch $@
 
 fuzz: $(VENV)/.fuzz-installed

@@ -88,6 +88,7 @@ def test_the_image_build_installs_no_loadtest_and_drops_its_script(tmp_path: Pat
     assert "rm /opt/venv/bin/loadtest" in dockerfile
 
 
+@pytest.mark.slow
 def test_without_the_extra_the_command_fails_in_one_line() -> None:
     hide = (  # a None entry in sys.modules makes the module unimportable, as if not installed
         "import sys\n"
