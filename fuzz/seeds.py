@@ -32,7 +32,7 @@ from protocol import (
     encode,
 )
 from protocol.codec import Compressor, encode_snapshot_chunk, encode_sync_status, encode_updates
-from typha.synthetic import SyntheticCluster
+from typha.simcluster import SyntheticCluster
 
 from .targets import FUZZ_HELLO, FUZZ_RESUME_HELLO, PATCH_TYPES
 

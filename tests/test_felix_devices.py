@@ -169,6 +169,7 @@ def details(ns: str, dev: str) -> dict:
     return json.loads(out.stdout)[0] if out.returncode == 0 else {}
 
 
+@pytest.mark.slow
 @pytest.mark.kernel
 def test_vxlan_calico_on_a_real_kernel(netns: str) -> None:
     dm = DeviceManager(netns)
@@ -195,6 +196,7 @@ def test_vxlan_calico_on_a_real_kernel(netns: str) -> None:
         dm.close()
 
 
+@pytest.mark.slow
 @pytest.mark.kernel
 def test_tunl0_on_a_real_kernel(netns: str, capsys: pytest.CaptureFixture[str]) -> None:
     dm = DeviceManager(netns)

@@ -134,6 +134,7 @@ def netns() -> Iterator[str]:
     subprocess.run(["ip", "netns", "del", name], check=False)
 
 
+@pytest.mark.slow
 @pytest.mark.kernel
 async def test_a_route_whose_interface_never_appears_makes_felix_unready_and_says_why(
     netns: str, caplog: pytest.LogCaptureFixture
@@ -173,6 +174,7 @@ async def test_a_route_whose_interface_never_appears_makes_felix_unready_and_say
         await gen.aclose()
 
 
+@pytest.mark.slow
 @pytest.mark.kernel
 async def test_a_vxlan_device_that_cannot_be_made_makes_felix_unready_and_says_why(netns: str) -> None:
     events = [

@@ -49,7 +49,7 @@ from felix.policy.messages import (
 
 from .conftest import kernel_skip
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.slow]  # network namespaces, iptables and ipset processes
 
 T = TypeVar("T")
 _libc = ctypes.CDLL(None, use_errno=True)
