@@ -10,9 +10,12 @@ Pieces with one job each, joined here and nowhere else:
   (`felix.dataplane.deviceplan` decides which);
 - `felix.dataplane.routes.RouteManager` reconciles the kernel to the desired routes;
 - `felix.status.ProblemLog` (pure) turns what the others cannot do into log lines, metrics,
-  readiness and `/status`.
-Updates from typha are applied to the calculator as they arrive but handed to the kernel once per
-event-loop pass, merged, so a burst (a snapshot, a resync) becomes one netlink batch. Nothing is
+  readiness and `/status`;
+- `felix.policy.calc.PolicyCalculator` (pure) turns the same KVs into policy messages
+  (felix/policy/messages.py), which the policy dataplane (`felix.dataplane.iptables`) applies.
+Updates from typha are applied to the calculators as they arrive but handed to the kernel once per
+event-loop pass, merged, so a burst (a snapshot, a resync) becomes one netlink batch and one policy
+batch. Policy is calculated only when a policy dataplane is given. Nothing is
 programmed before the first in-sync: a half-received view would delete routes that are merely not
 yet known. Nor before typha knows a Node of our name: with a wrong node name every block of this
 node would look remote and be routed away from it, so felix logs an error and stays unready
@@ -31,7 +34,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from protocol import KV, SYNCER_FELIX, SyncStatus
 from protocol.client import Address, AddressSource, SyncClient
@@ -43,9 +46,27 @@ from .dataplane.routeplan import REASONS, vxlan_device
 from .dataplane.routes import RouteManager
 from .dataplane.sysctl import InterfaceMissing, configure_workload_interface
 from .metrics import FelixMetrics
+from .policy.calc import PolicyCalculator
+from .policy.messages import Batch, PolicyRejected
 from .status import FAILING, NODE_UNKNOWN, UNRESOLVED, Problem, ProblemLog, RateLimiter
 
 log = logging.getLogger("felix")
+
+
+class PolicyDataplane(Protocol):
+    """What the agent needs of a policy dataplane (felix.dataplane.iptables.manager's)."""
+
+    programming: bool
+
+    def apply(self, batch: Batch) -> object: ...
+    def start_programming(self) -> object: ...
+    def next_deadline(self) -> float | None: ...
+    def tick(self) -> None: ...
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def not_ready_reason(self) -> str: ...
+
 
 PENDING_REASONS = (*REASONS, UNRESOLVED)
 
@@ -65,6 +86,7 @@ class FelixAgent:
         configure_interface: Callable[[str, str | None], None] | None = None,
         pending_grace: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        policy: PolicyDataplane | None = None,
     ) -> None:
         self.nodename = nodename
         self.netns = netns
@@ -73,6 +95,9 @@ class FelixAgent:
         self.routes = routes  # None: calculate without programming
         self.devices = devices
         self.metrics = metrics or FelixMetrics()
+        self.policy = policy  # the iptables/ipset policy dataplane, or None: policy not calculated
+        self.policy_calc = PolicyCalculator(nodename) if policy is not None else None
+        self._policy_log = RateLimiter()
         self._configure = configure_interface or (lambda iface, ns: configure_workload_interface(iface, netns=ns))
         self.client = SyncClient(
             typha,
@@ -106,6 +131,13 @@ class FelixAgent:
             self.metrics.malformed.inc(len(delta.malformed))
             for key, why in delta.malformed[:3]:
                 log.warning("ignoring malformed update for %s: %s", key, why)
+        if self.policy_calc is not None:
+            seen = {key for key, _ in delta.malformed}
+            bad = [(key, why) for key, why in self.policy_calc.update(kvs) if key not in seen]
+            if bad:
+                self.metrics.malformed.inc(len(bad))
+                for key, why in bad[:3]:
+                    log.warning("ignoring malformed update for %s: %s", key, why)
         if self._pending_delta is None:
             self._pending_delta = delta
         else:
@@ -158,12 +190,35 @@ class FelixAgent:
                 routes.apply(delta)
         self.programmed_once = True
         self.metrics.apply_seconds.observe(time.perf_counter() - t0)
+        self._flush_policy()
         if delta:
             for r in delta.routes.values():
                 if r.scope == "link" and r.dev and r.dev not in self._ifaces_done:
                     self._ifaces_waiting.add(r.dev)
         self._configure_interfaces()
         self._observe()
+
+    def _flush_policy(self) -> None:
+        calc, policy = self.policy_calc, self.policy
+        if calc is None or policy is None:
+            return
+        t0 = time.perf_counter()
+        batch = calc.flush()
+        self.metrics.policy_calc_seconds.observe(time.perf_counter() - t0)
+        for m in batch.messages:
+            if isinstance(m, PolicyRejected):
+                self.metrics.policies_rejected.inc()
+                if self._policy_log.allow(self._clock()):
+                    skipped = self._policy_log.take_suppressed()
+                    more = f" [{skipped} more not logged]" if skipped else ""
+                    log.warning("%s rejected, not enforced: %s%s", m.id, m.reason, more)
+        self.metrics.policies_rejected_now.set(len(calc.rejected))
+        self.metrics.policies_active.set(calc.active_policies)
+        if not policy.programming:
+            policy.apply(batch)
+            policy.start_programming()
+        elif batch.messages:
+            policy.apply(batch)
 
     def _sync_devices(self) -> None:
         me = self.calc.node(self.nodename)
@@ -198,8 +253,11 @@ class FelixAgent:
         """Retries, the periodic full resync (drift repair), and the problem report, at least every second."""
         routes = self.routes
         while not self._stopping.is_set():
-            deadline = routes.next_deadline() if routes is not None else None
-            wait = 1.0 if deadline is None else min(1.0, max(0.01, deadline - time.monotonic()))
+            deadlines = [routes.next_deadline() if routes is not None else None]
+            if self.policy is not None:
+                deadlines.append(self.policy.next_deadline())
+            due = [d for d in deadlines if d is not None]
+            wait = 1.0 if not due else min(1.0, max(0.01, min(due) - time.monotonic()))
             try:
                 await asyncio.wait_for(self._stopping.wait(), wait)
             except TimeoutError:
@@ -214,6 +272,8 @@ class FelixAgent:
                     if self.devices is not None:
                         self.devices.sync()
                 self._configure_interfaces()
+            if self.policy is not None and self.policy.programming:
+                self.policy.tick()
             if self.in_sync:
                 self._observe()
 
@@ -278,6 +338,8 @@ class FelixAgent:
             return f"node name {self.nodename!r} is not a Node typha knows"
         if not self.programmed_once:
             return "routes not yet programmed"
+        if self.policy is not None and not self.policy.ready:
+            return self.policy.not_ready_reason or "policy not yet programmed"
         late = self.problems.overdue(self._clock())
         if late:
             p = late[0]

@@ -44,3 +44,20 @@ class FelixMetrics:
         self.drift_repaired = Counter(
             "felix_route_drift_repaired", "Routes found wrong, missing or extra and repaired.", registry=r
         )
+        self.policies_rejected = Counter(
+            "felix_policies_rejected",
+            "Policies and profiles rejected because they cannot be rendered (each distinct reason once).",
+            registry=r,
+        )
+        self.policies_rejected_now = Gauge(
+            "felix_policies_rejected_current", "Policies and profiles currently rejected (not enforced).", registry=r
+        )
+        self.policies_active = Gauge(
+            "felix_policies_active", "Policies applying to at least one local endpoint.", registry=r
+        )
+        self.policy_calc_seconds = Histogram(
+            "felix_policy_calc_seconds",
+            "Time to calculate one batch of policy changes (before the dataplane applies it).",
+            buckets=_APPLY_BUCKETS,
+            registry=r,
+        )
