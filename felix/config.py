@@ -78,6 +78,37 @@ SETTINGS: tuple[Setting, ...] = (
         "netns", str, "", "Program this named network namespace instead of felix's own (tests, benchmarks, sidecars)."
     ),
     Setting("log_level", str, "INFO", "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    # Network policy (iptables + ip sets); the names follow Calico's settings.
+    Setting("policy_enabled", parse_bool, True, "Enforce network policy with iptables and ip sets."),
+    Setting(
+        "chain_insert_mode",
+        str.lower,
+        "insert",
+        "Calico's ChainInsertMode: hook felix's chains at the top of FORWARD/INPUT/OUTPUT, or append them.",
+        choices=("insert", "append"),
+    ),
+    Setting(
+        "default_endpoint_to_host_action",
+        str.upper,
+        "DROP",
+        "Calico's DefaultEndpointToHostAction: workload traffic to this host after policy (DROP, RETURN, ACCEPT).",
+        choices=("DROP", "RETURN", "ACCEPT"),
+    ),
+    Setting(
+        "iptables_backend",
+        str.lower,
+        "auto",
+        "Calico's IptablesBackend: auto (detect), nft or legacy.",
+        choices=("auto", "nft", "legacy"),
+    ),
+    Setting(
+        "iptables_refresh_interval",
+        float,
+        90.0,
+        "Seconds between read-backs of iptables and ip sets that repair drift (0 disables).",
+        non_negative,
+    ),
+    Setting("iptables_lock_timeout", float, 10.0, "Seconds to wait for the xtables lock.", positive),
 )
 
 
@@ -99,6 +130,12 @@ class FelixConfig:
     routes_enabled: bool
     netns: str
     log_level: str
+    policy_enabled: bool
+    chain_insert_mode: str
+    default_endpoint_to_host_action: str
+    iptables_backend: str
+    iptables_refresh_interval: float
+    iptables_lock_timeout: float
 
 
 assert [f.name for f in fields(FelixConfig)] == [s.name for s in SETTINGS], "keep FelixConfig and SETTINGS aligned"
@@ -118,7 +155,7 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         argv,
         env,
         prog="felix",
-        description="Node agent: follows typha and programs this node's routes.",
+        description="Node agent: follows typha and programs this node's routes and network policy.",
         cross_checks=[_typha_source],
     )
     if not values["nodename"]:

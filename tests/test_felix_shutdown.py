@@ -1,8 +1,9 @@
 """The real `python -m felix` process exits within a second of SIGTERM, whatever typha is doing.
 
-Felix runs without route programming (`FELIX_ROUTES_ENABLED=false`), so no privileges are needed: what
-is measured is the agent's lifecycle, and above all `SyncClient.stop()` reaching every place the client
-can be waiting (a live stream, a handshake that never completes, a redial backoff of several seconds).
+Felix runs without route or policy programming (`FELIX_ROUTES_ENABLED=false`,
+`FELIX_POLICY_ENABLED=false`), so no privileges are needed: what is measured is the agent's
+lifecycle, and above all `SyncClient.stop()` reaching every place the client can be waiting (a
+live stream, a handshake that never completes, a redial backoff of several seconds).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ async def start_felix() -> AsyncIterator[Callable[[str], object]]:
             "FELIX_NODENAME": "shutdown-test",
             "FELIX_TYPHA_ADDRESSES": typha,
             "FELIX_ROUTES_ENABLED": "false",
+            "FELIX_POLICY_ENABLED": "false",
             "FELIX_HEALTH_PORT": "0",
             "FELIX_METRICS_PORT": "0",
             "FELIX_LOG_LEVEL": "INFO",
