@@ -16,6 +16,7 @@ vxlan.calico itself from each Node's annotations (this kernel has vxlan but no i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -69,6 +70,7 @@ class Cluster:
     pods: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # name -> (node, ip, pod netns)
     felix: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logdir: str = ""  # felix's stderr per node; printed at teardown (pytest shows it if the test fails)
+    pod_meta: dict[str, tuple[str, tuple[dict, ...]]] = field(default_factory=dict)  # name -> (namespace, ports)
 
     def ip(self, host: int) -> str:
         """An underlay address: node i is .i, the bridge (and typha) .254."""
@@ -146,9 +148,18 @@ class Cluster:
         ordinal = int(ip.split(".")[3]) & 63
         self.apply((ADDED, "ipamblocks", self._block(cidr, owner, {ordinal: node})))
 
-    def add_pod(self, name: str, node: str, ip: str) -> None:
+    def add_pod(
+        self,
+        name: str,
+        node: str,
+        ip: str,
+        namespace: str = "default",
+        labels: dict[str, str] | None = None,
+        ports: tuple[dict, ...] = (),
+    ) -> None:
+        """A pod netns wired to the node; ``ports`` are container ports (named ports for policy)."""
         node_ns, pod_ns = self.node_ns(node), self.pod_ns(name)
-        iface = iface_for("default", name)
+        iface = iface_for(namespace, name)
         sh("ip", "netns", "add", pod_ns)
         sh(
             "ip",
@@ -177,11 +188,21 @@ class Cluster:
         ):
             sh("ip", "netns", "exec", pod_ns, *cmd)
         self.pods[name] = (node, ip, pod_ns)
-        self.apply((ADDED, "pods", make_pod("default", name, node, ip)))
+        self.pod_meta[name] = (namespace, ports)
+        self.apply((ADDED, "pods", self.pod_object(name, labels)))
+
+    def pod_object(self, name: str, labels: dict[str, str] | None = None) -> dict:
+        node, ip, _ = self.pods[name]
+        namespace, ports = self.pod_meta.get(name, ("default", ()))
+        pod = make_pod(namespace, name, node, ip, labels)
+        pod["spec"]["containers"][0]["ports"] = list(ports)
+        return pod
 
     def remove_pod(self, name: str) -> None:
-        node, ip, pod_ns = self.pods.pop(name)
-        self.apply((DELETED, "pods", make_pod("default", name, node, ip)))
+        pod = self.pod_object(name)
+        _, _, pod_ns = self.pods.pop(name)
+        self.pod_meta.pop(name, None)
+        self.apply((DELETED, "pods", pod))
         sh("ip", "netns", "del", pod_ns, check=False)  # takes the veth pair with it
 
     def start_felix(self, node: str) -> None:
@@ -250,8 +271,9 @@ async def eventually_connects(src_ns: str, ip: str, port: int, timeout: float = 
     raise AssertionError(f"{src_ns} could not reach {ip}:{port} within {timeout}s")
 
 
-@pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
+@contextlib.asynccontextmanager
+async def running_cluster() -> AsyncIterator[Cluster]:
+    """A bridge, a typha on it, the default namespace and pool; everything removed afterwards."""
     if os.geteuid() != 0:
         kernel_skip("needs root for network namespaces")
     if shutil.which("ip") is None or sh("ip", "netns", "list", check=False).returncode != 0:
@@ -271,13 +293,7 @@ async def cluster() -> AsyncIterator[Cluster]:
     c = Cluster(tag, subnet, ingestor, server, logdir=logs.name)
     c.apply(
         (ADDED, "namespaces", make_namespace("default")),
-        (
-            ADDED,
-            "ippools",
-            make_calico_object(
-                "IPPool", "default-pool", {"cidr": POOL, "ipipMode": "Never", "vxlanMode": "Never", "blockSize": 26}
-            ),
-        ),
+        (ADDED, "ippools", pool_object(nat_outgoing=False)),
     )
     try:
         yield c
@@ -299,6 +315,17 @@ async def cluster() -> AsyncIterator[Cluster]:
             if name.startswith(f"pt{tag}-"):
                 sh("ip", "netns", "del", name, check=False)
         sh("ip", "link", "del", bridge, check=False)
+
+
+def pool_object(nat_outgoing: bool) -> dict:
+    spec = {"cidr": POOL, "ipipMode": "Never", "vxlanMode": "Never", "blockSize": 26, "natOutgoing": nat_outgoing}
+    return make_calico_object("IPPool", "default-pool", spec)
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    async with running_cluster() as c:
+        yield c
 
 
 async def three_nodes(c: Cluster, vxlan: bool = False) -> None:
