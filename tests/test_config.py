@@ -68,3 +68,35 @@ def test_readme_felix_settings_table_is_current() -> None:
     readme = (ROOT / "README.md").read_text()
     fresh = replace_block(readme, "felix-settings", markdown_table(FELIX_SETTINGS, FELIX_PREFIX))
     assert readme == fresh, "run: .venv/bin/python tools/readme_settings.py README.md"
+
+
+def test_each_setting_is_declared_once_and_the_rest_derived() -> None:
+    from dataclasses import fields
+
+    from typha.config import ServerConfig, TyphaConfig
+
+    # The table is the dataclass's declared fields: names, defaults and the flag spelling agree.
+    declared = {s.name: s for s in SETTINGS}
+    cfg = TyphaConfig()
+    assert all(getattr(cfg, name) == s.default for name, s in declared.items())
+    assert declared["host"].flag == "--listen-host" and declared["host"].env(ENV_PREFIX) == "TYPHA_LISTEN_HOST"
+    # The sync server's settings are a prefix of typha's, and its internal knobs are not settings.
+    server = [f.name for f in fields(ServerConfig) if f.name in declared]
+    assert [s.name for s in SETTINGS][: len(server)] == server
+    assert "housekeeping_interval" not in declared and "write_high_water" not in declared
+    assert load_config(["--listen-host", "127.0.0.2"], environ={}).host == "127.0.0.2"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--port", "abc"], "--port='abc': expected a whole number"),
+        (["--ping-interval", "soon"], "--ping-interval='soon': expected a number"),
+        (["--shutdown-timeout", "inf"], "expected a finite number"),
+    ],
+)
+def test_number_errors_are_worded_for_people_not_pythons_int(argv: list[str], message: str) -> None:
+    with pytest.raises(SettingsError) as exc:
+        load_config(argv, environ={})
+    assert str(exc.value) == message or message in str(exc.value)
+    assert "invalid literal" not in str(exc.value) and "could not convert" not in str(exc.value)

@@ -25,27 +25,9 @@ from .metrics import ServerMetrics
 from .ops import health_app, metrics_app, start_site
 from .rebalance import Rebalancer
 from .snapcache import SnapCache
-from .syncserver import ServerConfig, SyncServer
+from .syncserver import SyncServer
 
 log = logging.getLogger("typha")
-
-
-def server_config(cfg: TyphaConfig) -> ServerConfig:
-    return ServerConfig(
-        host=cfg.listen_host,
-        port=cfg.port,
-        handshake_timeout=cfg.handshake_timeout,
-        ping_interval=cfg.ping_interval,
-        ping_timeout=cfg.ping_timeout,
-        write_timeout=cfg.write_timeout,
-        max_fall_behind=cfg.max_fall_behind,
-        new_client_grace=cfg.new_client_grace,
-        max_connections=cfg.max_connections,
-        max_concurrent_snapshots=cfg.max_concurrent_snapshots,
-        max_frame=cfg.max_frame,
-        compression=cfg.compression,
-        server_id=cfg.server_id,
-    )
 
 
 def _report_datastore_end(task: asyncio.Task[None]) -> None:
@@ -60,7 +42,7 @@ async def run(cfg: TyphaConfig) -> None:
     }
     metrics = ServerMetrics()
     metrics.watch_caches(lambda: caches)
-    server = SyncServer(caches, server_config(cfg), metrics)
+    server = SyncServer(caches, cfg, metrics)  # a TyphaConfig is the server's config too
     ingestor = Ingestor(caches)
     api = None
     datastore: KubernetesDatastore | SyntheticDatastore

@@ -49,11 +49,9 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import cast
 
 from protocol import (
-    DEFAULT_MAX_CLIENT_FRAME,
     ClientHello,
     ConnState,
     Goodbye,
@@ -68,6 +66,7 @@ from protocol import (
     negotiate,
 )
 
+from .config import ServerConfig
 from .metrics import ServerMetrics
 from .snapcache import Breadcrumb, PendingWrite, SnapCache, Snapshot, collect_pending
 
@@ -83,27 +82,6 @@ HANDSHAKE, QUEUED, SNAPSHOT, STREAMING, CLOSED = (
     ConnState.STREAMING,
     ConnState.CLOSED,
 )
-
-
-@dataclass(slots=True)
-class ServerConfig:
-    host: str = "0.0.0.0"
-    port: int = 5473
-    handshake_timeout: float = 10.0
-    ping_interval: float = 10.0
-    ping_timeout: float = 60.0
-    write_timeout: float = 120.0
-    max_fall_behind: float = 300.0
-    new_client_grace: float = 300.0
-    max_connections: int = 10_000
-    max_concurrent_snapshots: int = 200  # 0: unlimited
-    max_frame: int = DEFAULT_MAX_CLIENT_FRAME
-    write_high_water: int = 256 * 1024
-    max_write_bytes: int = 1 << 20
-    compression: bool = True
-    housekeeping_interval: float = 1.0
-    close_timeout: float = 5.0
-    server_id: str = ""
 
 
 class SyncConnection(asyncio.Protocol):

@@ -24,12 +24,14 @@ log = logging.getLogger("typha.synthetic")
 
 @dataclass(slots=True)
 class SyntheticOptions:
-    nodes: int = 100
-    pods_per_node: int = 30
-    policies: int = 50
-    churn_rate: float = 10.0  # object events per second
-    churn_seconds: float = 0.0  # stop churning after this long; 0 churns forever
-    seed: int = 1
+    """The cluster to generate; its defaults are the settings' (typha.config, --synthetic-*)."""
+
+    nodes: int
+    pods_per_node: int
+    policies: int
+    churn_rate: float  # object events per second
+    churn_seconds: float  # stop churning after this long; 0 churns forever
+    seed: int
     tick: float = 0.05
     slice: int = 5000  # objects ingested per loop iteration during the initial listing
 
