@@ -271,6 +271,40 @@ async def test_bad_token_and_forbidden_resource_are_retried_not_fatal(tmp_path: 
 
 
 @pytest.mark.slow
+async def test_a_resource_that_keeps_failing_keeps_its_cache_waiting_not_flapping_to_resync(tmp_path: Path) -> None:
+    """A retry is not a resync: only a listing the API server answers moves a cache to resync-in-progress."""
+    api = await start_apiserver()
+    seed(api.store, SyntheticCluster(nodes=3, pods_per_node=2, seed=1))
+    api.forbid("list:ippools.crd.projectcalico.org")
+    kc = tmp_path / "kubeconfig"
+    api.write_kubeconfig(str(kc))
+    cache = SnapCache(SYNCER_FELIX)
+    seen: list[SyncStatus] = []
+    set_status = cache.set_status
+
+    def recording(status: SyncStatus) -> bool:
+        seen.append(status)
+        return set_status(status)
+
+    cache.set_status = recording  # type: ignore[method-assign]
+    k8s = await make_api_client(kc)
+    ds = KubernetesDatastore(Ingestor({SYNCER_FELIX: cache}), k8s, backoff_initial=0.001, backoff_max=0.005)
+    task = asyncio.create_task(ds.run())
+    try:
+        await wait_for(
+            lambda: ds.stats["ippools"].errors["forbidden"] >= 20 and ds.stats["pods"].state is SyncStatus.IN_SYNC,
+            10,
+            "every other resource synced, ippools retried",
+        )
+        assert set(seen) == {SyncStatus.WAIT_FOR_DATASTORE}, "agents must not see wait -> resync -> wait per retry"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await k8s.close()
+        await api.stop()
+
+
+@pytest.mark.slow
 async def test_objects_missing_fields_are_skipped_and_counted(rig: Rig) -> None:
     agents = rig.agents(1)
     tasks = await run_agents(agents)

@@ -212,6 +212,10 @@ class KubernetesDatastore:
             if cont:
                 params.append(("continue", cont))
             resp = await self._get(res.path(), params, timeout=60)
+            if not cont and st.state != SYNCED:
+                # The API server answers: a resync is under way. Not before, or every retry of a
+                # resource that keeps failing would flap its caches from waiting to resync and back.
+                self._set_state(res.name, RESYNCING)
             try:
                 body = await resp.read()
             finally:
@@ -274,8 +278,6 @@ class KubernetesDatastore:
         while True:
             try:
                 if not rv:
-                    if st.state != SYNCED:
-                        self._set_state(res.name, RESYNCING)
                     t0 = time.monotonic()
                     resync = self.ingestor.begin_resync(res.name)
                     rv = await self.list_into(res, resync)
