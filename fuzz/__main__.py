@@ -26,8 +26,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "fuzz" / "corpus"
 WORK = ROOT / ".fuzz"  # found inputs and crashes: not committed
-INSTRUMENTED = ["protocol", "typha", "loadtest", "fuzz.targets"]
-NAMES = ("frames", "decode", "projection", "selectors", "patches", "bodies")  # == targets.TARGETS, without importing
+INSTRUMENTED = ["protocol", "typha", "loadtest", "felix.policy", "fuzz.targets"]
+NAMES = (
+    "frames",
+    "decode",
+    "projection",
+    "selectors",
+    "patches",
+    "bodies",
+    "policy",
+)  # == targets.TARGETS, without importing
 
 
 def _seeds(name: str) -> list[bytes]:

@@ -32,6 +32,7 @@ from protocol import (
     encode,
 )
 from protocol.codec import Compressor, encode_snapshot_chunk, encode_sync_status, encode_updates
+from typha.k8s.projection import project
 from typha.simcluster import SyntheticCluster
 
 from .targets import FUZZ_HELLO, FUZZ_RESUME_HELLO, PATCH_TYPES
@@ -195,6 +196,38 @@ def _bodies() -> Iterator[tuple[str, bytes]]:
         yield resource, resource.encode() + b"\n" + orjson.dumps(obj)
 
 
+def _policy() -> Iterator[tuple[str, bytes]]:
+    selectors = [
+        "",
+        "app == 'web' && has(pcns.team)",
+        "a in {'x', 'y'} || !(b not in {\"z\"})",
+        "x/y starts with 'a' && k contains \"b\" && e ends with 'c'",
+        "global() && !all()",
+    ]
+    for i, text in enumerate(selectors):
+        yield f"selector-{i}", b"\x00" + text.encode()
+    spec = {
+        "podSelector": {"matchLabels": {"app": "web"}},
+        "policyTypes": ["Ingress", "Egress"],
+        "ingress": [{"from": [{"namespaceSelector": {}}], "ports": [{"port": "http"}, {"port": 80, "endPort": 90}]}],
+        "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}]}],
+    }
+    obj = {"metadata": {"name": "np", "namespace": "ns"}, "spec": spec}
+    for _, value in project("networkpolicies", obj):
+        yield "knp", b"\x01" + orjson.dumps(value)
+    gnp = make_calico_object(
+        "GlobalNetworkPolicy",
+        "g",
+        {"order": 10, "selector": "all()", "ingress": [{"action": "Pass", "protocol": "ICMP", "icmp": {"type": 8}}]},
+    )
+    for _, value in project("globalnetworkpolicies", gnp):
+        yield "gnp", b"\x01" + orjson.dumps(value)
+    for _, value in project("namespaces", make_namespace("ns", {"team": "a"})):
+        yield "profile", b"\x02" + orjson.dumps(value)
+    for _, value in project("pods", make_pod("ns", "pod", "fuzz-node", "10.0.0.2", {"app": "web"})):
+        yield "endpoint", b"\x03" + orjson.dumps(value)
+
+
 SEEDS = {
     "frames": _frames,
     "decode": _decode,
@@ -202,6 +235,7 @@ SEEDS = {
     "selectors": _selectors,
     "patches": _patches,
     "bodies": _bodies,
+    "policy": _policy,
 }
 
 

@@ -19,6 +19,11 @@ from typing import Any
 
 import orjson
 
+from felix.policy.calc import PolicyCalculator
+from felix.policy.messages import Batch
+from felix.policy.rules import RenderError, render_policy
+from felix.policy.selector import SelectorError
+from felix.policy.selector import parse as parse_calico_selector
 from loadtest.apiserver import ApiError, Store
 from loadtest.apiserver.patch import JSON_PATCH, MERGE, STRATEGIC, apply_patch
 from loadtest.apiserver.selectors import parse_field_selector, parse_label_selector
@@ -35,6 +40,7 @@ from protocol import (
     decode,
 )
 from protocol.codec import Decompressor, encode
+from protocol.keys import policy_key, profile_key, workload_key
 from typha.k8s.projection import RESOURCES, ProjectionError, project, project_delete
 
 Target = Callable[[bytes], None]
@@ -254,6 +260,52 @@ def _selector_ok(selector: str) -> bool:
     return True
 
 
+# -- felix's policy calculation --------------------------------------------------------------------------
+
+_POLICY_LABELS: tuple[dict[str, str], ...] = ({"app": "web", "pcns.team": "a"}, {"app": "", "x/y": "z"}, {})
+_POLICY_KEYS = (
+    policy_key("fuzzed", "ns"),
+    profile_key("kns.ns"),
+    workload_key("fuzz-node", "ns", "pod"),
+)
+
+
+def policy(data: bytes) -> None:
+    """Mode byte 0: a Calico selector (its canonical form must mean the same and parse to itself).
+    Modes 1-3: a policy, profile or workload-endpoint value through felix's policy calculation beside
+    a valid endpoint: only MalformedUpdate (reported) or a rejection, never an exception."""
+    if not data:
+        return
+    mode, body = data[0] % 4, data[1:]
+    if mode == 0:
+        try:
+            sel = parse_calico_selector(body.decode())
+        except (UnicodeDecodeError, SelectorError):
+            return
+        again = parse_calico_selector(sel.canonical)
+        assert again.canonical == sel.canonical, f"canonical form is not a fixed point: {sel.canonical!r}"
+        for labels in _POLICY_LABELS:
+            assert again.matches(labels) == sel.matches(labels), f"canonical form changes meaning: {sel.canonical!r}"
+        return
+    if mode == 1:
+        try:
+            value = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            value = None
+        if isinstance(value, dict):
+            try:
+                render_policy("fuzzed", value)
+            except RenderError:
+                pass
+    calc = PolicyCalculator("fuzz-node")
+    endpoint = orjson.dumps(
+        {"name": "cali0", "ipNetworks": ["10.0.0.1/32"], "profiles": ["kns.ns"], "labels": {"app": "web"}}
+    )
+    batch, _ = calc.apply([(workload_key("fuzz-node", "ns", "other"), endpoint), (_POLICY_KEYS[mode - 1], body)])
+    assert isinstance(batch, Batch)
+    calc.apply([(_POLICY_KEYS[mode - 1], None)])  # and its removal
+
+
 TARGETS: dict[str, Target] = {
     "frames": frames,
     "decode": decode_frame,
@@ -261,4 +313,5 @@ TARGETS: dict[str, Target] = {
     "selectors": selectors,
     "patches": patches,
     "bodies": bodies,
+    "policy": policy,
 }
