@@ -151,7 +151,7 @@ def _report(args: argparse.Namespace) -> int:
 def _apiserver(args: argparse.Namespace, rest: list[str]) -> int:
     from .apiserver.__main__ import main as apiserver_main
 
-    return apiserver_main(rest) or 0
+    return apiserver_main(rest, prog="loadtest apiserver") or 0
 
 
 # The `loadtest` extra: present wherever the load tests run, absent from a plain install and the image.

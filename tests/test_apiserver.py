@@ -29,10 +29,10 @@ from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from loadtest.apiserver import ApiError, Store, make_calico_object, make_node, make_pod, start_apiserver
+from loadtest.apiserver.listing import decode_continue
 from loadtest.apiserver.patch import JSON_PATCH, MERGE, STRATEGIC, apply_patch, merge_patch
+from loadtest.apiserver.routing import parse_path
 from loadtest.apiserver.selectors import parse_field_selector, parse_label_selector
-from loadtest.apiserver.server import parse_path
-from loadtest.apiserver.store import decode_continue
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -453,7 +453,7 @@ def test_send_initial_events_bookmark() -> None:
 
 
 def test_parse_path_routes() -> None:
-    s = Store(seed_namespaces=())
+    s = Store(seed_namespaces=()).registry
     r = parse_path(s, "/api/v1/namespaces/default/pods/p1/status")
     assert (r.rt.key, r.namespace, r.name, r.subresource) == ("pods", "default", "p1", "status")
     r = parse_path(s, "/api/v1/namespaces/default")

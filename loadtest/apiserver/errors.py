@@ -81,13 +81,49 @@ def conflict(rt: ResourceType, name: str, why: str) -> ApiError:
 STALE_RV = "the object has been modified; please apply your changes to the latest version and try again"
 
 
-def invalid(rt: ResourceType | None, name: str, field: str, msg: str) -> ApiError:
+Cause = tuple[str, str, str]  # (field, reason, message) as in a StatusCause
+
+
+def field_invalid(field: str, value: Any, detail: str) -> Cause:
+    """A ``FieldValueInvalid`` cause worded like apimachinery's ``field.Invalid``."""
+    return field, "FieldValueInvalid", f"Invalid value: {_show(value)}: {detail}"
+
+
+def field_required(field: str, detail: str = "") -> Cause:
+    return field, "FieldValueRequired", "Required value" + (f": {detail}" if detail else "")
+
+
+def field_too_long(field: str, limit: int) -> Cause:
+    return field, "FieldValueTooLong", f"Too long: must have at most {limit} bytes"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def invalid_causes(rt: ResourceType | None, name: str, causes: list[Cause]) -> ApiError:
+    """422 Invalid with one ``details.causes`` entry per problem, as kube-apiserver answers."""
     kind = rt.kind if rt else "Object"
-    causes = [{"reason": "FieldValueInvalid", "message": f"{field}: {msg}", "field": field}]
-    details: dict[str, Any] = {"name": name, "kind": kind, "causes": causes}
+    parts = [f"{f}: {m}" for f, _, m in causes]
+    summary = parts[0] if len(parts) == 1 else "[" + ", ".join(parts) + "]"
+    details: dict[str, Any] = {
+        "name": name,
+        "kind": kind,
+        "causes": [{"reason": r, "message": m, "field": f} for f, r, m in causes],
+    }
     if rt and rt.group:
         details["group"] = rt.group
-    return ApiError(422, "Invalid", f'{kind} "{name}" is invalid: {field}: {msg}', details)
+    return ApiError(422, "Invalid", f'{kind} "{name}" is invalid: {summary}', details)
+
+
+def invalid(rt: ResourceType | None, name: str, field: str, msg: str) -> ApiError:
+    """422 Invalid for one field; ``msg`` is the cause text ("Required value", "Invalid value: ...")."""
+    reason = "FieldValueRequired" if msg.startswith("Required value") else "FieldValueInvalid"
+    if msg.startswith("Forbidden"):
+        reason = "FieldValueForbidden"
+    return invalid_causes(rt, name, [(field, reason, msg)])
 
 
 def bad_request(message: str) -> ApiError:
@@ -148,12 +184,20 @@ def method_not_allowed(verb: str) -> ApiError:
     )
 
 
-def unsupported_media_type(ct: str) -> ApiError:
+def unsupported_media_type(ct: str, accepted: tuple[str, ...]) -> ApiError:
     return ApiError(
         415,
         "UnsupportedMediaType",
-        f"the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ct!r})",
+        f"the body of the request was in an unknown format - accepted media types include: {', '.join(accepted)} (got {ct!r})",
     )
+
+
+def request_entity_too_large(limit: int) -> ApiError:
+    return ApiError(413, "RequestEntityTooLarge", f"Request entity too large: limit is {limit}")
+
+
+def internal_error(message: str) -> ApiError:
+    return ApiError(500, "InternalError", f"Internal error occurred: {message}")
 
 
 def path_not_found() -> ApiError:

@@ -3,7 +3,10 @@
 Design note
 -----------
 A fresh CA is minted per emulator instance with trustme, so nothing secret lives in the
-repo and every test run is isolated. The kubeconfig embeds the CA as
+repo and every test run is isolated. The serving certificate names every address a
+client may dial (:func:`cert_hosts`): loopback, the listen address, and the extra names
+given with ``--san``; a client that verifies the server (typha does) fails for ever
+against a certificate that does not name the address it dialled. The kubeconfig embeds the CA as
 ``certificate-authority-data`` and a bearer ``token``, which is everything the *unmodified*
 kubernetes-asyncio (or client-go, or kubectl) loader needs to verify the server and
 authenticate. It is written as YAML by hand (values are simple scalars) to avoid a
@@ -13,10 +16,14 @@ dependency on a YAML emitter.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
+import re
+import socket
 import ssl
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +55,55 @@ class TLSMaterial:
         return self._client_ctx
 
 
-def make_tls(hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")) -> TLSMaterial:
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_WILDCARDS = ("", "0.0.0.0", "::")
+_DNS_NAME = re.compile(r"(\*\.)?[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*")
+
+
+def check_san(name: str) -> str:
+    """``name`` if it can be a subjectAltName (an IP address or a DNS name); else ValueError."""
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    if len(name) > 253 or not _DNS_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is neither an IP address nor a DNS name")
+    return name.lower()
+
+
+def cert_hosts(host: str, sans: Iterable[str] = ()) -> tuple[str, ...]:
+    """Names for the serving certificate: loopback, ``host`` and ``sans``.
+
+    A wildcard ``host`` (0.0.0.0, ::) adds this machine's hostname and the addresses it
+    resolves to, as far as they resolve; any other name a client will dial must be given
+    in ``sans``.
+    """
+    out = list(LOOPBACK)
+
+    def add(name: str) -> None:
+        name = check_san(name)
+        if name not in out:
+            out.append(name)
+
+    if host in _WILDCARDS:
+        name = socket.gethostname()
+        try:
+            found = [name, *(str(ai[4][0]) for ai in socket.getaddrinfo(name, None))]
+        except OSError:
+            found = [name]
+        for h in found:
+            try:
+                add(h.split("%", 1)[0])  # drop an IPv6 zone id
+            except ValueError:
+                pass  # a hostname that cannot be a DNS name is simply not certified
+    else:
+        add(host)
+    for h in sans:
+        add(h)
+    return tuple(out)
+
+
+def make_tls(hosts: Iterable[str] = LOOPBACK) -> TLSMaterial:
     ca = trustme.CA()
     return TLSMaterial(ca, ca.issue_cert(*hosts))
 

@@ -5,8 +5,10 @@ Design note
 Every served resource is described by one immutable :class:`ResourceType` row:
 group/version/plural/kind, whether it is namespaced, whether it has a ``/status``
 subresource, which field selectors it supports and whether it follows
-CustomResource update rules. The store, the HTTP router and the discovery
-endpoints are all driven from this one table, so adding a resource is one line.
+CustomResource update rules, its name rule and its strategic-merge schema. The store,
+the HTTP router, validation, patching and the discovery endpoints are all driven from
+this one table, so adding a resource is one row (plus, for a built-in kind with merge
+lists, its struct types in ``patchschema.py``).
 
 A resource is identified internally by its *key*: the plural for the core group
 (``pods``) and ``plural.group`` otherwise (``ippools.crd.projectcalico.org``),
@@ -40,9 +42,16 @@ class ResourceType:
     # Field whose equality selectors get a watcher index (like the kube-apiserver
     # watch cache's pod spec.nodeName index) so per-node watchers are O(1) per event.
     indexed_field: str | None = None
-    # CustomResources reject PUT without metadata.resourceVersion (AllowUnconditionalUpdate=false).
+    # CustomResources reject PUT without metadata.resourceVersion (AllowUnconditionalUpdate=false)
+    # and strategic merge patches (415).
     custom: bool = False
     categories: tuple[str, ...] = field(default=())
+    # Type in patchschema.STRUCTS whose merge keys a strategic merge patch uses; None means
+    # the kind's own name. Ignored for custom resources.
+    patch_schema: str | None = None
+    # Name rule (validation.NAME_RULES): "subdomain" (most kinds), "label" (namespaces),
+    # "label1035" (services).
+    name_rule: str = "subdomain"
 
     @property
     def key(self) -> str:
@@ -65,10 +74,9 @@ class ResourceType:
         return not self.custom
 
     @property
-    def all_field_labels(self) -> tuple[str, ...]:
-        if self.namespaced:
-            return ("metadata.name", "metadata.namespace", *self.field_labels)
-        return ("metadata.name", *self.field_labels)
+    def strategic_type(self) -> str | None:
+        """Schema type for strategic merge patches; None for custom resources (415)."""
+        return None if self.custom else (self.patch_schema or self.kind)
 
 
 def _core(plural: str, kind: str, namespaced: bool, **kw: Any) -> ResourceType:
@@ -81,7 +89,13 @@ def _calico(plural: str, kind: str, namespaced: bool = False) -> ResourceType:
 
 DEFAULT_RESOURCES: tuple[ResourceType, ...] = (
     _core(
-        "namespaces", "Namespace", False, short_names=("ns",), status_subresource=True, field_labels=("status.phase",)
+        "namespaces",
+        "Namespace",
+        False,
+        short_names=("ns",),
+        status_subresource=True,
+        field_labels=("status.phase",),
+        name_rule="label",
     ),
     _core("nodes", "Node", False, short_names=("no",), status_subresource=True, field_labels=("spec.unschedulable",)),
     _core(
@@ -103,7 +117,7 @@ DEFAULT_RESOURCES: tuple[ResourceType, ...] = (
         indexed_field="spec.nodeName",
     ),
     _core("serviceaccounts", "ServiceAccount", True, short_names=("sa",)),
-    _core("services", "Service", True, short_names=("svc",), status_subresource=True),
+    _core("services", "Service", True, short_names=("svc",), status_subresource=True, name_rule="label1035"),
     ResourceType("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True, short_names=("netpol",)),
     ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True),
     _calico("globalnetworkpolicies", "GlobalNetworkPolicy"),

@@ -22,13 +22,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import ApiError, bad_request
+from .validation import label_value_errors, qualified_name_errors
 
 # op codes
 EXISTS, NOT_EXISTS, IN, NOT_IN, GT, LT = "exists", "!", "in", "notin", "gt", "lt"
 
 _SPECIAL = set("(),!=<> \t\n")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-_NAME_PART = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 
 
 def _tokenize(s: str) -> list[str]:
@@ -70,14 +69,15 @@ def _tokenize(s: str) -> list[str]:
 
 
 def _check_key(key: str) -> None:
-    prefix, _, name = key.rpartition("/")
-    if not name or len(name) > 63 or not _NAME_PART.match(name) or (prefix and len(prefix) > 253):
-        raise bad_request(f"unable to parse requirement: invalid label key {key!r}")
+    bad = qualified_name_errors(key)
+    if bad:
+        raise bad_request(f"unable to parse requirement: invalid label key {key!r}: {'; '.join(bad)}")
 
 
 def _check_value(v: str) -> None:
-    if len(v) > 63 or not _LABEL_VALUE.match(v):
-        raise bad_request(f"unable to parse requirement: invalid label value: {v!r}")
+    bad = label_value_errors(v)
+    if bad:
+        raise bad_request(f"unable to parse requirement: invalid label value: {v!r}: {'; '.join(bad)}")
 
 
 class LabelSelector:

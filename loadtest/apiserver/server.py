@@ -2,19 +2,24 @@
 
 Design note
 -----------
-Everything with semantics lives in the store; this module only does I/O:
+Everything with semantics lives in the store and in pure request-parsing functions; this
+module only does I/O, in this order for every request:
 
-- *routing*: one catch-all handler parses ``/api/v1/...`` and ``/apis/{g}/{v}/...`` into
-  (resource, namespace, name, subresource) with :func:`parse_path` (pure, unit-tested),
-  then maps HTTP method + shape to a Kubernetes verb;
-- *auth*: bearer token compare, plus a mutable set of "forbidden" rules producing 403s;
-- *watch streaming*: each watch is one chunked response. The handler sleeps on a tiny
-  future-based waker that the store pokes when the watcher's queue becomes non-empty, then
-  writes everything queued in a single ``write`` (the bytes are shared across watchers).
-  Bookmarks are queued *through* the watcher so they can never overtake an event. A
-  watcher closed by the store (slow consumer, cut, shutdown) simply ends the stream.
-- *future resourceVersions*: kube-apiserver waits up to ~3 s for an RV it has not seen yet
-  before answering 504; we do the same by listening for commits.
+- *auth* first (bearer token compare; the health checks need none), so an
+  unauthenticated peer can cost a request line and headers, never a body;
+- *routing*: :func:`.routing.parse_path` and :func:`.routing.verb_of`, then the 403
+  rules (:func:`.routing.check_forbidden`);
+- *bodies*: Content-Length is checked against the 3 MiB limit before anything is read,
+  aiohttp stops reading at the same limit, and :mod:`.decode` turns the bytes into a
+  document or a 4xx Status (413, 415, 400);
+- *watches* are handed to :mod:`.watchstream`.
+
+Every ApiError becomes its Status body. Anything else is a bug, not bad input: it is
+logged with its traceback (at most once a second) and answered with a 500 InternalError
+Status, so a client always gets JSON, and counted in ``internal_errors``.
+
+*Future resourceVersions*: kube-apiserver waits up to ~3 s for an RV it has not reached
+before answering 504; the shell does the same by listening for commits.
 
 Handlers run with aiohttp ``handler_cancellation`` so a client that disconnects from an
 idle watch releases its watcher immediately rather than at the next write.
@@ -24,26 +29,40 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import random
+import logging
 import secrets
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
 import orjson
 from aiohttp import web
 
 from . import errors
+from .decode import (
+    JSON,
+    MAX_BODY_BYTES,
+    check_size,
+    decode_body,
+    decode_patch,
+    delete_preconditions,
+    query_bool,
+    query_int,
+    rule_list,
+)
 from .errors import ApiError
-from .kubeconfig import TLSMaterial, make_tls, write_kubeconfig
-from .resources import ResourceType
+from .kubeconfig import TLSMaterial, cert_hosts, make_tls, write_kubeconfig
+from .listing import TooLargeResourceVersion, list_body
+from .routing import Route, check_forbidden, parse_path, verb_of
 from .stats import Stats
-from .store import ERROR, Store, TooLargeResourceVersion, Watcher, encode_event
+from .store import Store
+from .watchstream import serve_watch, watch_params
 
-_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
-_JSON = "application/json"
+log = logging.getLogger("loadtest.apiserver")
+T = TypeVar("T")
 
 VERSION_INFO = {
     "major": "1",
@@ -72,137 +91,21 @@ class ServerConfig:
     user: str = "system:serviceaccount:default:pytypha-loadtest"
 
 
-@dataclass
-class Route:
-    kind: str  # "resource" | "discovery"
-    rt: ResourceType | None = None
-    namespace: str | None = None
-    name: str | None = None
-    subresource: str | None = None
-    legacy_watch: bool = False
-    doc: dict[str, Any] | None = None
-
-
-def parse_path(store: Store, path: str) -> Route:
-    """Map a request path to a Route; raises ApiError(404) for unknown paths."""
-    segs = [s for s in path.split("/") if s]
-    reg = store.registry
-    if not segs or segs[0] not in ("api", "apis"):
-        raise errors.path_not_found()
-    if segs[0] == "api":
-        if len(segs) == 1:
-            return Route("discovery", doc={"kind": "APIVersions", "versions": ["v1"]})
-        group, version, rest = "", segs[1], segs[2:]
-    else:
-        if len(segs) == 1:
-            return Route("discovery", doc=reg.api_group_list())
-        if len(segs) == 2:
-            doc = reg.api_group(segs[1])
-            if doc is None:
-                raise errors.path_not_found()
-            return Route("discovery", doc=doc)
-        group, version, rest = segs[1], segs[2], segs[3:]
-    if not rest:
-        doc = reg.api_resource_list(group, version)
-        if doc is None:
-            raise errors.path_not_found()
-        return Route("discovery", doc=doc)
-    legacy_watch = False
-    if rest[0] == "watch":  # deprecated /watch/ prefix paths
-        legacy_watch, rest = True, rest[1:]
-        if not rest:
-            raise errors.path_not_found()
-    ns = None
-    if rest[0] == "namespaces" and len(rest) >= 3:
-        nrt = reg.lookup(group, version, rest[2])
-        if nrt is not None and nrt.namespaced:
-            ns, rest = rest[1], rest[2:]
-    if len(rest) > 3:
-        raise errors.path_not_found()
-    rt = reg.lookup(group, version, rest[0])
-    if rt is None:
-        raise errors.path_not_found()
-    name = rest[1] if len(rest) > 1 else None
-    sub = rest[2] if len(rest) > 2 else None
-    if not rt.namespaced and ns is not None:
-        raise errors.path_not_found()
-    if rt.namespaced and ns is None and name is not None:
-        raise errors.path_not_found()
-    if sub is not None and (sub != "status" or not rt.status_subresource):
-        raise errors.path_not_found()
-    return Route("resource", rt, ns, name, sub, legacy_watch)
-
-
-class _Waker:
-    """One-shot wakeups without asyncio.Event/wait_for task overhead (thousands of watchers)."""
-
-    __slots__ = ("_fut", "_loop")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._fut: asyncio.Future[None] | None = None
-
-    def notify(self) -> None:
-        f = self._fut
-        if f is not None and not f.done():
-            f.set_result(None)
-
-    async def wait(self, timeout: float) -> None:
-        fut = self._fut = self._loop.create_future()
-        h = self._loop.call_later(max(timeout, 0.0), _resolve, fut)
-        try:
-            await fut
-        finally:
-            h.cancel()
-            self._fut = None
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-def _shrink_tls_read_buffer(transport: Any, size: int = 16 * 1024) -> None:
-    """Give a long-lived watch connection a small TLS read buffer.
-
-    The stdlib asyncio SSLProtocol allocates (and zero-fills) a 256 KiB read buffer per
-    connection: 2,000 watches would pin ~500 MB for buffers that only ever see tiny
-    requests. It is safe to swap here: the buffer is only touched inside one synchronous
-    get_buffer/recv_into/buffer_updated callback, never across an await. Other loops
-    (uvloop) or Python versions without these attributes are left alone.
-    """
-    proto = getattr(transport, "_ssl_protocol", None)
-    buf = getattr(proto, "_ssl_buffer", None)
-    if proto is None or not isinstance(buf, bytearray) or len(buf) <= size:
-        return
-    try:
-        proto.max_size = size  # instance attribute; caps future get_buffer() growth
-        proto._ssl_buffer = bytearray(size)
-        proto._ssl_buffer_view = memoryview(proto._ssl_buffer)
-    except (AttributeError, TypeError):
-        pass
-
-
-def _qbool(v: str | None) -> bool:
-    return v in _TRUE
-
-
-def _qint(q: Any, name: str) -> int | None:
-    v = q.get(name)
-    if v in (None, ""):
-        return None
-    try:
-        return int(v)
-    except ValueError:
-        raise errors.bad_request(f"invalid {name} parameter: {v!r}") from None
-
-
 def _json_response(status: int, body: bytes) -> web.Response:
-    return web.Response(status=status, body=body, content_type=_JSON)
+    return web.Response(status=status, body=body, content_type=JSON)
 
 
 def _status_response(e: ApiError) -> web.Response:
     return _json_response(e.code, orjson.dumps(e.status))
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request body, or 413 RequestEntityTooLarge past :data:`.decode.MAX_BODY_BYTES`."""
+    check_size(request.content_length)
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise errors.request_entity_too_large(MAX_BODY_BYTES) from None
 
 
 class ApiServerApp:
@@ -214,6 +117,7 @@ class ApiServerApp:
         self.port = 0
         self.host = "127.0.0.1"
         self._token = config.token.encode()
+        self._next_bug_log = 0.0
 
     # ---- entry -----------------------------------------------------------------------
 
@@ -227,45 +131,43 @@ class ApiServerApp:
             stats.unauthorized += 1
             return _status_response(errors.unauthorized())
         try:
-            if path.startswith("/emulator/"):
-                return await self._emulator(request, path)
-            if path == "/version" or path == "/version/":
-                return _json_response(200, orjson.dumps(VERSION_INFO))
-            route = parse_path(self.store, path)
-            if route.kind == "discovery":
-                doc = route.doc
-                assert doc is not None
-                if doc.get("kind") == "APIVersions":
-                    doc = dict(
-                        doc,
-                        serverAddressByClientCIDRs=[
-                            {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self.host}:{self.port}"}
-                        ],
-                    )
-                return _json_response(200, orjson.dumps(doc))
-            return await self._resource(request, route)
+            return await self._dispatch(request, path)
         except ApiError as e:
             return _status_response(e)
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception as exc:
+            stats.internal_errors += 1
+            now = time.monotonic()
+            if now >= self._next_bug_log:
+                self._next_bug_log = now + 1.0
+                log.exception("internal error serving %s %s", request.method, path)
+            return _status_response(errors.internal_error(f"{type(exc).__name__}: {exc}"))
+
+    async def _dispatch(self, request: web.Request, path: str) -> web.StreamResponse:
+        if path.startswith("/emulator/"):
+            return await self._emulator(request, path)
+        if path in ("/version", "/version/"):
+            return _json_response(200, orjson.dumps(VERSION_INFO))
+        route = parse_path(self.store.registry, path)
+        if route.kind == "discovery":
+            doc = route.doc
+            assert doc is not None
+            if doc.get("kind") == "APIVersions":
+                doc = dict(
+                    doc,
+                    serverAddressByClientCIDRs=[
+                        {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self.host}:{self.port}"}
+                    ],
+                )
+            return _json_response(200, orjson.dumps(doc))
+        return await self._resource(request, route)
 
     def _authenticated(self, request: web.Request) -> bool:
         auth = request.headers.get("Authorization", "")
         if not auth.startswith("Bearer "):
             return False
         return hmac.compare_digest(auth[7:].strip().encode(), self._token)
-
-    def _check_forbidden(self, verb: str, rt: ResourceType, sub: str | None, route: Route) -> None:
-        rules = self.config.forbidden
-        if not rules:
-            return
-        names = [rt.plural, rt.key]
-        if sub:
-            names = [f"{n}/{sub}" for n in names] + names
-        for n in names:
-            if n in rules or f"{verb}:{n}" in rules or f"*:{n}" in rules:
-                self.store.stats.forbidden += 1
-                raise errors.forbidden(
-                    rt, rt.plural + (f"/{sub}" if sub else ""), verb, route.name, route.namespace, self.config.user
-                )
 
     # ---- resources -------------------------------------------------------------------
 
@@ -275,30 +177,33 @@ class ApiServerApp:
         q = request.query
         method = request.method
         name, ns, sub = route.name, route.namespace, route.subresource
-        if method == "GET":
-            is_watch = route.legacy_watch or _qbool(q.get("watch"))
-            verb = "watch" if is_watch else ("get" if name else "list")
-        elif method == "POST":
-            verb = "create"
-        elif method == "PUT":
-            verb = "update"
-        elif method == "PATCH":
-            verb = "patch"
-        elif method == "DELETE":
-            verb = "delete" if name else "deletecollection"
-        else:
-            raise errors.method_not_allowed(method)
-        self._check_forbidden(verb, rt, sub, route)
+        verb = verb_of(method, route, route.legacy_watch or query_bool(q.get("watch")))
+        try:
+            check_forbidden(self.config.forbidden, verb, route, self.config.user)
+        except ApiError:
+            self.store.stats.forbidden += 1
+            raise
         if q.get("dryRun"):
             raise errors.bad_request("dryRun is not supported by the emulator")
         rstats = self.store.stats.resource(rt.key)
         store = self.store
+        ctype = request.headers.get("Content-Type")
 
         if verb == "watch":
-            return await self._watch(request, route)
+            params = watch_params(q, route, self.config.min_request_timeout)
+            return await serve_watch(
+                request,
+                store,
+                route,
+                params,
+                bookmark_interval=self.config.bookmark_interval,
+                initial_batch=self.config.initial_batch,
+                retry_too_large=self._retry_too_large,
+            )
         if verb == "get":
+            assert name is not None
             rstats.get_requests += 1
-            return _json_response(200, store.get_object(rt, name, ns).raw)  # type: ignore[arg-type]
+            return _json_response(200, store.get_object(rt, name, ns).raw)
         if verb == "list":
             res = await self._retry_too_large(
                 lambda: store.list(
@@ -306,7 +211,7 @@ class ApiServerApp:
                     ns,
                     label_selector=q.get("labelSelector"),
                     field_selector=q.get("fieldSelector"),
-                    limit=_qint(q, "limit"),
+                    limit=query_int(q, "limit"),
                     continue_=q.get("continue") or None,
                     resource_version=q.get("resourceVersion"),
                     resource_version_match=q.get("resourceVersionMatch"),
@@ -318,34 +223,26 @@ class ApiServerApp:
         if verb == "create":
             if name is not None or (rt.namespaced and ns is None):
                 raise errors.method_not_allowed(method)
-            obj = store.create_object(rt, await self._body(request), namespace=ns, strategy=True)
+            obj = store.create_object(rt, decode_body(await read_body(request), ctype), namespace=ns, strategy=True)
             return _json_response(201, obj.raw)
         if verb == "update":
             if name is None:
                 raise errors.method_not_allowed(method)
-            obj = store.update_object(
-                rt, await self._body(request), namespace=ns, name=name, subresource=sub, strategy=True
-            )
+            body = decode_body(await read_body(request), ctype)
+            obj = store.update_object(rt, body, namespace=ns, name=name, subresource=sub, strategy=True)
             return _json_response(200, obj.raw)
         if verb == "patch":
             if name is None:
                 raise errors.method_not_allowed(method)
-            obj = store.patch_object(
-                rt,
-                name,
-                await self._body(request),
-                namespace=ns,
-                content_type=request.headers.get("Content-Type", ""),
-                subresource=sub,
-                strategy=True,
-            )
+            patch, ptype = decode_patch(await read_body(request), ctype)
+            obj = store.patch_object(rt, name, patch, namespace=ns, content_type=ptype, subresource=sub, strategy=True)
             return _json_response(200, obj.raw)
         if verb == "delete":
+            assert name is not None
             if sub is not None:
                 raise errors.method_not_allowed(method)
-            opts = await self._body(request, optional=True) or {}
-            pre = opts.get("preconditions") if isinstance(opts, dict) else None
-            obj, _ = store.delete_object(rt, name, namespace=ns, preconditions=pre)  # type: ignore[arg-type]
+            pre = delete_preconditions(await read_body(request), ctype)
+            obj, _ = store.delete_object(rt, name, namespace=ns, preconditions=pre)
             return _json_response(200, obj.raw)
         # deletecollection
         if rt.namespaced and ns is None:
@@ -353,26 +250,9 @@ class ApiServerApp:
         deleted = store.delete_collection(
             rt.key, ns, label_selector=q.get("labelSelector"), field_selector=q.get("fieldSelector")
         )
-        head = orjson.dumps(
-            {"kind": rt.list_kind, "apiVersion": rt.api_version, "metadata": {"resourceVersion": str(store.rv)}}
-        )
-        return _json_response(200, head[:-1] + b',"items":[' + b",".join(o.raw for o in deleted) + b"]}")
+        return _json_response(200, list_body(rt, {"resourceVersion": str(store.rv)}, deleted))
 
-    async def _body(self, request: web.Request, optional: bool = False) -> Any:
-        raw = await request.read()
-        if not raw:
-            if optional:
-                return None
-            raise errors.bad_request("the request body is empty")
-        ct = request.headers.get("Content-Type", _JSON).split(";", 1)[0].strip()
-        if "yaml" in ct or "protobuf" in ct:
-            raise errors.unsupported_media_type(ct)
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as e:
-            raise errors.bad_request(f"couldn't get version/kind; json parse error: {e}") from None
-
-    async def _retry_too_large(self, fn: Callable[[], Any]) -> Any:
+    async def _retry_too_large(self, fn: Callable[[], T]) -> T:
         try:
             return fn()
         except TooLargeResourceVersion as e:
@@ -399,124 +279,6 @@ class ApiServerApp:
         finally:
             store.remove_commit_listener(on_commit)
 
-    # ---- watch -----------------------------------------------------------------------
-
-    async def _watch(self, request: web.Request, route: Route) -> web.StreamResponse:
-        rt = route.rt
-        assert rt is not None
-        q = request.query
-        store = self.store
-        rstats = store.stats.resource(rt.key)
-        fsel = q.get("fieldSelector") or ""
-        if route.name is not None:  # watch on a single object == metadata.name selector
-            fsel = f"metadata.name={route.name}" + (f",{fsel}" if fsel else "")
-        bookmarks = _qbool(q.get("allowWatchBookmarks"))
-        send_initial = _qbool(q.get("sendInitialEvents"))
-        match = q.get("resourceVersionMatch")
-        if send_initial:
-            if not bookmarks:
-                raise errors.invalid(
-                    None,
-                    "",
-                    "allowWatchBookmarks",
-                    "Forbidden: sendInitialEvents requires setting allowWatchBookmarks to true",
-                )
-            if match != "NotOlderThan":
-                raise errors.invalid(
-                    None,
-                    "",
-                    "resourceVersionMatch",
-                    "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
-                )
-        elif match:
-            raise errors.invalid(
-                None,
-                "",
-                "resourceVersionMatch",
-                "Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
-            )
-        timeout_s = _qint(q, "timeoutSeconds")
-        if timeout_s is None or timeout_s <= 0:
-            timeout = self.config.min_request_timeout * (1 + random.random())
-        else:
-            timeout = float(timeout_s)
-        loop = asyncio.get_running_loop()
-        waker = _Waker(loop)
-        rv_param = q.get("resourceVersion")
-        error: ApiError | None = None
-        w: Watcher | None = None
-        try:
-            w = await self._retry_too_large(
-                lambda: store.watch(
-                    rt,
-                    route.namespace,
-                    resource_version=rv_param,
-                    label_selector=q.get("labelSelector"),
-                    field_selector=fsel or None,
-                    send_initial_events=send_initial,
-                    notify=waker.notify,
-                )
-            )
-        except ApiError as e:
-            if e.code not in (410, 504):
-                raise
-            error = e  # kube-apiserver reports these *inside* a 200 watch stream
-        resp = web.StreamResponse(status=200, headers={"Content-Type": _JSON, "Cache-Control": "no-cache, private"})
-        resp.enable_chunked_encoding()
-        _shrink_tls_read_buffer(request.transport)
-        try:
-            await resp.prepare(request)
-            if error is not None:
-                data = encode_event(ERROR, orjson.dumps(error.status))
-                await resp.write(data)
-                rstats.events_sent += 1
-                rstats.bytes_sent += len(data)
-                await resp.write_eof()
-                return resp
-            assert w is not None
-            await self._stream(resp, w, loop, waker, timeout, bookmarks)
-            await resp.write_eof()
-        except (ConnectionResetError, ConnectionError):
-            pass  # client went away
-        finally:
-            if w is not None:
-                store.unwatch(w)
-        return resp
-
-    async def _stream(
-        self,
-        resp: web.StreamResponse,
-        w: Watcher,
-        loop: asyncio.AbstractEventLoop,
-        waker: _Waker,
-        timeout: float,
-        bookmarks: bool,
-    ) -> None:
-        store = self.store
-        rstats = store.stats.resource(w.rt.key)
-        deadline = loop.time() + timeout
-        interval = self.config.bookmark_interval
-        next_bm = loop.time() + interval if bookmarks else float("inf")
-        batch_n = self.config.initial_batch
-        while not w.closed:
-            batch = w.next_initial(batch_n) if w.has_initial() else w.drain()
-            if batch:
-                data = b"".join(batch)
-                await resp.write(data)
-                nbm = sum(1 for b in batch if b[9:10] == b"B")  # '{"type":"B...' = BOOKMARK
-                rstats.events_sent += len(batch) - nbm
-                rstats.bookmarks_sent += nbm
-                rstats.bytes_sent += len(data)
-                continue
-            now = loop.time()
-            if now >= deadline:
-                return
-            if now >= next_bm:
-                store.push_bookmark(w)
-                next_bm = now + interval
-                continue
-            await waker.wait(min(deadline, next_bm) - now)
-
     # ---- /emulator/* -----------------------------------------------------------------
 
     async def _emulator(self, request: web.Request, path: str) -> web.Response:
@@ -530,13 +292,15 @@ class ApiServerApp:
         if path == "/emulator/cut-watches" and request.method == "POST":
             return _json_response(200, orjson.dumps({"cut": store.cut_watches(resource)}))
         if path == "/emulator/compact" and request.method == "POST":
-            rv = _qint(q, "resourceVersion")
+            rv = query_int(q, "resourceVersion")
             return _json_response(200, orjson.dumps({"compactedTo": str(store.compact(resource, rv))}))
         if path == "/emulator/forbidden":
             if request.method == "POST":
-                body = await self._body(request, optional=True) or {}
-                self.config.forbidden.update(body.get("add", []))
-                self.config.forbidden.difference_update(body.get("remove", []))
+                raw = await read_body(request)
+                body = decode_body(raw, request.headers.get("Content-Type")) if raw else {}
+                add, remove = rule_list(body, "add"), rule_list(body, "remove")
+                self.config.forbidden.update(add)
+                self.config.forbidden.difference_update(remove)
             return _json_response(200, orjson.dumps({"forbidden": sorted(self.config.forbidden)}))
         raise errors.path_not_found()
 
@@ -605,6 +369,18 @@ class ApiServerHandle:
         await self.stop()
 
 
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def start_apiserver(
     *,
     host: str = "127.0.0.1",
@@ -620,12 +396,21 @@ async def start_apiserver(
     require_namespace: bool = False,
     kubeconfig_path: str | None = None,
     tls: TLSMaterial | None = None,
+    sans: Iterable[str] = (),
 ) -> ApiServerHandle:
     """Start an HTTPS Kubernetes API emulator on ``host:port`` (0 = ephemeral port).
 
     ``window_size`` (events retained per resource) and ``max_watch_queue`` only apply when
-    a new Store is created here. ``token`` defaults to a random one.
+    a new Store is created here. ``token`` defaults to a random one. The serving
+    certificate covers loopback, ``host`` and every name or address in ``sans``
+    (:func:`.kubeconfig.cert_hosts`). Raises OSError if the address cannot be bound.
     """
+    sock = _bind(host, port)
+    try:
+        tls = tls or make_tls(cert_hosts(host, sans))
+    except BaseException:
+        sock.close()
+        raise
     if store is None:
         store = Store(window_size=window_size, max_watch_queue=max_watch_queue, require_namespace=require_namespace)
     config = ServerConfig(
@@ -635,16 +420,11 @@ async def start_apiserver(
         min_request_timeout=min_request_timeout,
         too_large_rv_wait=too_large_rv_wait,
     )
-    tls = tls or make_tls()
     api = ApiServerApp(store, config)
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
     app.router.add_route("*", "/{tail:.*}", api.handle)
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=2.0)
     await runner.setup()
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
     site = web.SockSite(runner, sock, ssl_context=tls.server_context(), backlog=1024)
     await site.start()
     api.host, api.port = host, sock.getsockname()[1]
@@ -654,4 +434,4 @@ async def start_apiserver(
     return handle
 
 
-__all__ = ["ApiServerApp", "ApiServerHandle", "Route", "ServerConfig", "parse_path", "start_apiserver"]
+__all__ = ["ApiServerApp", "ApiServerHandle", "ServerConfig", "read_body", "start_apiserver"]

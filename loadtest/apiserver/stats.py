@@ -18,6 +18,7 @@ _FIELDS = (
     "watches_closed_slow",  # closed because the watcher's queue overflowed
     "watches_cut",  # closed by cut_watches()/shutdown
     "watches_expired",  # watch requests answered with a 410 ERROR event
+    "watches_failed",  # closed because serving them raised (the others carry on)
     "events_sent",  # ADDED/MODIFIED/DELETED/ERROR events written to sockets
     "bookmarks_sent",
     "bytes_sent",  # watch stream bytes written (events + bookmarks)
@@ -43,6 +44,7 @@ class ResourceStats:
     watches_closed_slow: int
     watches_cut: int
     watches_expired: int
+    watches_failed: int
     events_sent: int
     bookmarks_sent: int
     bytes_sent: int
@@ -73,6 +75,7 @@ class Stats:
         self.requests_total = 0
         self.unauthorized = 0
         self.forbidden = 0
+        self.internal_errors = 0  # requests answered 500: a bug in the emulator, logged with a traceback
 
     def resource(self, key: str) -> ResourceStats:
         rs = self.resources.get(key)
@@ -88,6 +91,7 @@ class Stats:
             "requests_total": self.requests_total,
             "unauthorized": self.unauthorized,
             "forbidden": self.forbidden,
+            "internal_errors": self.internal_errors,
             "totals": {f: self.total(f) for f in _FIELDS},
             "resources": {k: v.as_dict() for k, v in sorted(self.resources.items())},
         }
