@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 
 from loadtest.apiserver.fixtures import make_calico_object, make_namespace, make_node, make_pod
+from loadtest.apiserver.listing import encode_continue
 from loadtest.apiserver.patch import JSON_PATCH, MERGE, STRATEGIC
-from loadtest.apiserver.store import encode_continue
 from protocol import (
     KV,
     ClientHello,

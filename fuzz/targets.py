@@ -25,10 +25,10 @@ from felix.policy.rules import RenderError, render_policy
 from felix.policy.selector import SelectorError
 from felix.policy.selector import parse as parse_calico_selector
 from loadtest.apiserver import ApiError, Store
+from loadtest.apiserver.listing import decode_continue
 from loadtest.apiserver.patch import JSON_PATCH, MERGE, STRATEGIC, apply_patch
+from loadtest.apiserver.routing import parse_path
 from loadtest.apiserver.selectors import parse_field_selector, parse_label_selector
-from loadtest.apiserver.server import parse_path
-from loadtest.apiserver.store import decode_continue
 from protocol import (
     ClientConnection,
     ClientHello,
@@ -165,7 +165,7 @@ def selectors(data: bytes) -> None:
     except ApiError:
         pass
     try:
-        parse_path(_STORE_FOR_PATHS, text)
+        parse_path(_STORE_FOR_PATHS.registry, text)
     except ApiError:
         pass
 
@@ -187,7 +187,7 @@ def patches(data: bytes) -> None:
     content_type = PATCH_TYPES[data[0] % len(PATCH_TYPES)]
     before = orjson.dumps(target)
     try:
-        out = apply_patch(target, patch, content_type)
+        out = apply_patch(target, patch, content_type, "Pod")  # "Pod": strategic merge by its merge keys
     except ApiError:
         assert orjson.dumps(target) == before, "a failed patch modified its target"
         return
@@ -195,7 +195,7 @@ def patches(data: bytes) -> None:
     assert isinstance(out, dict)
     orjson.dumps(out)  # stored as JSON: must serialise
     if content_type == MERGE:  # RFC 7386: applying a merge patch twice changes nothing more
-        assert apply_patch(out, patch, content_type) == out, "merge patch is not idempotent"
+        assert apply_patch(out, patch, content_type, "Pod") == out, "merge patch is not idempotent"
 
 
 def bodies(data: bytes) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import orjson
 import pytest
 
 from fuzz.__main__ import CORPUS, NAMES, _run_hypothesis
@@ -56,28 +55,3 @@ def test_the_round_trip_oracle_catches_an_encoder_bug(monkeypatch: pytest.Monkey
 
 def test_hypothesis_fallback_runs_the_same_targets() -> None:
     _run_hypothesis("decode", 1)  # what `python -m fuzz run` does where atheris is not installed
-
-
-# -- crashes found by fuzzing in code of another area, reported to its owner ------------------------------
-
-PATCH_JSON = b"\x02"  # fuzz.targets.PATCH_TYPES index of application/json-patch+json
-EMULATOR_CRASHES = {
-    "json-patch-move-without-from": ("patches", PATCH_JSON + orjson.dumps([{"a": 1}, [{"op": "move", "path": "/b"}]])),
-    "json-patch-remove-root": ("patches", PATCH_JSON + orjson.dumps([{"a": 1}, [{"op": "remove", "path": ""}]])),
-    "metadata-not-an-object": ("bodies", b'namespaces\n{"metadata": "x"}'),
-    "name-not-a-string": ("bodies", b'namespaces\n{"metadata": {"name": {"a": "b"}}}'),
-    "name-an-integer": ("bodies", b'namespaces\n{"metadata": {"name": 123}}'),
-    "labels-a-list": ("bodies", b'namespaces\n{"metadata": {"name": "n", "labels": ["x"]}}'),
-    "spec-a-list": ("bodies", b'namespaces\n{"metadata": {"name": "n"}, "spec": [1]}'),
-}
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="crash in loadtest/apiserver found by fuzz/, reported to the emulator's owner (issue 9 items 11, 14); "
-    "once it passes, move the input to fuzz/corpus/<target>/regress-<id> and delete it here",
-)
-@pytest.mark.parametrize("case", sorted(EMULATOR_CRASHES))
-def test_emulator_crash_found_by_fuzzing(case: str) -> None:
-    target, data = EMULATOR_CRASHES[case]
-    TARGETS[target](data)
