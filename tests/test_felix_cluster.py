@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -34,7 +35,9 @@ import pytest
 
 from felix.dataplane.netlink import RTPROT_FELIX
 from felix.dataplane.netns import run_in_netns
+from loadtest.apiserver import Store, start_apiserver
 from loadtest.apiserver.fixtures import make_calico_object, make_namespace, make_node, make_pod
+from loadtest.support.cluster import apply_events
 from protocol import SYNCER_FELIX, SyncStatus
 from typha.ingest import ADDED, DELETED, MODIFIED, Ingestor
 from typha.snapcache import SnapCache
@@ -65,12 +68,14 @@ class Cluster:
     tag: str
     subnet: int  # the underlay is 198.18.<subnet>.0/24
     ingestor: Ingestor
-    server: SyncServer
+    server: SyncServer | None  # in-process typha, or None with a typha process (via_api)
     nodes: list[str] = field(default_factory=list)
     pods: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # name -> (node, ip, pod netns)
     felix: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logdir: str = ""  # felix's stderr per node; printed at teardown (pytest shows it if the test fails)
     pod_meta: dict[str, tuple[str, tuple[dict, ...]]] = field(default_factory=dict)  # name -> (namespace, ports)
+    store: Store | None = None  # via_api: objects are written to the API emulator, which typha watches
+    typha_port: int = 0
 
     def ip(self, host: int) -> str:
         """An underlay address: node i is .i, the bridge (and typha) .254."""
@@ -83,7 +88,15 @@ class Cluster:
         return f"pt{self.tag}-p-{pod}"
 
     def apply(self, *events: tuple[str, str, dict]) -> None:
-        self.ingestor.handle(events)
+        if self.store is not None:
+            apply_events(self.store, events)
+        else:
+            self.ingestor.handle(events)
+
+    def mark_in_sync(self) -> None:
+        """The in-process typha's datastore is in sync (a typha process gets there by itself)."""
+        if self.store is None:
+            self.ingestor.caches[SYNCER_FELIX].set_status(SyncStatus.IN_SYNC)
 
     def add_node(self, index: int, vxlan: bool = False) -> str:
         node = f"node{index}"
@@ -209,7 +222,7 @@ class Cluster:
         env = {
             **os.environ,
             "FELIX_NODENAME": node,
-            "FELIX_TYPHA_ADDRESSES": f"{self.ip(254)}:{self.server.port}",
+            "FELIX_TYPHA_ADDRESSES": f"{self.ip(254)}:{self.typha_port}",
             "FELIX_HEALTH_PORT": "0",
             "FELIX_METRICS_PORT": "0",
             "FELIX_ROUTE_REFRESH_INTERVAL": "1",
@@ -271,9 +284,47 @@ async def eventually_connects(src_ns: str, ip: str, port: int, timeout: float = 
     raise AssertionError(f"{src_ns} could not reach {ip}:{port} within {timeout}s")
 
 
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def start_typha_process(c: Cluster, kubeconfig: str, host: str) -> tuple[subprocess.Popen[bytes], int]:
+    """`python -m typha --datastore kubernetes` against the emulator, serving on the bridge."""
+    health = free_port("127.0.0.1")
+    c.typha_port = free_port(host)
+    env = {
+        **os.environ,
+        "TYPHA_DATASTORE": "kubernetes",
+        "TYPHA_KUBECONFIG": kubeconfig,
+        "TYPHA_LISTEN_HOST": host,
+        "TYPHA_PORT": str(c.typha_port),
+        "TYPHA_HEALTH_HOST": "127.0.0.1",
+        "TYPHA_HEALTH_PORT": str(health),
+        "TYPHA_METRICS_PORT": "0",
+        "TYPHA_SHUTDOWN_TIMEOUT": "1",  # a test cluster: no agents to spread over minutes
+    }
+    with open(os.path.join(c.logdir, "typha.log"), "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "typha"], env=env, stdout=subprocess.DEVNULL, stderr=log)
+    return proc, health
+
+
+def typha_ready(health: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{health}/readiness", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
 @contextlib.asynccontextmanager
-async def running_cluster() -> AsyncIterator[Cluster]:
-    """A bridge, a typha on it, the default namespace and pool; everything removed afterwards."""
+async def running_cluster(via_api: bool = False) -> AsyncIterator[Cluster]:
+    """A bridge, a typha on it, the default namespace and pool; everything removed afterwards.
+
+    ``via_api``: the whole path of production -- objects are written to the API-server emulator
+    (HTTPS), a real `typha --datastore kubernetes` process watches it and serves the nodes' felix.
+    Otherwise an in-process typha is fed directly (faster to start)."""
     if os.geteuid() != 0:
         kernel_skip("needs root for network namespaces")
     if shutil.which("ip") is None or sh("ip", "netns", "list", check=False).returncode != 0:
@@ -286,30 +337,44 @@ async def running_cluster() -> AsyncIterator[Cluster]:
     sh("ip", "addr", "add", f"{bridge_ip}/24", "dev", bridge)
     sh("ip", "link", "set", bridge, "up")
     cache = SnapCache(SYNCER_FELIX)
-    server = SyncServer({SYNCER_FELIX: cache}, ServerConfig(host=bridge_ip, port=0))
-    await server.start()
     ingestor = Ingestor({SYNCER_FELIX: cache})
     logs = tempfile.TemporaryDirectory(prefix="pytypha-cluster-")
-    c = Cluster(tag, subnet, ingestor, server, logdir=logs.name)
+    server: SyncServer | None = None
+    api = typha = None
+    if via_api:
+        api = await start_apiserver(bookmark_interval=1.0)
+        kubeconfig = os.path.join(logs.name, "kubeconfig")
+        api.write_kubeconfig(kubeconfig)
+        c = Cluster(tag, subnet, ingestor, None, logdir=logs.name, store=api.store)
+    else:
+        server = SyncServer({SYNCER_FELIX: cache}, ServerConfig(host=bridge_ip, port=0))
+        await server.start()
+        c = Cluster(tag, subnet, ingestor, server, logdir=logs.name, typha_port=server.port)
     c.apply(
         (ADDED, "namespaces", make_namespace("default")),
         (ADDED, "ippools", pool_object(nat_outgoing=False)),
     )
     try:
+        if api is not None:
+            typha, health = start_typha_process(c, kubeconfig, bridge_ip)
+            await wait_for(lambda: typha_ready(health), 30, "typha in sync with the API emulator")
         yield c
     finally:
-        for proc in c.felix.values():
+        for proc in [*c.felix.values(), *([typha] if typha else [])]:
             proc.terminate()
-        for proc in c.felix.values():
+        for proc in [*c.felix.values(), *([typha] if typha else [])]:
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        for node in c.felix:
-            with open(os.path.join(logs.name, f"{node}.log"), errors="replace") as f:
-                print(f"--- felix on {node} ---\n{f.read()[-4000:]}")
+        for name in [*c.felix, *(["typha"] if typha else [])]:
+            with open(os.path.join(logs.name, f"{name}.log"), errors="replace") as f:
+                print(f"--- {name} ---\n{f.read()[-4000:]}")
         logs.cleanup()
-        await server.shutdown()
+        if server is not None:
+            await server.shutdown()
+        if api is not None:
+            await api.stop()
         for line in sh("ip", "netns", "list").stdout.splitlines():
             name = line.split()[0]
             if name.startswith(f"pt{tag}-"):
@@ -335,7 +400,7 @@ async def three_nodes(c: Cluster, vxlan: bool = False) -> None:
     c.add_pod("a1", "node1", "198.19.1.2")
     c.add_pod("b2", "node2", "198.19.2.2")
     c.add_pod("c3", "node3", "198.19.3.2")
-    c.ingestor.caches[SYNCER_FELIX].set_status(SyncStatus.IN_SYNC)
+    c.mark_in_sync()
     for node in c.nodes:
         c.start_felix(node)
     for node in c.nodes:

@@ -1,7 +1,9 @@
 """Network policy end to end on a real kernel: a truth table of real TCP and UDP per scenario.
 
-Two nodes and six pods (tests/test_felix_cluster.py's harness: namespaces, veths, a real typha, a
-real felix process per node programming iptables and ip sets), three Kubernetes namespaces x, y, z.
+Two nodes and six pods (tests/test_felix_cluster.py's harness: namespaces and veths; objects
+written to the API-server emulator over HTTPS, a real `typha --datastore kubernetes` process
+watching it, a real felix process per node programming iptables and ip sets), three Kubernetes
+namespaces x, y, z.
 Every pod serves TCP 80, TCP 81 and UDP 53. For each scenario the test applies policies, then
 probes every ordered pair of pods on every port concurrently, and waits (with a timeout, never a
 sleep) until the observed table equals the scenario's truth table; a mismatch at the deadline
@@ -29,7 +31,6 @@ import pytest_asyncio
 
 from felix.dataplane.netns import run_in_netns
 from loadtest.apiserver.fixtures import make_calico_object, make_namespace
-from protocol import SYNCER_FELIX, SyncStatus
 from typha.ingest import ADDED, DELETED, MODIFIED
 
 from .conftest import wait_for
@@ -168,7 +169,7 @@ def everything(s: str, d: str, p: str, n: int) -> bool:
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def net() -> AsyncIterator[Net]:
-    async with running_cluster() as c:
+    async with running_cluster(via_api=True) as c:
         for i in (1, 2):
             node = c.add_node(i)
             c.add_block(node, f"198.19.{i}.0/26")
@@ -180,7 +181,7 @@ async def net() -> AsyncIterator[Net]:
                 {"name": "dns", "containerPort": 53, "protocol": "UDP"},
             )
             c.add_pod(name, node, addr, namespace=namespace, labels={"app": label}, ports=ports)
-        c.ingestor.caches[SYNCER_FELIX].set_status(SyncStatus.IN_SYNC)
+        c.mark_in_sync()
         for node in c.nodes:
             c.start_felix(node)
         n = Net(c)
