@@ -13,6 +13,7 @@ from common.runtime import StartupError, kubernetes_client, run_main
 from .agent import FelixAgent, PolicyDataplane
 from .config import FelixConfig, load_config
 from .discovery import EndpointSliceDiscovery
+from .metrics import FelixMetrics
 from .ops import health_app, metrics_app, start_site
 
 log = logging.getLogger("felix")
@@ -41,13 +42,15 @@ async def run(cfg: FelixConfig) -> None:
                 routes.close()
             where = f"network namespace {cfg.netns!r}" if cfg.netns else "this network namespace"
             raise StartupError(f"cannot open netlink sockets in {where}: {exc}") from None
-    policy = _policy_dataplane(cfg) if cfg.policy_enabled else None
+    metrics = FelixMetrics()
+    policy = _policy_dataplane(cfg, metrics) if cfg.policy_enabled else None
     agent = FelixAgent(
         cfg.nodename,
         typha,
         routes=routes,
         devices=devices,
         policy=policy,
+        metrics=metrics,
         network_mtu=cfg.network_mtu,
         read_timeout=cfg.typha_read_timeout,
         netns=cfg.netns or None,
@@ -76,22 +79,15 @@ async def run(cfg: FelixConfig) -> None:
             await api.close()
 
 
-def _policy_dataplane(cfg: FelixConfig) -> PolicyDataplane:
-    from .dataplane.iptables.manager import PolicyConfig
+def _policy_dataplane(cfg: FelixConfig, metrics: FelixMetrics) -> PolicyDataplane:
     from .dataplane.iptables.manager import PolicyDataplane as IptablesDataplane
-    from .dataplane.iptables.render import RenderConfig
+    from .dataplane.iptables.manager import config_from_settings
+    from .dataplane.iptables.metrics import PolicyMetrics
 
-    config = PolicyConfig(
-        chain_insert_mode=cfg.chain_insert_mode,  # type: ignore[arg-type]  # checked by the setting's choices
-        backend=cfg.iptables_backend,  # type: ignore[arg-type]
-        refresh_interval=cfg.iptables_refresh_interval,
-        lock_timeout=cfg.iptables_lock_timeout,
-        render=RenderConfig(endpoint_to_host=cfg.default_endpoint_to_host_action),  # type: ignore[arg-type]
-    )
     try:
-        return IptablesDataplane(cfg.netns or None, config)
+        return IptablesDataplane(cfg.netns or None, config_from_settings(cfg), metrics=PolicyMetrics(metrics.registry))
     except OSError as exc:
-        raise StartupError(f"cannot program iptables (--iptables-backend={cfg.iptables_backend}): {exc}") from None
+        raise StartupError(f"cannot program iptables (--iptablesbackend={cfg.iptables_backend}): {exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

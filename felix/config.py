@@ -14,6 +14,33 @@ ENV_PREFIX = "FELIX"
 MIN_NETWORK_MTU = 576  # the smallest datagram every IPv4 host must accept (RFC 791)
 
 
+def _lower(text: str) -> str:
+    return text.strip().lower()
+
+
+def _upper(text: str) -> str:
+    return text.strip().upper()
+
+
+def _mark_mask(text: str) -> int:
+    try:
+        value = int(text.strip(), 0)
+    except ValueError:
+        raise ValueError("expected a 32-bit mask such as 0xffff0000") from None
+    if not 0 < value < 1 << 32:
+        raise ValueError("expected a 32-bit mask such as 0xffff0000")
+    return value
+
+
+def _mark_bits(value: int) -> str | None:
+    return None if bin(value).count("1") >= 4 else "must leave felix at least 4 bits"
+
+
+def _log_prefix(value: str) -> str | None:
+    ok = len(value) <= 27 and value.isprintable() and '"' not in value
+    return None if ok else "must be at most 27 printable characters, without quotes (the kernel's limit is 29)"
+
+
 def _network_mtu(value: int) -> str | None:
     return None if value >= MIN_NETWORK_MTU else f"must be at least {MIN_NETWORK_MTU} (an IPv4 network's minimum MTU)"
 
@@ -65,30 +92,67 @@ class FelixConfig:
         "", "Program this named network namespace instead of felix's own (tests, benchmarks, sidecars)."
     )
     log_level: str = setting("INFO", "Logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    # Network policy (iptables + ip sets); the names follow Calico's settings.
-    policy_enabled: bool = setting(True, "Enforce network policy with iptables and ip sets.")
+    # Network policy (iptables + ip sets): Calico's settings, under Calico's FELIX_* names.
+    policy_enabled: bool = setting(True, "Program network policy (iptables rules and ip sets) into the kernel.")
     chain_insert_mode: str = setting(
         "insert",
-        "Calico's ChainInsertMode: hook felix's chains at the top of FORWARD/INPUT/OUTPUT, or append them.",
+        "Calico's ChainInsertMode: felix's hook rules go at the top (insert) or the bottom (append) of "
+        "FORWARD, INPUT, OUTPUT and nat POSTROUTING.",
         choices=("insert", "append"),
-        parse=str.lower,
+        parse=_lower,
+        option="chaininsertmode",
     )
     default_endpoint_to_host_action: str = setting(
         "DROP",
-        "Calico's DefaultEndpointToHostAction: workload traffic to this host after policy (DROP, RETURN, ACCEPT).",
+        "Calico's DefaultEndpointToHostAction: traffic from a workload to the host itself, once its egress "
+        "policy allowed it, is dropped (DROP), handed back to the INPUT chain (RETURN) or accepted (ACCEPT).",
         choices=("DROP", "RETURN", "ACCEPT"),
-        parse=str.upper,
+        parse=_upper,
+        option="defaultendpointtohostaction",
     )
     iptables_backend: str = setting(
         "auto",
-        "Calico's IptablesBackend: auto (detect), nft or legacy.",
+        "Calico's IptablesBackend: nft, legacy, or auto (Kubernetes' marker chains decide, else the backend "
+        "holding more rules, else the one the node's iptables command uses).",
         choices=("auto", "nft", "legacy"),
-        parse=str.lower,
+        parse=_lower,
+        option="iptablesbackend",
     )
     iptables_refresh_interval: float = setting(
-        90.0, "Seconds between read-backs of iptables and ip sets that repair drift (0 disables).", non_negative
+        90.0,
+        "Calico's IptablesRefreshInterval: seconds between read-backs of iptables and ip sets that repair "
+        "drift (0 disables).",
+        non_negative,
+        option="iptablesrefreshinterval",
     )
-    iptables_lock_timeout: float = setting(10.0, "Seconds to wait for the xtables lock.", positive)
+    iptables_lock_timeout: float = setting(
+        10.0,
+        "Calico's IptablesLockTimeoutSecs: seconds iptables-restore waits for the xtables lock.",
+        positive,
+        option="iptableslocktimeoutsecs",
+    )
+    iptables_mark_mask: int = setting(
+        0xFFFF0000,
+        "Calico's IptablesMarkMask: the packet-mark bits felix may use (it takes the 4 lowest).",
+        _mark_bits,
+        parse=_mark_mask,
+        option="iptablesmarkmask",
+    )
+    interface_prefix: str = setting(
+        "cali",
+        "Calico's InterfacePrefix: workload interface name prefixes, comma-separated; traffic through an "
+        "interface with one that felix has no endpoint for is dropped.",
+        option="interfaceprefix",
+    )
+    ipv6_support: bool = setting(
+        True, "Calico's Ipv6Support: program ip6tables and IPv6 ip sets as well.", option="ipv6support"
+    )
+    log_prefix: str = setting(
+        "calico-packet", "Calico's LogPrefix: the kernel log prefix of Log rules.", _log_prefix, option="logprefix"
+    )
+    max_ipset_size: int = setting(
+        1048576, "Calico's MaxIpsetSize: the most members one ip set may hold.", positive, option="maxipsetsize"
+    )
 
 
 SETTINGS = settings_of(FelixConfig)

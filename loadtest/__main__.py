@@ -48,6 +48,12 @@ def _bench(args: argparse.Namespace) -> int:
             )
         )
         ok = all(r["all_agents_synced"] for r in results.values())
+    elif args.which == "policy":
+        from .commands.bench_policy import PolicyBenchOptions, run_policy_bench
+
+        o = PolicyBenchOptions(args.local, args.remote, args.policies, args.labels, args.changes, args.seed, args.ipv6)
+        results = run_policy_bench(o)
+        ok = bool(results["enforced"]["old_port_closed"])
     elif args.which == "felix":
         from .commands.bench_felix import run_felix_bench
 
@@ -221,6 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     fx.add_argument("--blocks-per-node", type=int, default=20)
     fx.add_argument("--pods", type=int, default=20)
     fx.add_argument("--output")
+    pol = which.add_parser("policy", help="policy: cluster view -> iptables/ipsets, incremental vs naive (root)")
+    pol.add_argument("--local", type=int, default=1000, help="workload endpoints on the node")
+    pol.add_argument("--remote", type=int, default=9000, help="endpoints elsewhere in the cluster (ip set members)")
+    pol.add_argument("--policies", type=int, default=500)
+    pol.add_argument("--labels", type=int, default=20, help="label keys the selectors use")
+    pol.add_argument("--changes", type=int, default=20, help="label changes and policy edits to time")
+    pol.add_argument("--seed", type=int, default=1)
+    pol.add_argument("--ipv6", action="store_true", help="program ip6tables and IPv6 sets too")
+    pol.add_argument("--output")
     ing = which.add_parser("ingest", help="typha's list/project and watch ingest rate per CPU-second")
     ing.add_argument("--nodes", type=int, default=1000)
     ing.add_argument("--pods-per-node", type=int, default=30)

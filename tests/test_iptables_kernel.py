@@ -265,7 +265,7 @@ def test_apply_then_incremental_updates_enforced_on_real_traffic(node: Node) -> 
     assert not node.can("p1", "p2", 8080, expect=False)
     saved = node.save()
     assert f"cali-tw-{node.pods['p2'][2]}" not in saved and N.policy_chain_name(True, "default", "web") not in saved
-    assert dp.stats.restore_failures == 0 and dp.stats.rules[(4, "filter")] > 0
+    assert dp.stats.restore_failures == 0 and dp.programmed()[0][(4, "filter")][1] > 0
 
 
 def test_drift_and_a_foreign_rule_above_the_hook_are_repaired(node: Node) -> None:

@@ -120,7 +120,15 @@ def test_nothing_is_written_before_programming_starts() -> None:
     report = dp.start_programming()
     assert report.ok and dp.ready
     assert k.calls[:2] == ["iptables-nft-save", "ipset"], "reads the kernel back before the first write"
-    assert dp.stats.rules[(4, "filter")] > 0 and dp.stats.sets == 1 and dp.stats.set_members == 1
+    tables, sets, members = dp.programmed()
+    assert tables[(4, "filter")][1] > 0 and (sets, members) == (1, 1)
+    reg = dp.metrics.registry
+    assert (
+        reg.get_sample_value("felix_iptables_rules", {"ip_version": "4", "table": "filter"}) == tables[(4, "filter")][1]
+    )
+    assert reg.get_sample_value("felix_ipset_members") == 1
+    assert reg.get_sample_value("felix_policy_dataplane_ready") == 1
+    assert reg.get_sample_value("felix_policy_apply_seconds_count") == 1
 
 
 def test_restore_failure_makes_unready_retries_with_backoff_then_recovers() -> None:
@@ -132,6 +140,8 @@ def test_restore_failure_makes_unready_retries_with_backoff_then_recovers() -> N
     assert report is not None and not report.ok
     assert not dp.ready and "iptables-nft-restore failed" in dp.not_ready_reason
     assert dp.stats.restore_failures == 1
+    assert dp.metrics.registry.get_sample_value("felix_iptables_restore_errors_total") == 1
+    assert dp.metrics.registry.get_sample_value("felix_policy_dataplane_ready") == 0
     first = dp.next_deadline()
     assert first is not None and first == pytest.approx(clock.now + 0.05)
     assert dp.apply([IpSetDeltaUpdate("s", added=frozenset({"10.0.0.2/32"}))]) is None, "queued for the retry"
@@ -168,6 +178,7 @@ def test_periodic_read_back_counts_and_repairs_drift() -> None:
     clock.now += 90
     dp.tick()
     assert dp.stats.resyncs == 1 and dp.stats.drift_repaired == 2
+    assert dp.metrics.registry.get_sample_value("felix_policy_drift_repaired_total") == 2
     assert next(iter(k.sets.values())).members == {"10.0.0.1"}
     clock.now += 90
     dp.tick()
@@ -202,3 +213,24 @@ def test_backend_detection() -> None:
     old = Backend("nft", (1, 8, 2))
     assert not old.reliable_replace and Backend("legacy", (1, 4, 21)).restore_argv(4)[-1] == "--noflush"
     assert Backend("nft", (1, 8, 9), lock_timeout=5).restore_argv(6)[2:] == ["-w", "5", "-W", "50000"]
+
+
+def test_settings_use_calicos_names_and_reach_the_dataplane() -> None:
+    from felix.config import load_config
+    from felix.dataplane.iptables.manager import config_from_settings
+
+    env = {
+        "FELIX_CHAININSERTMODE": "Append",
+        "FELIX_DEFAULTENDPOINTTOHOSTACTION": "accept",
+        "FELIX_IPTABLESBACKEND": "Legacy",
+        "FELIX_IPTABLESREFRESHINTERVAL": "30",
+        "FELIX_IPTABLESMARKMASK": "0xff000000",
+        "FELIX_INTERFACEPREFIX": "cali,tap",
+        "FELIX_IPV6SUPPORT": "false",
+    }
+    cfg = config_from_settings(load_config(["--typha-addresses", "127.0.0.1:5473"], environ=env))
+    assert (cfg.chain_insert_mode, cfg.backend, cfg.refresh_interval, cfg.ipv6) == ("append", "legacy", 30.0, False)
+    assert cfg.render.endpoint_to_host == "ACCEPT" and cfg.render.iface_prefixes == ("cali", "tap")
+    assert (cfg.render.marks.accept, cfg.render.marks.scratch1) == (0x1000000, 0x8000000)
+    defaults = config_from_settings(load_config(["--typha-addresses", "127.0.0.1:5473"], environ={}))
+    assert defaults.ipv6 and defaults.render.endpoint_to_host == "DROP" and defaults.chain_insert_mode == "insert"

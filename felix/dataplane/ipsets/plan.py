@@ -41,7 +41,8 @@ MAXELEM = 1048576  # Calico's MaxIPSetSize
 class SetPlan:
     before: list[str] = field(default_factory=list)
     after: list[str] = field(default_factory=list)
-    state: dict[str, KernelSet] = field(default_factory=dict)  # the kernel once both scripts ran
+    # The sets the scripts change (None: destroyed), for felix's belief once both scripts ran.
+    changes: dict[str, KernelSet | None] = field(default_factory=dict)
     created: int = 0
     swapped: int = 0
     destroyed: int = 0
@@ -51,6 +52,15 @@ class SetPlan:
     @property
     def members_written(self) -> int:
         return self.added + self.removed
+
+    def apply_to(self, kernel: dict[str, KernelSet], destroyed: bool | None = None) -> None:
+        """Record the changes in ``kernel`` (felix's belief): the created and rewritten sets
+        (``destroyed=False``), the destroyed ones (``True``), or both (``None``)."""
+        for name, s in self.changes.items():
+            if s is None and destroyed is not False:
+                kernel.pop(name, None)
+            elif s is not None and destroyed is not True:
+                kernel[name] = s
 
 
 def _family(version: int) -> str:
@@ -68,8 +78,8 @@ def plan_sets(
     sets named in ``only`` (all of them if None)."""
     family = _family(version)
     prefix = f"cali{version}"
-    plan = SetPlan(state={k: v.copy() for k, v in kernel.items()})
-    state = plan.state
+    plan = SetPlan()
+    state = plan.changes
     names = set(desired) | {n for n in kernel if n.startswith(prefix)} if only is None else set(only)
     temps = iter(n for n in (temp_set_name(version, i) for i in range(1 << 16)) if n not in kernel and n not in desired)
 
@@ -82,7 +92,7 @@ def plan_sets(
             if have is not None and name.startswith(prefix):
                 plan.after.append(f"destroy {name}")
                 plan.destroyed += 1
-                del state[name]
+                state[name] = None
             continue
         fresh = KernelSet(want.type, family, maxelem, set(want.members))
         if have is None:

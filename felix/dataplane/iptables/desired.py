@@ -26,10 +26,11 @@ difference.
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from felix.policy.messages import (
     ActivePolicyRemove,
@@ -65,21 +66,51 @@ class DesiredSet:
     members: set[str] = field(default_factory=set)
 
 
-def canonical_member(member: str, set_type: str) -> list[tuple[int, str]]:
-    """``(ip version, member as ipset prints it)`` for one member; raises ValueError if invalid."""
+@lru_cache(maxsize=1 << 17)
+def canonical_member(member: str, set_type: str) -> tuple[tuple[int, str], ...]:
+    """``(ip version, member as ipset prints it)`` for one member; raises ValueError if invalid.
+
+    Cached and built on ``inet_pton``/``inet_ntop`` (the notation ``ipset save`` prints): a cold
+    start canonicalises every member of every set, and the same pod address recurs in many sets.
+    """
     if set_type == IP_PORT:
         addr, sep, rest = member.rpartition(",")
         proto, sep2, port = rest.partition(":")
-        if not sep or not sep2 or proto.lower() not in ("tcp", "udp", "sctp") or not 0 <= int(port) <= 65535:
+        if not sep or not sep2 or proto.lower() not in ("tcp", "udp", "sctp") or not port.isdigit():
             raise ValueError(f"{member!r} is not address,protocol:port")
-        ip = ipaddress.ip_address(addr)
-        return [(ip.version, f"{ip},{proto.lower()}:{int(port)}")]
-    net = ipaddress.ip_network(member, strict=False)
-    if net.prefixlen == 0:
-        return [(net.version, str(half)) for half in net.subnets(prefixlen_diff=1)]
-    if net.prefixlen == net.max_prefixlen:
-        return [(net.version, str(net.network_address))]
-    return [(net.version, str(net))]
+        if int(port) > 65535:
+            raise ValueError(f"{member!r}: port out of range")
+        version, packed = _address(addr)
+        return ((version, f"{socket.inet_ntop(_FAMILY[version], packed)},{proto.lower()}:{int(port)}"),)
+    addr, sep, plen_s = member.partition("/")
+    version, packed = _address(addr)
+    bits = 32 if version == 4 else 128
+    if sep and not (plen_s.isdigit() and int(plen_s) <= bits):
+        raise ValueError(f"{member!r}: bad prefix length")
+    plen = int(plen_s) if sep else bits
+    if plen == bits:
+        return ((version, socket.inet_ntop(_FAMILY[version], packed)),)
+    net = int.from_bytes(packed, "big") & ~((1 << (bits - plen)) - 1)
+    if plen == 0:  # hash:net cannot hold /0: two halves
+        half = 1 << (bits - 1)
+        return tuple((version, f"{_ntop(version, n)}/1") for n in (0, half))
+    return ((version, f"{_ntop(version, net)}/{plen}"),)
+
+
+_FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+
+def _address(addr: str) -> tuple[int, bytes]:
+    try:
+        if ":" in addr:
+            return 6, socket.inet_pton(socket.AF_INET6, addr)
+        return 4, socket.inet_pton(socket.AF_INET, addr)
+    except OSError:
+        raise ValueError(f"{addr!r} is not an IP address") from None
+
+
+def _ntop(version: int, value: int) -> str:
+    return socket.inet_ntop(_FAMILY[version], value.to_bytes(4 if version == 4 else 16, "big"))
 
 
 def _wants(ep: WorkloadEndpoint) -> frozenset[str]:

@@ -31,10 +31,12 @@ about a second of ``iptables-restore``.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from felix.dataplane.ipsets.plan import MAXELEM, SetPlan, plan_sets
 from felix.dataplane.ipsets.save import KernelSet, parse_ipset_save
@@ -42,11 +44,13 @@ from felix.policy.messages import Batch, Message
 
 from .backend import Backend, CommandResult, Run, Runner, ToolError, detect_backend
 from .desired import TABLES, DesiredState
+from .metrics import PolicyMetrics
 from .plan import TablePlan, drifted_chains, plan_table
 from .render import RenderConfig, Renderer
+from .rules import Marks
 from .save import KernelTable, SaveError, parse_save
 
-__all__ = ["ApplyReport", "PolicyConfig", "PolicyDataplane", "PolicyStats"]
+__all__ = ["ApplyReport", "PolicyConfig", "PolicyDataplane", "PolicyStats", "config_from_settings"]
 
 log = logging.getLogger("felix.policy")
 _BACKOFF_MIN, _BACKOFF_MAX = 0.05, 30.0
@@ -63,11 +67,32 @@ class PolicyConfig:
     render: RenderConfig = field(default_factory=RenderConfig)
 
 
+def config_from_settings(cfg: Any) -> PolicyConfig:
+    """felix's settings (``felix.config.FelixConfig``, Calico's names) -> ``PolicyConfig``."""
+    return PolicyConfig(
+        chain_insert_mode=cfg.chain_insert_mode,
+        backend=cfg.iptables_backend,
+        refresh_interval=cfg.iptables_refresh_interval,
+        lock_timeout=cfg.iptables_lock_timeout,
+        ipv6=cfg.ipv6_support,
+        max_set_size=cfg.max_ipset_size,
+        render=RenderConfig(
+            marks=Marks.from_mask(cfg.iptables_mark_mask),
+            iface_prefixes=tuple(p.strip() for p in cfg.interface_prefix.split(",") if p.strip()) or ("cali",),
+            endpoint_to_host=cfg.default_endpoint_to_host_action,
+            log_prefix=cfg.log_prefix,
+        ),
+    )
+
+
 @dataclass(slots=True)
 class ApplyReport:
     """What one apply wrote (the benchmark reports these)."""
 
     seconds: float = 0.0
+    read_seconds: float = 0.0  # iptables-save and ipset save, when the belief had to be refreshed
+    ipset_seconds: float = 0.0
+    iptables_seconds: float = 0.0
     chains_written: int = 0
     chains_deleted: int = 0
     rule_ops: int = 0
@@ -102,9 +127,6 @@ class PolicyStats:
     read_failures: int = 0
     resyncs: int = 0
     drift_repaired: int = 0  # chains, hook chains and sets found wrong by a read-back
-    rules: dict[tuple[int, str], int] = field(default_factory=dict)  # (ip version, table) -> our rules
-    sets: int = 0
-    set_members: int = 0
     problems: int = 0  # rules or references that could not be rendered as sent
     last_error: str = ""
     last: ApplyReport = field(default_factory=ApplyReport)
@@ -138,8 +160,11 @@ class PolicyDataplane:
         run: Run | None = None,
         backend: Backend | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: PolicyMetrics | None = None,
     ) -> None:
         self.cfg = cfg = cfg or PolicyConfig()
+        self.metrics = metrics or PolicyMetrics()
+        self.metrics.bind(self)
         self.run: Run = run or Runner(netns)
         if backend is None:
             backend, why = detect_backend(cfg.backend, self.run, cfg.lock_timeout)
@@ -161,9 +186,12 @@ class PolicyDataplane:
         self._refresh_at: float | None = None
         self._throttle = _Throttle()
         self.tool_runs = 0
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="iptables-restore")
 
     def _exec(self, argv: list[str], stdin: str | None = None) -> CommandResult:
-        self.tool_runs += 1
+        with self._lock:
+            self.tool_runs += 1
         return self.run(argv, stdin)
 
     # -- the agent's interface ---------------------------------------------------------------------
@@ -235,6 +263,7 @@ class PolicyDataplane:
                     log.warning("ip set drift v%d: %s", v, ", ".join(sorted(wrong)[:10]))
                 drift += len(wrong)
         self.stats.drift_repaired += drift
+        self.metrics.drift_repaired.inc(drift)
         self._write()
         return drift
 
@@ -249,6 +278,11 @@ class PolicyDataplane:
         report.tool_runs = self.tool_runs - runs
         self.stats.last = report
         self.stats.applies += 1
+        m = self.metrics
+        m.apply_seconds.observe(report.seconds)
+        m.lines_executed.inc(report.rule_ops)
+        m.chains_written.inc(report.chains_written)
+        m.members_written.inc(report.members_added + report.members_removed)
         if ok:
             self.programmed_once = True
             self._failing = False
@@ -258,12 +292,15 @@ class PolicyDataplane:
             self._failing = True
             self._retry_at = self._clock() + self._backoff
             self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
-        self._count()
         return report
 
     def _write_steps(self, report: ApplyReport) -> bool:
-        if (self._tables is None or self._sets is None) and not self._read_back():
-            return False
+        if self._tables is None or self._sets is None:
+            t = time.perf_counter()
+            ok = self._read_back()
+            report.read_seconds = time.perf_counter() - t
+            if not ok:
+                return False
         assert self._tables is not None and self._sets is not None
         st, full = self.state, self._full
         insert = self.cfg.chain_insert_mode == "insert"
@@ -272,41 +309,56 @@ class PolicyDataplane:
             for v in self.versions
         }
         before = [line for p in set_plans.values() for line in p.before]
-        if before and not self._ipset(before, "creating and updating ip sets"):
+        t = time.perf_counter()
+        ok = not before or self._ipset(before, "creating and updating ip sets")
+        report.ipset_seconds += time.perf_counter() - t
+        if not ok:
             return False
-        for v in self.versions:
-            self._sets[v] = set_plans[v].state
+        for v in self.versions:  # destroys are recorded once the "after" script ran
+            set_plans[v].apply_to(self._sets[v], destroyed=False)
             st.dirty_sets[v].clear()
+        plans: dict[int, list[TablePlan]] = {}
         for v in self.versions:
-            plans = []
+            plans[v] = []
             for table in TABLES:
                 key = (v, table)
-                only = None if full else st.dirty[key]
                 plan = plan_table(
                     table,
                     st.tables[key],
                     Renderer.hooks(table),
                     self._tables[key],
-                    only,
+                    None if full else st.dirty[key],
                     insert,
                     whole_chains=not self.backend.reliable_replace,
                 )
                 for problem in plan.problems:
                     self._throttle.warning(problem, problem)
-                plans.append(plan)
-            text = "".join(p.text for p in plans)
-            if text and not self._restore(v, text):
-                return False
-            for p in plans:
-                self._tables[(v, p.table)] = p.after
-                st.dirty[(v, p.table)].clear()
-                report.add_table(p)
+                plans[v].append(plan)
+        texts = {v: "".join(p.text for p in ps) for v, ps in plans.items()}
+        t = time.perf_counter()
+        restored = self._restore_all({v: text for v, text in texts.items() if text})
+        report.iptables_seconds += time.perf_counter() - t
+        for v, ps in plans.items():
+            if restored.get(v, True):
+                for p in ps:
+                    p.apply_to(self._tables[(v, p.table)])
+                    st.dirty[(v, p.table)].clear()
+                    report.add_table(p)
+        if not all(restored.values()):
+            self._tables = None  # re-read before retrying: the kernel may hold something else
+            return False
         after = [line for p in set_plans.values() for line in p.after]
         for sp in set_plans.values():
             report.add_sets(sp)
-        if after and not self._ipset(after, "destroying unused ip sets"):
+        t = time.perf_counter()
+        ok = not after or self._ipset(after, "destroying unused ip sets")
+        report.ipset_seconds += time.perf_counter() - t
+        if not ok:
             # A set still in use by someone else's rule: not fatal for policy, but re-read next time.
             self._sets = None
+        elif self._sets is not None:
+            for v in self.versions:
+                set_plans[v].apply_to(self._sets[v], destroyed=True)
         self._full = False
         return True
 
@@ -325,6 +377,7 @@ class PolicyDataplane:
                 raise ToolError(f"ipset save exited {r.rc}: {r.err.strip()[:300]}")
         except (ToolError, SaveError) as exc:
             self.stats.read_failures += 1
+            self.metrics.save_errors.inc()
             self._note(f"reading back the kernel failed: {exc}")
             return False
         sets = parse_ipset_save(r.out)
@@ -332,6 +385,14 @@ class PolicyDataplane:
         self._sets = {v: {n: s for n, s in sets.items() if n.startswith(f"cali{v}")} for v in self.versions}
         self._full = True
         return True
+
+    def _restore_all(self, texts: dict[int, str]) -> dict[int, bool]:
+        """One iptables-restore per IP version; both at once when both have work (two cores, and
+        the IPv6 tables mirror the IPv4 ones, so this halves a dual-stack cold start)."""
+        if len(texts) > 1:
+            futures = {v: self._pool.submit(self._restore, v, text) for v, text in texts.items()}
+            return {v: f.result() for v, f in futures.items()}
+        return {v: self._restore(v, text) for v, text in texts.items()}
 
     def _restore(self, v: int, text: str) -> bool:
         argv = self.backend.restore_argv(v)
@@ -343,9 +404,10 @@ class PolicyDataplane:
             if r.rc == 0:
                 return True
             err = r.err.strip()
-        self.stats.restore_failures += 1
-        self._note(f"{argv[0]} failed: {err[:500]}", detail=text)
-        self._tables = None  # re-read before retrying: the kernel may hold something else
+        with self._lock:
+            self.stats.restore_failures += 1
+            self.metrics.restore_errors.inc()
+            self._note(f"{argv[0]} failed: {err[:500]}", detail=text)
         return False
 
     def _ipset(self, lines: list[str], what: str) -> bool:
@@ -358,6 +420,7 @@ class PolicyDataplane:
                 return True
             err = r.err.strip()
         self.stats.ipset_failures += 1
+        self.metrics.ipset_errors.inc()
         self._note(f"ipset restore ({what}) failed: {err[:500]}")
         self._sets = None
         return False
@@ -372,14 +435,17 @@ class PolicyDataplane:
         problems = self.state.problems
         if problems:
             self.stats.problems += len(problems)
+            self.metrics.problems.inc(len(problems))
             for p in problems[:5]:
                 self._throttle.warning(p, p)
             problems.clear()
 
-    def _count(self) -> None:
-        if self._tables is not None:
-            for key, t in self._tables.items():
-                self.stats.rules[key] = sum(len(h) for c, h in t.chains.items() if c.startswith("cali-"))
-        if self._sets is not None:
-            self.stats.sets = sum(len(s) for s in self._sets.values())
-            self.stats.set_members = sum(len(k.members) for s in self._sets.values() for k in s.values())
+    def programmed(self) -> tuple[dict[tuple[int, str], tuple[int, int]], int, int]:
+        """What felix believes it holds in the kernel: (ip version, table) -> (chains, rules) of its
+        own chains; ip sets; members. Computed on demand (metrics scrapes), never on the write path."""
+        tables: dict[tuple[int, str], tuple[int, int]] = {}
+        for key, t in (self._tables or {}).items():
+            ours = [h for c, h in t.chains.items() if c.startswith("cali-")]
+            tables[key] = (len(ours), sum(map(len, ours)))
+        sets = [s for per_version in (self._sets or {}).values() for s in per_version.values()]
+        return tables, len(sets), sum(len(s.members) for s in sets)

@@ -22,8 +22,9 @@ programs are untouched. Inside the transaction, in this order:
 4. chains nobody wants any more are deleted (``-X``), except one a foreign rule still jumps to,
    which stays empty (deleting it would fail the whole transaction).
 
-The planner also returns the kernel state the transaction produces, which becomes felix's belief
-if ``iptables-restore`` succeeds; a periodic ``iptables-save`` checks that belief (drift repair).
+The planner also returns what the transaction changes (only the chains it touches, so a small
+change costs little however large the table), which updates felix's belief of the kernel if
+``iptables-restore`` succeeds; a periodic ``iptables-save`` checks that belief (drift repair).
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ __all__ = ["TablePlan", "drifted_chains", "plan_table"]
 class TablePlan:
     table: str
     lines: list[str] = field(default_factory=list)  # the transaction; empty when nothing changes
-    after: KernelTable = field(default_factory=KernelTable)
+    # What the transaction changes in felix's belief (None: the chain is gone). Only the chains
+    # touched, so planning a small change costs nothing in proportion to the table's size.
+    chains: dict[str, list[str] | None] = field(default_factory=dict)
+    lines_of: dict[str, list[str]] = field(default_factory=dict)  # new "-A" lines of hooked kernel chains
     chains_written: int = 0  # chains created or edited
     chains_deleted: int = 0
     rule_ops: int = 0  # -A/-I/-R/-D lines
@@ -53,6 +57,15 @@ class TablePlan:
     @property
     def text(self) -> str:
         return "\n".join(self.lines) + "\n" if self.lines else ""
+
+    def apply_to(self, kernel: KernelTable) -> None:
+        """Record in ``kernel`` (felix's belief) what the transaction did, once it succeeded."""
+        for name, hashes in self.chains.items():
+            if hashes is None:
+                kernel.chains.pop(name, None)
+            else:
+                kernel.chains[name] = hashes
+        kernel.lines.update(self.lines_of)
 
 
 def _line(op: str, chain: str, rule: str, h: str, num: int | None = None) -> str:
@@ -117,8 +130,7 @@ def plan_table(
     ``whole_chains`` rewrites a changed chain from scratch instead of editing it (for iptables-nft
     older than 1.8.3, whose ``-R`` is unreliable).
     """
-    plan = TablePlan(table, after=kernel.copy())
-    after = plan.after
+    plan = TablePlan(table)
     names = set(desired) | set(kernel.ours()) if only is None else set(only)
     refs, edits, deletes = [], [], []
     for name in sorted(names):
@@ -133,37 +145,39 @@ def plan_table(
             edits += lines
             plan.rule_ops += len(lines)
             plan.chains_written += 1
-            after.chains[name] = list(want.hashes)
+            plan.chains[name] = list(want.hashes)
         elif have is not None and name.startswith(N.CHAIN_PREFIX):
             refs.append(f":{name} - [0:0]")
             deletes.append(name)
+    kept = set()
     if deletes:
         pinned = _foreign_targets(kernel)
         for name in deletes:
             if name in pinned:
                 plan.problems.append(f"{table} chain {name} is unused but a foreign rule jumps to it: left empty")
-                after.chains[name] = []
+                plan.chains[name] = []
+                kept.add(name)
             else:
-                del after.chains[name]
+                plan.chains[name] = None
                 plan.chains_deleted += 1
     hook_lines = []
     for kchain, rules in sorted(hooks.items()):
-        lines = _plan_hook(kchain, rules, after, insert)
+        lines = _plan_hook(kchain, rules, kernel, insert, plan)
         if lines:
             plan.hooks_repaired += 1
             hook_lines += lines
-    delete_lines = [f"-X {n}" for n in deletes if n not in after.chains]
+    delete_lines = [f"-X {n}" for n in deletes if n not in kept]
     body = refs + edits + hook_lines + delete_lines
     if body:
         plan.lines = [f"*{table}", *body, "COMMIT"]
     return plan
 
 
-def _plan_hook(kchain: str, rules: Sequence[str], after: KernelTable, insert: bool) -> list[str]:
+def _plan_hook(kchain: str, rules: Sequence[str], kernel: KernelTable, insert: bool, plan: TablePlan) -> list[str]:
     """Lines putting our ``rules`` once at the top (or bottom) of kernel chain ``kchain``."""
     want = [N.rule_hash(kchain, r) for r in rules]
-    have = after.chains.get(kchain, [])
-    lines = after.lines.get(kchain, [])
+    have = kernel.chains.get(kchain, [])
+    lines = kernel.lines.get(kchain, [])
     foreign = [i for i, h in enumerate(have) if not h]
     expected = want + [""] * len(foreign) if insert else [""] * len(foreign) + want
     if have == expected:
@@ -178,8 +192,8 @@ def _plan_hook(kchain: str, rules: Sequence[str], after: KernelTable, insert: bo
     else:
         out += ours
     kept = [lines[i] for i in foreign if i < len(lines)]
-    after.chains[kchain] = expected
-    after.lines[kchain] = ours + kept if insert else kept + ours
+    plan.chains[kchain] = expected
+    plan.lines_of[kchain] = ours + kept if insert else kept + ours
     return out
 
 
@@ -193,6 +207,6 @@ def drifted_chains(
         for name in sorted(set(believed.ours()) | set(actual.ours()))
         if believed.chains.get(name) != actual.chains.get(name)
     ]
-    scratch = actual.copy()
-    out += [k for k, rules in sorted(hooks.items()) if _plan_hook(k, rules, scratch, insert)]
+    scratch = TablePlan("")
+    out += [k for k, rules in sorted(hooks.items()) if _plan_hook(k, rules, actual, insert, scratch)]
     return out
