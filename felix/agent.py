@@ -116,6 +116,7 @@ class FelixAgent:
         self._error_log = RateLimiter()
         self._netlink_errors_seen = 0
         self._devices_needed: set[str] = set()  # tunnel devices some pool needs
+        self._observed_at = float("-inf")
         self._pending_delta: RouteDelta | None = None
         self._flush_scheduled = False
         self._ifaces_waiting: set[str] = set()  # local workload interfaces whose sysctls are not set yet
@@ -196,7 +197,7 @@ class FelixAgent:
                 if r.scope == "link" and r.dev and r.dev not in self._ifaces_done:
                     self._ifaces_waiting.add(r.dev)
         self._configure_interfaces()
-        self._observe()
+        self._observe(every=0.2)
 
     def _flush_policy(self) -> None:
         calc, policy = self.policy_calc, self.policy
@@ -247,7 +248,7 @@ class FelixAgent:
             if self.devices is not None and self.programmed_once and routes.links_changed & set(MANAGED):
                 self.devices.sync()  # someone changed one of our devices: put it back
             self._configure_interfaces()
-            self._observe()
+            self._observe(every=0.2)
 
     async def _housekeeping(self) -> None:
         """Retries, the periodic full resync (drift repair), and the problem report, at least every second."""
@@ -300,9 +301,17 @@ class FelixAgent:
                 out[f"device:{name}"] = Problem(f"device:{name}", p.reason, p.detail, route=False)
         return out
 
-    def _observe(self) -> None:
-        """Refresh problems, metrics and log lines from the managers' current state."""
+    def _observe(self, *, every: float = 0.0) -> None:
+        """Refresh problems, metrics and log lines from the managers' current state.
+
+        ``every``: skip if the last refresh is more recent than this.  The per-batch calls pass
+        0.2 s: collecting is O(problems), and a degraded node (10,000 routes waiting for a device)
+        under churn must not pay that per typha message; housekeeping refreshes every second.
+        """
         now = self._clock()
+        if every and now - self._observed_at < every:
+            return
+        self._observed_at = now
         for level, line in self.problems.update(self._collect(), now):
             log.log(level, line)
         counts = self.problems.by_reason()
