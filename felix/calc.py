@@ -50,8 +50,7 @@ pool only stops new allocations and must not cut off the pods already in it.
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -71,6 +70,7 @@ from felix.model import (
     parse_kv,
     parse_net,
 )
+from felix.netindex import NO_NETS, Lpm, Within
 
 __all__ = [
     "DEV_IPIP",
@@ -146,125 +146,6 @@ class RouteDelta:
         self.malformed.extend(later.malformed)
 
 
-# --- indexes -----------------------------------------------------------------------------------
-
-
-class _Lpm:
-    """Longest-prefix match over a set of nets: one dict per prefix length in use (few)."""
-
-    __slots__ = ("_plens", "_tables", "items")
-
-    def __init__(self) -> None:
-        self._tables: dict[tuple[int, int], dict[int, Net]] = {}
-        self._plens: dict[int, list[int]] = {4: [], 6: []}  # ascending; searched from the end
-        self.items: set[Net] = set()
-
-    def __contains__(self, net: object) -> bool:
-        return net in self.items
-
-    def add(self, net: Net) -> None:
-        if net in self.items:
-            return
-        self.items.add(net)
-        t = self._tables.get((net.version, net.plen))
-        if t is None:
-            t = self._tables[(net.version, net.plen)] = {}
-            bisect.insort(self._plens[net.version], net.plen)
-        t[net.addr] = net
-
-    def remove(self, net: Net) -> None:
-        if net not in self.items:
-            return
-        self.items.discard(net)
-        t = self._tables[(net.version, net.plen)]
-        del t[net.addr]
-        if not t:
-            del self._tables[(net.version, net.plen)]
-            self._plens[net.version].remove(net.plen)
-
-    def lookup(self, net: Net) -> Net | None:
-        """The longest member that contains ``net`` (itself included)."""
-        plens = self._plens[net.version]
-        for i in range(len(plens) - 1, -1, -1):
-            plen = plens[i]
-            if plen > net.plen:
-                continue
-            hit = self._tables[(net.version, plen)].get(net.supernet_addr(plen))
-            if hit is not None:
-                return hit
-        return None
-
-
-_NO_NETS: frozenset[Net] = frozenset()
-
-
-class _Within:
-    """Candidate host destinations, grouped by their supernet at each block prefix length in use.
-
-    Answers "which candidates lie inside block C" in O(1).  Members are refcounted because an
-    address can be both an endpoint's and a borrowed-list entry.
-    """
-
-    __slots__ = ("_groups", "_plen_refs", "_refs")
-
-    def __init__(self) -> None:
-        self._refs: dict[Net, int] = {}
-        self._groups: dict[tuple[int, int], dict[int, set[Net]]] = {}
-        self._plen_refs: dict[tuple[int, int], int] = {}
-
-    def __iter__(self) -> Iterator[Net]:
-        return iter(self._refs)
-
-    def add(self, net: Net) -> None:
-        n = self._refs.get(net, 0)
-        self._refs[net] = n + 1
-        if n:
-            return
-        for (v, plen), groups in self._groups.items():
-            if v == net.version and net.plen >= plen:
-                groups.setdefault(net.supernet_addr(plen), set()).add(net)
-
-    def remove(self, net: Net) -> None:
-        n = self._refs[net] - 1
-        if n:
-            self._refs[net] = n
-            return
-        del self._refs[net]
-        for (v, plen), groups in self._groups.items():
-            if v == net.version and net.plen >= plen:
-                key = net.supernet_addr(plen)
-                g = groups[key]
-                g.discard(net)
-                if not g:
-                    del groups[key]
-
-    def add_plen(self, version: int, plen: int) -> None:
-        k = (version, plen)
-        self._plen_refs[k] = self._plen_refs.get(k, 0) + 1
-        if k in self._groups:
-            return
-        groups: dict[int, set[Net]] = {}
-        for net in self._refs:  # a new block size: index once, O(members)
-            if net.version == version and net.plen >= plen:
-                groups.setdefault(net.supernet_addr(plen), set()).add(net)
-        self._groups[k] = groups
-
-    def remove_plen(self, version: int, plen: int) -> None:
-        k = (version, plen)
-        n = self._plen_refs[k] - 1
-        if n:
-            self._plen_refs[k] = n
-        else:
-            del self._plen_refs[k]
-            del self._groups[k]
-
-    def within(self, c: Net) -> frozenset[Net] | set[Net]:
-        groups = self._groups.get((c.version, c.plen))
-        if groups is None:
-            return {n for n in self._refs if c.contains(n)}
-        return groups.get(c.addr, _NO_NETS)
-
-
 # --- the calculator ------------------------------------------------------------------------------
 
 
@@ -278,12 +159,12 @@ class RouteCalculator:
         self._eps: dict[str, WorkloadEndpoint] = {}
         self._eps_at: dict[Net, set[str]] = {}
         self._pools: dict[Net, IPPool] = {}
-        self._pool_lpm = _Lpm()
+        self._pool_lpm = Lpm()
         self._blocks: dict[Net, Block] = {}
         self._affs: dict[Net, dict[str, BlockAffinity]] = {}
-        self._known = _Lpm()  # CIDRs with a block or an affinity
+        self._known = Lpm()  # CIDRs with a block or an affinity
         self._borrowed_at: dict[Net, set[tuple[Net, str]]] = {}
-        self._members = _Within()  # endpoint addresses + borrowed addresses
+        self._members = Within()  # endpoint addresses + borrowed addresses
         self._nodes: dict[str, Node] = {}
         self._vtep_nodes: dict[str, set[str]] = {}
         # outputs
@@ -393,7 +274,7 @@ class RouteCalculator:
             self._members.remove_plen(c.version, c.plen)
 
     def _inside(self, c: Net) -> Iterable[Net]:
-        return self._members.within(c) if c in self._known else _NO_NETS
+        return self._members.within(c) if c in self._known else NO_NETS
 
     def _on_block(self, c: Net, blk: Block | None, dirty: set[Net]) -> None:
         dirty.update(self._inside(c))  # their owner may change...
