@@ -180,7 +180,7 @@ class FelixAgent:
         delta, self._pending_delta = self._pending_delta, None
         routes = self.routes
         t0 = time.perf_counter()
-        self._sync_devices()
+        self._sync_devices()  # devices the routes need exist before the routes
         if routes is not None:
             if not routes.programming:
                 routes.apply(delta or RouteDelta())
@@ -189,6 +189,8 @@ class FelixAgent:
                 self.metrics.drift_repaired.inc(drift.repaired)
             elif delta:
                 routes.apply(delta)
+        if self.devices is not None:
+            self.devices.remove_unwanted()  # ... and go only once no route uses them
         self.programmed_once = True
         self.metrics.apply_seconds.observe(time.perf_counter() - t0)
         self._flush_policy()

@@ -135,6 +135,7 @@ def test_manager_creates_updates_and_removes_devices() -> None:
     dm.set_desired({SPEC.name: bigger}, {})
     assert k.link("vxlan.calico").mtu == 8950 and k.link("vxlan.calico").ifindex == dev.ifindex
     dm.set_desired({}, {})
+    dm.remove_unwanted()
     with pytest.raises(KeyError):
         k.link("vxlan.calico")
     assert dm.stats.deleted == 1 and dm.stats.netlink_errors == 0
@@ -191,6 +192,7 @@ def test_vxlan_calico_on_a_real_kernel(netns: str) -> None:
         dm.sync()
         assert details(netns, "vxlan.calico")["linkinfo"]["info_data"]["id"] == 4096 and dm.problems() == {}
         dm.set_desired({}, {})
+        dm.remove_unwanted()
         assert details(netns, "vxlan.calico") == {}
     finally:
         dm.close()
@@ -212,3 +214,17 @@ def test_tunl0_on_a_real_kernel(netns: str, capsys: pytest.CaptureFixture[str]) 
         assert d["mtu"] == 1480 and ("10.64.0.1", 32) in {(a["local"], a["prefixlen"]) for a in d["addr_info"]}
     finally:
         dm.close()
+
+
+def test_unwanted_devices_go_only_when_asked_after_the_routes_moved() -> None:
+    k = FakeKernel()
+    dm = DeviceManager(netlink=k.socket)
+    dm.set_desired({SPEC.name: SPEC}, {})
+    dm.set_desired({}, {})  # the pool left VXLAN: the device stays until the routes are off it
+    assert k.link("vxlan.calico").kind == "vxlan"
+    dm.remove_unwanted()
+    with pytest.raises(KeyError):
+        k.link("vxlan.calico")
+    seen = k.requests_seen
+    dm.remove_unwanted()  # nothing pending: no kernel round trip
+    assert k.requests_seen == seen

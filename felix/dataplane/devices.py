@@ -3,7 +3,10 @@
 Design note
 -----------
 ``DeviceManager.set_desired(wanted, waiting)`` takes the specs from
-:func:`felix.dataplane.deviceplan.desired_devices`; ``sync()`` dumps the links and addresses,
+:func:`felix.dataplane.deviceplan.desired_devices` and makes or updates the devices; devices no
+longer wanted go only at ``remove_unwanted()``, which the agent calls after it has moved the
+routes off them (make before use, remove after last use: no moment without a route).  ``sync()``
+dumps the links and addresses,
 asks :func:`~felix.dataplane.deviceplan.plan_devices` for operations, sends them as one batch and
 repeats (a new device gets its address on the next pass) until nothing is left to do, at most three
 passes.  A device whose operation fails is not retried within the same sync; it is reported by
@@ -50,17 +53,27 @@ class DeviceManager:
         self._wanted: dict[str, DeviceSpec] = {}
         self._waiting: dict[str, Pending] = {}
         self._errors: dict[str, str] = {}
+        self._removal_pending = False
 
     def close(self) -> None:
         self._nl.close()
 
     def set_desired(self, wanted: Mapping[str, DeviceSpec], waiting: Mapping[str, Pending]) -> bool:
-        """Take the wanted devices; syncs (and returns True) only if they changed."""
+        """Take the wanted devices; creates and updates (and returns True) only if they changed.
+
+        Devices no longer wanted stay until :meth:`remove_unwanted`: the agent first moves the
+        routes off them (a replace, in place), so removing a device never leaves a gap.
+        """
         if dict(wanted) == self._wanted and dict(waiting) == self._waiting:
             return False
         self._wanted, self._waiting = dict(wanted), dict(waiting)
-        self.sync()
+        self.sync(remove=False)
         return True
+
+    def remove_unwanted(self) -> None:
+        """Delete the devices that :meth:`set_desired` left because nothing wants them any more."""
+        if self._removal_pending:
+            self.sync()
 
     def problems(self) -> dict[str, Pending]:
         """Devices that are needed but missing or wrong, with the reason."""
@@ -68,9 +81,10 @@ class DeviceManager:
         out.update({name: Pending(NO_DEVICE, msg) for name, msg in self._errors.items()})
         return out
 
-    def sync(self) -> None:
-        """Bring the devices in line with the wanted specs."""
+    def sync(self, *, remove: bool = True) -> None:
+        """Bring the devices in line with the wanted specs (``remove=False``: keep unwanted ones)."""
         failed: dict[str, str] = {}
+        self._removal_pending = False
         for _ in range(_PASSES):
             try:
                 links, addrs = self._dump()
@@ -79,6 +93,9 @@ class DeviceManager:
                 failed.update(dict.fromkeys(self._wanted, f"cannot read the kernel's devices: {e}"))
                 break
             ops = [op for op in plan_devices(self._wanted, links, addrs, self._waiting) if op.name not in failed]
+            if not remove and any(op.action == "delete" and op.name not in self._wanted for op in ops):
+                self._removal_pending = True
+                ops = [op for op in ops if op.action != "delete" or op.name in self._wanted]
             if not ops:
                 break
             try:
