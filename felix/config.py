@@ -75,8 +75,8 @@ class FelixConfig:
     typha_port_name: str = setting("calico-typha", "Name of the typha port in the EndpointSlices.")
     kubeconfig: str = setting("", "Kubeconfig for EndpointSlice discovery (default: in-cluster config).")
     typha_read_timeout: float = setting(30.0, "Seconds of silence from typha before reconnecting.", positive)
-    health_host: str = setting("127.0.0.1", "Address of /liveness and /readiness.")
-    health_port: int = setting(9099, "Port of /liveness and /readiness (0 disables).", port)
+    health_host: str = setting("127.0.0.1", "Address of /liveness, /readiness and /status.")
+    health_port: int = setting(9099, "Port of /liveness, /readiness and /status (0 disables).", port)
     metrics_port: int = setting(9091, "Port of /metrics (0 disables).", port)
     route_refresh_interval: float = setting(
         90.0, "Seconds between full route resyncs that repair drift (0 disables).", non_negative
