@@ -29,6 +29,7 @@ from loadtest.fleets.agents import AgentFleet, FleetSpec
 from loadtest.fleets.direct import DirectFleet, DirectSpec
 from loadtest.run.measure import api_totals, open_watches
 from loadtest.support.cluster import apply_events, churn_at_rate, seed
+from loadtest.support.console import err_console, out_console
 from loadtest.support.histogram import arrival_latency
 from loadtest.support.host import self_cpu
 from loadtest.support.processes import TyphaProcess
@@ -129,7 +130,7 @@ async def _one_mode(mode: str, opts: ApiLoadOptions, console: Console) -> dict[s
 
 
 async def run_apiload(opts: ApiLoadOptions, console: Console | None = None) -> dict[str, Any]:
-    console = console or Console(stderr=True)
+    console = console or err_console()
     console.print(
         f"[bold]API-server load[/]: {opts.agents} agents, {opts.nodes} nodes x {opts.pods_per_node} pods, modes {', '.join(opts.modes)}"
     )
@@ -156,7 +157,7 @@ async def run_apiload(opts: ApiLoadOptions, console: Console | None = None) -> d
     ]
     for name, fmt in rows:
         t.add_row(name, *(fmt(results[m]) for m in opts.modes))
-    console.print(t)
+    out_console().print(t)
     return results
 
 
@@ -188,7 +189,7 @@ async def decode_comparison(pods: int = 1000) -> dict[str, float]:
 
 
 async def run_ingest(nodes: int, pods_per_node: int, burst: int, console: Console | None = None) -> dict[str, Any]:
-    console = console or Console(stderr=True)
+    console = console or err_console()
     dec = await decode_comparison()
     console.print(
         f"decoding a pod list ({dec['pod_bytes']:.0f} B per pod): generated models {dec['models_us']:.0f} us/pod, "

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.live import Live
 
 from loadtest.fleets.agents import AgentFleet, FleetSpec
-from loadtest.support.console import kv_table
+from loadtest.support.console import err_console, kv_table, out_console
 
 
 @dataclass
@@ -74,17 +74,21 @@ class BenchServer:
         await self.proc.stdin.drain()
         return await self._read()
 
-    async def stop(self) -> None:
+    async def stop(self, kill: bool = False) -> None:
         if self.proc.returncode is None:
-            try:
-                await asyncio.wait_for(self.call(cmd="quit"), 10)
-            except Exception:
+            if kill:
                 self.proc.kill()
+            else:
+                try:
+                    await asyncio.wait_for(self.call(cmd="quit"), 10)
+                except (OSError, TimeoutError, RuntimeError, ValueError) as exc:  # no answer: end it
+                    print(f"bench server did not quit ({exc!r}); killed", file=sys.stderr)
+                    self.proc.kill()
             await self.proc.wait()
 
 
 async def run_fanout(opts: FanoutOptions, console: Console | None = None) -> dict[str, Any]:
-    console = console or Console(stderr=True)
+    console = console or err_console()
     results: dict[str, Any] = {"options": opts.__dict__.copy()}
     console.print(f"[bold]fan-out benchmark[/]: {opts.agents} agents in {opts.processes} processes, {opts.kvs:,} KVs")
     server = await BenchServer.start(opts.kvs, opts.value_size)
@@ -212,12 +216,17 @@ async def run_fanout(opts: FanoutOptions, console: Console | None = None) -> dic
         }
         fleet = None
     finally:
+        task = asyncio.current_task()
+        kill = task is not None and task.cancelling() > 0  # interrupted: end the processes now
         if fleet is not None:
-            await fleet.stop()
-        await server.stop()
+            if kill:
+                fleet.kill()
+            else:
+                await fleet.stop()
+        await server.stop(kill=kill)
 
     s, c, m = results["snapshot"], results["churn"], results["memory"]
-    console.print(
+    out_console().print(
         kv_table(
             "fan-out results",
             [

@@ -35,7 +35,7 @@ from felix.dataplane.netns import run_in_netns
 from loadtest.apiserver import start_apiserver
 from loadtest.apiserver.fixtures import make_calico_object, make_namespace, make_node, make_pod
 from loadtest.support.cluster import apply_events
-from loadtest.support.console import kv_table
+from loadtest.support.console import err_console, kv_table, out_console
 from loadtest.support.histogram import LogHistogram
 from loadtest.support.processes import TyphaProcess
 from typha.ingest import ADDED
@@ -81,7 +81,7 @@ def _count_routes(ns: str) -> int:
 async def run_felix_bench(
     nodes: int = 500, blocks_per_node: int = 20, pods: int = 20, console: Console | None = None
 ) -> dict[str, Any]:
-    console = console or Console(stderr=True)
+    console = console or err_console()
     if os.geteuid() != 0:
         raise SystemExit("bench felix needs root (network namespaces and netlink)")
     tag = uuid.uuid4().hex[:4]
@@ -234,5 +234,5 @@ async def run_felix_bench(
         f"pod add: API write -> kernel route (n={pl['count']})",
         f"p50 {pl['p50'] * 1e3:.1f} ms, p99 {pl['p99'] * 1e3:.1f} ms, max {pl['max'] * 1e3:.1f} ms",
     )
-    console.print(t)
+    out_console().print(t)
     return out

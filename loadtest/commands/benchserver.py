@@ -145,7 +145,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--seed", type=int, default=1)
     a = p.parse_args(argv)
+    import signal
+
     import uvloop
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the benchmark, not a Ctrl-C, ends this server
 
     uvloop.run(serve(a.kvs, a.value_size, a.port, a.seed))
 

@@ -43,6 +43,10 @@ class FaultTarget(Protocol):
 
     async def wait_recovered(self, watches: int, timeout: float) -> bool: ...
 
+    def recovery_timeout(self) -> float:
+        """How long the agents may take to be back after an API fault."""
+        ...
+
     def compact_plan(self) -> tuple[list[str] | None, list[str], str]:
         """(resources to compact, None for all; resources left out; a note saying why)."""
         ...
@@ -69,7 +73,7 @@ async def _api_fault(target: FaultTarget, record: FaultRecord, label: str, act: 
     target.mark(label)
     record.watches_cut = act()
     t0 = time.monotonic()
-    ok = await target.wait_recovered(before.open_watches, 30.0 + target.sc.drain_timeout)
+    ok = await target.wait_recovered(before.open_watches, target.recovery_timeout())
     after = api_totals(target.api)
     record.recovered_seconds = time.monotonic() - t0 if ok else None
     record.relists_410 = after.watches_expired - before.watches_expired + after.list_expired - before.list_expired

@@ -119,6 +119,9 @@ class ModeRun:
     async def restart_replica(self, index: int | None, n: int, kill: bool, record: FaultRecord) -> None:
         raise ModeError(f"{self.mode} mode has no typha replicas to restart")
 
+    def recovery_timeout(self) -> float:
+        return 30.0 + self.sc.drain_timeout
+
     def compact_plan(self) -> tuple[list[str] | None, list[str], str]:
         return None, [], ""
 

@@ -72,7 +72,7 @@ class DirectRun(ModeRun):
         self.console.log(
             f"[direct] {self.agents:,} agents each listing and watching {len(self.paths)} resources ({want:,} watches)"
         )
-        limit = sc.agent_sync_timeout(self.agents)
+        limit = sc.agent_sync_timeout(self.mode)
         ok = await fleet.wait(lambda f: f.total("listed") == self.agents and f.total("watches_open") == want, limit)
         res.snapshot = SyncFigures(
             all_agents_synced=ok,
@@ -81,7 +81,10 @@ class DirectRun(ModeRun):
         )
         self.mark("all agents watching" if ok else "agents timed out", seconds=time.monotonic() - t0)
         if not ok:
-            raise ModeError(f"only {fleet.total('listed')} of {self.agents} direct agents listed and watching in time")
+            raise ModeError(
+                f"only {fleet.total('listed')} of {self.agents} direct agents listed and watching within "
+                f"{limit:.0f}s (--sync-timeout; the default grows with --direct-agents x objects)"
+            )
         res.api_startup = api_totals(self.api).minus(api0)
         res.emulator_cpu_startup = self_cpu() - cpu_a
         self.console.log(f"[direct] all agents watching after {res.snapshot.all_agents_seconds:.1f}s")
@@ -134,6 +137,10 @@ class DirectRun(ModeRun):
         )
         v.passed = v.agents_listed == self.agents and v.watches_open_end == self.watches_wanted
         self.result.verification = v
+
+    def recovery_timeout(self) -> float:
+        """After a compaction every agent relists, which can take as long as the first lists did."""
+        return max(super().recovery_timeout(), self.sc.agent_sync_timeout(self.mode))
 
     def compact_plan(self) -> tuple[list[str] | None, list[str], str]:
         """Every direct agent relists every compacted resource at once, and the emulator builds each

@@ -136,7 +136,7 @@ class TyphaRun(ModeRun):
         t0 = time.monotonic()
         record.stopped_after, record.ready_after = await rep.restart(kill=kill)
         self.mark(f"typha {idx} ready again", seconds=record.ready_after)
-        ok = await self.wait_recovered(0, self.sc.agent_sync_timeout(self.agents))
+        ok = await self.wait_recovered(0, self.sc.agent_sync_timeout(self.mode))
         record.recovered_seconds = time.monotonic() - t0 if ok else None
         record.agents_disconnected = self.fleet.total("disconnects") - disc0
         self.mark(f"agents recovered from {kind} {idx}", ok=ok)
@@ -168,7 +168,7 @@ class TyphaRun(ModeRun):
             f"[typha] {self.agents:,} agents connecting from {fleet.processes} processes "
             f"({len(ids)} decoding: ids {ids})"
         )
-        limit = sc.agent_sync_timeout(self.agents)
+        limit = sc.agent_sync_timeout(self.mode)
         synced = await fleet.wait(lambda f: f.total("in_sync") == self.agents, limit)
         res.snapshot = SyncFigures(
             all_agents_synced=synced,
@@ -179,7 +179,9 @@ class TyphaRun(ModeRun):
         )
         self.mark("all agents in sync" if synced else "agents sync timed out", seconds=time.monotonic() - t0)
         if not synced:
-            raise ModeError(f"only {fleet.total('in_sync')} of {self.agents} agents synced within {limit:.0f}s")
+            raise ModeError(
+                f"only {fleet.total('in_sync')} of {self.agents} agents synced within {limit:.0f}s (--sync-timeout)"
+            )
         self.console.log(f"[typha] all {self.agents:,} agents in sync after {res.snapshot.all_agents_seconds:.1f}s")
 
     async def before_churn(self) -> None:
@@ -195,7 +197,7 @@ class TyphaRun(ModeRun):
         self.agents_bytes0 = self.fleet.total("bytes")
 
     def fault_grace(self) -> float:
-        return self.sc.drain_timeout + self.sc.agent_sync_timeout(self.agents)
+        return self.sc.drain_timeout + self.sc.agent_sync_timeout(self.mode)
 
     def recovered(self, watches: int) -> bool:
         """All replicas up, the API watches back, every agent connected and in sync."""
