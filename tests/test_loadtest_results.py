@@ -117,3 +117,36 @@ def test_writes_interrupted_by_a_restart_are_not_latencies() -> None:
     lat = typha_latencies(s, rv_times, seq_last_arrival, seq_created, {}, rv_keys, cuts)
     assert lat.writes.written == 3 and lat.writes.reached_agents == 2 and lat.writes.redelivered_after_restart == 1
     assert [round(v, 3) for _, v in lat.points["write_to_last_agent"]] == [0.015, 0.015]
+
+
+def test_plots_keep_titles_apart_label_what_is_drawn_and_say_when_a_panel_is_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import matplotlib.pyplot as plt
+
+    from loadtest.report.plots import plot_latency_over_time, plot_load_over_time
+    from loadtest.run.results import AgentCounts, DirectResult
+
+    figs: list = []
+    monkeypatch.setattr(plt, "close", figs.append)
+    results = _results()
+    typha = results.runs["typha"]
+    typha.samples = [
+        Sample(t=float(t), agents=AgentCounts(connected=3, in_sync=3), typha=[ReplicaSample(0, up=True, rss=10**8)])
+        for t in range(5)
+    ]
+    typha.latency_points = {"write_to_last_agent": [(0.5 + i, 0.01 * (i + 1)) for i in range(4)]}  # one per bucket
+    results.runs["direct"] = DirectResult(agents=2, error="only 0 of 2 direct agents listed", samples=typha.samples)
+
+    plot_load_over_time(results, tmp_path / "load.png")
+    fig = figs.pop()
+    renderer = fig.canvas.get_renderer()
+    first = fig.axes[0]
+    assert not fig._suptitle.get_window_extent(renderer).overlaps(first.title.get_window_extent(renderer))
+    assert all(line.get_alpha() is None or line.get_alpha() > 0 for line in first.get_lines())
+
+    plot_latency_over_time(results, tmp_path / "latency.png")
+    top, bottom = figs.pop().axes
+    labels = [t.get_text() for t in top.get_legend().get_texts()]
+    assert labels == ["p50", "p99 (= max)", "SLO"], labels  # no "max" entry hidden under the p99 line
+    assert bottom.get_title() == "direct: no update latency measured (only 0 of 2 direct agents listed)"

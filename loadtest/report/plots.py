@@ -35,6 +35,13 @@ def _plt() -> Any:
     return plt
 
 
+def _empty(ax: Any, title: str) -> None:
+    """A panel with nothing to draw: its title says so, and no axes pretend otherwise."""
+    ax.set_title(title, fontsize=10)
+    ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="grey")
+    ax.set_yticks([])
+
+
 def _fault_lines(ax: Any, run: ModeResult) -> None:
     for f in run.faults:
         if f.skipped:
@@ -54,7 +61,7 @@ def _fault_lines(ax: Any, run: ModeResult) -> None:
 
 def plot_latency_cdf(results: Results, path: Path) -> bool:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig, ax = plt.subplots(figsize=(9, 5.5), layout="constrained")
     any_line = False
     for mode, run in results.runs.items():
         for kind, pts in run.latency_points.items():
@@ -89,7 +96,6 @@ def plot_latency_cdf(results: Results, path: Path) -> bool:
     ax.set_title("Update latency CDF\n" + scenario_line(results), fontsize=10)
     if any_line:
         ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -113,18 +119,23 @@ def plot_latency_over_time(results: Results, path: Path) -> bool:
     plt = _plt()
     runs = results.runs
     n = len(runs)
-    fig, axes = plt.subplots(n, 1, figsize=(10, 4.2 * n), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(n, 1, figsize=(10, 4.2 * n), squeeze=False, sharex=True, layout="constrained")
     width = max(1.0, results.scenario.duration / 120)
     steps = ramp_analysis(results)
     for ax, (mode, run) in zip(axes[:, 0], runs.items()):
         kind = latency_kind(run)
         pts = run.latency_points.get(kind) or []
-        if pts:
-            xs, p50, p99, mx = _buckets(pts, width)
-            ax.plot(xs, p50, label="p50", color="tab:blue")
+        if not pts:
+            _empty(ax, f"{mode}: no update latency measured" + (f" ({run.error})" if run.error else ""))
+            continue
+        xs, p50, p99, mx = _buckets(pts, width)
+        ax.plot(xs, p50, label="p50", color="tab:blue")
+        if mx == p99:  # one write per bucket, or the max is the p99: one line, labelled so
+            ax.plot(xs, p99, label="p99 (= max)", color="tab:orange")
+        else:
+            ax.plot(xs, mx, label="max", color="tab:grey", linewidth=1.0, linestyle=":", zorder=3)
             ax.plot(xs, p99, label="p99", color="tab:orange")
-            ax.plot(xs, mx, label="max", color="tab:grey", linewidth=0.8, linestyle=":")
-            ax.set_yscale("log")
+        ax.set_yscale("log")
         other = run.latency_points.get(BREADCRUMB_TO_LAST_AGENT) if kind != BREADCRUMB_TO_LAST_AGENT else None
         if other:
             xs, _, p99b, _ = _buckets(other, width)
@@ -147,7 +158,6 @@ def plot_latency_over_time(results: Results, path: Path) -> bool:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     axes[-1, 0].set_xlabel("seconds since churn started")
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -170,8 +180,11 @@ def _replica_cpu(i: int) -> Callable[[Sample], float]:
 def plot_load_over_time(results: Results, path: Path) -> bool:
     plt = _plt()
     runs = results.runs
-    fig, axes = plt.subplots(5, 1, figsize=(10, 15), sharex=True)
-    ax_conn, ax_watch, ax_api, ax_cpu, ax_rss = axes
+    has_typha = results.typha() is not None
+    rows = 5 if has_typha else 4  # typha memory only with typha
+    fig, axes = plt.subplots(rows, 1, figsize=(10, 3 * rows), sharex=True, layout="constrained")
+    ax_conn, ax_watch, ax_api, ax_cpu = axes[:4]
+    ax_rss = axes[4] if has_typha else None
     watch_values: list[float] = []
     styles = {"typha": "-", "direct": "--"}
     cpus = results.host.cpus or 1
@@ -183,9 +196,10 @@ def plot_load_over_time(results: Results, path: Path) -> bool:
         xs = [s.t - c0 for s in samples]
         ls = styles.get(mode, "-")
         if mode == "typha":
-            ax_conn.plot(
-                xs, [s.agents.connected if s.agents else 0 for s in samples], ls, label="typha agents connected"
-            )
+            # Connected and in sync coincide most of the time: the first is drawn wide and pale beneath
+            # the second, so both lines (and their legend entries) stay visible.
+            connected = [s.agents.connected if s.agents else 0 for s in samples]
+            ax_conn.plot(xs, connected, ls, linewidth=4, alpha=0.35, label="typha agents connected")
             ax_conn.plot(xs, [s.agents.in_sync if s.agents else 0 for s in samples], ls, label="typha agents in sync")
             nrep = max((len(s.typha) for s in samples), default=0)
             for i in range(nrep):
@@ -195,6 +209,7 @@ def plot_load_over_time(results: Results, path: Path) -> bool:
                     ":",
                     label=f"typha-{i} connections",
                 )
+                assert ax_rss is not None
                 ax_rss.plot(
                     xs, [s.typha[i].rss / 1e6 if i < len(s.typha) else 0 for s in samples], label=f"typha-{i} RSS (MB)"
                 )
@@ -233,7 +248,7 @@ def plot_load_over_time(results: Results, path: Path) -> bool:
         if mode == "typha" or "typha" not in runs:
             for ax in axes:
                 _fault_lines(ax, run)
-    ax_conn.set_title("Agents and typha connections", fontsize=10)
+    ax_conn.set_title("Agents and typha connections" if has_typha else "Agents", fontsize=10)
     ax_watch.set_title(
         "API-server watches open (typha: one per resource per replica; direct: one per resource per agent)", fontsize=10
     )
@@ -248,8 +263,9 @@ def plot_load_over_time(results: Results, path: Path) -> bool:
     ax_cpu.set_title("CPU (% of one core)", fontsize=10)
     # Nothing can use more than every CPU; a spike above that is a process's start-up CPU landing in one sample.
     ax_cpu.set_ylim(0, 100 * cpus * 1.15)
-    ax_rss.set_title("typha memory", fontsize=10)
-    ax_rss.set_ylim(bottom=0)
+    if ax_rss is not None:
+        ax_rss.set_title("typha memory", fontsize=10)
+        ax_rss.set_ylim(bottom=0)
     for ax in axes:
         ax.axvline(0, color="black", linewidth=0.6)
         ax.grid(True, alpha=0.3)
@@ -257,7 +273,6 @@ def plot_load_over_time(results: Results, path: Path) -> bool:
             ax.legend(fontsize=7, loc="upper left")
     axes[-1].set_xlabel("seconds since churn started (negative: startup)")
     fig.suptitle(scenario_line(results), fontsize=9)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
@@ -294,7 +309,7 @@ def plot_typha_vs_direct(results: Results, path: Path) -> bool:
     ts, ds = steady_summary(t, WRITE_TO_LAST_AGENT), steady_summary(d, WRITE_TO_LAST_AGENT)
     if ts and ds:
         metrics.append(("p99 write -> last agent,\noutside fault recovery (ms)", ts.p99 * 1e3, ds.p99 * 1e3, False))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 4.6))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 4.6), layout="constrained")
     for ax, (label, tv, dv, linear) in zip(axes, metrics):
         names = [f"typha\n{t.agents:,} agents", f"direct\n{d.agents:,} agents"]
         vals = [tv, dv]
@@ -319,7 +334,6 @@ def plot_typha_vs_direct(results: Results, path: Path) -> bool:
         ax.tick_params(axis="x", labelsize=7)
         ax.grid(True, axis="y", alpha=0.3)
     fig.suptitle("typha vs agents watching the API server directly\n" + scenario_line(results), fontsize=9)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
