@@ -77,7 +77,11 @@ class Replica:
         if not self.up:
             return out
         try:
-            st, m = await asyncio.wait_for(asyncio.gather(self.proc.status(), self.proc.metrics()), timeout)
+            # Sequential under one deadline: two small local requests. (wait_for around a gather can leave
+            # the gather's CancelledError unretrieved when the run is interrupted mid-sample.)
+            async with asyncio.timeout(timeout):
+                st = await self.proc.status()
+                m = await self.proc.metrics()
         except OBSERVE_ERRORS as exc:  # busy, restarting or gone: the sample records the gap
             out.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             return out
