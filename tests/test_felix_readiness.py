@@ -13,7 +13,10 @@ import errno
 import hashlib
 import logging
 import os
+import shutil
+import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -290,3 +293,72 @@ async def test_vteps_of_other_nodes_are_no_problem_while_no_pool_uses_vxlan() ->
         assert kernel.link("vxlan.calico").mac == "66:00:00:00:00:01" and felix.agent.ready
     finally:
         await gen.aclose()
+
+
+@pytest.mark.kernel
+@pytest.mark.slow
+async def test_the_felix_process_without_net_admin_logs_counts_and_is_unready(netns: str) -> None:
+    """The issue's own scenario: felix with CAP_NET_ADMIN dropped (setpriv), on a real kernel."""
+    if shutil.which("setpriv") is None:
+        kernel_skip("setpriv (util-linux) is not installed")
+    cache = SnapCache(SYNCER_FELIX)
+    server = SyncServer({SYNCER_FELIX: cache}, ServerConfig(host="127.0.0.1", port=0))
+    await server.start()
+    Ingestor({SYNCER_FELIX: cache}).handle(
+        [
+            (ADDED, "ippools", pool()),
+            (ADDED, "nodes", node("me", "198.18.0.1")),
+            (ADDED, "nodes", node("other", "198.18.0.2")),
+            *block("me", "10.200.0.0/26"),
+            *block("other", "10.200.1.0/26"),
+        ]
+    )
+    cache.set_status(SyncStatus.IN_SYNC)
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    env = {
+        **os.environ,
+        "FELIX_NODENAME": "me",
+        "FELIX_TYPHA_ADDRESSES": f"127.0.0.1:{server.port}",
+        "FELIX_NETNS": netns,
+        "FELIX_HEALTH_PORT": str(ports[0]),
+        "FELIX_METRICS_PORT": str(ports[1]),
+        "FELIX_ROUTE_PENDING_GRACE": "0.5",
+        "FELIX_POLICY_ENABLED": "false",
+    }
+    drop = ["setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin"]
+    proc = subprocess.Popen([*drop, sys.executable, "-m", "felix"], env=env, stderr=subprocess.PIPE)
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def get(port: int, path: str) -> tuple[int, str]:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}{path}") as r:
+                        return r.status, await r.text()
+                except aiohttp.ClientError:
+                    return 0, ""
+
+            verdict: list[tuple[int, str]] = []
+
+            async def unready() -> bool:
+                verdict[:] = [await get(ports[0], "/readiness")]
+                return verdict[0][0] == 503 and "netlink-error" in verdict[0][1]
+
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 15
+            while not await unready():
+                assert proc.poll() is None, "felix exited"
+                assert loop.time() < deadline, f"felix did not report the refused writes: {verdict}"
+                await asyncio.sleep(0.1)
+            assert "Operation not permitted" in verdict[0][1]
+            _, metrics = await get(ports[1], "/metrics")
+            errors = [float(x.split()[-1]) for x in metrics.splitlines() if x.startswith("felix_netlink_errors_total ")]
+            assert errors and errors[0] >= 2, metrics
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+        await server.shutdown()
+    assert "Operation not permitted" in err.decode()  # a log line, not silence
