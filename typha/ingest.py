@@ -193,9 +193,6 @@ class Ingestor:
         level = logging.WARNING if self.errors[resource] <= 5 else logging.DEBUG
         log.log(level, "skipping malformed %s: %s", resource, why)
 
-    def tracked_objects(self) -> int:
-        return len(self._keys)
-
 
 class Resync:
     """A relist in progress: pages are upserted as they arrive, and `finish()` deletes the keys of

@@ -16,7 +16,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .snapcache import SnapCache
@@ -59,7 +59,8 @@ class HotCounter:
     __slots__ = ("doc", "name", "value")
 
     def __init__(self, name: str, doc: str) -> None:
-        self.name, self.doc, self.value = name, doc, 0
+        self.name, self.doc = name, doc
+        self.value: float = 0
 
     def inc(self, n: float = 1) -> None:
         self.value += n
@@ -72,7 +73,7 @@ class _HotCollector(Collector):
     def __init__(self, metrics: list[HotHistogram | HotCounter]) -> None:
         self._metrics = metrics
 
-    def collect(self) -> Iterable[object]:
+    def collect(self) -> Iterable[Metric]:
         return [m.family() for m in self._metrics]
 
 
@@ -80,8 +81,8 @@ class _CacheCollector(Collector):
     def __init__(self, caches: Callable[[], Mapping[str, SnapCache]]) -> None:
         self._caches = caches
 
-    def collect(self) -> Iterable[object]:
-        fams = {
+    def collect(self) -> Iterable[Metric]:
+        fams: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
             "updates": CounterMetricFamily("typha_updates", "Updates received from the datastore.", labels=["syncer"]),
             "skipped": CounterMetricFamily(
                 "typha_updates_skipped",
