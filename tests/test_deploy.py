@@ -305,7 +305,13 @@ def test_bad_typha_env_value_is_reported() -> None:
 
 def test_typha_pins_the_settings_its_ports_and_grace_period_depend_on() -> None:
     env = typha_env()
-    for name in ("TYPHA_PORT", "TYPHA_HEALTH_PORT", "TYPHA_METRICS_PORT", "TYPHA_SHUTDOWN_TIMEOUT"):
+    for name in (
+        "TYPHA_PORT",
+        "TYPHA_HEALTH_PORT",
+        "TYPHA_METRICS_PORT",
+        "TYPHA_SHUTDOWN_TIMEOUT",
+        "TYPHA_SHUTDOWN_MAX_DROP_INTERVAL",
+    ):
         assert name in env, f"{name} should be set explicitly in deploy/typha.yaml"
 
 
@@ -347,6 +353,8 @@ def test_typha_grace_period_matches_shutdown_timeout() -> None:
     assert spec["terminationGracePeriodSeconds"] == typha_cfg().shutdown_timeout
     # The drain (95%) has to finish inside the grace period, with time left to exit cleanly.
     assert typha_cfg().drain_seconds < spec["terminationGracePeriodSeconds"]
+    # ... and a replica with few agents must not hold them for all of it (Calico's 1 s cap).
+    assert 0 < typha_cfg().shutdown_max_drop_interval <= 1.0
 
 
 def test_typha_rbac_is_exactly_list_watch_on_the_projected_resources() -> None:

@@ -2,8 +2,8 @@
 
 Wires the pieces together and owns the process lifecycle: caches per syncer type, the datastore that
 feeds them, the sync server, health and metrics endpoints, and graceful shutdown on SIGTERM (stop
-accepting, then close connections paced over 95% of the termination grace period; a second signal
-closes the rest at once).
+accepting, then close connections one at a time, spread over at most 95% of the termination grace
+period and never more than --shutdown-max-drop-interval apart; a second signal closes the rest at once).
 """
 
 from __future__ import annotations
@@ -89,7 +89,13 @@ async def run(cfg: TyphaConfig) -> None:
         nonlocal signals
         signals += 1
         if signals == 1:
-            log.info("received %s: draining connections over %.0fs", signal.Signals(signum).name, cfg.drain_seconds)
+            n = len(server.connections)
+            log.info(
+                "received %s: closing %d connections, one every %.2fs",
+                signal.Signals(signum).name,
+                n,
+                server.drop_interval(cfg.drain_seconds, n),
+            )
             stop.set()
         else:
             log.warning("second signal: closing remaining connections now")

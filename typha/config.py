@@ -45,6 +45,11 @@ class ServerConfig:
     max_frame: int = setting(DEFAULT_MAX_CLIENT_FRAME, "Largest frame accepted from a client, in bytes.", _min_frame)
     compression: bool = setting(True, "Offer zstd compression to clients that support it.")
     server_id: str = setting("", "Name reported to clients (default: the hostname).")
+    shutdown_max_drop_interval: float = setting(
+        1.0,
+        "On shutdown, the longest pause between two closed connections (Calico's ShutdownConnectionDropIntervalMaxSecs).",
+        non_negative,
+    )
     # Internal knobs, not settings.
     write_high_water: int = 256 * 1024
     max_write_bytes: int = 1 << 20
@@ -77,7 +82,9 @@ class TyphaConfig(ServerConfig):
         non_negative,
     )
     shutdown_timeout: float = setting(
-        300.0, "Termination grace period; connections are closed over 95% of it.", non_negative
+        300.0,
+        "Termination grace period; connections are closed over at most 95% of it (see --shutdown-max-drop-interval).",
+        non_negative,
     )
     synthetic_nodes: int = setting(100, "Synthetic datastore: number of nodes.", positive)
     synthetic_pods_per_node: int = setting(30, "Synthetic datastore: pods per node.", non_negative)

@@ -334,20 +334,30 @@ class SyncServer:
         return self._server is not None and self._server.is_serving() and not self.shutting_down
 
     async def shutdown(self, drain_seconds: float = 0.0) -> None:
-        """Stop accepting, then close connections paced over `drain_seconds` so agents spread out."""
+        """Stop accepting, then close connections one at a time so agents spread over other replicas.
+
+        Closes are spaced ``drain_seconds / connections`` apart, but never more than
+        ``shutdown_max_drop_interval`` (Calico's ShutdownConnectionDropIntervalMaxSecs): a replica with
+        few agents exits in seconds instead of holding them for the whole grace period.
+        """
         self.shutting_down = True
         if self._server is not None:
             self._server.close()
         conns = list(self.connections)
         random.shuffle(conns)
-        interval = drain_seconds / len(conns) if conns else 0.0
-        log.info("shutting down: closing %d connections over %.1fs", len(conns), drain_seconds)
-        for conn in conns:
+        interval = self.drop_interval(drain_seconds, len(conns))
+        log.info(
+            "shutting down: closing %d connections, %.2fs apart (%.1fs in all)",
+            len(conns),
+            interval,
+            interval * max(0, len(conns) - 1),
+        )
+        for i, conn in enumerate(conns):
+            if i and interval:
+                await asyncio.sleep(interval)
             conn.close(
                 GoodbyeCode.SHUTTING_DOWN, "server shutting down; reconnect to another replica", level=logging.INFO
             )
-            if interval:
-                await asyncio.sleep(interval)
         if self._housekeeper is not None:
             self._housekeeper.cancel()
             try:
@@ -356,6 +366,12 @@ class SyncServer:
                 pass
         if self._server is not None:
             await self._server.wait_closed()
+
+    def drop_interval(self, drain_seconds: float, connections: int) -> float:
+        """Seconds between two connections closed at shutdown: the drain spread evenly, capped."""
+        if connections <= 1:
+            return 0.0
+        return min(drain_seconds / connections, self.config.shutdown_max_drop_interval)
 
     # -- connection bookkeeping ----------------------------------------------------------------------
     def _connection_made(self, conn: SyncConnection) -> None:
