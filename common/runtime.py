@@ -6,6 +6,7 @@ Shared here (like `settings` and `ops`) because the two programs must not depend
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
@@ -25,6 +26,8 @@ async def kubernetes_client(kubeconfig: str) -> Any:
     from kubernetes_asyncio import config as kconfig
 
     conf = client.Configuration()
+    if kubeconfig and not os.path.exists(kubeconfig):  # noqa: ASYNC240 -- one stat, at start-up
+        raise StartupError(f"--kubeconfig={kubeconfig!r}: the file does not exist")
     try:
         if kubeconfig:
             await kconfig.load_kube_config(config_file=kubeconfig, client_configuration=conf)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -98,3 +99,50 @@ async def test_sigterm_closes_a_few_agents_in_seconds_and_exits(typha_proc) -> N
     for c in clients:
         c.stop()
     await asyncio.wait_for(asyncio.gather(*tasks), 5)
+
+
+# --- start-up errors (issue 9, item 10): one line naming the setting, never a traceback ------------
+
+
+def _busy_port() -> socket.socket:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["--port=abc"], "--port='abc': expected a whole number"),
+        (["--listen-host=999.1.1.1"], "--listen-host='999.1.1.1': not an address this host can listen on"),
+        (["--listen-host=192.0.2.77"], "--listen-host='192.0.2.77': not an address of this host"),
+        (
+            ["--datastore=kubernetes", "--kubeconfig=/nonexistent"],
+            "--kubeconfig='/nonexistent': the file does not exist",
+        ),
+        (["BUSY:--port"], "is already in use"),
+        (["BUSY:--health-port"], "is already in use"),
+        (["BUSY:--metrics-port"], "is already in use"),
+    ],
+)
+async def test_start_up_errors_are_one_line_naming_the_setting(args: list[str], expect: str) -> None:
+    busy = None
+    if args[0].startswith("BUSY:"):
+        busy = _busy_port()
+        flag = args[0].removeprefix("BUSY:")
+        args = [f"{flag}={busy.getsockname()[1]}"]
+        expect = f"{flag}={busy.getsockname()[1]}: 127.0.0.1:{busy.getsockname()[1]} {expect}"
+    try:
+        extra = [a for a in SMALL if a.split("=")[0] not in {x.split("=")[0] for x in args}]
+        proc = await start_typha(*extra, "--health-host=127.0.0.1", *args)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if busy is not None:
+            busy.close()
+    text = err.decode()
+    errors = [line for line in text.splitlines() if line.startswith("typha: error: ")]
+    assert proc.returncode == 2, text
+    assert "Traceback" not in text and len(errors) == 1, text
+    assert errors[0] == f"typha: error: {expect}" or errors[0].startswith(f"typha: error: {expect}"), text
+    assert text.rstrip().splitlines()[-1] == errors[0]  # the last word is the error

@@ -12,9 +12,12 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
 
-from common.runtime import kubernetes_client, run_main
+from aiohttp import web
+
+from common.runtime import StartupError, kubernetes_client, run_main
 from protocol import SYNCER_BGP, SYNCER_FELIX
 
 from .config import TyphaConfig, load_config
@@ -22,18 +25,41 @@ from .datastores.kubernetes import KubernetesDatastore
 from .datastores.synthetic import SyntheticDatastore, SyntheticOptions
 from .ingest import Ingestor
 from .metrics import ServerMetrics
-from .ops import health_app, metrics_app, start_site
+from .ops import health_app, listen_error, metrics_app, start_site
 from .rebalance import Rebalancer
 from .snapcache import SnapCache
 from .syncserver import SyncServer
 
 log = logging.getLogger("typha")
+T = TypeVar("T")
 
 
 def _report_datastore_end(task: asyncio.Task[None]) -> None:
     # Agents keep the last good state; readiness already reflects the caches' status.
     if not task.cancelled() and task.exception() is not None:
         log.error("datastore stopped with an error: %r", task.exception())
+
+
+async def _listening(start: Awaitable[T], host_flag: str, host: str, port_flag: str, port: int) -> T:
+    """Await a listener's start; a socket error becomes one start-up line naming the setting."""
+    try:
+        return await start
+    except OSError as exc:
+        raise StartupError(listen_error(host_flag, host, port_flag, port, exc)) from None
+
+
+def _datastore(cfg: TyphaConfig, ingestor: Ingestor, api: Any) -> KubernetesDatastore | SyntheticDatastore:
+    if api is not None:
+        return KubernetesDatastore(ingestor, api, page_size=cfg.k8s_page_size)
+    options = SyntheticOptions(
+        nodes=cfg.synthetic_nodes,
+        pods_per_node=cfg.synthetic_pods_per_node,
+        policies=cfg.synthetic_policies,
+        churn_rate=cfg.synthetic_churn_rate,
+        churn_seconds=cfg.synthetic_churn_seconds,
+        seed=cfg.synthetic_seed,
+    )
+    return SyntheticDatastore(ingestor, options)
 
 
 async def run(cfg: TyphaConfig) -> None:
@@ -44,34 +70,53 @@ async def run(cfg: TyphaConfig) -> None:
     metrics.watch_caches(lambda: caches)
     server = SyncServer(caches, cfg, metrics)  # a TyphaConfig is the server's config too
     ingestor = Ingestor(caches)
-    api = None
-    datastore: KubernetesDatastore | SyntheticDatastore
-    if cfg.datastore == "kubernetes":
-        api = await kubernetes_client(cfg.kubeconfig)
-        datastore = KubernetesDatastore(ingestor, api, page_size=cfg.k8s_page_size)
-    else:
-        datastore = SyntheticDatastore(
-            ingestor,
-            SyntheticOptions(
-                nodes=cfg.synthetic_nodes,
-                pods_per_node=cfg.synthetic_pods_per_node,
-                policies=cfg.synthetic_policies,
-                churn_rate=cfg.synthetic_churn_rate,
-                churn_seconds=cfg.synthetic_churn_seconds,
-                seed=cfg.synthetic_seed,
-            ),
-        )
-    await server.start()
-    runners = []
-    if cfg.health_port:
-        runner, port = await start_site(health_app(server, caches), cfg.health_host, cfg.health_port)
-        runners.append(runner)
-        log.info("health endpoints on %s:%d", cfg.health_host, port)
-    if cfg.metrics_port:
-        runner, port = await start_site(metrics_app(metrics.registry), cfg.health_host, cfg.metrics_port)
-        runners.append(runner)
-        log.info("metrics on %s:%d", cfg.health_host, port)
+    api = await kubernetes_client(cfg.kubeconfig) if cfg.datastore == "kubernetes" else None
+    runners: list[web.AppRunner] = []
+    try:
+        datastore = _datastore(cfg, ingestor, api)
+        await _listening(server.start(), "--listen-host", cfg.host, "--port", cfg.port)
+        if cfg.health_port:
+            app = health_app(server, caches)
+            runner, port = await _listening(
+                start_site(app, cfg.health_host, cfg.health_port),
+                "--health-host",
+                cfg.health_host,
+                "--health-port",
+                cfg.health_port,
+            )
+            runners.append(runner)
+            log.info("health endpoints on %s:%d", cfg.health_host, port)
+        if cfg.metrics_port:
+            app = metrics_app(metrics.registry)
+            runner, port = await _listening(
+                start_site(app, cfg.health_host, cfg.metrics_port),
+                "--health-host",
+                cfg.health_host,
+                "--metrics-port",
+                cfg.metrics_port,
+            )
+            runners.append(runner)
+            log.info("metrics on %s:%d", cfg.health_host, port)
+        await _serve(cfg, server, datastore, ingestor, api)
+    finally:
+        if not server.shutting_down and server.accepting:  # start-up failed after the server started
+            await server.shutdown(0)
+        for runner in runners:
+            await runner.cleanup()
+        if api is not None:
+            await api.close()
+
+
+async def _serve(
+    cfg: TyphaConfig,
+    server: SyncServer,
+    datastore: KubernetesDatastore | SyntheticDatastore,
+    ingestor: Ingestor,
+    api: Any,
+) -> None:
+    """Follow the datastore and serve until a signal; then drain (a second signal cuts the drain short)."""
     source = asyncio.create_task(datastore.run(), name="datastore")
+    source.add_done_callback(_report_datastore_end)
     rebalancer = None
     if api is not None and cfg.k8s_service_name:
         rebalancer = asyncio.create_task(
@@ -80,15 +125,12 @@ async def run(cfg: TyphaConfig) -> None:
             ).run(),
             name="rebalance",
         )
-
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    signals = 0
+    cut_short = asyncio.Event()
 
     def on_signal(signum: int) -> None:
-        nonlocal signals
-        signals += 1
-        if signals == 1:
+        if not stop.is_set():
             n = len(server.connections)
             log.info(
                 "received %s: closing %d connections, one every %.2fs",
@@ -99,24 +141,23 @@ async def run(cfg: TyphaConfig) -> None:
             stop.set()
         else:
             log.warning("second signal: closing remaining connections now")
-            drain.cancel()
+            cut_short.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
-    source.add_done_callback(_report_datastore_end)
     await stop.wait()
     if rebalancer is not None:
         rebalancer.cancel()  # shedding is over: every connection goes now, paced
     drain = asyncio.create_task(server.shutdown(cfg.drain_seconds))
-    try:
-        await drain
-    except asyncio.CancelledError:
+    interrupt = asyncio.create_task(cut_short.wait())
+    await asyncio.wait({drain, interrupt}, return_when=asyncio.FIRST_COMPLETED)
+    interrupt.cancel()
+    if not drain.done():
+        drain.cancel()
+        await asyncio.gather(drain, return_exceptions=True)
         await server.shutdown(0)
     source.cancel()
-    for runner in runners:
-        await runner.cleanup()
-    if api is not None:
-        await api.close()
+    await asyncio.gather(source, return_exceptions=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

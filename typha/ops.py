@@ -8,6 +8,8 @@ stopped running housekeeping: "healthy but accepting nothing" is the failure use
 
 from __future__ import annotations
 
+import errno
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -20,7 +22,20 @@ from protocol.digest import state_digest
 from .snapcache import SnapCache
 from .syncserver import SyncServer
 
-__all__ = ["health_app", "liveness", "metrics_app", "readiness", "start_site", "status"]
+__all__ = ["health_app", "listen_error", "liveness", "metrics_app", "readiness", "start_site", "status"]
+
+
+def listen_error(host_flag: str, host: str, port_flag: str, port: int, exc: OSError) -> str:
+    """One line naming the setting that made listening on host:port fail."""
+    if isinstance(exc, socket.gaierror):
+        return f"{host_flag}={host!r}: not an address this host can listen on ({exc.strerror})"
+    if exc.errno == errno.EADDRINUSE:
+        return f"{port_flag}={port}: {host}:{port} is already in use"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{host_flag}={host!r}: not an address of this host"
+    if exc.errno == errno.EACCES:
+        return f"{port_flag}={port}: permission denied (ports below 1024 need privileges)"
+    return f"{host_flag}={host!r} {port_flag}={port}: cannot listen: {exc.strerror or exc}"
 
 
 def readiness(server: SyncServer, caches: Mapping[str, SnapCache]) -> tuple[bool, str]:
