@@ -305,6 +305,46 @@ async def test_a_resource_that_keeps_failing_keeps_its_cache_waiting_not_flappin
 
 
 @pytest.mark.slow
+async def test_a_certificate_that_does_not_verify_is_a_tls_error_not_unreachable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from loadtest.apiserver import make_tls, write_kubeconfig
+    from typha.metrics import ServerMetrics
+    from typha.ops import readiness, status
+
+    api = await start_apiserver()
+    kc = tmp_path / "kubeconfig"
+    write_kubeconfig(kc, api.url, make_tls().ca_pem, api.token)  # another CA than the one that signed the server
+    caches = {SYNCER_FELIX: SnapCache(SYNCER_FELIX)}
+    k8s = await make_api_client(kc)
+    ds = KubernetesDatastore(Ingestor(caches), k8s, backoff_initial=0.01, backoff_max=0.05)
+    server = SyncServer(caches, ServerConfig(host="127.0.0.1", port=0))
+    await server.start()
+    task = asyncio.create_task(ds.run())
+    try:
+        await wait_for(lambda: ds.stats["pods"].errors["tls"] >= 2, 10, "TLS errors counted")
+        assert all(not st.errors["unreachable"] for st in ds.stats.values())
+        assert "pods: tls (" in caplog.text and "certificate verify failed" in caplog.text
+        # The metric, /status and /readiness say so too.
+        metrics = ServerMetrics()
+        metrics.watch_datastore(ds.stats_view)
+        tls_errors = metrics.registry.get_sample_value(
+            "typha_datastore_errors_total", {"resource": "pods", "kind": "tls"}
+        )
+        assert tls_errors is not None and tls_errors >= 2
+        pods = status(server, caches, False, ds.stats)["datastore"]["pods"]  # type: ignore[index]
+        assert pods["status"] == "WAIT_FOR_DATASTORE" and pods["last_error"].startswith("tls: ")
+        ready, why = readiness(server, caches, ds.stats)
+        assert not ready and ": tls: " in why
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await server.shutdown()
+        await k8s.close()
+        await api.stop()
+
+
+@pytest.mark.slow
 async def test_objects_missing_fields_are_skipped_and_counted(rig: Rig) -> None:
     agents = rig.agents(1)
     tasks = await run_agents(agents)

@@ -74,9 +74,13 @@ async def run(cfg: TyphaConfig) -> None:
     runners: list[web.AppRunner] = []
     try:
         datastore = _datastore(cfg, ingestor, api)
+        stats = None
+        if isinstance(datastore, KubernetesDatastore):
+            stats = datastore.stats_view
+            metrics.watch_datastore(stats)
         await _listening(server.start(), "--listen-host", cfg.host, "--port", cfg.port)
         if cfg.health_port:
-            app = health_app(server, caches)
+            app = health_app(server, caches, stats)
             runner, port = await _listening(
                 start_site(app, cfg.health_host, cfg.health_port),
                 "--health-host",

@@ -13,11 +13,15 @@ event loop is the only writer) and is exported through the same collector at scr
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import Counter as Counter_
 from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from protocol import SyncStatus
 
 from .snapcache import SnapCache
 
@@ -127,6 +131,49 @@ class _CacheCollector(Collector):
         return list(fams.values())
 
 
+class DatastoreStats(Protocol):
+    """What a datastore reports per resource (typha.datastores.kubernetes.ResourceStats)."""
+
+    errors: Counter_[str]
+    events: int
+    relists_410: int
+    malformed: int
+    state: SyncStatus
+    last_error: str
+
+
+class _DatastoreCollector(Collector):
+    def __init__(self, stats: Callable[[], Mapping[str, DatastoreStats]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        errors = CounterMetricFamily(
+            "typha_datastore_errors",
+            "Failed datastore requests by resource and kind (unreachable, tls, timeout, watch-silent, forbidden, ...).",
+            labels=["resource", "kind"],
+        )
+        events = CounterMetricFamily("typha_datastore_events", "Watch events received.", labels=["resource"])
+        relists = CounterMetricFamily(
+            "typha_datastore_relists", "Relists forced by 410 Gone (version too old).", labels=["resource"]
+        )
+        malformed = CounterMetricFamily(
+            "typha_datastore_malformed", "Watch lines that were not events, skipped.", labels=["resource"]
+        )
+        state = GaugeMetricFamily(
+            "typha_datastore_resource_status",
+            "Per resource: 1 wait-for-datastore, 2 resync, 3 in-sync (a cache takes the lowest of its resources).",
+            labels=["resource"],
+        )
+        for resource, st in self._stats().items():
+            for kind, n in st.errors.items():
+                errors.add_metric([resource, kind], n)
+            events.add_metric([resource], st.events)
+            relists.add_metric([resource], st.relists_410)
+            malformed.add_metric([resource], st.malformed)
+            state.add_metric([resource], int(st.state))
+        return [errors, events, relists, malformed, state]
+
+
 class ServerMetrics:
     """All of typha's metrics, in their own registry (tests can run several servers in one process)."""
 
@@ -172,3 +219,7 @@ class ServerMetrics:
 
     def watch_caches(self, caches: Callable[[], Mapping[str, SnapCache]]) -> None:
         self.registry.register(_CacheCollector(caches))
+
+    def watch_datastore(self, stats: Callable[[], Mapping[str, DatastoreStats]]) -> None:
+        """Export a datastore's per-resource health (read at scrape time)."""
+        self.registry.register(_DatastoreCollector(stats))

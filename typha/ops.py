@@ -19,6 +19,7 @@ from common.ops import metrics_app, start_site
 from protocol import SyncStatus
 from protocol.digest import state_digest
 
+from .metrics import DatastoreStats
 from .snapcache import SnapCache
 from .syncserver import SyncServer
 
@@ -38,7 +39,9 @@ def listen_error(host_flag: str, host: str, port_flag: str, port: int, exc: OSEr
     return f"{host_flag}={host!r} {port_flag}={port}: cannot listen: {exc.strerror or exc}"
 
 
-def readiness(server: SyncServer, caches: Mapping[str, SnapCache]) -> tuple[bool, str]:
+def readiness(
+    server: SyncServer, caches: Mapping[str, SnapCache], datastore: Mapping[str, DatastoreStats] | None = None
+) -> tuple[bool, str]:
     if server.shutting_down:
         return False, "shutting down"
     if not server.accepting:
@@ -47,7 +50,11 @@ def readiness(server: SyncServer, caches: Mapping[str, SnapCache]) -> tuple[bool
         f"{name}={cache.status.name}" for name, cache in caches.items() if cache.status is not SyncStatus.IN_SYNC
     ]
     if lagging:
-        return False, "caches not in sync: " + ", ".join(sorted(lagging))
+        why = "caches not in sync: " + ", ".join(sorted(lagging))
+        stuck = sorted(r for r, st in (datastore or {}).items() if st.state is not SyncStatus.IN_SYNC and st.last_error)
+        if stuck:
+            why += f" ({stuck[0]}: {datastore[stuck[0]].last_error})"  # type: ignore[index]
+        return False, why
     return True, "ready"
 
 
@@ -68,8 +75,14 @@ def _reply(check: Callable[[], tuple[bool, str]]) -> Callable[[web.Request], Awa
     return handler
 
 
-def status(server: SyncServer, caches: Mapping[str, SnapCache], with_digest: bool) -> dict[str, object]:
-    """What this replica serves: per syncer its status, head seq and size (and a digest on request)."""
+def status(
+    server: SyncServer,
+    caches: Mapping[str, SnapCache],
+    with_digest: bool,
+    datastore: Mapping[str, DatastoreStats] | None = None,
+) -> dict[str, object]:
+    """What this replica serves: per syncer its status, head seq and size (and a digest on request);
+    per followed resource its state and errors, when the datastore reports them."""
     out: dict[str, object] = {
         "server_id": server.config.server_id,
         "connections": len(server.connections),
@@ -80,18 +93,31 @@ def status(server: SyncServer, caches: Mapping[str, SnapCache], with_digest: boo
         if with_digest:
             entry["digest"] = state_digest((k, v) for k, (_, v, _) in cache.items().items())
         out["syncers"][name] = entry  # type: ignore[index]
+    if datastore is not None:
+        out["datastore"] = {
+            resource: {"status": st.state.name, "errors": dict(st.errors), "last_error": st.last_error}
+            for resource, st in datastore.items()
+        }
     return out
 
 
-def health_app(server: SyncServer, caches: Mapping[str, SnapCache]) -> web.Application:
+def health_app(
+    server: SyncServer,
+    caches: Mapping[str, SnapCache],
+    datastore: Callable[[], Mapping[str, DatastoreStats]] | None = None,
+) -> web.Application:
+    """/liveness, /readiness and /status; ``datastore`` (per-resource stats) adds why to the last two."""
     app = web.Application()
     stale = max(10.0, 10 * server.config.housekeeping_interval)
 
+    def stats() -> Mapping[str, DatastoreStats] | None:
+        return datastore() if datastore is not None else None
+
     async def status_handler(request: web.Request) -> web.Response:
         digest = request.query.get("digest", "") in ("1", "true")
-        return web.json_response(status(server, caches, digest))
+        return web.json_response(status(server, caches, digest, stats()))
 
     app.router.add_get("/liveness", _reply(lambda: liveness(server, stale)))
-    app.router.add_get("/readiness", _reply(lambda: readiness(server, caches)))
+    app.router.add_get("/readiness", _reply(lambda: readiness(server, caches, stats())))
     app.router.add_get("/status", status_handler)
     return app

@@ -31,6 +31,7 @@ import asyncio
 import gc
 import logging
 import random
+import ssl
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -74,6 +75,7 @@ class ResourceStats:
     relists_410: int = 0
     malformed: int = 0
     errors: Counter[str] = field(default_factory=Counter)  # error kind -> count
+    last_error: str = ""  # "<kind>: <what happened>", kept after recovery for /status
     state: SyncStatus = WAITING
     resource_version: str = ""
 
@@ -161,6 +163,10 @@ class KubernetesDatastore:
         self._frozen = False
 
     # -- status ----------------------------------------------------------------------------------------
+    def stats_view(self) -> dict[str, ResourceStats]:
+        """Per-resource state and counters, for /status and the metrics (read at scrape time)."""
+        return self.stats
+
     def _set_state(self, resource: str, state: SyncStatus) -> None:
         st = self.stats[resource]
         if st.state == state:
@@ -301,6 +307,7 @@ class KubernetesDatastore:
                 failures += 1
                 kind = self._classify(exc)
                 st.errors[kind] += 1
+                st.last_error = f"{kind}: {exc}"
                 self._set_state(res.name, WAITING if kind != "watch-dropped" or failures > 1 else st.state)
                 delay = random.uniform(0, min(self.backoff_max, self.backoff_initial * 2 ** min(failures, 10)))
                 level = logging.WARNING if failures <= 3 or failures % 20 == 0 else logging.DEBUG
@@ -311,6 +318,10 @@ class KubernetesDatastore:
     def _classify(exc: Exception) -> str:
         if isinstance(exc, ApiError):
             return {401: "unauthorized", 403: "forbidden", 404: "not-found"}.get(exc.status, f"http-{exc.status}")
+        # Before "unreachable": a certificate the API server presents but we cannot verify (wrong CA,
+        # a name it does not cover) is a configuration problem, and retrying will not cure it.
+        if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
+            return "tls"
         if isinstance(exc, aiohttp.ClientConnectorError):
             return "unreachable"
         if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, ConnectionResetError)):
