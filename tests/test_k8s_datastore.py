@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,6 +232,103 @@ async def test_api_server_restart_drops_status_then_recovers(rig: Rig) -> None:
     await wait_for(lambda: cache.status is SyncStatus.IN_SYNC, 20, "typha back in sync")
     await converged(rig, agents + watcher)
     await stop_agents(agents + watcher, tasks)
+
+
+@pytest.mark.slow
+async def test_back_in_sync_within_2s_of_the_api_server_returning_whatever_the_backoff(tmp_path: Path) -> None:
+    """Issue 9 item 8: followers that backed off up to 30 s wake on a probe answer, not at their timers."""
+    api = await start_apiserver(bookmark_interval=0.5)
+    seed(api.store, SyntheticCluster(nodes=5, pods_per_node=4, policies=2, seed=4))
+    kc = tmp_path / "kubeconfig"
+    api.write_kubeconfig(str(kc))
+    caches = {SYNCER_FELIX: SnapCache(SYNCER_FELIX), SYNCER_BGP: SnapCache(SYNCER_BGP)}
+    k8s = await make_api_client(kc)
+    ds = KubernetesDatastore(Ingestor(caches), k8s)  # production backoff: 0.5 s doubling up to 30 s
+    task = asyncio.create_task(ds.run())
+    port, store, token, tls = api.port, api.store, api.token, api.tls
+    try:
+        await wait_for(ds.synced.is_set, 20, "first sync")
+        await api.stop()
+        # Stay down until every follower has failed four times: its next backoff is up to 8 s or more.
+        await wait_for(
+            lambda: all(sum(st.errors.values()) >= 4 for st in ds.stats.values()), 60, "followers backing off"
+        )
+        assert caches[SYNCER_FELIX].status is SyncStatus.WAIT_FOR_DATASTORE
+        api = await start_apiserver(port=port, store=store, token=token, tls=tls, bookmark_interval=0.5)
+        t0 = asyncio.get_running_loop().time()
+        await wait_for(ds.synced.is_set, 10, "back in sync")
+        took = asyncio.get_running_loop().time() - t0
+        assert took < 2.0, f"back in sync {took:.1f}s after the API server returned"
+        assert all(c.status is SyncStatus.IN_SYNC for c in caches.values())
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await k8s.close()
+        await api.stop()
+
+
+async def _emulator_process(tmp_path: Path, *args: str) -> tuple[asyncio.subprocess.Process, Path]:
+    kc = tmp_path / "kubeconfig"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "loadtest.apiserver", "--kubeconfig-out", str(kc), *args,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert (await asyncio.wait_for(proc.stdout.readline(), 20)).startswith(b"https://"), "emulator did not start"
+    return proc, kc
+
+
+@pytest.mark.slow
+async def test_a_frozen_api_server_is_noticed_and_recovered_from(tmp_path: Path) -> None:
+    """Issue 9 item 9: process stopped, sockets open -- no error ever arrives, only silence."""
+    proc, kc = await _emulator_process(tmp_path, "--bookmark-interval=0.2", "--seed-nodes=3", "--seed-pods=6")
+    caches = {SYNCER_FELIX: SnapCache(SYNCER_FELIX)}
+    k8s = await make_api_client(kc)
+    ds = KubernetesDatastore(Ingestor(caches), k8s, silence_timeout=1.0, probe_timeout=0.5, connect_timeout=1.0)
+    task = asyncio.create_task(ds.run())
+    try:
+        await wait_for(ds.synced.is_set, 20, "first sync")
+        await asyncio.sleep(1.5)  # bookmarks keep quiet watches alive: nothing is mistaken for silence
+        assert caches[SYNCER_FELIX].status is SyncStatus.IN_SYNC and not any(s.errors for s in ds.stats.values())
+        proc.send_signal(signal.SIGSTOP)
+        await wait_for(
+            lambda: caches[SYNCER_FELIX].status is SyncStatus.WAIT_FOR_DATASTORE, 10, "the freeze to be noticed"
+        )
+        assert any(st.errors["watch-silent"] for st in ds.stats.values())
+        proc.send_signal(signal.SIGCONT)
+        await wait_for(ds.synced.is_set, 15, "recovery once the API server runs again")
+        assert caches[SYNCER_FELIX].status is SyncStatus.IN_SYNC
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await k8s.close()
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        await proc.wait()
+
+
+@pytest.mark.slow
+async def test_a_quiet_watch_on_a_live_api_server_is_restarted_without_leaving_in_sync(tmp_path: Path) -> None:
+    """No bookmarks (an API server that does not send them): silence, but the probe answers."""
+    api = await start_apiserver(bookmark_interval=3600)
+    seed(api.store, SyntheticCluster(nodes=2, pods_per_node=2, policies=1, seed=5))
+    kc = tmp_path / "kubeconfig"
+    api.write_kubeconfig(str(kc))
+    cache = SnapCache(SYNCER_FELIX)
+    k8s = await make_api_client(kc)
+    ds = KubernetesDatastore(Ingestor({SYNCER_FELIX: cache}), k8s, silence_timeout=0.3)
+    task = asyncio.create_task(ds.run())
+    try:
+        await wait_for(ds.synced.is_set, 20, "first sync")
+        seq = cache.head.seq
+        await wait_for(lambda: ds.stats["pods"].quiet_restarts >= 2, 10, "quiet watches restarted")
+        assert cache.status is SyncStatus.IN_SYNC and cache.head.seq == seq  # no status change was published
+        assert not any(st.errors for st in ds.stats.values())
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await k8s.close()
+        await api.stop()
 
 
 @pytest.mark.slow

@@ -50,7 +50,9 @@ async def _listening(start: Awaitable[T], host_flag: str, host: str, port_flag: 
 
 def _datastore(cfg: TyphaConfig, ingestor: Ingestor, api: Any) -> KubernetesDatastore | SyntheticDatastore:
     if api is not None:
-        return KubernetesDatastore(ingestor, api, page_size=cfg.k8s_page_size)
+        return KubernetesDatastore(
+            ingestor, api, page_size=cfg.k8s_page_size, silence_timeout=cfg.k8s_watch_silence_timeout
+        )
     options = SyntheticOptions(
         nodes=cfg.synthetic_nodes,
         pods_per_node=cfg.synthetic_pods_per_node,

@@ -68,6 +68,12 @@ class TyphaConfig(ServerConfig):
     )
     kubeconfig: str = setting("", "Kubeconfig file for the kubernetes datastore (default: in-cluster config).")
     k8s_page_size: int = setting(500, "Objects per page when listing from the API server.", positive)
+    k8s_watch_silence_timeout: float = setting(
+        120.0,
+        "Seconds a watch may go without an event or bookmark before typha checks that the API server is alive "
+        "(twice its bookmark interval).",
+        positive,
+    )
     k8s_service_name: str = setting(
         "", "typha's own Service: count ready replicas to rebalance connections ('' disables)."
     )

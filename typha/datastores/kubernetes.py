@@ -23,6 +23,13 @@ by 410 Gone while connected does not leave in-sync: the cache already holds a st
 watch was, the relist only upserts (deletions come at its end), and dropping every agent's and the
 readiness probe's in-sync for the tens of seconds a 150k-pod relist takes would be worse than useless. Agents hear it (it travels in the breadcrumbs) and readiness
 follows it, so a typha that lost its API server stops attracting new agents and says so to old ones.
+
+Two failures give no error by themselves, so they are looked for. A watch that delivers nothing, not
+even a bookmark, for `silence_timeout` (twice the API server's bookmark interval) is checked with
+a cheap request (`probe`): a server that answers is alive and the watch is just restarted; one that
+does not (frozen, or the path to it cut) puts the resource at wait-for-datastore until it answers.
+And a follower that cannot reach the server does not sleep out its backoff blindly: it waits on the
+shared probe, which asks once a second and wakes it as soon as the server is back.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import random
 import ssl
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +52,8 @@ from protocol import SyncStatus
 from protocol.keys import BOOKMARK, ERROR, WATCH_EVENT_TYPES
 
 from ..ingest import Ingestor, ObjectEvent, Resync, gc_paused
-from ..k8s.projection import RESOURCES, Resource
+from ..k8s.resources import RESOURCES, Resource
+from .probe import Probe
 
 log = logging.getLogger("typha.kubernetes")
 
@@ -65,6 +73,14 @@ class Gone(ApiError):
     """410: the resourceVersion we asked for is no longer in the API server's window."""
 
 
+class SilentWatch(Exception):
+    """A watch delivered no event and no bookmark for the silence timeout."""
+
+
+# Failures that mean "could not reach the API server": the follower waits on the probe, not a timer.
+_UNREACHED = frozenset({"unreachable", "tls", "timeout", "watch-dropped", "watch-silent"})
+
+
 @dataclass(slots=True)
 class ResourceStats:
     lists: int = 0
@@ -74,6 +90,7 @@ class ResourceStats:
     bookmarks: int = 0
     relists_410: int = 0
     malformed: int = 0
+    quiet_restarts: int = 0  # silent watches restarted because the API server still answered
     errors: Counter[str] = field(default_factory=Counter)  # error kind -> count
     last_error: str = ""  # "<kind>: <what happened>", kept after recovery for /status
     state: SyncStatus = WAITING
@@ -146,6 +163,10 @@ class KubernetesDatastore:
         watch_timeout: float = 300.0,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
+        silence_timeout: float = 120.0,
+        connect_timeout: float = 10.0,
+        probe_interval: float = 1.0,
+        probe_timeout: float = 5.0,
         resources: Iterable[str] | None = None,
     ) -> None:
         self.ingestor = ingestor
@@ -154,6 +175,9 @@ class KubernetesDatastore:
         self.watch_timeout = watch_timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self.silence_timeout = silence_timeout  # 2x the API server's bookmark interval (kube-apiserver: 60 s)
+        self.connect_timeout = connect_timeout  # TCP + TLS handshake
+        self.probe = Probe(self._ask_version, probe_interval, probe_timeout)
         names = list(resources) if resources is not None else [r for r in RESOURCES if ingestor.wanted(r)]
         self.resources: list[Resource] = [RESOURCES[n] for n in names]
         self.stats: dict[str, ResourceStats] = {r.name: ResourceStats() for r in self.resources}
@@ -187,7 +211,26 @@ class KubernetesDatastore:
             self.synced.clear()
 
     # -- requests --------------------------------------------------------------------------------------
-    async def _get(self, path: str, params: list[tuple[str, str]], timeout: float) -> aiohttp.ClientResponse:
+    async def _ask_version(self, timeout: float) -> None:
+        """The probe's question: any HTTP answer to GET /version (errors included) means reachable."""
+        resp = await self.api.call_api(
+            "/version",
+            "GET",
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _return_http_data_only=True,
+            _request_timeout=aiohttp.ClientTimeout(total=timeout),
+        )
+        resp.release()
+
+    def _timeout(self, total: float, read: float | None = None) -> aiohttp.ClientTimeout:
+        c = self.connect_timeout
+        return aiohttp.ClientTimeout(total=total, connect=c, sock_connect=c, sock_read=read)
+
+    async def _get(
+        self, path: str, params: list[tuple[str, str]], timeout: aiohttp.ClientTimeout
+    ) -> aiohttp.ClientResponse:
         resp = await self.api.call_api(
             path,
             "GET",
@@ -217,7 +260,7 @@ class KubernetesDatastore:
             params = [("limit", str(self.page_size))]
             if cont:
                 params.append(("continue", cont))
-            resp = await self._get(res.path(), params, timeout=60)
+            resp = await self._get(res.path(), params, self._timeout(60))
             if not cont and st.state != SYNCED:
                 # The API server answers: a resync is under way. Not before, or every retry of a
                 # resource that keeps failing would flap its caches from waiting to resync and back.
@@ -253,12 +296,13 @@ class KubernetesDatastore:
             ("allowWatchBookmarks", "true"),
             ("timeoutSeconds", str(int(self.watch_timeout))),
         ]
-        resp = await self._get(res.path(), params, timeout=self.watch_timeout + 60)
+        # sock_read bounds the silence between two reads: events and bookmarks both reset it.
+        resp = await self._get(res.path(), params, self._timeout(self.watch_timeout + 60, self.silence_timeout))
         st.watches += 1
         self._set_state(res.name, SYNCED)  # the API server accepted our version: we are current again
         try:
             pending = b""
-            async for chunk in resp.content.iter_any():
+            async for chunk in _silence_checked(resp.content.iter_any(), self.silence_timeout):
                 pending += chunk
                 if b"\n" not in chunk:
                     continue
@@ -304,6 +348,10 @@ class KubernetesDatastore:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # every failure is retried; none may end the follower
+                if isinstance(exc, SilentWatch) and await self.probe.answers():
+                    st.quiet_restarts += 1
+                    log.debug("%s: %s, but the API server answers: restarting the watch", res.name, exc)
+                    continue
                 failures += 1
                 kind = self._classify(exc)
                 st.errors[kind] += 1
@@ -311,11 +359,24 @@ class KubernetesDatastore:
                 self._set_state(res.name, WAITING if kind != "watch-dropped" or failures > 1 else st.state)
                 delay = random.uniform(0, min(self.backoff_max, self.backoff_initial * 2 ** min(failures, 10)))
                 level = logging.WARNING if failures <= 3 or failures % 20 == 0 else logging.DEBUG
-                log.log(level, "%s: %s (%s); retrying in %.1fs", res.name, kind, exc, delay)
-                await asyncio.sleep(delay)
+                if kind in _UNREACHED:
+                    log.log(
+                        level,
+                        "%s: %s (%s); retrying when the API server answers (at most %.1fs)",
+                        res.name,
+                        kind,
+                        exc,
+                        delay,
+                    )
+                    await self.probe.wait_for_answer(delay)
+                else:
+                    log.log(level, "%s: %s (%s); retrying in %.1fs", res.name, kind, exc, delay)
+                    await asyncio.sleep(delay)
 
     @staticmethod
     def _classify(exc: Exception) -> str:
+        if isinstance(exc, SilentWatch):
+            return "watch-silent"
         if isinstance(exc, ApiError):
             return {401: "unauthorized", 403: "forbidden", 404: "not-found"}.get(exc.status, f"http-{exc.status}")
         # Before "unreachable": a certificate the API server presents but we cannot verify (wrong CA,
@@ -333,4 +394,20 @@ class KubernetesDatastore:
     async def run(self) -> None:
         for res in self.resources:
             self._set_state(res.name, WAITING)
-        await asyncio.gather(*(self.follow(r) for r in self.resources))
+        try:
+            await asyncio.gather(*(self.follow(r) for r in self.resources))
+        finally:
+            self.probe.close()
+
+
+async def _silence_checked(chunks: AsyncIterator[bytes], silence: float) -> AsyncIterator[bytes]:
+    """The watch stream's chunks; `SilentWatch` when a read times out (the request's sock_read)."""
+    it = chunks.__aiter__()
+    while True:
+        try:
+            chunk = await it.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError:  # aiohttp's read timeout (ServerTimeoutError is one)
+            raise SilentWatch(f"no event or bookmark for {silence:g}s") from None
+        yield chunk
