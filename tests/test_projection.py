@@ -876,3 +876,99 @@ def test_policy_projection_ignores_noise(ns_labels: dict, pod_labels: dict, n1: 
     sel = a[0][1]["inboundRules"][0]["srcSelector"]
     for k in ns_labels:
         assert f"pcns.{k} == " in sel
+
+
+# --- garbage in: ProjectionError out, and nothing else (the fuzz target's contract) --------------------
+
+_JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)  # what orjson.loads yields (beyond: floats)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12)
+    | st.sampled_from(["", "10.0.0.1", "::1", "10.0.0.0/8", "80", "1:65535", "0:99999999999", "TCP", "host:n"])
+)
+_JSON = st.recursive(
+    _JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def _valid_objects() -> dict[str, list[dict]]:
+    from typha.simcluster import SyntheticCluster
+
+    out: dict[str, list[dict]] = {}
+    for resource, obj in SyntheticCluster(
+        nodes=3, pods_per_node=2, policies=6, global_policies=4, seed=2
+    ).initial_objects():
+        out.setdefault(resource, []).append(obj)
+    out["ipamblocks"][0]["spec"]["allocations"][0] = 0  # an allocation held by another node: borrowed
+    out["hostendpoints"] = [{"metadata": {"name": "h"}, "spec": {"node": "n", "expectedIPs": ["10.0.0.1"]}}]
+    out["calico-networkpolicies"] = [
+        {"metadata": {"name": "p", "namespace": "ns"}, "spec": {"ingress": [{"action": "Allow"}]}}
+    ]
+    out["globalnetworksets"] = [{"metadata": {"name": "s"}, "spec": {"nets": ["10.0.0.0/8"]}}]
+    out["networksets"] = [{"metadata": {"name": "s", "namespace": "ns"}, "spec": {"nets": ["10.0.0.0/8"]}}]
+    out["bgppeers"] = [{"metadata": {"name": "b"}, "spec": {"asNumber": 64512}}]
+    out["bgpconfigurations"] = [{"metadata": {"name": "default"}, "spec": {}}]
+    return out
+
+
+_VALID = _valid_objects()
+
+
+def _paths(obj: object, prefix: tuple = ()) -> list[tuple]:
+    out = [prefix]
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj[:4]):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+@st.composite
+def _garbled(draw: st.DrawFn) -> tuple[str, object]:
+    """A real object of a random resource with a few of its fields (at any depth) replaced by any JSON."""
+    resource = draw(st.sampled_from(sorted(RESOURCES)))
+    obj = copy.deepcopy(draw(st.sampled_from(_VALID[resource])))
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(_paths(obj)))
+        value = draw(_JSON)
+        if not path:
+            return resource, value
+        parent = obj
+        try:
+            for step in path[:-1]:
+                parent = parent[step]
+            parent[path[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            pass  # an earlier replacement moved this path
+    return resource, obj
+
+
+@settings(max_examples=300, deadline=None)
+@given(_garbled())
+def test_garbage_objects_raise_only_projection_error(item: tuple[str, object]) -> None:
+    resource, obj = item
+    for fn in (project, project_delete):
+        try:
+            out = fn(resource, obj)  # type: ignore[arg-type]
+        except ProjectionError:
+            continue
+        assert isinstance(out, list)
+        for entry in out:
+            key = entry[0] if isinstance(entry, tuple) else entry
+            assert isinstance(key, str) and key.startswith("/calico/")
+        orjson.dumps(out, option=orjson.OPT_SORT_KEYS)  # what ingest does with the values
+
+
+def test_a_network_policy_port_range_beyond_65535_is_malformed_not_a_giant_list() -> None:
+    obj = {
+        "metadata": {"name": "p", "namespace": "ns"},
+        "spec": {"ingress": [{"ports": [{"port": 0, "endPort": 10**12}, {"port": 80}]}]},
+    }
+    with pytest.raises(ProjectionError, match="port"):
+        project("networkpolicies", obj)

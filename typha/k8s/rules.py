@@ -113,6 +113,9 @@ def _simplify_ports(ports: list) -> list:
     return out
 
 
+_MAX_PORT = 65535
+
+
 def _k8s_port(p: dict) -> tuple[str, list | None]:
     proto = p.get("protocol") or "TCP"  # TCP is the documented default
     port = p.get("port")
@@ -125,10 +128,13 @@ def _k8s_port(p: dict) -> tuple[str, list | None]:
     if end is not None:
         s = f"{s}:{int(end)}"
     if s.isdigit():
+        if int(s) > _MAX_PORT:
+            raise ProjectionError(f"NetworkPolicy port {s} is above {_MAX_PORT}")
         return proto, [int(s)]
     if ":" in s:
+        # Checked to the end: merging ranges expands them, so an unbounded one would be a huge list.
         lo, hi = s.split(":", 1)
-        if not (lo.isdigit() and hi.isdigit()) or int(lo) > int(hi):
+        if not (lo.isdigit() and hi.isdigit()) or not int(lo) <= int(hi) <= _MAX_PORT:
             raise ProjectionError(f"bad NetworkPolicy port range {s!r}")
     return proto, [s]
 
