@@ -29,9 +29,9 @@ from typing import Any
 
 import orjson
 
-Key = str  # namespace + "\x00" + name
+from protocol.keys import ADDED, BOOKMARK, DELETED, ERROR, MODIFIED  # the watch event types, defined once
 
-ADDED, MODIFIED, DELETED, BOOKMARK, ERROR = "ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"
+Key = str  # namespace + "\x00" + name
 
 
 def make_key(namespace: str, name: str) -> Key:
