@@ -203,6 +203,12 @@ class IPPool:
     disabled: bool
     block_size: int
     nat_outgoing: bool
+    disable_bgp_export: bool = False  # BIRD does not advertise its blocks (felix routes them itself)
+
+    @property
+    def routed_by_bgp(self) -> bool:
+        """With BGP on, BIRD owns this pool's remote routes: it is native and BGP exports it."""
+        return self.ipip_mode == "Never" and self.vxlan_mode == "Never" and not self.disable_bgp_export
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +342,7 @@ def _pool(key: str, cidr: Net, v: dict) -> IPPool:
         disabled=bool(v.get("disabled")),
         block_size=bs,
         nat_outgoing=bool(v.get("natOutgoing")),
+        disable_bgp_export=bool(v.get("disableBGPExport")),
     )
 
 

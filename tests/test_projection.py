@@ -163,7 +163,7 @@ def test_resource_table_syncers() -> None:
         "ClusterInformation@crd.projectcalico.org",
     }
     bgp = {r.name for r in resources_for_syncer("bgp")}
-    assert bgp == {"nodes", "bgppeers", "bgpconfigurations", "ippools", "blockaffinities"}
+    assert bgp == {"nodes", "bgppeers", "bgpconfigurations", "ippools", "blockaffinities", "ipamblocks"}
     assert RESOURCES["pods"].path() == "/api/v1/pods"
     assert RESOURCES["pods"].path("ns1") == "/api/v1/namespaces/ns1/pods"
     assert RESOURCES["ippools"].path() == "/apis/crd.projectcalico.org/v1/ippools"

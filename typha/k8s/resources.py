@@ -56,7 +56,7 @@ RESOURCES: dict[str, Resource] = {
         Resource("networksets", "NetworkSet", _CRD, "v1", "networksets", True, _F),
         Resource("ippools", "IPPool", _CRD, "v1", "ippools", False, _FB),
         Resource("blockaffinities", "BlockAffinity", _CRD, "v1", "blockaffinities", False, _FB),
-        Resource("ipamblocks", "IPAMBlock", _CRD, "v1", "ipamblocks", False, _F),
+        Resource("ipamblocks", "IPAMBlock", _CRD, "v1", "ipamblocks", False, _FB),  # bgp: borrowed /32s
         Resource("hostendpoints", "HostEndpoint", _CRD, "v1", "hostendpoints", False, _F),
         Resource("felixconfigurations", "FelixConfiguration", _CRD, "v1", "felixconfigurations", False, _F),
         Resource("clusterinformations", "ClusterInformation", _CRD, "v1", "clusterinformations", False, _F),
