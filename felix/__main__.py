@@ -44,6 +44,20 @@ async def run(cfg: FelixConfig) -> None:
             raise StartupError(f"cannot open netlink sockets in {where}: {exc}") from None
     metrics = FelixMetrics()
     policy = _policy_dataplane(cfg, metrics) if cfg.policy_enabled else None
+    bgp = None
+    if cfg.bgp:
+        from .bgp.agent import BgpAgent
+        from .bgp.bird import BirdManager
+
+        manager = BirdManager(cfg.bird_run_dir, bird=cfg.bird_binary, netns=cfg.netns or None)
+        bgp = BgpAgent(
+            cfg.nodename,
+            typha,
+            manager,
+            registry=metrics.registry,
+            read_timeout=cfg.typha_read_timeout,
+            status_interval=cfg.bgp_status_interval,
+        )
     agent = FelixAgent(
         cfg.nodename,
         typha,
@@ -55,6 +69,7 @@ async def run(cfg: FelixConfig) -> None:
         read_timeout=cfg.typha_read_timeout,
         netns=cfg.netns or None,
         pending_grace=cfg.route_pending_grace,
+        bgp=bgp,
     )
     task = asyncio.create_task(agent.run(), name="felix-agent")
     runners = []
@@ -65,7 +80,12 @@ async def run(cfg: FelixConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.stop)
-    log.info("felix for node %s starting (network MTU %d)", cfg.nodename, cfg.network_mtu)
+    log.info(
+        "felix for node %s starting (network MTU %d, networking backend %s)",
+        cfg.nodename,
+        cfg.network_mtu,
+        cfg.networking_backend,
+    )
     try:
         await task
     finally:

@@ -12,7 +12,9 @@ Pieces with one job each, joined here and nowhere else:
 - `felix.status.ProblemLog` (pure) turns what the others cannot do into log lines, metrics,
   readiness and `/status`;
 - `felix.policy.calc.PolicyCalculator` (pure) turns the same KVs into policy messages
-  (felix/policy/messages.py), which the policy dataplane (`felix.dataplane.iptables`) applies.
+  (felix/policy/messages.py), which the policy dataplane (`felix.dataplane.iptables`) applies;
+- with the `bird` networking backend, `felix.bgp.BgpAgent` follows the bgp syncer and runs BIRD,
+  which then owns the remote routes of native pools (the route calculator leaves them out).
 Updates from typha are applied to the calculators as they arrive but handed to the kernel once per
 event-loop pass, merged, so a burst (a snapshot, a resync) becomes one netlink batch and one policy
 batch. Policy is calculated only when a policy dataplane is given. Nothing is
@@ -39,6 +41,7 @@ from typing import Any, Protocol
 from protocol import KV, SYNCER_FELIX, SyncStatus
 from protocol.client import Address, AddressSource, SyncClient
 
+from .bgp.agent import BgpAgent
 from .calc import RouteCalculator, RouteDelta
 from .dataplane.deviceplan import desired_devices
 from .dataplane.devices import MANAGED, DeviceManager
@@ -87,11 +90,13 @@ class FelixAgent:
         pending_grace: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         policy: PolicyDataplane | None = None,
+        bgp: BgpAgent | None = None,
     ) -> None:
         self.nodename = nodename
         self.netns = netns
         self.network_mtu = network_mtu
-        self.calc = RouteCalculator(nodename, network_mtu=network_mtu)
+        self.bgp = bgp  # BIRD programs the remote routes of the pools BGP carries (felix.bgp)
+        self.calc = RouteCalculator(nodename, network_mtu=network_mtu, bgp=bgp is not None)
         self.routes = routes  # None: calculate without programming
         self.devices = devices
         self.metrics = metrics or FelixMetrics()
@@ -351,6 +356,8 @@ class FelixAgent:
             return "routes not yet programmed"
         if self.policy is not None and not self.policy.ready:
             return self.policy.not_ready_reason or "policy not yet programmed"
+        if self.bgp is not None and (why := self.bgp.not_ready_because()):
+            return why
         late = self.problems.overdue(self._clock())
         if late:
             p = late[0]
@@ -380,6 +387,7 @@ class FelixAgent:
             "pending_by_reason": dict(self.problems.by_reason(routes_only=False)),
             "problems_total": len(self.problems),
             "problems": self.problems.listing(now),
+            "bgp": self.bgp.status() if self.bgp is not None else {"backend": "none"},
         }
 
     async def run(self) -> None:
@@ -387,10 +395,14 @@ class FelixAgent:
         if self.routes is not None:
             self._loop.add_reader(self.routes.fileno(), self._on_link_events)
         housekeeping = asyncio.create_task(self._housekeeping())
+        bgp = asyncio.create_task(self.bgp.run(), name="felix-bgp") if self.bgp is not None else None
         try:
             await self.client.run()
         finally:
             self._stopping.set()
+            if bgp is not None and self.bgp is not None:
+                self.bgp.stop()
+                await bgp
             await housekeeping
             if self.routes is not None:
                 self._loop.remove_reader(self.routes.fileno())
@@ -398,6 +410,8 @@ class FelixAgent:
     def stop(self) -> None:
         self._stopping.set()
         self.client.stop()
+        if self.bgp is not None:
+            self.bgp.stop()
 
     @property
     def typha_address(self) -> Address | None:

@@ -39,7 +39,11 @@ Rules (Calico's, see docs/felix-routes.md for the choices where we differ):
   encapsulated routes;
 * borrowed address (a workload on node B whose IP is in a block owned by another node, or an
   entry in a block's ``borrowed`` list): a /32 via B on every node but B, so the owner's
-  blackhole and the other nodes' block routes never swallow it.
+  blackhole and the other nodes' block routes never swallow it;
+* with BGP on (``bgp=True``, Calico's ``bird`` backend), remote routes -- blocks and borrowed
+  /32s -- of native pools that BGP exports are BIRD's (``IPPool.routed_by_bgp``, which the BIRD
+  configuration's kernel filter mirrors): felix leaves them out, and keeps local routes,
+  blackholes and every encapsulated or unexported pool.
 
 A block's owner is its ``affinity``; only when no IPAMBlock exists for a CIDR does a *confirmed*
 BlockAffinity stand in (the BGP-style view BIRD would use).  Remote routes need the containing
@@ -152,9 +156,10 @@ class RouteDelta:
 class RouteCalculator:
     """Incremental route calculation for node ``nodename`` (see the module note)."""
 
-    def __init__(self, nodename: str, network_mtu: int = 1500) -> None:
+    def __init__(self, nodename: str, network_mtu: int = 1500, bgp: bool = False) -> None:
         self.nodename = nodename
         self.network_mtu = network_mtu
+        self.bgp = bgp  # BIRD programs remote routes of pools it carries (felix.bgp); felix the rest
         # inputs
         self._eps: dict[str, WorkloadEndpoint] = {}
         self._eps_at: dict[Net, set[str]] = {}
@@ -432,6 +437,8 @@ class RouteCalculator:
         pool_net = self._pool_lpm.lookup(d)
         if pool_net is None:
             return None, f"no IP pool contains {dst}", name
+        if self.bgp and self._pools[pool_net].routed_by_bgp:
+            return None, None, None  # one owner per route: BIRD's, learned over BGP (proto bird)
         node = self._nodes.get(name)
         if node is None:
             return None, f"node {name} is unknown", name

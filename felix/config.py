@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common.settings import load_settings, non_negative, port, positive, setting, settings_of
+from common.settings import SettingsError, load_settings, non_negative, port, positive, setting, settings_of
 
 ENV_PREFIX = "FELIX"
 MIN_NETWORK_MTU = 576  # the smallest datagram every IPv4 host must accept (RFC 791)
@@ -58,6 +58,9 @@ def parse_addresses(text: str) -> tuple[tuple[str, int], ...]:
             raise ValueError(f"{item!r} has an invalid port")
         out.append((host, p))
     return tuple(out)
+
+
+NETWORKING_BACKENDS = ("none", "bird", "vxlan")
 
 
 @dataclass(slots=True)
@@ -153,6 +156,20 @@ class FelixConfig:
     max_ipset_size: int = setting(
         1048576, "Calico's MaxIpsetSize: the most members one ip set may hold.", positive, option="maxipsetsize"
     )
+    # BGP (felix.bgp, docs/bgp.md): Calico's networking backend and the BIRD it runs.
+    networking_backend: str = setting(
+        "none",
+        "'bird': BGP with a BIRD per node, configured from typha's bgp syncer (also $CALICO_NETWORKING_BACKEND); "
+        "'none' or 'vxlan': no BGP, felix programs every route.",
+        choices=NETWORKING_BACKENDS,
+    )
+    bird_run_dir: str = setting("/var/run/pyfelix", "Directory of BIRD's bird.cfg and control socket bird.ctl.")
+    bird_binary: str = setting("bird", "The BIRD 2 daemon (bird2 package).")
+    bgp_status_interval: float = setting(5.0, "Seconds between reads of BIRD's session states.", positive)
+
+    @property
+    def bgp(self) -> bool:
+        return self.networking_backend == "bird"
 
 
 SETTINGS = settings_of(FelixConfig)
@@ -166,6 +183,13 @@ def _typha_source(v: dict[str, Any]) -> str | None:
 
 def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> FelixConfig:
     env = os.environ if environ is None else environ
+    calico_backend = env.get("CALICO_NETWORKING_BACKEND")  # Calico's name, when felix's own is unset
+    if calico_backend is not None and f"{ENV_PREFIX}_NETWORKING_BACKEND" not in env:
+        if calico_backend not in NETWORKING_BACKENDS:
+            raise SettingsError(
+                f"CALICO_NETWORKING_BACKEND={calico_backend!r}: must be one of {', '.join(NETWORKING_BACKENDS)}"
+            )
+        env = {**env, f"{ENV_PREFIX}_NETWORKING_BACKEND": calico_backend}
     cfg = load_settings(
         FelixConfig,
         ENV_PREFIX,

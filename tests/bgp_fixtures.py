@@ -81,11 +81,11 @@ def bgp_config(name: str = "default", **spec: Any) -> Obj:
     return ("bgpconfigurations", make_calico_object("BGPConfiguration", name, spec))
 
 
-def kvs(objects: list[Obj], deleted: bool = False) -> list[KV]:
-    """The bgp syncer's KVs for `objects` (resources the syncer does not carry are dropped)."""
+def kvs(objects: list[Obj], deleted: bool = False, syncer: str = SYNCER_BGP) -> list[KV]:
+    """The syncer's KVs for `objects` (resources that syncer does not carry are dropped)."""
     out = []
     for resource, obj in objects:
-        if SYNCER_BGP not in RESOURCES[resource].syncers:
+        if syncer not in RESOURCES[resource].syncers:
             continue
         for key, value in project(resource, obj):
             out.append(KV(key, None if deleted or value is None else encode_value(value), "1"))
