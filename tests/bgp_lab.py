@@ -65,6 +65,7 @@ protocol kernel {{ ipv4 {{ import none; export filter {{ if source = RTS_BGP the
 protocol bgp nodes {{
   local {FABRIC_IP} as {TOR_AS};
   neighbor range {NET}.0/24 external;
+  graceful restart off;  # a removed node's routes go at once (a helper would keep them 120 s)
   ipv4 {{ import all; export all; }};
   connect retry time 3;
 }}
