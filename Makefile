@@ -4,7 +4,7 @@
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
-SYSTEM_TOOLS := iptables ipset ip conntrack
+SYSTEM_TOOLS := iptables ipset ip conntrack bird
 
 .PHONY: demo test lint bench fuzz fuzz-ci system-packages clean
 
@@ -20,7 +20,7 @@ system-packages:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing system packages for:$$missing"; \
 	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables ipset iproute2 conntrack >/dev/null; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables ipset iproute2 conntrack bird2 >/dev/null; \
 	  else echo "note: missing$$missing (kernel tests will skip; run as root with apt to install)"; fi; \
 	fi
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client import generate_latest
 
 from common.settings import SettingsError
@@ -109,3 +112,22 @@ async def test_no_config_for_a_node_the_syncer_does_not_know(tmp_path: object) -
     finally:
         agent.stop()
         loop.cancel()
+
+
+def test_install_bird_everywhere_felix_runs() -> None:
+    """bird2 comes with the README's commands and the image; the DaemonSet opens 179 and mounts BIRD's dir."""
+    root = Path(__file__).resolve().parent.parent
+    make = (root / "Makefile").read_text()
+    assert re.search(r"SYSTEM_TOOLS :=.*\bbird\b", make) and re.search(r"apt-get install .*\bbird2\b", make)
+    assert re.search(r"apt-get install[^&]*\bbird2\b", (root / "deploy" / "Dockerfile").read_text())
+    docs = [d for d in yaml.safe_load_all((root / "deploy" / "felix.yaml").read_text()) if d]
+    (ds,) = [d for d in docs if d["kind"] == "DaemonSet"]
+    pod = ds["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert {"name": "bgp", "containerPort": 179, "protocol": "TCP"} in c["ports"] and pod["hostNetwork"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    cfg = load_config([], environ={k: v for k, v in env.items() if v is not None} | TYPHA)
+    assert cfg.bgp
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volume = {v["name"]: v for v in pod["volumes"]}[mounts[cfg.bird_run_dir]]
+    assert volume["hostPath"] == {"path": cfg.bird_run_dir, "type": "DirectoryOrCreate"}
