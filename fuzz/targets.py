@@ -4,7 +4,8 @@ Input layouts (what the seed corpus holds, and what the fuzzer mutates):
 - frames:     [mode][piece][stream...]  mode bit 0: client end (else server end), bit 1: header-only
               client, bit 2: the client asked to resume; piece: the size stream pieces are fed in.
 - decode:     [type][flags][body...]    flags bit 7 set: header-only decode.
-- projection: b"<resource>\\n<JSON object>"
+- projection: b"<resource>\\n<JSON object>" (what the bgp syncer carries also goes through felix's BGP view
+              and renderer)
 - selectors:  UTF-8 text: a label selector, a field selector, a continue token and a request path.
 - patches:    [content type][JSON [target, patch]]
 - bodies:     b"<resource>\\n<JSON object>", created in a fresh emulator store, then listed, watched,
@@ -19,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from felix.bgp.render import render
+from felix.bgp.view import BgpView
 from felix.policy.calc import PolicyCalculator
 from felix.policy.messages import Batch
 from felix.policy.rules import RenderError, render_policy
@@ -40,7 +43,7 @@ from protocol import (
     decode,
 )
 from protocol.codec import Decompressor, encode
-from protocol.keys import policy_key, profile_key, workload_key
+from protocol.keys import SYNCER_BGP, policy_key, profile_key, workload_key
 from typha.k8s.projection import RESOURCES, ProjectionError, project, project_delete
 
 Target = Callable[[bytes], None]
@@ -134,6 +137,25 @@ def projection(data: bytes) -> None:
             assert isinstance(key, str) and key, f"bad key {key!r}"
             if value is not None:
                 orjson.dumps(value, option=orjson.OPT_SORT_KEYS)  # what typha's ingest does with it
+    if SYNCER_BGP in RESOURCES[resource].syncers:
+        _bgp_view(resource, obj)
+
+
+_BGP_NODE = ("/calico/resources/v3/projectcalico.org/nodes/node1", b'{"name":"node1","ipv4Address":"10.0.0.1/24"}')
+
+
+def _bgp_view(resource: str, obj: Any) -> None:
+    """What the bgp syncer carries, through felix's BGP view and renderer: unusable values are reported."""
+    try:
+        updates = project(resource, obj)
+    except ProjectionError:
+        return
+    view = BgpView()
+    view.apply([_BGP_NODE])
+    view.apply([(k, None if v is None else orjson.dumps(v, option=orjson.OPT_SORT_KEYS)) for k, v in updates])
+    for name in {"node1", *view.nodes}:
+        r = render(view, name)
+        assert r.config is None or r.config.endswith("\n"), "a rendering ends with a newline"
 
 
 # -- the API-server emulator's request parsing ------------------------------------------------------------
