@@ -45,6 +45,13 @@ def iface_for(pod: str, namespace: str = "default") -> str:
     return "cali" + hashlib.sha1(f"{namespace}.{pod}".encode()).hexdigest()[:11]
 
 
+def since_seconds(since: str) -> float:
+    """BIRD's "since" (HH:MM:SS.mmm) as seconds of the day. BIRD converts it from its monotonic clock
+    on every query, so it jitters by a millisecond: compare with a tolerance, never for equality."""
+    h, m, s = since.split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
 def lab_unavailable() -> str | None:
     """Why the lab cannot run here, or None."""
     if os.geteuid() != 0:
