@@ -34,7 +34,7 @@ from loadtest.apiserver.fixtures import make_calico_object, make_namespace
 from typha.ingest import ADDED, DELETED, MODIFIED
 
 from .conftest import wait_for
-from .test_felix_cluster import POOL, Cluster, pool_object, running_cluster
+from .test_felix_cluster import POOL, Cluster, pool_object, running_cluster, sh
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -326,6 +326,13 @@ async def test_pass_hands_over_to_the_next_tier_and_log_does_not_decide(net: Net
     )
     net.c.apply((ADDED, "globalnetworkpolicies", first), (ADDED, "globalnetworkpolicies", later))
     await net.expect(lambda s, d, p, n: ns(d) != "x" or app(s) != "a", "a pods passed to the next tier, which denies")
+    # The Log rule matched the probes (it logs and lets the next rule decide) on both nodes of x.
+    for node in ("node1", "node2"):
+        saved = sh("ip", "netns", "exec", net.c.node_ns(node), "iptables-save", "-c", "-t", "filter").stdout
+        logged = [
+            int(line[1:].split(":")[0]) for line in saved.splitlines() if " -j LOG " in line and line.startswith("[")
+        ]
+        assert logged and max(logged) > 0, f"no LOG rule counted packets on {node}"
     await reset(net, ("globalnetworkpolicies", first), ("globalnetworkpolicies", later))
 
 
