@@ -14,6 +14,7 @@ import gc
 import random
 import statistics
 import time
+import tracemalloc
 
 import orjson
 
@@ -147,6 +148,13 @@ def main() -> None:
         t0 = time.perf_counter()
         PolicyCalculator(ME).apply(profiles() + eps + pols)
         naive.append(time.perf_counter() - t0)
+    tracemalloc.start()
+    held = PolicyCalculator(ME)
+    held.apply(profiles() + eps + pols)
+    gc.collect()
+    size = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    print(f"memory held by the calculation: {size / 1e6:.1f} MB, {size / len(eps):.0f} B per endpoint")
     med = statistics.median(naive)
     print(
         f"naive full recomputation per change (3x): median {med * 1000:.0f} ms -> incremental is "

@@ -48,7 +48,7 @@ class _Item:
     def __init__(self, own: Mapping[str, str], parents: tuple[str, ...]) -> None:
         self.own = own
         self.parents = parents
-        self.effective: dict[str, str] = {}
+        self.effective: dict[str, str] | None = None  # None until indexed
 
 
 class LabelIndex(Generic[I, S]):
@@ -60,7 +60,11 @@ class LabelIndex(Generic[I, S]):
         self._children: dict[str, set[I]] = {}
         # items by effective label
         self._by_kv: dict[tuple[str, str], set[I]] = {}
-        self._by_key: dict[str, set[I]] = {}
+        # by key: only the values in use and the item count; "items with key k" is the union of
+        # _by_kv over those values, built when a has()-like selector is added (rare), instead of a
+        # second set per label per item (about a tenth of the index's memory)
+        self._key_values: dict[str, set[str]] = {}
+        self._key_count: dict[str, int] = {}
         # selectors: id -> (selector, where it is filed)
         self._sels: dict[S, tuple[Selector, list[tuple[str, str | None]] | None]] = {}
         self._sel_by_kv: dict[tuple[str, str], set[S]] = {}
@@ -124,7 +128,7 @@ class LabelIndex(Generic[I, S]):
             return
         for pid in item.parents:
             self._unchild(pid, iid)
-        self._unindex_labels(iid, item.effective)
+        self._unindex_labels(iid, item.effective or {})
         for sid in self._item_sels.pop(iid, ()):
             self._matches[sid].discard(iid)
             self._on_unmatch(sid, iid)
@@ -150,13 +154,19 @@ class LabelIndex(Generic[I, S]):
     def _relabel(self, iid: I, item: _Item) -> None:
         new = self._effective(item)
         old = item.effective
-        if new == old and iid in self._item_sels:
+        if new == old:
             return
+        old = old or {}
         self._unindex_labels(iid, old)
         item.effective = new
+        by_kv, key_count = self._by_kv, self._key_count
         for kv in new.items():
-            self._by_kv.setdefault(kv, set()).add(iid)
-            self._by_key.setdefault(kv[0], set()).add(iid)
+            s = by_kv.get(kv)
+            if s is None:
+                s = by_kv[kv] = set()
+                self._key_values.setdefault(kv[0], set()).add(kv[1])
+            s.add(iid)
+            key_count[kv[0]] = key_count.get(kv[0], 0) + 1
         # Candidates: selectors filed under any old or new label, and the unrestricted ones.
         # Every selector matching the item now was filed under one of its old labels, so this
         # also finds each match that stops.
@@ -170,33 +180,42 @@ class LabelIndex(Generic[I, S]):
                 found = sel_by_key.get(kv[0])
                 if found:
                     cands.update(found)
-        current = self._item_sels.setdefault(iid, set())
+        current = self._item_sels.get(iid, _EMPTY)  # created on the first match: most items match little
         sels = self._sels
         for sid in cands:
             hit = sels[sid][0].matches(new)
             if hit != (sid in current):
-                self._set(sid, iid, hit, current)
+                self._set(sid, iid, hit)
 
     def _unindex_labels(self, iid: I, labels: Mapping[str, str]) -> None:
+        by_kv, key_count = self._by_kv, self._key_count
         for kv in labels.items():
-            s = self._by_kv.get(kv)
-            if s is not None:
-                s.discard(iid)
-                if not s:
-                    del self._by_kv[kv]
-            s = self._by_key.get(kv[0])
-            if s is not None:
-                s.discard(iid)
-                if not s:
-                    del self._by_key[kv[0]]
+            s = by_kv.get(kv)
+            if s is None:
+                continue
+            s.discard(iid)
+            if not s:
+                del by_kv[kv]
+                values = self._key_values[kv[0]]
+                values.discard(kv[1])
+                if not values:
+                    del self._key_values[kv[0]]
+            n = key_count[kv[0]] - 1
+            if n:
+                key_count[kv[0]] = n
+            else:
+                del key_count[kv[0]]
 
-    def _set(self, sid: S, iid: I, hit: bool, item_sels: set[S]) -> None:
+    def _set(self, sid: S, iid: I, hit: bool) -> None:
         if hit:
-            item_sels.add(sid)
+            self._item_sels.setdefault(iid, set()).add(sid)
             self._matches[sid].add(iid)
             self._on_match(sid, iid)
         else:
-            item_sels.discard(sid)
+            sels = self._item_sels[iid]
+            sels.discard(sid)
+            if not sels:
+                del self._item_sels[iid]
             self._matches[sid].discard(iid)
             self._on_unmatch(sid, iid)
 
@@ -214,11 +233,11 @@ class LabelIndex(Generic[I, S]):
         current = self._matches.setdefault(sid, set())
         cands = self._candidates(selector)
         items = self._items
-        new = {iid for iid in (items if cands is None else cands) if selector.matches(items[iid].effective)}
+        new = {iid for iid in (items if cands is None else cands) if selector.matches(items[iid].effective or {})}
         for iid in current - new:
-            self._set(sid, iid, False, self._item_sels[iid])
+            self._set(sid, iid, False)
         for iid in new - current:
-            self._set(sid, iid, True, self._item_sels[iid])
+            self._set(sid, iid, True)
 
     def _candidates(self, selector: Selector) -> set[I] | None:
         """Items carrying every label the selector requires (None: no requirement, all items).
@@ -230,7 +249,8 @@ class LabelIndex(Generic[I, S]):
         groups: list[set[I]] = []
         for key, values in selector.restrictions().items():
             if values is None:
-                groups.append(self._by_key.get(key) or set())
+                in_use = self._key_values.get(key, set())
+                groups.append(set().union(*(self._by_kv[(key, v)] for v in in_use)))
             elif len(values) == 1:
                 groups.append(self._by_kv.get((key, next(iter(values)))) or set())
             else:
@@ -251,7 +271,10 @@ class LabelIndex(Generic[I, S]):
             return
         self._unfile(sid, prev[1])
         for iid in self._matches.pop(sid, ()):
-            self._item_sels[iid].discard(sid)
+            sels = self._item_sels[iid]
+            sels.discard(sid)
+            if not sels:
+                del self._item_sels[iid]
             self._on_unmatch(sid, iid)
 
     def _file(self, sid: S, selector: Selector) -> list[tuple[str, str | None]] | None:
@@ -264,7 +287,7 @@ class LabelIndex(Generic[I, S]):
         best_cost = -1
         for key, values in restr.items():
             if values is None:
-                cost = len(self._by_key.get(key, ()))
+                cost = self._key_count.get(key, 0)
                 entries: list[tuple[str, str | None]] = [(key, None)]
             else:
                 cost = sum(len(self._by_kv.get((key, v), ())) for v in values)

