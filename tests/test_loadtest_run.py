@@ -122,7 +122,10 @@ async def test_run_typha_with_faults_verifies_and_reports(tmp_path: Path) -> Non
         drain_timeout=30,
         timeout=120,
     )
-    results = await run_scenario(sc, console=_quiet(), report_console=_quiet(), progress=False)
+    log = _quiet()
+    results = await run_scenario(sc, console=log, report_console=_quiet(), progress=False)
+    # Log lines name their mode (a bare "[typha]" would be read as rich markup and vanish).
+    assert "[typha] all 60 agents in sync" in log.file.getvalue()  # type: ignore[attr-defined]
     run = results.typha()
     assert run is not None and not run.error, run and run.error
     v = run.verification

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 
 from loadtest.run.results import Results, load
 from loadtest.support.console import err_console, out_console
@@ -34,7 +35,7 @@ def render(run_dir: str | Path, console: Console | None = None, log: Console | N
             if plot(results, run_dir / name):
                 made.append(name)
         except Exception as exc:  # one bad plot must not lose the others or the summary: say which failed
-            log.log(f"[red]plot {name} failed: {type(exc).__name__}: {exc}[/]")
+            log.log(Text(f"plot {name} failed: {type(exc).__name__}: {exc}", style="red"))
     (run_dir / "summary.md").write_text(summary_md(results, made))
     for t in tables(results):
         console.print(t)

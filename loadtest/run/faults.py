@@ -37,6 +37,8 @@ class FaultTarget(Protocol):
 
     def mark(self, name: str, **detail: Any) -> None: ...
 
+    def log(self, message: str, style: str = "") -> None: ...
+
     def now(self) -> float: ...
 
     async def restart_replica(self, index: int | None, n: int, kill: bool, record: FaultRecord) -> None: ...
@@ -127,7 +129,7 @@ async def run_schedule(target: FaultTarget, log: list[FaultRecord]) -> None:
         except Exception as exc:  # one failed fault is a finding of the run, not the end of it
             record.error = f"{type(exc).__name__}: {exc}"
             target.mark(f"{f.describe()} failed", error=record.error)
-            target.console.log(f"[red]fault {f.describe()} failed: {record.error}[/]")
+            target.log(f"fault {f.describe()} failed: {record.error}", "red")
 
     # n: how many typha faults came before this one (restarts take the replicas in turn).
     typha_before = [sum(1 for g in faults[:i] if FAULT_KINDS[g.kind].target == "typha") for i in range(len(faults))]

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 
 from loadtest.report import render
 from loadtest.support.console import err_console, live_or_none, out_console
@@ -74,11 +75,11 @@ async def _run_mode(runner: ModeRun, timeout: float, budget: float, console: Con
         runner.result.error = runner.aborted
     except TimeoutError:
         runner.result.error = f"time budget of {budget:.0f}s exhausted (set --timeout to allow longer)"
-        console.log(f"[red]{mode}: time budget exhausted[/]")
+        console.log(Text(f"{mode}: time budget exhausted", style="red"))
     except ModeError as exc:
         runner.result.error = str(exc)
-        console.log(f"[red]{mode}: {exc}[/]")
+        console.log(Text(f"{mode}: {exc}", style="red"))
     except Exception as exc:  # an unexpected failure ends this mode, with its name, and the run goes on
         runner.result.error = f"{type(exc).__name__}: {exc}"
-        console.log(f"[red]{mode} failed: {exc!r}[/]")
+        console.log(Text(f"{mode} failed: {exc!r}", style="red"))
     return runner.result

@@ -9,6 +9,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from loadtest.support.console import kv_table
 
@@ -102,7 +103,7 @@ class Progress:
         if self.live is not None:
             self.live.update(self.table(mode, s, rows), refresh=True)
         elif self.every and self.count % self.every == 0:
-            self.console.log(progress_line(mode, s))
+            self.console.log(Text(progress_line(mode, s)))  # plain text: '[typha]' is not markup
 
     @staticmethod
     def table(mode: str, s: Sample, rows: Rows) -> Table:

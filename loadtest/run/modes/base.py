@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
 from loadtest.apiserver import start_apiserver
 from loadtest.fleets.workers import WorkerFleet
@@ -171,6 +172,10 @@ class ModeRun:
             await asyncio.sleep(0.1)
         return False
 
+    def log(self, message: str, style: str = "") -> None:
+        """A log line on stderr, prefixed with the mode; plain text, so brackets in reprs are not markup."""
+        self.console.log(Text(f"[{self.mode}] {message}", style=style))
+
     def now(self) -> float:
         return round(time.monotonic() - self.t0, 3)
 
@@ -192,9 +197,7 @@ class ModeRun:
         self.result.objects = objects
         self.result.seed_seconds = time.monotonic() - t0
         self.mark("seeded", objects=objects)
-        self.console.log(
-            f"[{self.mode}] emulator at {self.api.url}: {objects:,} objects seeded in {self.result.seed_seconds:.1f}s"
-        )
+        self.log(f"emulator at {self.api.url}: {objects:,} objects seeded in {self.result.seed_seconds:.1f}s")
 
     async def churn_with_faults(self) -> None:
         self.phase = "churn"
@@ -202,7 +205,7 @@ class ModeRun:
         faults = asyncio.create_task(run_schedule(self, self.faults_log))
         self.tasks += [churn, faults]
         await churn
-        self.console.log(f"[{self.mode}] churn done: {self.events_written:,} events in {self.sc.duration:g}s")
+        self.log(f"churn done: {self.events_written:,} events in {self.sc.duration:g}s")
         await asyncio.wait_for(faults, self.fault_grace())
 
     async def churn(self) -> None:
@@ -258,7 +261,7 @@ class ModeRun:
                 self.mark("sample error", error=why)
                 if type(exc).__name__ not in self._sample_errors:
                     self._sample_errors.add(type(exc).__name__)
-                    self.console.log(f"[yellow][{self.mode}] sampling failed (the series has a gap): {why}[/]")
+                    self.log(f"sampling failed (the series has a gap): {why}", "yellow")
             else:
                 prev = self.samples[-1] if self.samples else None
                 self.samples.append(s)
@@ -273,7 +276,7 @@ class ModeRun:
                 f"during '{self.phase}'; mode aborted"
             )
             self.mark("aborted", reason=self.aborted)
-            self.console.log(f"[red]{self.aborted}[/]")
+            self.log(self.aborted, "red")
             self.main_task.cancel()
 
     async def sample(self) -> Sample:
@@ -326,4 +329,4 @@ class ModeRun:
             await aw
         except Exception as exc:  # teardown goes on; the failure is kept in the results and logged
             self.result.errors.append(f"{what}: {type(exc).__name__}: {exc}")
-            self.console.log(f"[red][{self.mode}] {what} failed: {exc!r}[/]")
+            self.log(f"{what} failed: {exc!r}", "red")

@@ -69,9 +69,7 @@ class DirectRun(ModeRun):
         t0 = time.monotonic()
         fleet.start()
         want = self.watches_wanted
-        self.console.log(
-            f"[direct] {self.agents:,} agents each listing and watching {len(self.paths)} resources ({want:,} watches)"
-        )
+        self.log(f"{self.agents:,} agents each listing and watching {len(self.paths)} resources ({want:,} watches)")
         limit = sc.agent_sync_timeout(self.mode)
         ok = await fleet.wait(lambda f: f.total("listed") == self.agents and f.total("watches_open") == want, limit)
         res.snapshot = SyncFigures(
@@ -87,7 +85,7 @@ class DirectRun(ModeRun):
             )
         res.api_startup = api_totals(self.api).minus(api0)
         res.emulator_cpu_startup = self_cpu() - cpu_a
-        self.console.log(f"[direct] all agents watching after {res.snapshot.all_agents_seconds:.1f}s")
+        self.log(f"all agents watching after {res.snapshot.all_agents_seconds:.1f}s")
 
     async def before_churn(self) -> None:
         assert self.fleet is not None

@@ -108,8 +108,8 @@ class TyphaRun(ModeRun):
         res.typha_rss_baseline = [r.rss_baseline for r in self.replicas]
         res.typha_cpu_startup = [r.cpu() for r in self.replicas]
         self.mark("typha ready", seconds=res.typha_ready_seconds)
-        self.console.log(
-            f"[typha] {sc.replicas} replica(s) ready in {res.typha_ready_seconds:.1f}s "
+        self.log(
+            f"{sc.replicas} replica(s) ready in {res.typha_ready_seconds:.1f}s "
             f"(ports {', '.join(str(r.port) for r in self.replicas)}), "
             f"RSS {sum(r.rss_baseline for r in self.replicas) / 1e6:.0f} MB"
         )
@@ -130,7 +130,7 @@ class TyphaRun(ModeRun):
         rep = self.replicas[idx]
         record.replica = idx
         self.mark(f"{kind} {idx}")
-        self.console.log(f"[typha] fault at {record.at:g}s: {kind} replica {idx}")
+        self.log(f"fault at {record.at:g}s: {kind} replica {idx}")
         assert self.fleet is not None
         disc0 = self.fleet.total("disconnects")
         t0 = time.monotonic()
@@ -164,10 +164,7 @@ class TyphaRun(ModeRun):
         self.mark("agents connecting", agents=self.agents)
         t0 = time.monotonic()
         fleet.start()
-        self.console.log(
-            f"[typha] {self.agents:,} agents connecting from {fleet.processes} processes "
-            f"({len(ids)} decoding: ids {ids})"
-        )
+        self.log(f"{self.agents:,} agents connecting from {fleet.processes} processes ({len(ids)} decoding: ids {ids})")
         limit = sc.agent_sync_timeout(self.mode)
         synced = await fleet.wait(lambda f: f.total("in_sync") == self.agents, limit)
         res.snapshot = SyncFigures(
@@ -182,7 +179,7 @@ class TyphaRun(ModeRun):
             raise ModeError(
                 f"only {fleet.total('in_sync')} of {self.agents} agents synced within {limit:.0f}s (--sync-timeout)"
             )
-        self.console.log(f"[typha] all {self.agents:,} agents in sync after {res.snapshot.all_agents_seconds:.1f}s")
+        self.log(f"all {self.agents:,} agents in sync after {res.snapshot.all_agents_seconds:.1f}s")
 
     async def before_churn(self) -> None:
         assert self.fleet is not None
@@ -350,9 +347,7 @@ class TyphaRun(ModeRun):
             try:
                 m = await asyncio.wait_for(r.proc.metrics(), 10)
             except OBSERVE_ERRORS as exc:
-                self.console.log(
-                    f"[yellow][typha] typha-{r.index} metrics unavailable ({exc!r}): write latency without it[/]"
-                )
+                self.log(f"typha-{r.index} metrics unavailable ({exc!r}): write latency without it", "yellow")
                 continue
             for b, v in m.latency_buckets().items():
                 total[b] = total.get(b, 0.0) + v
