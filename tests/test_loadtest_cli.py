@@ -79,7 +79,27 @@ async def test_direct_listing_timeout_names_the_option(tmp_path: Path) -> None:
     quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - closed with the test process
     results = await run_scenario(sc, console=quiet, report_console=quiet, progress=False)
     err = results.runs["direct"].error
-    assert "direct agents listed and watching within 0s" in err and "--sync-timeout" in err
+    assert "direct agents listed and watching after 0s (bound 0s" in err and "--sync-timeout" in err
+
+
+async def test_a_fleet_wait_goes_on_while_its_workers_progress() -> None:
+    """Direct agents list for minutes on a busy machine: slow progress extends the bound, a stall ends it."""
+    from loadtest.fleets.workers import WorkerFleet
+
+    fleet: WorkerFleet[object] = WorkerFleet(processes=1, agents=1)  # not started: no workers to wait for
+    t0 = time.monotonic()
+    count = iter(range(10**6))
+
+    def progress(_: object) -> int:  # grows for 0.6 s, then stalls
+        return next(count) if time.monotonic() - t0 < 0.6 else -1
+
+    assert not await fleet.wait(lambda f: False, 0.1, progress=progress, stall=0.4, cap=30)
+    assert 0.9 < time.monotonic() - t0 < 3, "ended by the stall, not by the 0.1 s bound or the cap"
+    t0 = time.monotonic()
+    assert await fleet.wait(lambda f: time.monotonic() - t0 > 0.5, 0.1, progress=progress, stall=0.4, cap=30)
+    t0 = time.monotonic()
+    assert not await fleet.wait(lambda f: False, 0.1, progress=lambda f: next(count), stall=10, cap=0.5)
+    assert time.monotonic() - t0 < 1.5, "the cap bounds a wait that always progresses"
 
 
 def _start(args: list[str]) -> subprocess.Popen[str]:

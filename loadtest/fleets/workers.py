@@ -98,11 +98,30 @@ class WorkerFleet(Generic[R]):
     def total(self, attr: str) -> int:
         return sum(getattr(r, attr) for r in self.reports.values())
 
-    async def wait(self, cond: Callable[[Any], bool], timeout: float, tick: Callable[[], None] | None = None) -> bool:
-        """Poll until every worker has reported and `cond(self)` holds; raise if a worker died."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    async def wait(
+        self,
+        cond: Callable[[Any], bool],
+        timeout: float,
+        tick: Callable[[], None] | None = None,
+        progress: Callable[[Any], int] | None = None,
+        stall: float = 60.0,
+        cap: float | None = None,
+    ) -> bool:
+        """Poll until every worker has reported and `cond(self)` holds; raise if a worker died.
+
+        With `progress` (a count that grows while the workers get somewhere, e.g. bytes received), the
+        wait goes on past `timeout` as long as it grew within the last `stall` seconds, up to `cap`:
+        on a busy machine slow progress is not a failure, no progress is."""
+        start = time.monotonic()
+        deadline = start + timeout
+        hard = start + max(timeout, cap if cap is not None else timeout)
+        last, moved = -1, start
+        while time.monotonic() < deadline or (
+            progress is not None and time.monotonic() < hard and time.monotonic() - moved < stall
+        ):
             self.poll()
+            if progress is not None and (now := progress(self)) != last:
+                last, moved = now, time.monotonic()
             if tick is not None:
                 tick()
             if dead := self.dead_workers():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ def _plt() -> Any:
 
 def _empty(ax: Any, title: str) -> None:
     """A panel with nothing to draw: its title says so, and no axes pretend otherwise."""
-    ax.set_title(title, fontsize=10)
+    ax.set_title("\n".join(textwrap.wrap(title, 110)), fontsize=10)  # an error message can be long
     ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="grey")
     ax.set_yticks([])
 

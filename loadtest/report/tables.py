@@ -43,7 +43,8 @@ def measure(
     """A row of one figure per mode; `linear`: the direct column also extrapolates to typha's agents."""
 
     def scaled(d: DirectResult, k: float) -> str:
-        return fmt((value(d) or 0) * k)
+        v = value(d)
+        return fmt(None if v is None else v * k)  # not measured stays "-", not "0"
 
     return Row(label, lambda r: fmt(value(r)), scaled if linear else None)
 

@@ -233,6 +233,13 @@ class Scenario:
         agents = self.typha_agents
         return 60.0 + agents * self.objects_estimate * 2e-6 + agents * 0.02
 
+    def agent_sync_cap(self, mode: str) -> float:
+        """How far the start-up bound may stretch while the agents still make progress (direct agents
+        listing on a busy machine); --sync-timeout is a hard bound."""
+        if self.sync_timeout is not None or mode != "direct":
+            return self.agent_sync_timeout(mode)
+        return 3 * self.agent_sync_timeout(mode)
+
     def typha_ready_timeout(self) -> float:
         return 60.0 + self.objects_estimate / 2_000
 
@@ -258,7 +265,7 @@ class Scenario:
             else 0
         )
         truth = 10 + self.objects_estimate / 10_000
-        return seed + typha + self.agent_sync_timeout(mode) + self.duration + self.drain_timeout + truth + 60
+        return seed + typha + self.agent_sync_cap(mode) + self.duration + self.drain_timeout + truth + 60
 
     def total_budget(self) -> float:
         if self.timeout is not None:

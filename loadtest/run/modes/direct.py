@@ -31,6 +31,8 @@ from ..results import (
 from ..scenario import Scenario
 from .base import ModeError, ModeRun
 
+LISTING_STALL = 60.0  # seconds without a listed byte after which slow listing counts as stuck
+
 
 class DirectRun(ModeRun):
     mode = "direct"
@@ -70,8 +72,14 @@ class DirectRun(ModeRun):
         fleet.start()
         want = self.watches_wanted
         self.log(f"{self.agents:,} agents each listing and watching {len(self.paths)} resources ({want:,} watches)")
-        limit = sc.agent_sync_timeout(self.mode)
-        ok = await fleet.wait(lambda f: f.total("listed") == self.agents and f.total("watches_open") == want, limit)
+        limit, cap = sc.agent_sync_timeout(self.mode), sc.agent_sync_cap(self.mode)
+        ok = await fleet.wait(
+            lambda f: f.total("listed") == self.agents and f.total("watches_open") == want,
+            limit,
+            progress=lambda f: f.total("bytes"),
+            stall=LISTING_STALL,
+            cap=cap,
+        )
         res.snapshot = SyncFigures(
             all_agents_synced=ok,
             all_agents_seconds=time.monotonic() - t0 if ok else None,
@@ -80,8 +88,9 @@ class DirectRun(ModeRun):
         self.mark("all agents watching" if ok else "agents timed out", seconds=time.monotonic() - t0)
         if not ok:
             raise ModeError(
-                f"only {fleet.total('listed')} of {self.agents} direct agents listed and watching within "
-                f"{limit:.0f}s (--sync-timeout; the default grows with --direct-agents x objects)"
+                f"only {fleet.total('listed')} of {self.agents} direct agents listed and watching after "
+                f"{time.monotonic() - t0:.0f}s (bound {limit:.0f}s, extended while lists progressed, at most "
+                f"{cap:.0f}s; set it with --sync-timeout)"
             )
         res.api_startup = api_totals(self.api).minus(api0)
         res.emulator_cpu_startup = self_cpu() - cpu_a
