@@ -283,6 +283,10 @@ class TyphaRun(ModeRun):
                 return True
             await asyncio.sleep(0.25)
         self.finals = last
+        self.log(
+            f"not every agent at its replica's final seq {self.sc.drain_timeout:.0f}s after churn (--drain-timeout)",
+            "yellow",
+        )
         return False
 
     async def measure(self, span: float) -> None:
