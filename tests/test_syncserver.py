@@ -365,6 +365,20 @@ async def test_rebalance_sheds_one_connection_per_pass(server_factory) -> None:
     await stop_clients(clients, tasks)
 
 
+async def test_rebalance_does_not_shed_again_for_a_connection_still_closing(server_factory) -> None:
+    """A shed connection stays in the set until its transport reports it lost; a pass before that
+    (a busy loop) must not count it and shed a second agent for the same excess."""
+    server = await server_factory(make_cache(), housekeeping_interval=60)
+    clients, tasks = await start_clients(server.port, 5, backoff_initial=30)
+    await asyncio.gather(*(c.wait_in_sync(5) for c in clients))
+    server.rebalance_target = 4
+    server.housekeep()
+    server.housekeep()  # no loop pass in between: the first victim has not been reported lost yet
+    assert dropped(server, "rebalance") == 1
+    await wait_for(lambda: len(server.connections) == 4, 5, "shed to target")
+    await stop_clients(clients, tasks)
+
+
 async def test_slow_snapshot_reader_is_not_dropped_during_grace(server_factory) -> None:
     cache = make_cache(20_000)
     server = await server_factory(cache, max_fall_behind=0.1, new_client_grace=30, housekeeping_interval=0.05)

@@ -529,8 +529,12 @@ class SyncServer:
                     conn.close(GoodbyeCode.TOO_SLOW, f"{behind:.0f}s behind (limit {cfg.max_fall_behind}s)")
         target = self.rebalance_target
         if target is not None and len(self.connections) > target:
-            victim = random.choice(list(self.connections))
-            victim.close(GoodbyeCode.REBALANCE, f"shedding load: {len(self.connections)} connections > target {target}")
+            # Count only connections still open: one closed by the last pass stays in the set until its
+            # transport reports it lost, and counting it would shed a second agent for the same excess.
+            live = [c for c in self.connections if c.state is not CLOSED]
+            if len(live) > target:
+                victim = random.choice(live)
+                victim.close(GoodbyeCode.REBALANCE, f"shedding load: {len(live)} connections > target {target}")
 
     @staticmethod
     def _behind_seconds(conn: SyncConnection, now_ns: int) -> float:
