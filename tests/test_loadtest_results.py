@@ -150,3 +150,26 @@ def test_plots_keep_titles_apart_label_what_is_drawn_and_say_when_a_panel_is_emp
     labels = [t.get_text() for t in top.get_legend().get_texts()]
     assert labels == ["p50", "p99 (= max)", "SLO"], labels  # no "max" entry hidden under the p99 line
     assert bottom.get_title() == "direct: no update latency measured (only 0 of 2 direct agents listed)"
+
+
+def test_event_loop_errors_during_a_run_are_one_line_each() -> None:
+    import asyncio
+    import io
+
+    from rich.console import Console
+
+    from loadtest.run.orchestrator import loop_error_logger
+
+    out = io.StringIO()
+    handler = loop_error_logger(Console(file=out, width=200))
+    try:
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+    except RuntimeError as exc:
+        loop = asyncio.new_event_loop()
+        try:
+            handler(loop, {"message": "Fatal error on SSL protocol", "exception": exc})
+        finally:
+            loop.close()
+    text = out.getvalue()
+    assert len(text.strip().splitlines()) == 1 and "Traceback" not in text
+    assert "Fatal error on SSL protocol: RuntimeError('unable to perform operation" in text

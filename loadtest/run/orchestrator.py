@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.text import Text
@@ -46,6 +48,9 @@ async def run_scenario(
     )
     t_start = time.monotonic()
     live = live_or_none(console) if progress else None
+    loop = asyncio.get_running_loop()
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(loop_error_logger(console))
     try:
         if live is not None:
             live.start()
@@ -55,6 +60,7 @@ async def run_scenario(
             remaining = budget - (time.monotonic() - t_start)
             results.runs[mode] = await _run_mode(runner, max(1.0, remaining), budget, console)
     finally:
+        loop.set_exception_handler(previous_handler)
         if live is not None:
             live.stop()
     results.seconds = time.monotonic() - t_start
@@ -62,6 +68,19 @@ async def run_scenario(
     save(results, out / "results.json")
     render(out, report_console or out_console(), console)
     return results
+
+
+def loop_error_logger(console: Console) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    """An event-loop exception handler writing one line per error. The emulator runs in this process:
+    when a run is torn down or interrupted while it is sending list bodies, uvloop reports each
+    connection closed under a write as a 'Fatal error on SSL protocol' with a traceback; one line
+    says the same."""
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        console.log(Text(f"event loop: {context.get('message', '')}" + (f": {exc!r}" if exc else ""), style="yellow"))
+
+    return handle
 
 
 async def _run_mode(runner: ModeRun, timeout: float, budget: float, console: Console) -> RunResult:
