@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "fuzz" / "corpus"
 WORK = ROOT / ".fuzz"  # found inputs and crashes: not committed
-INSTRUMENTED = ["protocol", "typha", "loadtest", "felix.policy", "fuzz.targets"]
+INSTRUMENTED = ["protocol", "typha", "loadtest", "felix.policy", "felix.dataplane", "fuzz.targets"]
 NAMES = (
     "frames",
     "decode",
@@ -35,6 +35,7 @@ NAMES = (
     "patches",
     "bodies",
     "policy",
+    "kernelstate",
 )  # == targets.TARGETS, without importing
 
 

@@ -14,6 +14,10 @@ from typing import Any
 
 import orjson
 
+from felix.dataplane.iptables.desired import DesiredState
+from felix.dataplane.iptables.plan import plan_table
+from felix.dataplane.iptables.render import Renderer
+from felix.dataplane.iptables.save import KernelTable
 from loadtest.apiserver.fixtures import make_calico_object, make_namespace, make_node, make_pod
 from loadtest.apiserver.listing import encode_continue
 from loadtest.apiserver.patch import JSON_PATCH, MERGE, STRATEGIC
@@ -228,6 +232,30 @@ def _policy() -> Iterator[tuple[str, bytes]]:
         yield "endpoint", b"\x03" + orjson.dumps(value)
 
 
+def _kernelstate() -> Iterator[tuple[str, bytes]]:
+    """What felix itself writes (its first transaction, as iptables-save shows it), a node with
+    kube-proxy's rules beside ours, and ip sets of both kinds."""
+    st = DesiredState()
+    ours = plan_table("filter", st.tables[(4, "filter")], Renderer.hooks("filter"), KernelTable()).lines
+    saved = [line.replace("-I FORWARD 1", "-A FORWARD").replace("-I INPUT 1", "-A INPUT") for line in ours]
+    yield "felix", b"\x00" + "\n".join(line for line in saved if not line.startswith("-I")).encode()
+    yield (
+        "kube",
+        (
+            b"\x00*filter\n:FORWARD DROP [0:0]\n:KUBE-FORWARD - [0:0]\n"
+            b'-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD\n'
+            b'-A FORWARD -m comment --comment "cali:bWsPalGqwXXo4CU2" -j cali-FORWARD\nCOMMIT\n'
+        ),
+    )
+    yield (
+        "ipsets",
+        (
+            b"\x01create cali40s:abc hash:net family inet hashsize 1024 maxelem 1048576\nadd cali40s:abc 10.0.0.1\n"
+            b"create foo hash:ip family inet\nadd foo 1.2.3.4\ncreate cali4t0 hash:net family inet maxelem 65536\n"
+        ),
+    )
+
+
 SEEDS = {
     "frames": _frames,
     "decode": _decode,
@@ -236,6 +264,7 @@ SEEDS = {
     "patches": _patches,
     "bodies": _bodies,
     "policy": _policy,
+    "kernelstate": _kernelstate,
 }
 
 

@@ -10,6 +10,7 @@ Input layouts (what the seed corpus holds, and what the fuzzer mutates):
 - patches:    [content type][JSON [target, patch]]
 - bodies:     b"<resource>\\n<JSON object>", created in a fresh emulator store, then listed, watched,
               replaced and patched.
+- kernelstate: [mode][text]  mode bit 0: `ipset save` output, else `iptables-save` output.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ import orjson
 
 from felix.bgp.render import render
 from felix.bgp.view import BgpView
+from felix.dataplane.ipsets.plan import plan_sets
+from felix.dataplane.ipsets.save import parse_ipset_save
+from felix.dataplane.iptables.desired import DesiredState
+from felix.dataplane.iptables.plan import drifted_chains, plan_table
+from felix.dataplane.iptables.render import Renderer
+from felix.dataplane.iptables.save import SaveError, parse_save
 from felix.policy.calc import PolicyCalculator
 from felix.policy.messages import Batch
 from felix.policy.rules import RenderError, render_policy
@@ -328,6 +335,45 @@ def policy(data: bytes) -> None:
     calc.apply([(_POLICY_KEYS[mode - 1], None)])  # and its removal
 
 
+# -- felix's read-back of the kernel (other programs write those tables) -----------------------------------
+
+
+def kernelstate(data: bytes) -> None:
+    """``iptables-save`` or ``ipset save`` output as any program could leave it, read back and planned
+    against: parsing raises only SaveError, and the plans never touch what is not felix's (no foreign
+    rule deleted or rewritten, no foreign chain or set written)."""
+    if not data:
+        return
+    text = data[1:].decode(errors="replace")
+    st = DesiredState()
+    if data[0] & 1:
+        sets = parse_ipset_save(text)
+        assert all(name.startswith("cali") for name in sets)
+        set_plan = plan_sets(4, st.sets[4], sets)
+        for line in set_plan.before + set_plan.after:
+            assert line.split()[1].startswith("cali4"), line
+        return
+    try:
+        tables = parse_save(text)
+    except SaveError:
+        return
+    for table in ("filter", "nat"):
+        kernel = tables.get(table)
+        if kernel is None:
+            continue
+        hooks = Renderer.hooks(table)
+        plan = plan_table(table, st.tables[(4, table)], hooks, kernel)
+        drifted_chains(kernel, kernel, hooks)
+        foreign = {line for lines in kernel.lines.values() for line in lines if "cali:" not in line}
+        for line in plan.lines[1:-1]:
+            op, _, rest = line.partition(" ")
+            chain = rest.split(" ", 1)[0]
+            if op in ("-A", "-I", "-R", "-X") or line.startswith(":"):
+                assert chain.startswith("cali-") or chain in hooks or line.startswith(":cali-"), line
+            if op == "-D":
+                assert chain.startswith("cali-") or "-A" + line[2:] not in foreign, line
+
+
 TARGETS: dict[str, Target] = {
     "frames": frames,
     "decode": decode_frame,
@@ -336,4 +382,5 @@ TARGETS: dict[str, Target] = {
     "patches": patches,
     "bodies": bodies,
     "policy": policy,
+    "kernelstate": kernelstate,
 }

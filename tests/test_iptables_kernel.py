@@ -12,22 +12,20 @@ is checked with real connections, not with felix's own view of itself.
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import os
 import select
 import shutil
 import socket
 import subprocess
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import pytest
 
 from felix.dataplane.iptables import names as N
 from felix.dataplane.iptables.manager import PolicyConfig, PolicyDataplane
+from felix.dataplane.netns import run_in_netns
 from felix.policy.messages import (
     ActivePolicyRemove,
     ActivePolicyUpdate,
@@ -51,8 +49,6 @@ from .conftest import kernel_skip
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]  # network namespaces, iptables and ipset processes
 
-T = TypeVar("T")
-_libc = ctypes.CDLL(None, use_errno=True)
 _count = itertools.count()
 ALLOW_ALL = Policy(inbound_rules=(Rule("allow"),), outbound_rules=(Rule("allow"),))
 PROFILE = ActiveProfileUpdate("kns.default", ALLOW_ALL)
@@ -65,29 +61,6 @@ def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return r
 
 
-def in_ns(ns: str, fn: Callable[[], T]) -> T:
-    """Run ``fn`` on a thread inside namespace ``ns`` (sockets it makes stay there)."""
-    out: dict[str, object] = {}
-
-    def target() -> None:
-        fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-        try:
-            if _libc.setns(fd, 0x40000000) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-            out["v"] = fn()
-        except BaseException as e:
-            out["e"] = e
-        finally:
-            os.close(fd)
-
-    t = threading.Thread(target=target)
-    t.start()
-    t.join()
-    if "e" in out:
-        raise out["e"]  # type: ignore[misc]
-    return out["v"]  # type: ignore[return-value]
-
-
 def listener(ns: str, ip: str, port: int) -> socket.socket:
     def make() -> socket.socket:
         s = socket.socket()
@@ -96,7 +69,7 @@ def listener(ns: str, ip: str, port: int) -> socket.socket:
         s.listen(64)
         return s
 
-    return in_ns(ns, make)
+    return run_in_netns(ns, make)
 
 
 def connect(ns: str, ip: str, port: int, timeout: float) -> socket.socket | None:
@@ -117,7 +90,7 @@ def connect(ns: str, ip: str, port: int, timeout: float) -> socket.socket | None
         s.close()
         return None
 
-    return in_ns(ns, make)
+    return run_in_netns(ns, make)
 
 
 @dataclass

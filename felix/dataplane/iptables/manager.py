@@ -394,36 +394,32 @@ class PolicyDataplane:
             return {v: f.result() for v, f in futures.items()}
         return {v: self._restore(v, text) for v, text in texts.items()}
 
+    def _failure(self, argv: list[str], stdin: str) -> str:
+        """Run a restore tool; "" if it succeeded, else what went wrong."""
+        try:
+            r = self._exec(argv, stdin)
+        except ToolError as exc:
+            return str(exc)
+        return "" if r.rc == 0 else (r.err.strip() or f"exit status {r.rc}")
+
     def _restore(self, v: int, text: str) -> bool:
         argv = self.backend.restore_argv(v)
-        try:
-            r = self._exec(argv, text)
-        except ToolError as exc:
-            err = str(exc)
-        else:
-            if r.rc == 0:
-                return True
-            err = r.err.strip()
-        with self._lock:
-            self.stats.restore_failures += 1
-            self.metrics.restore_errors.inc()
-            self._note(f"{argv[0]} failed: {err[:500]}", detail=text)
-        return False
+        err = self._failure(argv, text)
+        if err:
+            with self._lock:
+                self.stats.restore_failures += 1
+                self.metrics.restore_errors.inc()
+                self._note(f"{argv[0]} failed: {err[:500]}", detail=text)
+        return not err
 
     def _ipset(self, lines: list[str], what: str) -> bool:
-        try:
-            r = self._exec(["ipset", "-exist", "restore"], "\n".join(lines) + "\n")
-        except ToolError as exc:
-            err = str(exc)
-        else:
-            if r.rc == 0:
-                return True
-            err = r.err.strip()
-        self.stats.ipset_failures += 1
-        self.metrics.ipset_errors.inc()
-        self._note(f"ipset restore ({what}) failed: {err[:500]}")
-        self._sets = None
-        return False
+        err = self._failure(["ipset", "-exist", "restore"], "\n".join(lines) + "\n")
+        if err:
+            self.stats.ipset_failures += 1
+            self.metrics.ipset_errors.inc()
+            self._note(f"ipset restore ({what}) failed: {err[:500]}")
+            self._sets = None
+        return not err
 
     def _note(self, msg: str, detail: str = "") -> None:
         self.stats.last_error = msg
