@@ -92,7 +92,9 @@ def _bench(args: argparse.Namespace) -> int:
     if args.which == "policy":  # synchronous: the kernel work runs in this thread
         from .commands.bench_policy import PolicyBenchOptions, run_policy_bench
 
-        o = PolicyBenchOptions(args.local, args.remote, args.policies, args.labels, args.changes, args.seed, args.ipv6)
+        o = PolicyBenchOptions(
+            args.local, args.remote, args.policies, args.labels, args.changes, args.seed, not args.ipv4_only
+        )
         results.update(run_policy_bench(o))
         ok[0] = bool(results["enforced"]["old_port_closed"])
         if args.output:
@@ -311,7 +313,7 @@ def _bench_parsers(sub: Any) -> None:
     pol.add_argument("--labels", type=_count(1), default=20, help="label keys the selectors use")
     pol.add_argument("--changes", type=_count(1), default=20, help="label changes and policy edits to time")
     pol.add_argument("--seed", type=int, default=1, help="seed of the generated cluster")
-    pol.add_argument("--ipv6", action="store_true", help="program ip6tables and IPv6 sets too")
+    pol.add_argument("--ipv4-only", action="store_true", help="no ip6tables (felix's Ipv6Support=false)")
     pol.add_argument("--output", help="write the results as JSON here")
     ing = which.add_parser(
         "ingest", formatter_class=_Help, help="typha's list/project and watch ingest rate per CPU-second"
