@@ -50,6 +50,7 @@ def test_run_help_lists_every_fault_kind() -> None:
     assert all(k in text for k in FAULT_KINDS) and "(default: 1000)" in text
 
 
+@pytest.mark.slow
 def test_demo_with_no_agents_is_a_one_line_error() -> None:
     out = subprocess.run(
         [*LOADTEST, "demo", "--agents", "0", "--seconds", "2"], capture_output=True, text=True, timeout=60

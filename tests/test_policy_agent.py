@@ -111,6 +111,7 @@ async def typha() -> AsyncIterator[tuple[SnapCache, Ingestor, SyncServer]]:
     await server.shutdown()
 
 
+@pytest.mark.slow
 async def test_policy_flows_to_the_dataplane_after_in_sync_with_metrics_and_readiness(
     typha: tuple[SnapCache, Ingestor, SyncServer], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -166,6 +167,7 @@ async def test_policy_flows_to_the_dataplane_after_in_sync_with_metrics_and_read
         await mrun.cleanup()
 
 
+@pytest.mark.slow
 async def test_without_a_policy_dataplane_policy_is_not_calculated(
     typha: tuple[SnapCache, Ingestor, SyncServer],
 ) -> None:
