@@ -122,6 +122,7 @@ async def pair() -> AsyncIterator[Pair]:
         lab.down()
 
 
+@pytest.mark.slow
 async def test_apply_starts_bird_then_reconfigures_without_touching_sessions(pair: Pair) -> None:
     for i in (1, 2):
         assert await pair.managers[i].apply(pair.config(i))
@@ -146,6 +147,7 @@ async def test_apply_starts_bird_then_reconfigures_without_touching_sessions(pai
         assert f.read() == pair.config(1)
 
 
+@pytest.mark.slow
 async def test_an_invalid_render_keeps_the_last_good_config_running(pair: Pair) -> None:
     m1 = pair.managers[1]
     for i in (1, 2):
@@ -162,6 +164,7 @@ async def test_an_invalid_render_keeps_the_last_good_config_running(pair: Pair) 
     assert await m1.apply(good) and m1.config_valid and m1.last_error == ""
 
 
+@pytest.mark.slow
 async def test_bird_is_restarted_when_it_dies(pair: Pair) -> None:
     m1 = pair.managers[1]
     for i in (1, 2):
@@ -176,6 +179,7 @@ async def test_bird_is_restarted_when_it_dies(pair: Pair) -> None:
     await pair.wait_established()
 
 
+@pytest.mark.slow
 async def test_stop_is_graceful_fast_and_keeps_kernel_routes(pair: Pair) -> None:
     for i in (1, 2):
         assert await pair.managers[i].apply(pair.config(i))
@@ -198,6 +202,7 @@ def _gone(pid: int) -> bool:
         return True
 
 
+@pytest.mark.slow
 async def test_a_running_bird_is_adopted_not_duplicated(pair: Pair) -> None:
     assert await pair.managers[1].apply(pair.config(1))
     pid = pair.managers[1].pid

@@ -33,7 +33,7 @@ from . import bgp_fixtures as F
 from .bgp_lab import FABRIC_IP, NET, Echo, Lab, lab_unavailable, listen_in, since_seconds, tcp_ok, udp_ok
 from .conftest import kernel_skip, wait_for
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.slow]  # network namespaces, BIRD, typha and felix processes
 
 PORT = 7000
 

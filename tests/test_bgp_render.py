@@ -90,6 +90,7 @@ def test_same_inputs_same_bytes_whatever_the_order() -> None:
             assert rendered(topology(), nodename, shuffle=seed).config == first
 
 
+@pytest.mark.slow
 def test_golden_files_are_valid_bird_configurations(tmp_path: Path) -> None:
     if shutil.which("bird") is None:
         kernel_skip("bird2 is not installed (the README's commands install it)")

@@ -66,6 +66,7 @@ async def typha_proc() -> AsyncIterator[list[asyncio.subprocess.Process]]:
 # --- SIGTERM pacing (issue 9, item 7) ------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_shutdown_spaces_closes_by_at_most_the_max_drop_interval(server_factory) -> None:
     server = await server_factory(make_cache(10), shutdown_max_drop_interval=0.2)
     clients = [SyncClient([("127.0.0.1", server.port)], SYNCER_FELIX, hostname=f"n{i}") for i in range(4)]
@@ -82,6 +83,7 @@ async def test_shutdown_spaces_closes_by_at_most_the_max_drop_interval(server_fa
     await asyncio.wait_for(asyncio.gather(*tasks), 5)
 
 
+@pytest.mark.slow
 async def test_sigterm_closes_a_few_agents_in_seconds_and_exits(typha_proc) -> None:
     proc = await start_typha(*SMALL)  # the default cap: 1 s between closes, 300 s grace period
     typha_proc.append(proc)
