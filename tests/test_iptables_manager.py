@@ -8,6 +8,7 @@ kernel tests cover the same paths with the real tools.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import pytest
@@ -42,8 +43,13 @@ class FakeKernel:
         self.sets: dict[str, KernelSet] = {}
         self.fail: set[str] = set()  # "restore", "ipset", "save"
         self.calls: list[str] = []
+        self.lock = threading.Lock()  # the dataplane runs some tools side by side
 
     def __call__(self, argv: Sequence[str], stdin: str | None) -> CommandResult:
+        with self.lock:
+            return self._run(argv, stdin)
+
+    def _run(self, argv: Sequence[str], stdin: str | None) -> CommandResult:
         tool = argv[0]
         self.calls.append(tool)
         if tool.endswith("-save"):
@@ -234,3 +240,13 @@ def test_settings_use_calicos_names_and_reach_the_dataplane() -> None:
     assert (cfg.render.marks.accept, cfg.render.marks.scratch1) == (0x1000000, 0x8000000)
     defaults = config_from_settings(load_config(["--typha-addresses", "127.0.0.1:5473"], environ={}))
     assert defaults.ipv6 and defaults.render.endpoint_to_host == "DROP" and defaults.chain_insert_mode == "insert"
+
+
+def test_a_big_ip_set_script_is_split_between_two_processes() -> None:
+    dp, k, _ = make()
+    big = frozenset(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}/32" for i in range(30_000))
+    dp.apply([*batch(), IpSetUpdate("big", "hash:net", big), IpSetUpdate("small", "hash:net", frozenset({"10.9.9.9"}))])
+    report = dp.start_programming()
+    assert report.ok and k.calls.count("ipset") == 3  # save, then two restores side by side
+    members = {len(s.members) for s in k.sets.values()}
+    assert members == {30_000, 1}

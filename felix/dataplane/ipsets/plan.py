@@ -39,7 +39,9 @@ MAXELEM = 1048576  # Calico's MaxIPSetSize
 
 @dataclass(slots=True)
 class SetPlan:
-    before: list[str] = field(default_factory=list)
+    # The "before" script, one group of lines per set: groups are independent of each other, so a
+    # big script (a cold start's 100k members) can be split between processes run side by side.
+    groups: list[list[str]] = field(default_factory=list)
     after: list[str] = field(default_factory=list)
     # The sets the scripts change (None: destroyed), for felix's belief once both scripts ran.
     changes: dict[str, KernelSet | None] = field(default_factory=dict)
@@ -48,6 +50,10 @@ class SetPlan:
     destroyed: int = 0
     added: int = 0
     removed: int = 0
+
+    @property
+    def before(self) -> list[str]:
+        return [line for group in self.groups for line in group]
 
     @property
     def members_written(self) -> int:
@@ -95,14 +101,15 @@ def plan_sets(
                 state[name] = None
             continue
         fresh = KernelSet(want.type, family, maxelem, set(want.members))
+        lines: list[str] = []
         if have is None:
-            plan.before.append(create(name, want.type))
-            plan.before += [f"add {name} {m}" for m in sorted(want.members)]
+            lines.append(create(name, want.type))
+            lines += [f"add {name} {m}" for m in sorted(want.members)]
             plan.created += 1
             plan.added += len(want.members)
         elif have.type != want.type or have.family != family:
-            plan.before += [f"destroy {name}", create(name, want.type)]
-            plan.before += [f"add {name} {m}" for m in sorted(want.members)]
+            lines += [f"destroy {name}", create(name, want.type)]
+            lines += [f"add {name} {m}" for m in sorted(want.members)]
             plan.created += 1
             plan.added += len(want.members)
         else:
@@ -112,15 +119,16 @@ def plan_sets(
                 continue
             if have.maxelem != maxelem or len(adds) + len(dels) > max(len(want.members), 64):
                 tmp = next(temps)
-                plan.before.append(create(tmp, want.type))
-                plan.before += [f"add {tmp} {m}" for m in sorted(want.members)]
-                plan.before += [f"swap {tmp} {name}", f"destroy {tmp}"]
+                lines.append(create(tmp, want.type))
+                lines += [f"add {tmp} {m}" for m in sorted(want.members)]
+                lines += [f"swap {tmp} {name}", f"destroy {tmp}"]
                 plan.swapped += 1
                 plan.added += len(want.members)
             else:
-                plan.before += [f"del {name} {m}" for m in sorted(dels)]
-                plan.before += [f"add {name} {m}" for m in sorted(adds)]
+                lines += [f"del {name} {m}" for m in sorted(dels)]
+                lines += [f"add {name} {m}" for m in sorted(adds)]
                 plan.added += len(adds)
                 plan.removed += len(dels)
+        plan.groups.append(lines)
         state[name] = fresh
     return plan

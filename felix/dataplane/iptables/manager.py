@@ -54,6 +54,7 @@ __all__ = ["ApplyReport", "PolicyConfig", "PolicyDataplane", "PolicyStats", "con
 
 log = logging.getLogger("felix.policy")
 _BACKOFF_MIN, _BACKOFF_MAX = 0.05, 30.0
+_SPLIT_IPSET_LINES = 20_000  # above this, the ip set script is split between two processes
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,9 +309,9 @@ class PolicyDataplane:
             v: plan_sets(v, st.sets[v], self._sets[v], None if full else st.dirty_sets[v], self.cfg.max_set_size)
             for v in self.versions
         }
-        before = [line for p in set_plans.values() for line in p.before]
+        groups = [g for p in set_plans.values() for g in p.groups]
         t = time.perf_counter()
-        ok = not before or self._ipset(before, "creating and updating ip sets")
+        ok = self._ipset_groups(groups)
         report.ipset_seconds += time.perf_counter() - t
         if not ok:
             return False
@@ -412,13 +413,27 @@ class PolicyDataplane:
                 self._note(f"{argv[0]} failed: {err[:500]}", detail=text)
         return not err
 
+    def _ipset_groups(self, groups: list[list[str]]) -> bool:
+        """The "before" script: in one ``ipset restore``, or split by set between two run side by
+        side when it is big (a cold start's members: ipset's parsing is most of the cost)."""
+        total = sum(map(len, groups))
+        if total < _SPLIT_IPSET_LINES:
+            return not total or self._ipset([line for g in groups for line in g], "creating and updating ip sets")
+        halves: list[list[str]] = [[], []]
+        for g in sorted(groups, key=len, reverse=True):
+            min(halves, key=len).extend(g)
+        futures = [self._pool.submit(self._ipset, h, "creating and updating ip sets") for h in halves]
+        results = [f.result() for f in futures]  # wait for both, even when one failed
+        return all(results)
+
     def _ipset(self, lines: list[str], what: str) -> bool:
         err = self._failure(["ipset", "-exist", "restore"], "\n".join(lines) + "\n")
         if err:
-            self.stats.ipset_failures += 1
-            self.metrics.ipset_errors.inc()
-            self._note(f"ipset restore ({what}) failed: {err[:500]}")
-            self._sets = None
+            with self._lock:
+                self.stats.ipset_failures += 1
+                self.metrics.ipset_errors.inc()
+                self._note(f"ipset restore ({what}) failed: {err[:500]}")
+                self._sets = None
         return not err
 
     def _note(self, msg: str, detail: str = "") -> None:
