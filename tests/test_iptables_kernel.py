@@ -18,6 +18,7 @@ import select
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -321,9 +322,14 @@ def test_ip_sets_are_added_to_deleted_from_swapped_and_destroyed(node: Node) -> 
     sets = node.ipsets()
     assert sets[name] == {"10.65.0.3"} and not [n for n in sets if n.startswith("cali4t")]
     assert node.can("p3", "p2") and not node.can("p1", "p2", expect=False)
-    # The policy and its set go: the set is destroyed after the rules stopped using it.
+    # The policy and its set go: the set is destroyed after the rules stopped using it, by the
+    # tick that follows the write (off the update's critical path).
     report = dp.apply([node.ep("p2"), ActivePolicyRemove(PolicyID("default", "p")), IpSetRemove("s")])
-    assert report is not None and report.sets_destroyed == 1 and name not in node.ipsets()
+    assert report is not None and report.sets_destroyed == 1 and name in node.ipsets()
+    deadline = dp.next_deadline()
+    assert deadline is not None and deadline <= time.monotonic()
+    dp.tick()
+    assert name not in node.ipsets() and (dp.next_deadline() or 1e18) > time.monotonic() + 60  # next: the read-back
 
 
 def test_nat_outgoing_masquerades_only_pool_traffic_leaving_the_pools(node: Node) -> None:

@@ -21,6 +21,7 @@ from felix.policy.messages import (
     ActivePolicyUpdate,
     ActiveProfileUpdate,
     IpSetDeltaUpdate,
+    IpSetRemove,
     IpSetUpdate,
     Policy,
     PolicyID,
@@ -250,3 +251,22 @@ def test_a_big_ip_set_script_is_split_between_two_processes() -> None:
     assert report.ok and k.calls.count("ipset") == 3  # save, then two restores side by side
     members = {len(s.members) for s in k.sets.values()}
     assert members == {30_000, 1}
+
+
+def test_unused_sets_are_destroyed_by_the_next_tick_unless_wanted_again() -> None:
+    dp, k, clock = make()
+    dp.apply(batch())
+    dp.start_programming()
+    pol = PolicyID("default", "p")
+    other = Policy(inbound_rules=(Rule("allow", src_ip_set_ids=("t",)),))
+    dp.apply([IpSetUpdate("t", "hash:net", frozenset({"10.0.0.7/32"})), ActivePolicyUpdate(pol, other)])
+    old = [n for n, s in k.sets.items() if s.members == {"10.0.0.1"}]
+    dp.apply([IpSetRemove("s")])
+    assert old and old[0] in k.sets and dp.next_deadline() == clock.now
+    dp.tick()
+    assert old[0] not in k.sets and dp.next_deadline() == clock.now + 90  # next: the read-back
+    # A set that is wanted again before the tick is spared.
+    dp.apply([ActivePolicyUpdate(pol, Policy(inbound_rules=(Rule("allow"),))), IpSetRemove("t")])
+    dp.apply([IpSetUpdate("t", "hash:net", frozenset({"10.0.0.8/32"}))])
+    dp.tick()
+    assert any(s.members == {"10.0.0.8"} for s in k.sets.values())

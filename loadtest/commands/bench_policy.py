@@ -383,6 +383,12 @@ class _Bench:
         self.mirror.apply(batch.messages)
         return report
 
+    def housekeeping(self) -> None:
+        """What felix's housekeeping does right after a write: destroy the sets it stopped using."""
+        deadline = self.dp.next_deadline()
+        if deadline is not None and deadline <= time.monotonic():
+            self.dp.tick()
+
     def cold_start(self) -> None:
         dp = self.dp
         t0 = time.perf_counter()
@@ -445,6 +451,7 @@ class _Bench:
             t = time.perf_counter()
             report = self.update(kv)
             elapsed = time.perf_counter() - t
+            self.housekeeping()
             if not report.members_added + report.members_removed + report.rule_ops:
                 noop += 1  # the change moved no pod in or out of anything: nothing to enforce
                 continue

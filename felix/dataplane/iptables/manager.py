@@ -9,7 +9,9 @@ and their ``save`` read-backs, run by ``backend.Runner``). One ``apply`` is, in 
 1. ``ipset -exist restore`` of every set change that rules may need (creates, adds, deletes, swaps);
 2. one ``iptables-restore --noflush`` per IP version, holding one transaction per table
    (filter, nat), writing only the chains that changed;
-3. ``ipset restore`` of the destroys, now that no rule refers to those sets.
+3. ``ipset restore`` of the destroys, now that no rule refers to those sets -- from ``tick``, just
+   after the write returns, so a policy edit's latency does not include it (a set wanted again
+   before that runs is spared).
 
 Felix's belief of the kernel (hashes per chain, members per set) is updated only when a step
 succeeds. A failure keeps the changes dirty, forgets the belief (it is re-read with
@@ -185,6 +187,8 @@ class PolicyDataplane:
         self._backoff = _BACKOFF_MIN
         self._retry_at: float | None = None
         self._refresh_at: float | None = None
+        self._doomed: set[tuple[int, str]] = set()  # (ip version, set) no rule uses any more
+        self._destroy_at: float | None = None
         self._throttle = _Throttle()
         self.tool_runs = 0
         self._lock = threading.Lock()
@@ -226,16 +230,18 @@ class PolicyDataplane:
         return ""
 
     def next_deadline(self) -> float | None:
-        times = [t for t in (self._retry_at, self._refresh_at) if t is not None]
+        times = [t for t in (self._retry_at, self._refresh_at, self._destroy_at) if t is not None]
         return min(times) if times else None
 
     def tick(self) -> None:
-        """Retries and the periodic read-back; call when ``next_deadline`` passes."""
+        """Retries, destroying unused sets, the periodic read-back; call when ``next_deadline`` passes."""
         if not self.programming:
             return
         now = self._clock()
         if self._retry_at is not None and now >= self._retry_at:
             self._write()
+        elif self._destroy_at is not None and now >= self._destroy_at and not self._failing:
+            self._destroy_unused_sets()
         elif self._refresh_at is not None and now >= self._refresh_at:
             self.resync()
 
@@ -296,6 +302,8 @@ class PolicyDataplane:
         return report
 
     def _write_steps(self, report: ApplyReport) -> bool:
+        if self._doomed and self._sets is not None:  # left by an earlier write if tick() did not run
+            self._destroy_unused_sets()
         if self._tables is None or self._sets is None:
             t = time.perf_counter()
             ok = self._read_back()
@@ -315,7 +323,7 @@ class PolicyDataplane:
         report.ipset_seconds += time.perf_counter() - t
         if not ok:
             return False
-        for v in self.versions:  # destroys are recorded once the "after" script ran
+        for v in self.versions:  # destroys are recorded once they ran (see _destroy_unused_sets)
             set_plans[v].apply_to(self._sets[v], destroyed=False)
             st.dirty_sets[v].clear()
         plans: dict[int, list[TablePlan]] = {}
@@ -348,20 +356,24 @@ class PolicyDataplane:
         if not all(restored.values()):
             self._tables = None  # re-read before retrying: the kernel may hold something else
             return False
-        after = [line for p in set_plans.values() for line in p.after]
-        for sp in set_plans.values():
+        for v, sp in set_plans.items():
             report.add_sets(sp)
-        t = time.perf_counter()
-        ok = not after or self._ipset(after, "destroying unused ip sets")
-        report.ipset_seconds += time.perf_counter() - t
-        if not ok:
-            # A set still in use by someone else's rule: not fatal for policy, but re-read next time.
-            self._sets = None
-        elif self._sets is not None:
-            for v in self.versions:
-                set_plans[v].apply_to(self._sets[v], destroyed=True)
+            self._doomed.update((v, name) for name, s in sp.changes.items() if s is None)
+        if self._doomed and self._destroy_at is None:
+            self._destroy_at = self._clock()  # off the critical path: the rules no longer use them
         self._full = False
         return True
+
+    def _destroy_unused_sets(self) -> None:
+        """Destroy the sets the last writes stopped using -- unless one is wanted again meanwhile."""
+        doomed, self._doomed, self._destroy_at = self._doomed, set(), None
+        doomed = {(v, n) for v, n in doomed if n not in self.state.sets.get(v, {})}
+        if not doomed or self._sets is None:
+            return
+        if not self._ipset([f"destroy {n}" for _, n in sorted(doomed)], "destroying unused ip sets"):
+            return  # a set still in use by someone else's rule: not fatal for policy; re-read next time
+        for v, n in doomed:
+            self._sets[v].pop(n, None)
 
     def _read_back(self) -> bool:
         tables: dict[tuple[int, str], KernelTable] = {}
