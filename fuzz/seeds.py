@@ -24,6 +24,7 @@ from loadtest.apiserver.patch import JSON_PATCH, MERGE, STRATEGIC
 from protocol import (
     KV,
     ClientHello,
+    Digests,
     Goodbye,
     GoodbyeCode,
     Ping,
@@ -33,13 +34,14 @@ from protocol import (
     SyncStatus,
     SyncStatusChange,
     Updates,
+    Want,
     encode,
 )
 from protocol.codec import Compressor, encode_snapshot_chunk, encode_sync_status, encode_updates
 from typha.k8s.projection import project
 from typha.simcluster import SyntheticCluster
 
-from .targets import FUZZ_HELLO, FUZZ_RESUME_HELLO, PATCH_TYPES
+from .targets import FUZZ_HELLO, FUZZ_RESUME_HELLO, FUZZ_SUMMARY_HELLO, PATCH_TYPES
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 T = 1_700_000_000_000_000_000
@@ -79,6 +81,17 @@ def _frames() -> Iterator[tuple[str, bytes]]:
     resumed = encode(ServerHello(1, "felix", None, "srv", 10.0, "e1", resumed=True))
     yield "client-resumed", b"\x05\x02" + resumed + encode_updates(7, 8, T, SyncStatus.IN_SYNC, KVS[:2])
     yield "client-not-ready", b"\x01\x01" + encode(Goodbye(GoodbyeCode.NOT_READY, "loading"))
+    reconcile = encode(ServerHello(1, "felix", "zstd", "srv", 10.0, "e2", reconcile=True))
+    yield (
+        "client-reconcile",
+        b"\x09\x07"
+        + reconcile
+        + encode(Digests(7, (3, 90), bytes(range(256)) * 8))
+        + encode_updates(7, 8, T, SyncStatus.IN_SYNC, KVS[:2])
+        + encode_snapshot_chunk(8, 0, T, SyncStatus.IN_SYNC, KVS[2:4], False, partial=True)
+        + encode_snapshot_chunk(8, 1, T, SyncStatus.IN_SYNC, [], True, Compressor(), partial=True),
+    )
+    yield "server-reconcile-want", b"\x08\x05" + encode(FUZZ_SUMMARY_HELLO) + encode(Want(bytes(2048)))
 
 
 def _decode() -> Iterator[tuple[str, bytes]]:
@@ -88,6 +101,12 @@ def _decode() -> Iterator[tuple[str, bytes]]:
         ("client-hello-minimal", ClientHello("h", "bgp", compression=())),
         ("server-hello", ServerHello(1, "felix", "zstd", "srv", 10.0, "e1")),
         ("server-hello-resumed", ServerHello(1, "felix", None, "", 3.5, "e1", True)),
+        ("client-hello-summary", FUZZ_SUMMARY_HELLO),
+        ("server-hello-reconcile", ServerHello(1, "felix", None, "", 3.5, "e1", reconcile=True)),
+        ("digests", Digests(12, (0, 127), bytes(2048))),
+        ("digests-none", Digests(0, (), b"")),
+        ("want", Want(b"\x01" + bytes(2047))),
+        ("snapshot-partial", SnapshotChunk(7, 0, T, SyncStatus.IN_SYNC, 1, True, KVS[:1], partial=True)),
         ("ping", Ping(T)),
         ("pong", Pong(-5)),
         ("goodbye", Goodbye(GoodbyeCode.TOO_SLOW, "2 s behind")),

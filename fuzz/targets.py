@@ -2,7 +2,8 @@
 
 Input layouts (what the seed corpus holds, and what the fuzzer mutates):
 - frames:     [mode][piece][stream...]  mode bit 0: client end (else server end), bit 1: header-only
-              client, bit 2: the client asked to resume; piece: the size stream pieces are fed in.
+              client, bit 2: the client asked to resume, bit 3: the client offered a summary (a server
+              end then accepts one WANT); piece: the size stream pieces are fed in.
 - decode:     [type][flags][body...]    flags bit 7 set: header-only decode.
 - projection: b"<resource>\\n<JSON object>" (what the bgp syncer carries also goes through felix's BGP view
               and renderer)
@@ -58,6 +59,8 @@ Target = Callable[[bytes], None]
 #: The hello a fuzzed client end sent; mode bit 2 makes it a resuming one (so resumed hellos pass).
 FUZZ_HELLO = ClientHello("fuzz", "felix", compression=("zstd",))
 FUZZ_RESUME_HELLO = ClientHello("fuzz", "felix", compression=("zstd",), resume_epoch="e1", resume_seq=7)
+#: Mode bit 3: a client that offered the summary of its view (a reconcile, docs/protocol.md 12.2).
+FUZZ_SUMMARY_HELLO = ClientHello("fuzz", "felix", compression=("zstd",), summary=bytes(1024), summary_version=1)
 
 
 # -- protocol -----------------------------------------------------------------------------------------
@@ -66,9 +69,12 @@ FUZZ_RESUME_HELLO = ClientHello("fuzz", "felix", compression=("zstd",), resume_e
 def _drive(mode: int, pieces: list[bytes]) -> tuple[list[Message], str | None, int]:
     conn: ClientConnection | ServerConnection
     if mode & 1:
-        conn = ClientConnection(FUZZ_RESUME_HELLO if mode & 4 else FUZZ_HELLO, 1 << 16, decode_kvs=not mode & 2)
+        hello = FUZZ_SUMMARY_HELLO if mode & 8 else FUZZ_RESUME_HELLO if mode & 4 else FUZZ_HELLO
+        conn = ClientConnection(hello, 1 << 16, decode_kvs=not mode & 2)
     else:
         conn = ServerConnection(4096)
+        if mode & 8:
+            conn.expect_want()
     out: list[Message] = []
     try:
         for piece in pieces:
@@ -100,7 +106,7 @@ def decode_frame(data: bytes) -> None:
     if len(data) < 2:
         return
     decode_kvs = not data[1] & 0x80
-    frame = Frame(data[0] % 10, data[1] & 0x0F, data[2:])
+    frame = Frame(data[0] % 12, data[1] & 0x0F, data[2:])
     try:
         msg = decode(frame, Decompressor(1 << 20), decode_kvs)
     except ProtocolError:

@@ -20,6 +20,7 @@ from .messages import (
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     ClientHello,
+    Digests,
     Goodbye,
     GoodbyeCode,
     Message,
@@ -31,6 +32,7 @@ from .messages import (
     SyncStatus,
     SyncStatusChange,
     Updates,
+    Want,
 )
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "Compressor",
     "ConnState",
     "Decompressor",
+    "Digests",
     "Frame",
     "FrameReader",
     "FrameTooLarge",
@@ -65,6 +68,7 @@ __all__ = [
     "SyncStatus",
     "SyncStatusChange",
     "Updates",
+    "Want",
     "decode",
     "encode",
     "encode_frame",

@@ -11,10 +11,17 @@ Reconnects are where naive clients go wrong. A reconnect first asks to *resume*:
 cache epoch and the last seq it applied, and a server that still holds that point of the same cache
 sends only the breadcrumbs missed since (docs/protocol.md 12.1); the view is then already right and
 the stream simply continues. Otherwise (another replica, a restarted typha, a seq outside the resume
-window) a full snapshot follows. The client keeps its old view while it streams in, reports only keys
-whose value actually differs, and when the final chunk arrives reports a deletion for every key the
-new snapshot lacks. Either way the caller sees exactly the difference between its old view and the
-server's, never a flood of unchanged keys and never a stale key left behind.
+window) the client offers the *summary* of its view instead (protocol.summary), and a server that
+speaks the reconcile extension sends only the contents of the buckets that differ (12.2); an older
+server sends a full snapshot. The client keeps its old view while a snapshot streams in, reports only
+keys whose value actually differs, and when the final chunk arrives reports a deletion for every key
+the new snapshot lacks. Either way the caller sees exactly the difference between its old view and
+the server's, never a flood of unchanged keys and never a stale key left behind (protocol.view does
+the bookkeeping).
+
+A client that does not decode values (the load test's cheap agents) holds no view to summarise; it
+may be given a `summary_source` that returns the summary of the state at a given epoch and seq, which
+every client that followed that stream holds (the load test keeps one per stream and per process).
 
 `stop()` must end `run()` wherever it is waiting: on a live stream (goodbye and close), in a dial
 (address lookup or TCP connect, abandoned) or in the backoff before the next dial (cut short). The
@@ -43,6 +50,7 @@ from .framing import DEFAULT_MAX_SERVER_FRAME
 from .messages import (
     KV,
     ClientHello,
+    Digests,
     Goodbye,
     GoodbyeCode,
     Message,
@@ -53,11 +61,15 @@ from .messages import (
     SyncStatusChange,
     Updates,
 )
+from .summary import SUMMARY_VERSION, StateSummary, leaves_to_bitmap
+from .view import View
 
 log = logging.getLogger("protocol.client")
 
 Address = tuple[str, int]
 AddressSource = Sequence[Address] | Callable[[], Awaitable[Sequence[Address]]]
+#: (epoch, seq) of the stream a cheap client followed -> the summary of that state, if known.
+SummarySource = Callable[[str, int], StateSummary | None]
 
 
 @dataclass(slots=True)
@@ -71,6 +83,8 @@ class ClientStats:
     updates_reported: int = 0
     deletes_synthesized: int = 0
     resumes: int = 0  # reconnects that continued the old stream instead of taking a snapshot
+    reconciles: int = 0  # reconnects that received only the buckets that differed (completed)
+    leaves_wanted: int = 0  # leaves asked for over all reconciles
     last_error: str = ""
 
 
@@ -139,9 +153,13 @@ class SyncClient:
         backoff_max: float = 10.0,
         max_frame: int = DEFAULT_MAX_SERVER_FRAME,
         resume: bool = True,
+        reconcile: bool = True,
+        summary_source: SummarySource | None = None,
     ) -> None:
         self._addresses = addresses
         self.resume = resume
+        self.reconcile = reconcile  # offer our view's summary to a server that cannot resume our stream
+        self.summary_source = summary_source
         self.syncer_type = syncer_type
         self.hostname = hostname or socket.gethostname()
         self.info = info
@@ -156,13 +174,13 @@ class SyncClient:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.max_frame = max_frame
-        self.state: dict[str, KV] = {}
+        self.view = View(summarize=decode_kvs and reconcile)
         self.status = SyncStatus.UNKNOWN
         self.seq = 0
         self.server_id = ""
         self.connected_to: Address | None = None
         self.stats = ClientStats()
-        self._seen: set[str] | None = None  # keys of the snapshot being received, during a resync
+        self._summary: StateSummary | None = None  # what the current connection offered (reconcile)
         self._synced = asyncio.Event()  # snapshot complete and status in-sync
         self._streaming = asyncio.Event()  # snapshot complete on the current connection
         self._stopping = False
@@ -173,6 +191,16 @@ class SyncClient:
         self._pending_epoch = ""
 
     # -- public API ----------------------------------------------------------------------------------
+    @property
+    def state(self) -> dict[str, KV]:
+        """The view: key -> KV (read it; it changes under the callbacks)."""
+        return self.view.state
+
+    @state.setter
+    def state(self, kvs: dict[str, KV]) -> None:
+        """Start from a view held from before (a restarted agent's, or a test's)."""
+        self.view.replace(kvs)
+
     @property
     def bytes_received(self) -> int:
         """Bytes received over all connections, including the current one."""
@@ -236,7 +264,19 @@ class SyncClient:
         self._address_index += 1
         return addr
 
+    def _offer_summary(self) -> StateSummary | None:
+        """The summary to offer in the next hello: our own view's, or (cheap mode) that of the stream we
+        followed; None if there is nothing worth reconciling (an empty view takes a plain snapshot)."""
+        if not self.reconcile:
+            return None
+        if self.view.summary is not None:
+            return self.view.summary.copy() if self.view.state else None
+        if self.summary_source is not None and self._epoch:
+            return self.summary_source(self._epoch, self.seq)
+        return None
+
     async def _connect_once(self) -> str:
+        self._summary = summary = self._offer_summary()
         hello = ClientHello(
             hostname=self.hostname,
             syncer_type=self.syncer_type,
@@ -246,6 +286,8 @@ class SyncClient:
             # Ask to continue where the last stream left off; the server decides if it can.
             resume_epoch=self._epoch if self.resume else "",
             resume_seq=self.seq if self.resume and self._epoch else 0,
+            summary=summary.top_digests() if summary is not None else b"",
+            summary_version=SUMMARY_VERSION if summary is not None else 0,
         )
         conn = ClientConnection(hello, self.max_frame, self.decode_kvs)
         # The dial (address lookup, TCP connect) races stop(): a stop must never wait for a dial to end.
@@ -337,7 +379,12 @@ class SyncClient:
             self.seq = msg.seq
             self._set_status(msg.status)
         elif isinstance(msg, SnapshotChunk):
-            self._apply_snapshot_chunk(msg)
+            if msg.partial:
+                self._apply_partial_chunk(msg)
+            else:
+                self._apply_snapshot_chunk(msg)
+        elif isinstance(msg, Digests):
+            self._answer_digests(proto, msg)
         elif isinstance(msg, Ping):
             proto.send(proto.conn.pong(msg))
         elif isinstance(msg, Goodbye):
@@ -347,13 +394,14 @@ class SyncClient:
             if msg.resumed:
                 # Our view is the server's as of our last seq; what follows is what we missed.
                 self.stats.resumes += 1
-                self._seen = None
+                self.view.abandon()
                 self._epoch = msg.epoch
                 self._streaming.set()
                 self._set_status(self.status)
             else:
                 self._epoch = ""  # a snapshot follows: until it completes, we have nothing to resume
             self._pending_epoch = msg.epoch
+            self.view.abandon()  # whatever a broken earlier connection left half done
 
     def _report(self, kvs: list[KV]) -> None:
         if kvs:
@@ -365,51 +413,51 @@ class SyncClient:
         self.stats.kvs_received += chunk.count
         if chunk.index == 0:
             self.stats.snapshots += 1
-            # Resync: keep the old view and diff against it; first sync: everything is new.
-            self._seen = set() if self.state else None
+            self.view.begin_snapshot()
         if chunk.kvs is not None:
-            state = self.state
-            seen = self._seen
-            changed: list[KV] = []
-            for kv in chunk.kvs:
-                if kv.value is None:
-                    continue  # never sent by a correct server; "absent" (the final chunk deletes it if held)
-                if seen is not None:
-                    seen.add(kv.key)
-                    old = state.get(kv.key)
-                    if old is not None and old.value == kv.value:
-                        continue
-                state[kv.key] = kv
-                changed.append(kv)
-            self._report(changed)
+            self._report(self.view.snapshot_chunk(chunk.kvs))
         if chunk.final:
-            if self._seen is not None:
-                seen = self._seen
-                gone = [k for k in self.state if k not in seen]
-                for k in gone:
-                    del self.state[k]
-                self.stats.deletes_synthesized += len(gone)
-                self._report([KV(k, None, "") for k in gone])
-            self._seen = None
-            self.seq = chunk.seq
-            self._epoch = self._pending_epoch
-            self._streaming.set()
+            gone = self.view.end_snapshot()
+            self.stats.deletes_synthesized += len(gone)
+            self._report(gone)
+            self._stream_complete(chunk)
         self._set_status(chunk.status)
 
+    def _answer_digests(self, proto: _StreamProtocol, digests: Digests) -> None:
+        """Ask for the leaves whose digests differ from ours (docs/protocol.md 12.2)."""
+        summary = self._summary
+        assert summary is not None  # the connection only accepts a reconcile we offered
+        try:
+            leaves = summary.differing_leaves(list(digests.tops), digests.leaf_digests)
+        except ValueError as exc:  # the codec checked the sizes; this is a second line of defence
+            raise ProtocolError(str(exc)) from None
+        self.seq = digests.seq
+        self.stats.leaves_wanted += len(leaves)
+        if self.view.summary is not None:
+            self.view.begin_reconcile(leaves)
+        proto.send(proto.conn.want(leaves_to_bitmap(leaves)))
+
+    def _apply_partial_chunk(self, chunk: SnapshotChunk) -> None:
+        self.stats.kvs_received += chunk.count
+        if chunk.kvs is not None and self.view.summary is not None:
+            self.view.partial_chunk(chunk.kvs)
+        if chunk.final:
+            self.stats.reconciles += 1
+            if self.view.summary is not None:
+                changed = self.view.end_reconcile()
+                self.stats.deletes_synthesized += sum(1 for kv in changed if kv.value is None)
+                self._report(changed)
+            self._stream_complete(chunk)
+        self._set_status(chunk.status)
+
+    def _stream_complete(self, chunk: SnapshotChunk) -> None:
+        """The FINAL chunk of a snapshot or a reconcile: the view is the server's as of `chunk.seq`."""
+        self.seq = chunk.seq
+        self._epoch = self._pending_epoch
+        self._streaming.set()
+
     def _apply_deltas(self, kvs: list[KV]) -> None:
-        state = self.state
-        changed: list[KV] = []
-        for kv in kvs:
-            if kv.value is None:
-                if state.pop(kv.key, None) is None:
-                    continue
-            else:
-                old = state.get(kv.key)
-                state[kv.key] = kv
-                if old is not None and old.value == kv.value:
-                    continue
-            changed.append(kv)
-        self._report(changed)
+        self._report(self.view.apply_updates(kvs))
 
     def _set_status(self, status: SyncStatus) -> None:
         if status is not self.status:

@@ -26,6 +26,7 @@ from .errors import ProtocolError
 from .framing import (
     FLAG_COMPRESSED,
     FLAG_FINAL,
+    FLAG_PARTIAL,
     PREAMBLE_SIZE,
     SEQUENCED_TYPES,
     Frame,
@@ -36,6 +37,7 @@ from .framing import (
 from .messages import (
     KV,
     ClientHello,
+    Digests,
     Goodbye,
     Message,
     MsgType,
@@ -46,7 +48,9 @@ from .messages import (
     SyncStatus,
     SyncStatusChange,
     Updates,
+    Want,
 )
+from .summary import LEAF_BITMAP_BYTES, LEAF_DIGESTS_PER_TOP_BYTES, SUMMARY_VERSION, TOP_DIGESTS_BYTES, valid_tops
 
 #: zstd level 1 compresses KV batches of JSON about 5-8x at several hundred MB/s: the snapshot is built
 #: on the event loop, so speed matters more than the last few percent of ratio.
@@ -129,10 +133,13 @@ def encode_snapshot_chunk(
     kvs: Sequence[tuple[str, bytes | None, str]],
     final: bool,
     compressor: Compressor | None = None,
+    partial: bool = False,
 ) -> bytes:
     payload, flags, _ = encode_kv_payload(kvs, compressor)
     if final:
         flags |= FLAG_FINAL
+    if partial:
+        flags |= FLAG_PARTIAL
     return encode_sequenced_frame(MsgType.SNAPSHOT, index, seq, created_ns, len(kvs), status, payload, flags)
 
 
@@ -155,6 +162,7 @@ def encode(msg: Message, compressor: Compressor | None = None) -> bytes:
                     "connection_id": msg.connection_id,
                     # Optional fields are written only when used, so older peers see the hello they know.
                     **({"resume_epoch": msg.resume_epoch, "resume_seq": msg.resume_seq} if msg.resume_epoch else {}),
+                    **({"summary_version": msg.summary_version, "summary": msg.summary} if msg.summary else {}),
                 }
             ),
         )
@@ -170,6 +178,7 @@ def encode(msg: Message, compressor: Compressor | None = None) -> bytes:
                     "ping_interval": float(msg.ping_interval),
                     **({"epoch": msg.epoch} if msg.epoch else {}),
                     **({"resumed": True} if msg.resumed else {}),
+                    **({"reconcile": True} if msg.reconcile else {}),
                 }
             ),
         )
@@ -179,11 +188,17 @@ def encode(msg: Message, compressor: Compressor | None = None) -> bytes:
         return encode_frame(MsgType.PONG, _pack({"ts": msg.timestamp_ns}))
     if isinstance(msg, Goodbye):
         return encode_frame(MsgType.GOODBYE, _pack({"code": msg.code, "reason": msg.reason}))
+    if isinstance(msg, Digests):
+        return encode_frame(
+            MsgType.DIGESTS, _pack({"seq": msg.seq, "tops": list(msg.tops), "leaves": msg.leaf_digests})
+        )
+    if isinstance(msg, Want):
+        return encode_frame(MsgType.WANT, _pack({"leaves": msg.leaves}))
     if isinstance(msg, Updates):
         return encode_updates(msg.prev_seq, msg.seq, msg.created_ns, msg.status, msg.kvs or [], compressor)
     if isinstance(msg, SnapshotChunk):
         return encode_snapshot_chunk(
-            msg.seq, msg.index, msg.created_ns, msg.status, msg.kvs or [], msg.final, compressor
+            msg.seq, msg.index, msg.created_ns, msg.status, msg.kvs or [], msg.final, compressor, msg.partial
         )
     if isinstance(msg, SyncStatusChange):
         return encode_sync_status(msg.prev_seq, msg.seq, msg.created_ns, msg.status)
@@ -227,6 +242,20 @@ def _str_list(value: Any, name: str, what: str) -> tuple[Any, ...]:
     if not isinstance(value, list):
         raise ProtocolError(f"{what}: field {name!r} must be a list")
     return tuple(value)
+
+
+def _summary_fields(obj: dict[str, Any], what: str) -> tuple[int, bytes]:
+    """CLIENT_HELLO's (summary_version, summary). A summary in a layout we do not know is ignored (an older
+    server simply sends a snapshot); one in a layout we know must have its exact size."""
+    version = _opt_field(obj, "summary_version", int, 0, what)
+    summary = _opt_field(obj, "summary", bytes, b"", what)
+    if not summary:
+        return 0, b""
+    if version != SUMMARY_VERSION:
+        return version, b""
+    if len(summary) != TOP_DIGESTS_BYTES:
+        raise ProtocolError(f"{what}: a version {version} 'summary' is {TOP_DIGESTS_BYTES} bytes, got {len(summary)}")
+    return version, summary
 
 
 def _status(raw: int) -> SyncStatus:
@@ -286,7 +315,10 @@ def decode(frame: Frame, decompressor: Decompressor | None = None, decode_kvs: b
             kvs = decode_kv_payload(memoryview(body)[PREAMBLE_SIZE:], flags, pre.count, decompressor)
         if mtype is MsgType.UPDATES:
             return Updates(pre.base, pre.seq, pre.created_ns, status, pre.count, kvs)
-        return SnapshotChunk(pre.seq, pre.base, pre.created_ns, status, pre.count, bool(flags & FLAG_FINAL), kvs)
+        if flags & FLAG_PARTIAL and mtype is not MsgType.SNAPSHOT:
+            raise ProtocolError(f"{mtype.name} frame with the PARTIAL flag")
+        final, partial = bool(flags & FLAG_FINAL), bool(flags & FLAG_PARTIAL)
+        return SnapshotChunk(pre.seq, pre.base, pre.created_ns, status, pre.count, final, kvs, partial)
 
     what = mtype.name
     obj = _unpack_map(body, what)
@@ -308,6 +340,7 @@ def decode(frame: Frame, decompressor: Decompressor | None = None, decode_kvs: b
             raise ProtocolError(f"{what}: 'resume_seq' must not be negative, got {resume_seq}")
         elif not resume_epoch:
             resume_seq = 0  # meaningless without an epoch (and never re-encoded without one)
+        summary_version, summary = _summary_fields(obj, what)
         return ClientHello(
             hostname=_field(obj, "hostname", str, what),
             syncer_type=_field(obj, "syncer_type", str, what),
@@ -317,6 +350,8 @@ def decode(frame: Frame, decompressor: Decompressor | None = None, decode_kvs: b
             connection_id=_opt_field(obj, "connection_id", str, "", what),
             resume_epoch=resume_epoch,
             resume_seq=resume_seq,
+            summary=summary,
+            summary_version=summary_version,
         )
     if mtype is MsgType.SERVER_HELLO:
         chosen = obj.get("compression")
@@ -333,7 +368,24 @@ def decode(frame: Frame, decompressor: Decompressor | None = None, decode_kvs: b
             ping_interval=ping_interval,
             epoch=_opt_field(obj, "epoch", str, "", what),
             resumed=_opt_field(obj, "resumed", bool, False, what),
+            reconcile=_opt_field(obj, "reconcile", bool, False, what),
         )
+    if mtype is MsgType.DIGESTS:
+        seq = _field(obj, "seq", int, what)
+        tops = _field(obj, "tops", list, what)
+        leaves = _field(obj, "leaves", bytes, what)
+        if seq < 0:
+            raise ProtocolError(f"{what}: 'seq' must not be negative, got {seq}")
+        if not valid_tops(tops):
+            raise ProtocolError(f"{what}: 'tops' must be strictly ascending top indexes")
+        if len(leaves) != len(tops) * LEAF_DIGESTS_PER_TOP_BYTES:
+            raise ProtocolError(f"{what}: {len(tops)} tops need {len(tops) * LEAF_DIGESTS_PER_TOP_BYTES} digest bytes")
+        return Digests(seq, tuple(tops), leaves)
+    if mtype is MsgType.WANT:
+        leaves = _field(obj, "leaves", bytes, what)
+        if len(leaves) != LEAF_BITMAP_BYTES:
+            raise ProtocolError(f"{what}: 'leaves' must be a {LEAF_BITMAP_BYTES}-byte bitmap")
+        return Want(leaves)
     if mtype is MsgType.PING:
         return Ping(_field(obj, "ts", int, what))
     if mtype is MsgType.PONG:

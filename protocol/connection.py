@@ -12,6 +12,11 @@ The client side enforces the stream invariants that make a Typha client safe to 
 - snapshot chunks arrive with consecutive indexes for one seq, ending with a FINAL chunk;
 - every UPDATES / SYNC_STATUS frame continues exactly from the previous one (base == last seq).
 A gap therefore can never go unnoticed: it is a protocol error and the client resyncs.
+
+A reconcile (docs/protocol.md 12.2) is one more phase between the hellos and streaming: the server's
+DIGESTS set the seq the stream continues from, the client answers with one WANT, and what follows is
+breadcrumbs (continuing from that seq) and then a PARTIAL snapshot as of the last of them; its FINAL
+chunk starts streaming. Each end checks that the other keeps to this order.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from .messages import (
     COMPRESSION_ZSTD,
     SUPPORTED_VERSIONS,
     ClientHello,
+    Digests,
     Goodbye,
     GoodbyeCode,
     Message,
@@ -35,6 +41,7 @@ from .messages import (
     SnapshotChunk,
     SyncStatusChange,
     Updates,
+    Want,
 )
 
 
@@ -42,11 +49,13 @@ class ConnState(enum.Enum):
     """The phases of a sync connection, the same at both ends (docs/protocol.md, sections 7 and 8).
 
     A connection moves forward only: HANDSHAKE -> [QUEUED ->] SNAPSHOT -> STREAMING -> CLOSED, where a
-    granted resume goes from HANDSHAKE straight to STREAMING and any phase may end in CLOSED.
+    granted resume goes from HANDSHAKE straight to STREAMING, a reconcile through RECONCILE (the server
+    then passes through SNAPSHOT for the partial snapshot), and any phase may end in CLOSED.
     """
 
     HANDSHAKE = "handshake"  # connected; the hellos have not both been exchanged
     QUEUED = "queued"  # server only: hello answered, waiting for a free snapshot slot (pinged meanwhile)
+    RECONCILE = "reconcile"  # hello answered with `reconcile`: digests, want, catch-up, partial snapshot
     SNAPSHOT = "snapshot"  # snapshot chunks are being sent / received
     STREAMING = "streaming"  # breadcrumbs follow, each continuing from the previous one
     CLOSED = "closed"  # a GOODBYE was sent or received, or the transport is gone
@@ -68,6 +77,8 @@ class ClientConnection:
         self.seq = 0  # last breadcrumb seq applied (valid once STREAMING)
         self.snapshot_seq = 0
         self._next_chunk = 0
+        self.digests: Digests | None = None  # reconcile: the server's digests, once received
+        self._wanted = False
         self._reader = FrameReader(max_frame, headers_only=not decode_kvs)
         self._decompressor: Decompressor | None = None
         self._max_frame = max_frame
@@ -87,6 +98,13 @@ class ClientConnection:
     @staticmethod
     def goodbye(code: str, reason: str = "") -> bytes:
         return encode(Goodbye(code, reason))
+
+    def want(self, leaves: bytes) -> bytes:
+        """The WANT answering the server's DIGESTS (a reconcile sends exactly one)."""
+        if self.state is not ConnState.RECONCILE or self.digests is None or self._wanted:
+            raise ProtocolError("WANT is sent once, after the server's DIGESTS")
+        self._wanted = True
+        return encode(Want(leaves))
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Message]:
         self._reader.feed(data)
@@ -112,9 +130,14 @@ class ClientConnection:
             return
         if isinstance(msg, ServerHello):
             raise ProtocolError("second server hello")
+        if self.state is ConnState.RECONCILE:
+            self._check_reconcile(msg)
+            return
         if self.state is ConnState.SNAPSHOT:
             if not isinstance(msg, SnapshotChunk):
                 raise ProtocolError(f"expected a snapshot chunk, got {type(msg).__name__}")
+            if msg.partial:
+                raise ProtocolError("a PARTIAL snapshot chunk outside a reconcile")
             if msg.index != self._next_chunk:
                 raise ProtocolError(f"snapshot chunk {msg.index} out of order; expected {self._next_chunk}")
             if msg.index and msg.seq != self.snapshot_seq:
@@ -134,6 +157,35 @@ class ClientConnection:
             return
         raise ProtocolError(f"{type(msg).__name__} after the connection closed")
 
+    def _check_reconcile(self, msg: Message) -> None:
+        if self.digests is None:
+            if not isinstance(msg, Digests):
+                raise ProtocolError(f"expected DIGESTS after a reconcile hello, got {type(msg).__name__}")
+            self.digests = msg
+            self.seq = msg.seq
+            return
+        if isinstance(msg, (Updates, SyncStatusChange)):
+            if self._next_chunk:
+                raise ProtocolError(f"{type(msg).__name__} inside the reconcile's snapshot")
+            if msg.prev_seq != self.seq:
+                raise ProtocolError(f"sequence gap: frame continues from {msg.prev_seq}, we are at {self.seq}")
+            self.seq = msg.seq
+            return
+        if not isinstance(msg, SnapshotChunk):
+            raise ProtocolError(f"unexpected {type(msg).__name__} during a reconcile")
+        if not self._wanted:
+            raise ProtocolError("snapshot chunk before the client's WANT")
+        if not msg.partial:
+            raise ProtocolError("a reconcile's snapshot chunks must be PARTIAL")
+        if msg.index != self._next_chunk:
+            raise ProtocolError(f"snapshot chunk {msg.index} out of order; expected {self._next_chunk}")
+        if msg.seq != self.seq:
+            raise ProtocolError(f"partial snapshot as of seq {msg.seq}, but the stream is at {self.seq}")
+        self._next_chunk += 1
+        if msg.final:
+            self.snapshot_seq = msg.seq
+            self.state = ConnState.STREAMING
+
     def _accept_server_hello(self, sh: ServerHello) -> None:
         if sh.version not in self.hello.versions:
             raise HandshakeRejected(f"server chose protocol version {sh.version}; we offered {self.hello.versions}")
@@ -141,6 +193,8 @@ class ClientConnection:
             raise HandshakeRejected(f"server serves syncer {sh.syncer_type!r}; we asked for {self.hello.syncer_type!r}")
         if sh.resumed and (not self.hello.resume_epoch or sh.epoch != self.hello.resume_epoch):
             raise HandshakeRejected("server resumed a stream we did not ask to resume")
+        if sh.reconcile and (not self.hello.summary or sh.resumed):
+            raise HandshakeRejected("server offered a reconcile we did not ask for (or with a resume)")
         if sh.compression is not None:
             if sh.compression not in self.hello.compression:
                 raise HandshakeRejected(f"server chose compression {sh.compression!r} we did not offer")
@@ -152,6 +206,8 @@ class ClientConnection:
             # No snapshot: the stream continues right after the seq we had.
             self.seq = self.hello.resume_seq
             self.state = ConnState.STREAMING
+        elif sh.reconcile:
+            self.state = ConnState.RECONCILE
         else:
             self.state = ConnState.SNAPSHOT
 
@@ -164,6 +220,7 @@ def negotiate(
     ping_interval: float = 10.0,
     epoch: str = "",
     resumed: bool = False,
+    reconcile: bool = False,
 ) -> ServerHello:
     """Pick version and compression for a client hello, or raise HandshakeRejected with the reason."""
     common = set(hello.versions) & set(SUPPORTED_VERSIONS)
@@ -178,16 +235,23 @@ def negotiate(
             GoodbyeCode.UNKNOWN_SYNCER,
         )
     compression = COMPRESSION_ZSTD if compression_enabled and COMPRESSION_ZSTD in hello.compression else None
-    return ServerHello(max(common), hello.syncer_type, compression, server_id, ping_interval, epoch, resumed)
+    reconcile = reconcile and not resumed and bool(hello.summary)
+    return ServerHello(max(common), hello.syncer_type, compression, server_id, ping_interval, epoch, resumed, reconcile)
 
 
 class ServerConnection:
-    """Server end: validates what a client sends (hello first, then only ping/pong/goodbye)."""
+    """Server end: validates what a client sends (hello first, then only ping/pong/goodbye, and one WANT
+    if the server granted a reconcile)."""
 
     def __init__(self, max_frame: int = DEFAULT_MAX_CLIENT_FRAME) -> None:
         self.state = ConnState.HANDSHAKE
         self.hello: ClientHello | None = None
         self._reader = FrameReader(max_frame)
+        self._want_allowed = False
+
+    def expect_want(self) -> None:
+        """The server granted a reconcile and sent DIGESTS: the client may now send one WANT."""
+        self._want_allowed = True
 
     @property
     def bytes_received(self) -> int:
@@ -205,6 +269,10 @@ class ServerConnection:
                     raise ProtocolError(f"expected a client hello, got {type(msg).__name__}")
                 self.hello = msg
                 self.state = ConnState.STREAMING
+            elif isinstance(msg, Want):
+                if not self._want_allowed:
+                    raise ProtocolError("WANT without a reconcile (or a second WANT)")
+                self._want_allowed = False
             elif not isinstance(msg, (Ping, Pong)):
                 raise ProtocolError(f"clients may not send {type(msg).__name__} after the hello")
             out.append(msg)

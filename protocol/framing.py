@@ -31,7 +31,8 @@ PREAMBLE_SIZE = PREAMBLE.size  # 32
 
 FLAG_COMPRESSED = 0x01  # payload after the preamble is a zstd frame
 FLAG_FINAL = 0x02  # last chunk of a snapshot
-KNOWN_FLAGS = FLAG_COMPRESSED | FLAG_FINAL
+FLAG_PARTIAL = 0x04  # a reconcile's snapshot: it covers only the leaves the client asked for
+KNOWN_FLAGS = FLAG_COMPRESSED | FLAG_FINAL | FLAG_PARTIAL
 
 #: Message types whose body starts with the sequence preamble.
 SEQUENCED_TYPES = frozenset({MsgType.UPDATES, MsgType.SNAPSHOT, MsgType.SYNC_STATUS})

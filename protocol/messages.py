@@ -34,6 +34,9 @@ class MsgType(enum.IntEnum):
     PING = 6
     PONG = 7
     GOODBYE = 8
+    # The reconcile extension (docs/protocol.md 12.2): only after a SERVER_HELLO with `reconcile`.
+    DIGESTS = 9
+    WANT = 10
 
 
 class SyncStatus(enum.IntEnum):
@@ -81,6 +84,10 @@ class ClientHello:
     # Resume: the cache epoch and last seq of a stream this client followed before; empty = none.
     resume_epoch: str = ""
     resume_seq: int = 0
+    # Reconcile on any replica: the top digests of the client's complete view (protocol.summary), in
+    # summary layout `summary_version`; empty = the client holds no complete view (or does not reconcile).
+    summary: bytes = b""
+    summary_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +101,8 @@ class ServerHello:
     # and whether the requested resume was granted: then no snapshot follows, only breadcrumbs.
     epoch: str = ""
     resumed: bool = False
+    # The client's summary was accepted: a DIGESTS message follows, then the differing leaves' contents.
+    reconcile: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +132,24 @@ class SnapshotChunk:
     count: int
     final: bool
     kvs: list[KV] | None = None
+    # A reconcile's snapshot: it covers only the leaves the client asked for (docs/protocol.md 12.2).
+    partial: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Digests:
+    """Server -> client (reconcile): the server's leaf digests under the top buckets that differ, as of `seq`."""
+
+    seq: int
+    tops: tuple[int, ...]
+    leaf_digests: bytes  # 1 KiB per top, in the order of `tops`
+
+
+@dataclass(frozen=True, slots=True)
+class Want:
+    """Client -> server (reconcile): the leaves whose contents the client needs, as a 2 KiB bitmap."""
+
+    leaves: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,4 +178,6 @@ class Goodbye:
     reason: str = ""
 
 
-Message = ClientHello | ServerHello | Updates | SnapshotChunk | SyncStatusChange | Ping | Pong | Goodbye
+Message = (
+    ClientHello | ServerHello | Updates | SnapshotChunk | SyncStatusChange | Ping | Pong | Goodbye | Digests | Want
+)

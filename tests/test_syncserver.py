@@ -516,8 +516,11 @@ async def test_resume_refused_for_another_cache_or_an_expired_seq(server_factory
     a, b = make_cache(50), make_cache(50)
     b.resume_window_ns = 0  # keeps only its newest breadcrumb
     sa, sb = await server_factory(a), await server_factory(b)
-    # Another cache (a restarted typha has a new epoch even at the same address): snapshot + diff.
-    client = SyncClient([("127.0.0.1", sa.port), ("127.0.0.1", sb.port)], "felix", hostname="n", backoff_initial=0.01)
+    # Another cache (a restarted typha has a new epoch even at the same address): snapshot + diff. (This
+    # client offers no summary; one that does reconciles instead: tests/test_resume_reconcile.py.)
+    client = SyncClient(
+        [("127.0.0.1", sa.port), ("127.0.0.1", sb.port)], "felix", hostname="n", backoff_initial=0.01, reconcile=False
+    )
     task = asyncio.create_task(client.run())
     await client.wait_in_sync(5)
     b.apply([("only/in/b", b"1", "1")])

@@ -44,6 +44,11 @@ class ServerConfig:
     )
     max_frame: int = setting(DEFAULT_MAX_CLIENT_FRAME, "Largest frame accepted from a client, in bytes.", _min_frame)
     compression: bool = setting(True, "Offer zstd compression to clients that support it.")
+    reconcile: bool = setting(
+        True,
+        "Let an agent whose stream cannot be resumed (another replica, a restarted one) offer the summary of its "
+        "view and receive only the buckets that differ, instead of a full snapshot.",
+    )
     server_id: str = setting("", "Name reported to clients (default: the hostname).")
     shutdown_max_drop_interval: float = setting(
         1.0,

@@ -101,6 +101,14 @@ class _CacheCollector(Collector):
             "reused": CounterMetricFamily(
                 "typha_snapshots_reused", "Snapshots reused by a later client.", labels=["syncer"]
             ),
+            "partial": CounterMetricFamily(
+                "typha_partial_snapshots",
+                "Reconciles answered with the contents of the buckets that differed.",
+                labels=["syncer"],
+            ),
+            "partial_kvs": CounterMetricFamily(
+                "typha_partial_snapshot_kvs", "KVs sent in answer to reconciles.", labels=["syncer"]
+            ),
             "raw": CounterMetricFamily(
                 "typha_snapshot_raw_bytes", "Uncompressed KV bytes encoded into snapshots.", labels=["syncer"]
             ),
@@ -123,6 +131,8 @@ class _CacheCollector(Collector):
             fams["bc_bytes"].add_metric([name], st.breadcrumb_bytes)
             fams["gen"].add_metric([name], st.snapshots_generated)
             fams["reused"].add_metric([name], st.snapshots_reused)
+            fams["partial"].add_metric([name], st.partial_snapshots)
+            fams["partial_kvs"].add_metric([name], st.partial_kvs)
             fams["raw"].add_metric([name], st.snapshot_raw_bytes)
             fams["wire"].add_metric([name], st.snapshot_wire_bytes)
             fams["seq"].add_metric([name], cache.head.seq)
@@ -183,6 +193,23 @@ class ServerMetrics:
         self.accepted = Counter("typha_connections_accepted", "Connections accepted.", registry=r)
         self.resumed = Counter(
             "typha_connections_resumed", "Reconnections continued from their last seq, without a snapshot.", registry=r
+        )
+        self.reconciled = Counter(
+            "typha_connections_reconciled",
+            "Reconnections that received only the buckets their summary showed to differ, without a snapshot.",
+            registry=r,
+        )
+        self.reconcile_tops = Histogram(
+            "typha_reconcile_differing_tops",
+            "Top buckets (of 128) whose digest differed from a reconnecting agent's.",
+            buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        )
+        self.reconcile_leaves = Histogram(
+            "typha_reconcile_wanted_leaves",
+            "Leaves (of 16,384) a reconnecting agent asked for.",
+            buckets=(0, 1, 4, 16, 64, 256, 1024, 4096, 16384),
+            registry=r,
         )
         self.dropped = Counter(
             "typha_connections_dropped", "Connections closed by the server, by reason.", ["reason"], registry=r

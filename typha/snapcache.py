@@ -30,7 +30,13 @@ Resume. The cache also keeps the breadcrumbs of the last `resume_window_ns` in a
 cost: churn rate x window), so an agent that reconnects to the same cache incarnation (`epoch`, a
 random id: sequence numbers mean nothing across restarts) can continue right after the last seq it
 saw instead of receiving the whole snapshot again, which is what makes a brief disconnect cheap for
-both sides. Anything older, or from another epoch, gets a snapshot as before.
+both sides.
+
+Reconcile. An agent from another replica or epoch offers the summary of its view instead
+(protocol.summary). The cache keeps its own summary current in `apply` (one or two BLAKE2b hashes per
+*published* change; dropped duplicates cost nothing), indexed by leaf, so `reconcile_digests` answers
+with the leaf digests under the tops that differ and `partial_snapshot` lists exactly the keys of the
+leaves the agent then asks for. A partial snapshot belongs to one agent and is not shared or cached.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from dataclasses import dataclass
 
 from protocol import SyncStatus
 from protocol.codec import Compressor, encode_snapshot_chunk, encode_sync_status, encode_updates
+from protocol.summary import IndexedSummary
 
 #: (key, value bytes or None for a delete, revision)
 Update = tuple[str, bytes | None, str]
@@ -84,20 +91,21 @@ class PendingWrite:
     oldest_created_ns: int
 
 
-def collect_pending(after: Breadcrumb, max_bytes: int) -> PendingWrite | None:
-    """Join the wire bytes of breadcrumbs after `after`, stopping once `max_bytes` is reached.
+def collect_pending(after: Breadcrumb, max_bytes: int, until: Breadcrumb | None = None) -> PendingWrite | None:
+    """Join the wire bytes of breadcrumbs after `after`, stopping once `max_bytes` is reached (or at
+    `until`, which is included).
 
     Always includes at least one breadcrumb if there is any, so progress never stalls on a large one.
     """
     bc = after.next
-    if bc is None:
+    if bc is None or after is until:
         return None
     first = bc
     parts = [bc.wire]
     size = len(bc.wire)
     kvs = bc.count
     last = bc
-    while size < max_bytes and (bc := last.next) is not None:
+    while size < max_bytes and last is not until and (bc := last.next) is not None:
         parts.append(bc.wire)
         size += len(bc.wire)
         kvs += bc.count
@@ -125,6 +133,7 @@ class Snapshot:
         "chunks",
         "compressed",
         "kv_count",
+        "partial",
         "raw_bytes",
         "wire_bytes",
     )
@@ -138,8 +147,10 @@ class Snapshot:
         compressor: Compressor | None,
         on_chunk: Callable[[int, int], None] | None = None,
         chunk_bytes: int = DEFAULT_SNAPSHOT_CHUNK_BYTES,
+        partial: bool = False,
     ) -> None:
         self.breadcrumb = breadcrumb
+        self.partial = partial  # a reconcile's: only the leaves one agent asked for
         self.built_ns = built_ns
         self.compressed = compressor is not None
         self.kv_count = len(values)
@@ -194,7 +205,7 @@ class Snapshot:
         final = end == len(values)
         bc = self.breadcrumb
         frame = encode_snapshot_chunk(
-            bc.seq, len(self.chunks), bc.created_ns, bc.status, values[start:end], final, self._compressor
+            bc.seq, len(self.chunks), bc.created_ns, bc.status, values[start:end], final, self._compressor, self.partial
         )
         self.chunks.append(frame)
         self._next = end
@@ -216,6 +227,8 @@ class CacheStats:
     snapshot_raw_bytes: int = 0
     snapshot_wire_bytes: int = 0
     breadcrumb_bytes: int = 0
+    partial_snapshots: int = 0  # reconciles answered
+    partial_kvs: int = 0  # KVs those carried
 
 
 class SnapCache:
@@ -248,6 +261,7 @@ class SnapCache:
         self.epoch = uuid.uuid4().hex[:16]
         self.resume_window_ns = resume_window_ns
         self._recent: deque[Breadcrumb] = deque([self.head])
+        self.summary = IndexedSummary()
 
     # -- reading -------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -276,6 +290,7 @@ class SnapCache:
         """Apply updates in order; returns the number of breadcrumbs created."""
         state = self._state
         stats = self.stats
+        summarise = self.summary.set
         batch: list[Update] = []
         created = 0
         for upd in updates:
@@ -292,6 +307,7 @@ class SnapCache:
                     stats.updates_skipped += 1
                     continue
                 state[key] = upd
+            summarise(key, value)
             batch.append(upd)
             if len(batch) >= self.max_batch:
                 self._publish(batch, self.status)
@@ -361,6 +377,28 @@ class SnapCache:
     def _count_snapshot_chunk(self, raw: int, wire: int) -> None:
         self.stats.snapshot_raw_bytes += raw
         self.stats.snapshot_wire_bytes += wire
+
+    # -- reconcile -----------------------------------------------------------------------------------
+    def reconcile_digests(self, their_tops: bytes) -> tuple[list[int], bytes]:
+        """(tops whose digest differs from an agent's, our leaf digests under them), as of the head."""
+        tops = self.summary.differing_tops(their_tops)
+        return tops, self.summary.leaf_digests(tops)
+
+    def partial_snapshot(self, leaves: list[int], compressed: bool) -> Snapshot:
+        """The contents of `leaves` at the head, as one agent's PARTIAL snapshot (never shared)."""
+        state = self._state
+        values = [state[k] for k in self.summary.keys_in(leaves)]
+        self.stats.partial_snapshots += 1
+        self.stats.partial_kvs += len(values)
+        return Snapshot(
+            self.head,
+            values,
+            self._clock_ns(),
+            self.snapshot_chunk,
+            self._compressor if compressed else None,
+            self._count_snapshot_chunk,
+            partial=True,
+        )
 
     def release_snapshots(self) -> None:
         """Forget cached snapshots so their breadcrumbs can be freed (tests, memory pressure)."""

@@ -54,6 +54,7 @@ from typing import cast
 from protocol import (
     ClientHello,
     ConnState,
+    Digests,
     Goodbye,
     GoodbyeCode,
     HandshakeRejected,
@@ -62,9 +63,11 @@ from protocol import (
     ProtocolError,
     ServerConnection,
     SyncStatus,
+    Want,
     encode,
     negotiate,
 )
+from protocol.summary import bitmap_to_leaves
 
 from .config import ServerConfig
 from .metrics import ServerMetrics
@@ -75,9 +78,10 @@ log = logging.getLogger("typha.server")
 # The connection phases (protocol.ConnState), bound to module names: the fan-out tests every
 # connection's phase on every pass, and a module global costs ~10 ns where an Enum class attribute
 # costs ~140 ns (Python 3.11).
-HANDSHAKE, QUEUED, SNAPSHOT, STREAMING, CLOSED = (
+HANDSHAKE, QUEUED, RECONCILE, SNAPSHOT, STREAMING, CLOSED = (
     ConnState.HANDSHAKE,
     ConnState.QUEUED,
+    ConnState.RECONCILE,
     ConnState.SNAPSHOT,
     ConnState.STREAMING,
     ConnState.CLOSED,
@@ -184,6 +188,8 @@ class SyncConnection(asyncio.Protocol):
                     self.ping_sent_at = 0.0
             elif isinstance(msg, Ping):
                 self._write(encode(Pong(msg.timestamp_ns)))
+            elif isinstance(msg, Want):
+                self.server._want(self, msg)
             elif isinstance(msg, Goodbye):
                 log.info("%r said goodbye: %s %s", self, msg.code, msg.reason)
                 self.close(GoodbyeCode.CLIENT_CLOSING, "", send=False, count=False)
@@ -213,6 +219,13 @@ class SyncConnection(asyncio.Protocol):
         snap = self.snapshot
         assert snap is not None
         budget = self.server.config.max_write_bytes
+        # A reconcile's agent is at the seq of its DIGESTS: the breadcrumbs up to the partial snapshot's
+        # seq go first (docs/protocol.md 12.2). A full snapshot's agent has no position (last is None).
+        while not self.paused and self.last is not None and self.last is not snap.breadcrumb:
+            pending = collect_pending(self.last, budget, until=snap.breadcrumb)
+            assert pending is not None
+            self._write(pending.data)
+            self.last = pending.last
         while not self.paused and self.state == SNAPSHOT:
             fresh = self.chunk >= len(snap.chunks)
             data = snap.chunk(self.chunk)
@@ -407,6 +420,7 @@ class SyncServer:
         resume_from = None
         if cache is not None and hello.resume_epoch and hello.resume_epoch == cache.epoch:
             resume_from = cache.find(hello.resume_seq)
+        reconcile = self.config.reconcile and resume_from is None and bool(hello.summary)
         try:
             # Pings go out on housekeeping passes, so never promise them more often than those run.
             interval = max(self.config.ping_interval, self.config.housekeeping_interval)
@@ -418,6 +432,7 @@ class SyncServer:
                 interval,
                 epoch=cache.epoch if cache is not None else "",
                 resumed=resume_from is not None,
+                reconcile=reconcile,
             )
         except HandshakeRejected as exc:
             conn.close(exc.code, str(exc))
@@ -443,7 +458,40 @@ class SyncServer:
             conn.pump()
             return
         conn.compressed = server_hello.compression is not None
+        if server_hello.reconcile:
+            self._send_digests(conn, cache, hello.summary)
+            return
         self._begin_snapshot(conn)
+
+    # -- reconcile (docs/protocol.md 12.2) -----------------------------------------------------------
+    def _send_digests(self, conn: SyncConnection, cache: SnapCache, their_tops: bytes) -> None:
+        """Answer a summary with our leaf digests under the tops that differ; the agent's WANT follows."""
+        tops, leaf_digests = cache.reconcile_digests(their_tops)
+        conn.last = cache.head  # the agent continues from here: breadcrumbs after it come before the contents
+        conn.state = RECONCILE
+        conn.proto.expect_want()
+        conn._write(encode(Digests(cache.head.seq, tuple(tops), leaf_digests)))
+        self.metrics.reconcile_tops.observe(len(tops))
+        conn.handshake_timer = self.loop.call_later(self.config.handshake_timeout, self._want_expired, conn)
+
+    def _want_expired(self, conn: SyncConnection) -> None:
+        if conn.state == RECONCILE:
+            conn.close(GoodbyeCode.HANDSHAKE_TIMEOUT, f"no WANT within {self.config.handshake_timeout}s of DIGESTS")
+
+    def _want(self, conn: SyncConnection, want: Want) -> None:
+        """The agent named the leaves it lacks: catch it up to the head, then send their contents."""
+        if conn.handshake_timer is not None:
+            conn.handshake_timer.cancel()
+            conn.handshake_timer = None
+        assert conn.cache is not None and conn.state == RECONCILE  # ServerConnection allows one WANT, after DIGESTS
+        leaves = bitmap_to_leaves(want.leaves)
+        self.metrics.reconciled.inc()
+        self.metrics.reconcile_leaves.observe(len(leaves))
+        conn.snapshot = conn.cache.partial_snapshot(leaves, conn.compressed)
+        conn.snapshot_started = time.monotonic()
+        conn.chunk = 0
+        conn.state = SNAPSHOT
+        conn.pump()
 
     def _begin_snapshot(self, conn: SyncConnection) -> None:
         limit = self.config.max_concurrent_snapshots
