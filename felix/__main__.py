@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from common.runtime import StartupError, kubernetes_client, run_main
+from protocol.tls import CertReloader, TLSFiles
 
 from .agent import FelixAgent, PolicyDataplane
 from .config import FelixConfig, load_config
@@ -19,7 +20,25 @@ from .ops import health_app, metrics_app, start_site
 log = logging.getLogger("felix")
 
 
+def typha_tls(cfg: FelixConfig) -> CertReloader | None:
+    """Felix's TLS to typha from its settings; None (plaintext, with a warning) when none is set."""
+    if not cfg.typha_ca_file:
+        log.warning(
+            "connecting to typha WITHOUT TLS: felix cannot tell typha from an impostor at its address. "
+            "Set FELIX_TYPHACAFILE, FELIX_TYPHACERTFILE, FELIX_TYPHAKEYFILE and FELIX_TYPHACN or FELIX_TYPHAURISAN"
+        )
+        return None
+    files = TLSFiles(cfg.typha_ca_file, cfg.typha_cert_file, cfg.typha_key_file, cfg.typha_cn, cfg.typha_uri_san)
+    try:
+        tls = CertReloader.load(files, False, ("FELIX_TYPHACAFILE", "FELIX_TYPHACERTFILE", "FELIX_TYPHAKEYFILE"))
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    log.info("connecting to typha with mutual TLS; typha must present %s", files.describe_peer())
+    return tls
+
+
 async def run(cfg: FelixConfig) -> None:
+    tls = typha_tls(cfg)  # before anything else: a bad certificate file is a start-up error
     api = None
     typha: EndpointSliceDiscovery | list[tuple[str, int]]
     if cfg.typha_k8s_service_name:
@@ -67,6 +86,7 @@ async def run(cfg: FelixConfig) -> None:
         metrics=metrics,
         network_mtu=cfg.network_mtu,
         read_timeout=cfg.typha_read_timeout,
+        tls=tls,
         netns=cfg.netns or None,
         pending_grace=cfg.route_pending_grace,
         bgp=bgp,

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 from protocol import KV, SYNCER_FELIX, SyncStatus
 from protocol.client import Address, AddressSource, SyncClient
+from protocol.tls import CertReloader
 
 from .bgp.agent import BgpAgent
 from .calc import RouteCalculator, RouteDelta
@@ -84,6 +85,7 @@ class FelixAgent:
         devices: DeviceManager | None = None,
         network_mtu: int = 1500,
         read_timeout: float | None = None,
+        tls: CertReloader | None = None,
         netns: str | None = None,
         metrics: FelixMetrics | None = None,
         configure_interface: Callable[[str, str | None], None] | None = None,
@@ -113,6 +115,7 @@ class FelixAgent:
             on_status=self._on_status,
             on_connection=self._on_connection,
             read_timeout=read_timeout,
+            tls=tls,  # with TLS configured, only a typha that proves its identity is followed
         )
         self.in_sync = False
         self.programmed_once = False

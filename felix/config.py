@@ -78,6 +78,16 @@ class FelixConfig:
     typha_port_name: str = setting("calico-typha", "Name of the typha port in the EndpointSlices.")
     kubeconfig: str = setting("", "Kubeconfig for EndpointSlice discovery (default: in-cluster config).")
     typha_read_timeout: float = setting(30.0, "Seconds of silence from typha before reconnecting.", positive)
+    # Mutual TLS with typha, under Calico's names: all three files and typha's identity, or none.
+    typha_ca_file: str = setting(
+        "", "CA certificate file (PEM) typha's certificate must be signed by; enables TLS.", option="typhacafile"
+    )
+    typha_cert_file: str = setting("", "Felix's certificate file (PEM), presented to typha.", option="typhacertfile")
+    typha_key_file: str = setting("", "Felix's private key file (PEM).", option="typhakeyfile")
+    typha_cn: str = setting("", "Common Name typha's certificate must carry (or the URI SAN below).", option="typhacn")
+    typha_uri_san: str = setting(
+        "", "URI SAN typha's certificate must carry (or the Common Name above).", option="typhaurisan"
+    )
     health_host: str = setting("127.0.0.1", "Address of /liveness, /readiness and /status.")
     health_port: int = setting(9099, "Port of /liveness, /readiness and /status (0 disables).", port)
     metrics_port: int = setting(9091, "Port of /metrics (0 disables).", port)
@@ -181,6 +191,35 @@ def _typha_source(v: dict[str, Any]) -> str | None:
     return None
 
 
+_TLS_FILES = (
+    ("typha_ca_file", "FELIX_TYPHACAFILE"),
+    ("typha_cert_file", "FELIX_TYPHACERTFILE"),
+    ("typha_key_file", "FELIX_TYPHAKEYFILE"),
+)
+
+
+def _typha_tls(v: dict[str, Any]) -> str | None:
+    """All three TLS files and typha's identity, or nothing (plaintext)."""
+    given = [env for name, env in _TLS_FILES if v[name]]
+    identity = v["typha_cn"] or v["typha_uri_san"]
+    if not given:
+        if identity:
+            return (
+                "FELIX_TYPHACN / FELIX_TYPHAURISAN are set but FELIX_TYPHACAFILE, FELIX_TYPHACERTFILE and "
+                "FELIX_TYPHAKEYFILE are not: set them to use TLS"
+            )
+        return None
+    if len(given) < len(_TLS_FILES):
+        missing = [env for name, env in _TLS_FILES if not v[name]]
+        return f"TLS to typha needs {', '.join(missing)} as well (set: {', '.join(given)})"
+    if not identity:
+        return (
+            "TLS to typha needs FELIX_TYPHACN or FELIX_TYPHAURISAN: typha's identity (a certificate signed by "
+            "the CA alone proves nothing)"
+        )
+    return None
+
+
 def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> FelixConfig:
     env = os.environ if environ is None else environ
     calico_backend = env.get("CALICO_NETWORKING_BACKEND")  # Calico's name, when felix's own is unset
@@ -197,7 +236,7 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         env,
         prog="felix",
         description="Node agent: follows typha and programs this node's routes and network policy.",
-        cross_checks=[_typha_source],
+        cross_checks=[_typha_source, _typha_tls],
     )
     if not cfg.nodename:
         cfg.nodename = env.get("FELIX_FELIXHOSTNAME") or env.get("NODENAME") or socket.gethostname()

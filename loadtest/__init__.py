@@ -1,7 +1,7 @@
 """Load tests, benchmarks and the demo: everything that exercises typha and felix from outside.
 
 Nothing here is part of the product: typha and felix never import it, the container image does not
-contain it, and its dependencies (rich, matplotlib, msgspec, trustme) come with the `loadtest` extra
+contain it, and its dependencies (rich, matplotlib, msgspec, trustme, cryptography) come with the `loadtest` extra
 (`pip install 'pytypha[loadtest]'`; `make demo`, `make test` and `make bench` install it).
 
 Its parts:

@@ -30,6 +30,12 @@ SIGTERM whether or not typha is reachable.
 
 A connection that goes quiet for `read_timeout` (3 x the server's ping interval unless set) is
 dropped and redialled: the server pings every interval, so silence means a black-holed connection.
+
+With `tls` (a `protocol.tls.CertReloader`) every dial is mutual TLS, and nothing else: the server's
+certificate must be signed by the CA *and* name the expected CN or URI SAN before the hello is sent,
+so a client configured for TLS never gives its view's requests to, or takes routes from, a server it
+could not authenticate. The files are re-checked before each dial, so a rotated certificate is used
+from the next connection on.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ from .messages import (
     Updates,
 )
 from .summary import SUMMARY_VERSION, StateSummary, leaves_to_bitmap
+from .tls import FAILED, RELOADED, CertReloader
 from .view import View
 
 log = logging.getLogger("protocol.client")
@@ -100,6 +107,13 @@ class _StreamProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
+        tls = self.client.tls
+        if tls is not None:
+            problem = tls.identity_problem(transport.get_extra_info("peercert"))
+            if problem is not None:
+                # Not the server we were told to trust: say nothing to it, not even a goodbye.
+                self.finish(f"typha's TLS certificate rejected: {problem}")
+                return
         transport.write(self.conn.initiate())
 
     def data_received(self, data: bytes) -> None:
@@ -155,8 +169,10 @@ class SyncClient:
         resume: bool = True,
         reconcile: bool = True,
         summary_source: SummarySource | None = None,
+        tls: CertReloader | None = None,
     ) -> None:
         self._addresses = addresses
+        self.tls = tls
         self.resume = resume
         self.reconcile = reconcile  # offer our view's summary to a server that cannot resume our stream
         self.summary_source = summary_source
@@ -304,6 +320,8 @@ class SyncClient:
         if dial not in done:
             return "stopped while connecting" if self._stopping else f"connect timed out after {self.connect_timeout}s"
         if (exc := dial.exception()) is not None:
+            if isinstance(exc, (ConnectionResetError, ConnectionAbortedError)) and self.tls is not None:
+                return f"TLS handshake failed: the server closed the connection ({exc!r}; is it serving TLS?)"
             if isinstance(exc, OSError):
                 return f"connect failed: {exc!r}"
             raise exc
@@ -335,8 +353,30 @@ class SyncClient:
             made.append(_StreamProtocol(self, conn))
             return made[-1]
 
+        ssl_context = None
+        if self.tls is not None:
+            outcome = self.tls.check()
+            if outcome == RELOADED:
+                log.info("%s: TLS certificate files changed: reloaded", self.hostname)
+            elif outcome == FAILED:
+                log.warning(
+                    "%s: TLS certificate files changed but do not load (%s); keeping the previous ones",
+                    self.hostname,
+                    self.tls.last_error,
+                )
+            ssl_context = self.tls.context
         try:
-            transport, proto = await loop.create_connection(factory, host, port)
+            if ssl_context is None:
+                transport, proto = await loop.create_connection(factory, host, port)
+            else:
+                transport, proto = await loop.create_connection(
+                    factory,
+                    host,
+                    port,
+                    ssl=ssl_context,
+                    server_hostname=host,  # sent as SNI only: identity is checked by name, not address
+                    ssl_handshake_timeout=self.connect_timeout,
+                )
         except asyncio.CancelledError:
             # Cancelled just as the connection was made: the transport exists but nobody will own it.
             for p in made:

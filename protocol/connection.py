@@ -26,7 +26,7 @@ from collections.abc import Collection
 
 from .codec import Decompressor, decode, encode
 from .errors import HandshakeRejected, ProtocolError
-from .framing import DEFAULT_MAX_CLIENT_FRAME, DEFAULT_MAX_SERVER_FRAME, FrameReader
+from .framing import DEFAULT_MAX_CLIENT_FRAME, DEFAULT_MAX_SERVER_FRAME, KNOWN_FLAGS, FrameReader
 from .messages import (
     COMPRESSION_ZSTD,
     SUPPORTED_VERSIONS,
@@ -35,6 +35,7 @@ from .messages import (
     Goodbye,
     GoodbyeCode,
     Message,
+    MsgType,
     Ping,
     Pong,
     ServerHello,
@@ -241,12 +242,22 @@ def negotiate(
 
 class ServerConnection:
     """Server end: validates what a client sends (hello first, then only ping/pong/goodbye, and one WANT
-    if the server granted a reconcile)."""
+    if the server granted a reconcile).
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_CLIENT_FRAME) -> None:
+    Each frame's type is checked against the connection's phase from its header, before its body is
+    buffered or decoded, and the frame limit is `max_hello_frame` until the hello has arrived (a
+    hello is small) and `max_frame` after it: a peer that has proved nothing can make the server hold
+    or decode only a small frame.
+    """
+
+    _BEFORE_HELLO = frozenset({MsgType.CLIENT_HELLO, MsgType.GOODBYE})
+    _AFTER_HELLO = frozenset({MsgType.PING, MsgType.PONG, MsgType.GOODBYE})
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_CLIENT_FRAME, max_hello_frame: int | None = None) -> None:
         self.state = ConnState.HANDSHAKE
         self.hello: ClientHello | None = None
-        self._reader = FrameReader(max_frame)
+        self._max_frame = max_frame
+        self._reader = FrameReader(max_hello_frame or max_frame)
         self._want_allowed = False
 
     def expect_want(self) -> None:
@@ -257,23 +268,56 @@ class ServerConnection:
     def bytes_received(self) -> int:
         return self._reader.bytes_received
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of a partial frame held."""
+        return self._reader.buffered
+
+    def _check_type(self) -> None:
+        header = self._reader.peek_header()
+        if header is None:
+            return
+        length, msg_type, flags = header
+        if length > self._reader.max_body or flags & ~KNOWN_FLAGS:
+            return  # the reader reports these first (docs/protocol.md section 2)
+        if self.state is ConnState.HANDSHAKE:
+            allowed = msg_type in self._BEFORE_HELLO
+        else:
+            allowed = msg_type in self._AFTER_HELLO or (msg_type == MsgType.WANT and self._want_allowed)
+        if allowed:
+            return
+        try:
+            name = MsgType(msg_type).name
+        except ValueError:
+            raise ProtocolError(f"unknown message type {msg_type}") from None
+        if self.state is ConnState.HANDSHAKE:
+            raise ProtocolError(f"expected a client hello, got {name}")
+        if msg_type == MsgType.WANT:
+            raise ProtocolError("WANT without a reconcile (or a second WANT)")
+        raise ProtocolError(f"clients may not send {name} after the hello")
+
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Message]:
         self._reader.feed(data)
         out: list[Message] = []
-        while (frame := self._reader.next_frame()) is not None:
+        while True:
+            self._check_type()
+            frame = self._reader.next_frame()
+            if frame is None:
+                break
             msg = decode(frame)
             if isinstance(msg, Goodbye):
                 self.state = ConnState.CLOSED
             elif self.state is ConnState.HANDSHAKE:
-                if not isinstance(msg, ClientHello):
+                if not isinstance(msg, ClientHello):  # pragma: no cover - the header check sees it first
                     raise ProtocolError(f"expected a client hello, got {type(msg).__name__}")
                 self.hello = msg
                 self.state = ConnState.STREAMING
+                self._reader.max_body = self._max_frame
             elif isinstance(msg, Want):
-                if not self._want_allowed:
+                if not self._want_allowed:  # pragma: no cover - the header check sees it first
                     raise ProtocolError("WANT without a reconcile (or a second WANT)")
                 self._want_allowed = False
-            elif not isinstance(msg, (Ping, Pong)):
+            elif not isinstance(msg, (Ping, Pong)):  # pragma: no cover - the header check sees it first
                 raise ProtocolError(f"clients may not send {type(msg).__name__} after the hello")
             out.append(msg)
         return out

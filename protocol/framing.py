@@ -138,6 +138,15 @@ class FrameReader:
     def buffered(self) -> int:
         return len(self._buf) - self._pos
 
+    def peek_header(self) -> tuple[int, int, int] | None:
+        """(body length, type, flags) of the next frame once its header has arrived, without taking it.
+
+        Lets a reader refuse a frame by its type before buffering or decoding its body."""
+        if self._skip or len(self._buf) - self._pos < HEADER_SIZE:
+            return None
+        body_len, msg_type, flags, _reserved = HEADER.unpack_from(self._buf, self._pos)
+        return body_len, msg_type, flags
+
     def _consume(self, end: int) -> None:
         buf = self._buf
         if end >= 65536 and end * 2 >= len(buf):

@@ -63,6 +63,7 @@ class GoodbyeCode(enum.StrEnum):
     REBALANCE = "rebalance"
     SHUTTING_DOWN = "shutting-down"
     CLIENT_CLOSING = "client-closing"
+    UNAUTHORIZED = "unauthorized"  # TLS: the client's certificate does not name an allowed identity
 
 
 class KV(NamedTuple):

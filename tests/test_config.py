@@ -18,7 +18,7 @@ def test_defaults_match_calico() -> None:
     assert (cfg.port, cfg.health_port, cfg.metrics_port) == (5473, 9098, 9093)
     assert (cfg.handshake_timeout, cfg.ping_interval, cfg.ping_timeout) == (10, 10, 60)
     assert (cfg.write_timeout, cfg.max_fall_behind, cfg.new_client_grace) == (120, 300, 300)
-    assert cfg.max_frame == 1 << 20
+    assert cfg.max_frame == 4096 and cfg.max_hello_frame == 16384  # smaller than Calico's 1 MiB on purpose
     assert cfg.drain_seconds == pytest.approx(285)
     assert cfg.server_id  # defaults to the hostname
 

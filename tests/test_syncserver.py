@@ -323,10 +323,12 @@ async def test_client_read_timeout_redials_silent_server() -> None:
 
 
 async def test_max_connections(server_factory) -> None:
+    """max_connections counts agents past their hello: the fourth agent's hello is refused."""
     server = await server_factory(make_cache(), max_connections=3)
     clients, tasks = await start_clients(server.port, 3)
     await asyncio.gather(*(c.wait_in_sync(5) for c in clients))
     reader, writer = await raw_connect(server.port)
+    writer.write(encode(ClientHello("node-4", "felix")))
     goodbye = await read_until_goodbye(reader, 5)
     assert goodbye is not None and goodbye.code == GoodbyeCode.SERVER_FULL.value
     assert dropped(server, "server-full") == 1

@@ -14,10 +14,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.settings import load_settings, non_negative, port, positive, setting, settings_of
-from protocol import DEFAULT_MAX_CLIENT_FRAME
 
 ENV_PREFIX = "TYPHA"
 DATASTORES = ("kubernetes", "synthetic")
+
+
+#: A hello is a few hundred bytes; this leaves room for extensions while a silent peer's partial frame
+#: stays small.
+DEFAULT_MAX_HELLO_FRAME = 16 * 1024
+#: After its hello a client sends only PING, PONG and GOODBYE (tens of bytes each).
+DEFAULT_MAX_FRAME = 4 * 1024
 
 
 def _min_frame(v: int) -> str | None:
@@ -38,11 +44,40 @@ class ServerConfig:
     new_client_grace: float = setting(
         300.0, "Seconds after connecting before a client can be dropped for lagging.", non_negative
     )
-    max_connections: int = setting(10_000, "Connections above this are refused.", positive)
+    max_connections: int = setting(
+        10_000, "Agents (connections past their hello) above this are refused with server-full.", positive
+    )
+    max_handshakes: int = setting(
+        1_000,
+        "Connections still in their handshake (TLS and hello) kept at once, apart from --max-connections; "
+        "beyond it the oldest is closed.",
+        positive,
+    )
     max_concurrent_snapshots: int = setting(
         200, "Snapshots streamed at once; later agents queue (0: unlimited).", non_negative
     )
-    max_frame: int = setting(DEFAULT_MAX_CLIENT_FRAME, "Largest frame accepted from a client, in bytes.", _min_frame)
+    snapshot_stall_timeout: float = setting(
+        15.0,
+        "Seconds a snapshot stream may make no progress (the agent reads nothing) before the agent is "
+        "dropped and its snapshot slot goes to the next one.",
+        positive,
+    )
+    max_hello_frame: int = setting(
+        DEFAULT_MAX_HELLO_FRAME,
+        "Largest frame accepted before a client's hello (the hello itself), in bytes.",
+        _min_frame,
+    )
+    max_frame: int = setting(
+        DEFAULT_MAX_FRAME,
+        "Largest frame accepted from a client after its hello (it then sends only PING, PONG and GOODBYE), in bytes.",
+        _min_frame,
+    )
+    socket_send_buffer: int = setting(
+        256 * 1024,
+        "Kernel send buffer of each agent's socket (SO_SNDBUF), in bytes; bounds the kernel memory an agent "
+        "that stops reading can hold (0: the kernel's autotuning, up to 4 MiB each).",
+        non_negative,
+    )
     compression: bool = setting(True, "Offer zstd compression to clients that support it.")
     reconcile: bool = setting(
         True,
@@ -55,11 +90,28 @@ class ServerConfig:
         "On shutdown, the longest pause between two closed connections (Calico's ShutdownConnectionDropIntervalMaxSecs).",
         non_negative,
     )
+    # Mutual TLS, under Calico's names. All three files, and one of the client identities, or none.
+    ca_file: str = setting(
+        "", "CA certificate file (PEM) that agents' certificates must be signed by; enables TLS.", option="cafile"
+    )
+    server_cert_file: str = setting("", "This server's certificate file (PEM).", option="servercertfile")
+    server_key_file: str = setting("", "This server's private key file (PEM).", option="serverkeyfile")
+    client_cn: str = setting(
+        "", "Common Name an agent's certificate must carry (or the URI SAN below).", option="clientcn"
+    )
+    client_uri_san: str = setting(
+        "", "URI SAN an agent's certificate must carry (or the Common Name above).", option="clienturisan"
+    )
     # Internal knobs, not settings.
     write_high_water: int = 256 * 1024
     max_write_bytes: int = 1 << 20
     housekeeping_interval: float = 1.0
     close_timeout: float = 5.0
+    # Bytes a client may send: its hello (and TLS handshake) at once, then a trickle (PONGs, a GOODBYE).
+    inbound_burst: int = 64 * 1024
+    inbound_rate: int = 1024
+    socket_receive_buffer: int = 64 * 1024  # SO_RCVBUF: clients send little, so a small window is enough
+    tls_check_interval: float = 2.0  # seconds between looks at the certificate files
 
 
 @dataclass(slots=True)
@@ -121,6 +173,29 @@ def _ping_order(v: dict[str, Any]) -> str | None:
     return None
 
 
+_TLS_FILES = (
+    ("ca_file", "TYPHA_CAFILE"),
+    ("server_cert_file", "TYPHA_SERVERCERTFILE"),
+    ("server_key_file", "TYPHA_SERVERKEYFILE"),
+)
+
+
+def _tls_complete(v: dict[str, Any]) -> str | None:
+    """All three TLS files and a client identity, or nothing (plaintext)."""
+    given = [env for name, env in _TLS_FILES if v[name]]
+    identity = v["client_cn"] or v["client_uri_san"]
+    if not given:
+        if identity:
+            return "TYPHA_CLIENTCN / TYPHA_CLIENTURISAN are set but TYPHA_CAFILE, TYPHA_SERVERCERTFILE and TYPHA_SERVERKEYFILE are not: set them to enable TLS"
+        return None
+    if len(given) < len(_TLS_FILES):
+        missing = [env for name, env in _TLS_FILES if not v[name]]
+        return f"TLS needs {', '.join(missing)} as well (set: {', '.join(given)})"
+    if not identity:
+        return "TLS needs TYPHA_CLIENTCN or TYPHA_CLIENTURISAN: the agents' identity (a certificate signed by the CA alone proves nothing)"
+    return None
+
+
 def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> TyphaConfig:
     cfg = load_settings(
         TyphaConfig,
@@ -129,7 +204,7 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         environ,
         prog="typha",
         description="Fan-out cache between a datastore and thousands of node agents.",
-        cross_checks=[_ping_order],
+        cross_checks=[_ping_order, _tls_complete],
     )
     if not cfg.server_id:
         cfg.server_id = socket.gethostname()

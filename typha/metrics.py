@@ -242,6 +242,27 @@ class ServerMetrics:
         )
         self.kvs_per_msg = HotHistogram("typha_kvs_per_msg", "KVs carried by one write to a client.", _KV_BUCKETS)
         self.bytes_sent = HotCounter("typha_bytes_sent", "Bytes written to clients.")
+        self.handshaking = Gauge(
+            "typha_connections_handshaking",
+            "Connections that have not finished their TLS handshake and hello.",
+            registry=r,
+        )
+        self.tls_enabled = Gauge(
+            "typha_tls_enabled", "1 when the sync port serves mutual TLS, 0 when it serves plaintext.", registry=r
+        )
+        self.tls_handshakes = Counter(
+            "typha_tls_handshakes",
+            "TLS handshakes by result: ok, or why the client was refused (unknown-ca, expired, no-certificate, "
+            "bad-identity, plaintext-client, timeout, ...).",
+            ["result"],
+            registry=r,
+        )
+        self.tls_reloads = Counter(
+            "typha_tls_reloads",
+            "Certificate files changed and reloaded (ok) or not loadable (failed).",
+            ["result"],
+            registry=r,
+        )
         r.register(_HotCollector([self.client_latency, self.write_latency, self.kvs_per_msg, self.bytes_sent]))
 
     def watch_caches(self, caches: Callable[[], Mapping[str, SnapCache]]) -> None:

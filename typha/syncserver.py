@@ -37,6 +37,16 @@ bytes to send are the same either way, but a bounded number of streams bounds th
 transport buffers (up to a chunk plus the high-water mark each) and leaves the event loop free to keep
 the agents already following up to date.
 
+A peer that has proved nothing costs a bounded amount (`peerbudget`): connections still in their
+handshake (TLS and hello) have a budget of their own, oldest closed first, and do not count toward
+`max_connections`; frames are small until the hello and tiny after it, and checked by type before
+they are decoded; a peer that sends more than a hello and a trickle of PONGs is closed; a connection
+whose writes are paused is not read from (so a PING flood from a peer that never reads queues no
+PONGs) and its kernel send buffer is capped; a snapshot stream that makes no progress for
+`snapshot_stall_timeout` gives its slot up; and client-supplied text is escaped and truncated before it
+is logged, with log lines about peers rate-limited. With TLS configured (`typha.tls`), every
+connection is mutual TLS from its first byte, its record layer run by the connection itself.
+
 This module knows nothing about the datastore: it serves whatever `SnapCache`s it is given.
 """
 
@@ -68,10 +78,14 @@ from protocol import (
     negotiate,
 )
 from protocol.summary import bitmap_to_leaves
+from protocol.tls import CertReloader
 
 from .config import ServerConfig
 from .metrics import ServerMetrics
+from .peerbudget import InboundBudget, printable
+from .peerguard import PeerGuard
 from .snapcache import Breadcrumb, PendingWrite, SnapCache, Snapshot, collect_pending
+from .tls import TLSSession, server_tls
 
 log = logging.getLogger("typha.server")
 
@@ -99,8 +113,10 @@ class SyncConnection(asyncio.Protocol):
         "close_reason",
         "compressed",
         "connected_at",
+        "first_data",
         "handshake_timer",
         "hello",
+        "inbound",
         "last",
         "last_ping_at",
         "paused",
@@ -114,6 +130,7 @@ class SyncConnection(asyncio.Protocol):
         "snapshot_started",
         "state",
         "syncer",
+        "tls",
         "transport",
     )
 
@@ -122,7 +139,8 @@ class SyncConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.state = HANDSHAKE
-        self.proto = ServerConnection(server.config.max_frame)
+        cfg = server.config
+        self.proto = ServerConnection(cfg.max_frame, cfg.max_hello_frame)
         self.syncer = ""
         self.cache: SnapCache | None = None
         self.hello: ClientHello | None = None
@@ -140,10 +158,14 @@ class SyncConnection(asyncio.Protocol):
         self.close_reason = ""
         self.bytes_sent = 0
         self.compressed = False
+        self.tls: TLSSession | None = None
+        self.inbound = InboundBudget(cfg.inbound_burst, cfg.inbound_rate, self.connected_at)
+        self.first_data = True
 
     def __repr__(self) -> str:
-        who = self.hello.hostname if self.hello else "?"
-        return f"<conn {self.peer} host={who} syncer={self.syncer or '?'}>"
+        # Hostname and syncer come from the client: escaped and truncated, so they cannot forge log lines.
+        who = printable(self.hello.hostname) if self.hello else "?"
+        return f"<conn {self.peer} host={who} syncer={printable(self.syncer) or '?'}>"
 
     # -- asyncio callbacks ---------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -164,14 +186,25 @@ class SyncConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.paused = True
         self.paused_since = time.monotonic()
+        # A peer that does not read is not read from either: nothing it sends can queue replies.
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.paused = False
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
         self.pump()
 
     def data_received(self, data: bytes) -> None:
         if self.state == CLOSED:
             return
+        server = self.server
+        plain = server.guard.receive(self, data)  # budget, transport check, TLS: plaintext or None
+        if not plain:
+            return
+        data = plain
         try:
             messages = self.proto.receive_data(data)
         except ProtocolError as exc:
@@ -187,11 +220,19 @@ class SyncConnection(asyncio.Protocol):
                     self.server.metrics.ping_latency.observe(time.monotonic() - self.ping_sent_at)
                     self.ping_sent_at = 0.0
             elif isinstance(msg, Ping):
-                self._write(encode(Pong(msg.timestamp_ns)))
+                if not self.paused:  # a pong it will not read is not worth queueing
+                    self._write(encode(Pong(msg.timestamp_ns)))
             elif isinstance(msg, Want):
                 self.server._want(self, msg)
             elif isinstance(msg, Goodbye):
-                log.info("%r said goodbye: %s %s", self, msg.code, msg.reason)
+                server.guard.log_peer(
+                    logging.INFO,
+                    "goodbye",
+                    "%r said goodbye: %s %s",
+                    self,
+                    printable(msg.code),
+                    printable(msg.reason, 200),
+                )
                 self.close(GoodbyeCode.CLIENT_CLOSING, "", send=False, count=False)
 
     def eof_received(self) -> bool:
@@ -203,10 +244,18 @@ class SyncConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         t0 = time.perf_counter()
+        if self.tls is not None:
+            data = self.tls.encrypt(data)  # the plaintext is shared by every agent; the records are ours
         transport.write(data)
         self.server.metrics.write_latency.observe(time.perf_counter() - t0)
         self.bytes_sent += len(data)
         self.server.metrics.bytes_sent.inc(len(data))
+
+    def _send_raw(self, data: bytes) -> None:
+        """Bytes for the socket as they are (TLS handshake records, alerts)."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
 
     def pump(self, joined: dict[int, PendingWrite] | None = None) -> None:
         """Write as much as the transport will take: snapshot chunks, then pending breadcrumbs."""
@@ -270,22 +319,34 @@ class SyncConnection(asyncio.Protocol):
 
     # -- closing -------------------------------------------------------------------------------------
     def close(
-        self, code: str, reason: str, send: bool = True, count: bool = True, level: int = logging.WARNING
+        self,
+        code: str,
+        reason: str,
+        send: bool = True,
+        count: bool = True,
+        level: int = logging.WARNING,
+        label: str = "",
     ) -> None:
-        """Say goodbye (if the socket can take it) and close; abort if the peer will not drain."""
+        """Say goodbye (if the socket can take it) and close; abort if the peer will not drain.
+
+        `label` names the reason in typha_connections_dropped when it is finer than the GOODBYE code."""
         if self.state == CLOSED or self.transport is None:
             return
+        server = self.server
         if count:
-            self.server.metrics.dropped.labels(code).inc()
-            log.log(level, "closing %r: %s: %s", self, code, reason)
+            server.metrics.dropped.labels(label or code).inc()
+            server.guard.log_peer(level, label or code, "closing %r: %s: %s", self, code, printable(reason, 200))
         self.close_reason = code
         self.state = CLOSED
+        server.guard.handshakes.discard(self)
         transport = self.transport
         if self.paused:
             transport.abort()  # its buffer is full already: a goodbye would never arrive
             return
+        if self.tls is not None and not self.tls.handshake_done:
+            send = False  # no TLS session to carry it
         if send:
-            self._write(encode(Goodbye(code, reason)))
+            self._write(encode(Goodbye(code, reason[:1024])))
         transport.close()
         self.server.loop.call_later(self.server.config.close_timeout, self._abort_if_open)
 
@@ -302,12 +363,16 @@ class SyncServer:
         caches: Mapping[str, SnapCache],
         config: ServerConfig | None = None,
         metrics: ServerMetrics | None = None,
+        tls: CertReloader | None = None,
     ) -> None:
+        """`tls` defaults to the certificates the config names (a file that does not load raises
+        common.runtime.StartupError naming its setting); without any, the server is plaintext."""
         self.caches = dict(caches)
         self.config = config or ServerConfig()
         if not self.config.server_id:
             self.config.server_id = uuid.uuid4().hex[:12]
         self.metrics = metrics or ServerMetrics()
+        self.guard = PeerGuard(self.config, self.metrics, tls if tls is not None else server_tls(self.config))
         self.connections: set[SyncConnection] = set()
         self._following: dict[str, set[SyncConnection]] = {name: set() for name in self.caches}
         self._fanout_scheduled: dict[str, bool] = dict.fromkeys(self.caches, False)
@@ -326,6 +391,7 @@ class SyncServer:
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.guard.start()
         self._server = await self.loop.create_server(
             lambda: SyncConnection(self), self.config.host, self.config.port, backlog=4096, reuse_address=True
         )
@@ -389,16 +455,16 @@ class SyncServer:
     # -- connection bookkeeping ----------------------------------------------------------------------
     def _connection_made(self, conn: SyncConnection) -> None:
         self.metrics.accepted.inc()
-        if len(self.connections) >= self.config.max_connections:
-            self.connections.add(conn)
-            conn.close(GoodbyeCode.SERVER_FULL, f"server at its limit of {self.config.max_connections} connections")
-            return
         self.connections.add(conn)
         self.metrics.active.set(len(self.connections))
+        self.guard.admit(conn)  # the handshake budget, not max_connections, until its hello
+        if conn.state == CLOSED:
+            return
         conn.handshake_timer = self.loop.call_later(self.config.handshake_timeout, self._handshake_expired, conn)
 
     def _connection_lost(self, conn: SyncConnection) -> None:
         self.connections.discard(conn)
+        self.guard.gone(conn)
         self._snapshot_slot_freed(conn)
         if conn.syncer and conn in self._following.get(conn.syncer, ()):
             self._following[conn.syncer].discard(conn)
@@ -408,14 +474,22 @@ class SyncServer:
     def _is_gone(self, conn: SyncConnection) -> bool:
         return conn not in self.connections
 
+    @property
+    def agents(self) -> int:
+        """Connections past their hello (the ones `max_connections` counts)."""
+        return len(self.connections) - len(self.guard.handshakes)
+
     def _handshake_expired(self, conn: SyncConnection) -> None:
         if conn.state == HANDSHAKE:
-            conn.close(GoodbyeCode.HANDSHAKE_TIMEOUT, f"no hello within {self.config.handshake_timeout}s")
+            label = self.guard.expired_label(conn)
+            conn.close(GoodbyeCode.HANDSHAKE_TIMEOUT, f"no hello within {self.config.handshake_timeout}s", label=label)
 
     def _handshake(self, conn: SyncConnection, hello: ClientHello) -> None:
         if conn.handshake_timer is not None:
             conn.handshake_timer.cancel()
             conn.handshake_timer = None
+        if not self.guard.hello_received(conn, self.agents):  # conn itself still counts as handshaking
+            return
         cache = self.caches.get(hello.syncer_type)
         resume_from = None
         if cache is not None and hello.resume_epoch and hello.resume_epoch == cache.epoch:
@@ -567,7 +641,7 @@ class SyncServer:
                 if now - conn.ping_sent_at > cfg.ping_timeout:
                     conn.close(GoodbyeCode.PING_TIMEOUT, f"no pong within {cfg.ping_timeout}s")
                     continue
-            elif now - conn.last_ping_at >= cfg.ping_interval:
+            elif not conn.paused and now - conn.last_ping_at >= cfg.ping_interval:
                 conn.ping_ns = now_ns
                 conn.ping_sent_at = conn.last_ping_at = now
                 conn._write(encode(Ping(now_ns)))
@@ -575,6 +649,7 @@ class SyncServer:
                 behind = self._behind_seconds(conn, now_ns)
                 if behind > cfg.max_fall_behind:
                     conn.close(GoodbyeCode.TOO_SLOW, f"{behind:.0f}s behind (limit {cfg.max_fall_behind}s)")
+        self.guard.housekeep(now, self._snapshotting)
         target = self.rebalance_target
         if target is not None and len(self.connections) > target:
             # Count only connections still open: one closed by the last pass stays in the set until its

@@ -1,0 +1,133 @@
+"""TLS settings under Calico's names, for typha and felix, and what the real processes do with them.
+
+All three files and a peer identity, or nothing: half a configuration is a start-up error naming what
+is missing, never a silent fall-back to plaintext. A felix configured for TLS refuses a typha that
+cannot prove its identity (here: a plaintext one at its address) and says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.settings import SettingsError
+from felix import config as felix_config
+from loadtest.support.certs import write_cluster
+from typha import config as typha_config
+
+from .conftest import make_cache, wait_for
+
+TYPHA_ENV = {
+    "TYPHA_CAFILE": "/ca",
+    "TYPHA_SERVERCERTFILE": "/c",
+    "TYPHA_SERVERKEYFILE": "/k",
+    "TYPHA_CLIENTCN": "typha-client",
+}
+FELIX_ENV = {
+    "FELIX_TYPHA_ADDRESSES": "127.0.0.1:5473",
+    "FELIX_TYPHACAFILE": "/ca",
+    "FELIX_TYPHACERTFILE": "/c",
+    "FELIX_TYPHAKEYFILE": "/k",
+    "FELIX_TYPHACN": "typha-server",
+}
+
+
+def test_typha_reads_calicos_tls_names() -> None:
+    cfg = typha_config.load_config([], environ={**TYPHA_ENV, "TYPHA_CLIENTURISAN": "spiffe://x/felix"})
+    assert (cfg.ca_file, cfg.server_cert_file, cfg.server_key_file) == ("/ca", "/c", "/k")
+    assert (cfg.client_cn, cfg.client_uri_san) == ("typha-client", "spiffe://x/felix")
+    cfg = typha_config.load_config(["--cafile", "/other"], environ=TYPHA_ENV)
+    assert cfg.ca_file == "/other"  # the flag beats the environment, as for every setting
+    assert typha_config.load_config([], environ={}).ca_file == ""  # plaintext unless configured
+
+
+@pytest.mark.parametrize(
+    "drop, message",
+    [
+        ("TYPHA_SERVERKEYFILE", "TLS needs TYPHA_SERVERKEYFILE as well"),
+        ("TYPHA_CLIENTCN", "TLS needs TYPHA_CLIENTCN or TYPHA_CLIENTURISAN"),
+    ],
+)
+def test_typha_refuses_half_a_tls_configuration(drop: str, message: str) -> None:
+    env = {k: v for k, v in TYPHA_ENV.items() if k != drop}
+    with pytest.raises(SettingsError, match=message):
+        typha_config.load_config([], environ=env)
+    with pytest.raises(SettingsError, match="TYPHA_CAFILE, TYPHA_SERVERCERTFILE and TYPHA_SERVERKEYFILE are not"):
+        typha_config.load_config([], environ={"TYPHA_CLIENTCN": "typha-client"})
+
+
+def test_felix_reads_calicos_tls_names() -> None:
+    cfg = felix_config.load_config([], environ={**FELIX_ENV, "FELIX_TYPHAURISAN": "spiffe://x/typha"})
+    assert (cfg.typha_ca_file, cfg.typha_cert_file, cfg.typha_key_file) == ("/ca", "/c", "/k")
+    assert (cfg.typha_cn, cfg.typha_uri_san) == ("typha-server", "spiffe://x/typha")
+
+
+@pytest.mark.parametrize(
+    "drop, message",
+    [
+        ("FELIX_TYPHACERTFILE", "TLS to typha needs FELIX_TYPHACERTFILE as well"),
+        ("FELIX_TYPHACN", "TLS to typha needs FELIX_TYPHACN or FELIX_TYPHAURISAN"),
+    ],
+)
+def test_felix_refuses_half_a_tls_configuration(drop: str, message: str) -> None:
+    env = {k: v for k, v in FELIX_ENV.items() if k != drop}
+    with pytest.raises(SettingsError, match=message):
+        felix_config.load_config([], environ=env)
+
+
+@pytest.mark.slow
+def test_typha_names_the_certificate_file_it_cannot_read(tmp_path: Path) -> None:
+    import subprocess
+
+    certs = write_cluster(tmp_path)
+    env = {**os.environ, **certs.typha_env(), "TYPHA_SERVERKEYFILE": str(tmp_path / "missing.key")}
+    proc = subprocess.run([sys.executable, "-m", "typha"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"typha: error: TYPHA_SERVERKEYFILE='{tmp_path / 'missing.key'}': cannot read it: No such file or directory"
+    ]
+    (tmp_path / "bad.key").write_text("-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
+    env["TYPHA_SERVERKEYFILE"] = str(tmp_path / "bad.key")
+    proc = subprocess.run([sys.executable, "-m", "typha"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "do not load together" in proc.stderr
+
+
+@pytest.mark.slow
+async def test_felix_with_tls_refuses_a_plaintext_typha(server_factory, tmp_path: Path) -> None:
+    """Once TLS is configured felix never follows a typha it cannot authenticate, and says why."""
+    server = await server_factory(make_cache(10))  # plaintext: anyone could be listening here
+    certs = write_cluster(tmp_path)
+    env = {
+        **os.environ,
+        **certs.felix_env(),
+        "FELIX_NODENAME": "tls-test",
+        "FELIX_TYPHA_ADDRESSES": f"127.0.0.1:{server.port}",
+        "FELIX_ROUTES_ENABLED": "false",
+        "FELIX_POLICY_ENABLED": "false",
+        "FELIX_HEALTH_PORT": "0",
+        "FELIX_METRICS_PORT": "0",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "felix", env=env, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    lines: list[str] = []
+
+    async def read() -> None:
+        assert proc.stderr is not None
+        while line := await proc.stderr.readline():
+            lines.append(line.decode(errors="replace"))
+
+    reader = asyncio.create_task(read())
+    try:
+        await wait_for(lambda: any("TLS handshake failed" in line for line in lines), 30, "felix to refuse the typha")
+        assert any("mutual TLS; typha must present CN 'typha-server'" in line for line in lines)
+        assert server.metrics.registry.get_sample_value("typha_connections_streaming") == 0
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
+        await reader
