@@ -199,11 +199,14 @@ class Renderer:
             f"-m conntrack --ctstate INVALID {deny}",
             mark_clear(m.accept | m.pass_),
         ]
+        first = True
         for tier in ep.tiers:
             policies = tier.ingress_policies if ingress else tier.egress_policies
             if not policies:
                 continue
-            rules.append(f"{comment('Start of tier ' + tier.name)} {mark_clear(m.pass_)}")
+            if not first:  # the first tier starts with pass clear already (the rule above)
+                rules.append(f"{comment('Start of tier ' + tier.name)} {mark_clear(m.pass_)}")
+            first = False
             for pol in policies:
                 target = N.policy_chain_name(ingress, tier.name, pol)
                 if known(target):
