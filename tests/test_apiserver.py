@@ -909,7 +909,9 @@ async def test_auth_401_and_403(server, api, tmp_path) -> None:
     status, _ = await raw_request(server, "GET", "/emulator/stats", token=None)
     assert status == 401
     status, _ = await raw_request(server, "GET", "/healthz", token=None)
-    assert status == 200
+    assert status == 401
+    status, body = await raw_request(server, "GET", "/healthz")
+    assert status == 200 and body == b"ok"
     v1 = client.CoreV1Api(api)
     server.forbid("list:nodes", f"globalnetworkpolicies.{CALICO}")
     with pytest.raises(ApiException) as ei:
@@ -925,7 +927,7 @@ async def test_auth_401_and_403(server, api, tmp_path) -> None:
     assert ei.value.status == 403
     server.allow("list:nodes")
     assert len((await v1.list_node()).items) == 1
-    assert server.stats.forbidden == 2 and server.stats.unauthorized == 3
+    assert server.stats.forbidden == 2 and server.stats.unauthorized == 4
 
 
 @pytest.mark.slow

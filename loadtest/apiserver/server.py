@@ -5,8 +5,9 @@ Design note
 Everything with semantics lives in the store and in pure request-parsing functions; this
 module only does I/O, in this order for every request:
 
-- *auth* first (bearer token compare; the health checks need none), so an
-  unauthenticated peer can cost a request line and headers, never a body;
+- *auth* first, on every path (bearer token compare, constant time), so an
+  unauthenticated peer can cost a request line and headers, never a body, and learns
+  nothing, not even whether a path exists;
 - *routing*: :func:`.routing.parse_path` and :func:`.routing.verb_of`, then the 403
   rules (:func:`.routing.check_forbidden`);
 - *bodies*: Content-Length is checked against the 3 MiB limit before anything is read,
@@ -125,11 +126,11 @@ class ApiServerApp:
         stats = self.store.stats
         stats.requests_total += 1
         path = request.path
-        if path in ("/healthz", "/livez", "/readyz"):
-            return web.Response(text="ok")
         if not self._authenticated(request):
             stats.unauthorized += 1
             return _status_response(errors.unauthorized())
+        if path in ("/healthz", "/livez", "/readyz"):
+            return web.Response(text="ok")
         try:
             return await self._dispatch(request, path)
         except ApiError as e:
