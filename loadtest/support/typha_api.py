@@ -41,6 +41,7 @@ class SyncerStatus:
     seq: int = 0
     keys: int = 0
     digest: str | None = None  # only with /status?digest=1
+    digest_seq: int = 0  # the seq the digest describes (typha computes it at most once a second)
 
 
 @dataclass(frozen=True)
