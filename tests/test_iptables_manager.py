@@ -270,3 +270,17 @@ def test_unused_sets_are_destroyed_by_the_next_tick_unless_wanted_again() -> Non
     dp.apply([IpSetUpdate("t", "hash:net", frozenset({"10.0.0.8/32"}))])
     dp.tick()
     assert any(s.members == {"10.0.0.8"} for s in k.sets.values())
+
+
+def test_missing_tools_are_a_start_up_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from felix.dataplane.iptables import manager
+    from felix.dataplane.iptables.backend import ToolError
+
+    real = shutil.which
+    monkeypatch.setattr(manager.shutil, "which", lambda t: None if "legacy" in t or t == "ip6tables-save" else real(t))
+    with pytest.raises(ToolError, match="ip6tables-save not installed"):
+        PolicyDataplane(
+            None, PolicyConfig(backend="legacy", ipv6=True), run=lambda argv, stdin: CommandResult(0, "", "")
+        )

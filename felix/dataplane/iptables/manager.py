@@ -33,6 +33,7 @@ about a second of ``iptables-restore``.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -169,11 +170,15 @@ class PolicyDataplane:
         self.metrics = metrics or PolicyMetrics()
         self.metrics.bind(self)
         self.run: Run = run or Runner(netns)
+        self.versions = (4, 6) if cfg.ipv6 else (4,)
         if backend is None:
             backend, why = detect_backend(cfg.backend, self.run, cfg.lock_timeout)
             log.info("iptables backend: %s (%s), version %s", backend.name, why, ".".join(map(str, backend.version)))
+            tools = [backend.binary(v, t) for v in self.versions for t in ("restore", "save")] + ["ipset"]
+            missing = [t for t in tools if shutil.which(t) is None]
+            if missing:  # a start-up error, not an endless retry
+                raise ToolError(f"{', '.join(missing)} not installed (IptablesBackend {backend.name})")
         self.backend = backend
-        self.versions = (4, 6) if cfg.ipv6 else (4,)
         self.renderer = Renderer(cfg.render)
         self.state = DesiredState(self.renderer, self.versions)
         self.stats = PolicyStats()
