@@ -28,6 +28,7 @@ from typha.k8s.projection import RESOURCES
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
+BASE = DEPLOY / "base"
 MANIFESTS = ("typha.yaml", "felix.yaml")
 
 # The oldest Kubernetes the manifests must be valid for (every field they use exists there, e.g.
@@ -54,7 +55,7 @@ FIELD_REF_PLACEHOLDERS = {
 
 @functools.cache
 def _documents(filename: str) -> tuple[dict[str, Any], ...]:
-    with open(DEPLOY / filename, encoding="utf-8") as f:
+    with open(BASE / filename, encoding="utf-8") as f:
         return tuple(doc for doc in yaml.safe_load_all(f) if doc is not None)
 
 
@@ -183,7 +184,8 @@ def test_schema_validation_is_strict() -> None:
 
 
 def test_kustomization_applies_both_manifests_with_the_same_image() -> None:
-    kust = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    assert yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())["resources"] == ["base"]
+    kust = yaml.safe_load((BASE / "kustomization.yaml").read_text())
     assert kust["kind"] == "Kustomization"
     assert sorted(kust["resources"]) == sorted(MANIFESTS)
     images = {
@@ -203,7 +205,7 @@ def _pyproject() -> dict[str, Any]:
 def test_manifest_images_are_the_project_version_and_run_its_commands() -> None:
     project = _pyproject()["project"]
     version, scripts = project["version"], project["scripts"]
-    kust = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    kust = yaml.safe_load((BASE / "kustomization.yaml").read_text())
     assert {i.get("newTag") for i in kust["images"]} == {version}
     for filename, kind, name, cname in (
         ("typha.yaml", "Deployment", "pytypha", "typha"),
