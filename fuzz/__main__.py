@@ -36,6 +36,7 @@ NAMES = (
     "bodies",
     "policy",
     "kernelstate",
+    "admission",
 )  # == targets.TARGETS, without importing
 
 

@@ -213,7 +213,7 @@ def _bodies() -> Iterator[tuple[str, bytes]]:
         ("nodes", make_node("node-1", "192.0.2.1", "10.244.1.0/24", {"kubernetes.io/hostname": "node-1"})),
         ("pods", make_pod("default", "web-1", "node-1", "10.128.0.5", labels={"app": "web"})),
         ("ippools", make_calico_object("IPPool", "pool", {"cidr": "10.64.0.0/10", "vxlanMode": "Always"})),
-        ("configmaps", {"metadata": {"name": "c"}}),  # not served: 404
+        ("configmaps", {"metadata": {"name": "c"}}),
     ]
     for resource, obj in objects:
         yield resource, resource.encode() + b"\n" + orjson.dumps(obj)
@@ -275,6 +275,72 @@ def _kernelstate() -> Iterator[tuple[str, bytes]]:
     )
 
 
+def _admission() -> Iterator[tuple[str, bytes]]:
+    from loadtest.apiserver import protobuf
+
+    kinds = sorted(protobuf.KINDS)
+    f = protobuf.field
+    meta = f(1, "x") + f(3, "default") + f(11, f(1, "app") + f(2, "web"))
+    port = f(1, "http") + f(2, "TCP") + f(3, 80) + f(4, f(1, 1) + f(3, "web"))
+    bodies = {
+        "namespaces": protobuf.envelope("v1", "Namespace", f(1, meta)),
+        "services": protobuf.envelope("v1", "Service", f(1, meta) + f(2, f(1, port) + f(4, "ClusterIP"))),
+        "configmaps": protobuf.envelope("v1", "ConfigMap", f(1, meta) + f(2, f(1, "k") + f(2, "v"))),
+    }
+    for resource, raw in bodies.items():
+        yield f"protobuf-{resource}", bytes((0, kinds.index(resource))) + raw
+    objects: list[tuple[str, dict[str, Any]]] = [
+        ("configmaps", {"metadata": {"name": "c"}, "data": {"a": "1"}, "datta": {}}),
+        ("secrets", {"metadata": {"name": "s"}, "stringData": {"k": "v"}, "data": {"b": "Yg=="}}),
+        ("services", {"metadata": {"name": "svc"}, "spec": {"ports": [{"port": 80}], "selector": {"a": "b"}}}),
+        (
+            "deployments",
+            {
+                "metadata": {"name": "d"},
+                "spec": {
+                    "replicas": 2,
+                    "selector": {"matchLabels": {"a": "b"}},
+                    "template": {
+                        "spec": {"containers": [{"name": "c", "image": "i", "resources": {"limits": {"cpu": 1}}}]}
+                    },
+                },
+            },
+        ),
+    ]
+    for resource, obj in objects:
+        yield f"json-{resource}", b"\x01" + resource.encode() + b"\n" + orjson.dumps(obj)
+    crd = {
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {
+            "group": "example.com",
+            "names": {"kind": "Widget", "plural": "widgets"},
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "properties": {
+                                        "size": {"type": "integer", "default": 1},
+                                        "x": {"x-kubernetes-int-or-string": True},
+                                    },
+                                }
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    yield "crd", b"\x02" + orjson.dumps(crd)
+
+
 SEEDS = {
     "frames": _frames,
     "decode": _decode,
@@ -284,6 +350,7 @@ SEEDS = {
     "bodies": _bodies,
     "policy": _policy,
     "kernelstate": _kernelstate,
+    "admission": _admission,
 }
 
 

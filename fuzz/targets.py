@@ -12,6 +12,8 @@ Input layouts (what the seed corpus holds, and what the fuzzer mutates):
 - bodies:     b"<resource>\\n<JSON object>", created in a fresh emulator store, then listed, watched,
               replaced and patched.
 - kernelstate: [mode][text]  mode bit 0: `ipset save` output, else `iptables-save` output.
+- admission:  [mode][...]  mode 0: [kind][protobuf create body]; mode 1: b"<resource>\\n<JSON object>"
+              written as the HTTP shell writes it; mode 2: a CustomResourceDefinition as JSON.
 """
 
 from __future__ import annotations
@@ -35,11 +37,14 @@ from felix.policy.messages import Batch
 from felix.policy.rules import RenderError, render_policy
 from felix.policy.selector import SelectorError
 from felix.policy.selector import parse as parse_calico_selector
-from loadtest.apiserver import ApiError, Store
+from loadtest.apiserver import ApiError, Store, protobuf
 from loadtest.apiserver.listing import decode_continue
+from loadtest.apiserver.openapi import OpenAPI
 from loadtest.apiserver.patch import JSON_PATCH, MERGE, STRATEGIC, apply_patch
 from loadtest.apiserver.routing import parse_path
+from loadtest.apiserver.schema import STRICT, WARN
 from loadtest.apiserver.selectors import parse_field_selector, parse_label_selector
+from loadtest.apiserver.store import Admission
 from protocol import (
     ClientConnection,
     ClientHello,
@@ -287,6 +292,59 @@ def bodies(data: bytes) -> None:
     store.delete(resource, name, namespace=namespace)
 
 
+def admission(data: bytes) -> None:
+    """What the emulator does to an install's writes: protobuf bodies decoded (mode 0), JSON objects
+    admitted against their schema and defaulted (mode 1: what is stored must pass Strict admission,
+    so pruning left no unknown field behind), CRDs registered and served as OpenAPI (mode 2)."""
+    if not data:
+        return
+    mode, rest = data[0] % 3, data[1:]
+    store = Store()
+    if mode == 0:
+        if not rest:
+            return
+        kinds = sorted(protobuf.KINDS)
+        rt = store.resource(kinds[rest[0] % len(kinds)])
+        try:
+            obj = protobuf.decode_protobuf(rest[1:], rt)
+        except ApiError:
+            return
+        orjson.dumps(obj)
+        try:
+            store.create_object(
+                rt, obj, namespace="default" if rt.namespaced else None, strategy=True, admission=Admission(WARN)
+            )
+        except ApiError:
+            pass
+        return
+    if mode == 1:
+        parsed = _resource_and_json(rest)
+        if parsed is None:
+            return
+        resource, obj = parsed
+        try:
+            rt = store.resource(resource)
+            stored = store.create_object(
+                rt, obj, namespace="default" if rt.namespaced else None, strategy=True, admission=Admission(WARN)
+            ).to_dict()
+        except ApiError:
+            return
+        again, warnings = store.schemas.admit(rt, copy.deepcopy(stored), STRICT)
+        assert not warnings and again == stored, "admission is not idempotent"
+        return
+    try:
+        crd = orjson.loads(rest)
+    except orjson.JSONDecodeError:
+        return
+    try:
+        store.create("customresourcedefinitions", crd, strategy=True)
+    except ApiError:
+        return
+    api = OpenAPI(store)
+    api.v3_index()
+    api.v2_protobuf()
+
+
 def _selector_ok(selector: str) -> bool:
     try:
         parse_label_selector(selector)
@@ -389,4 +447,5 @@ TARGETS: dict[str, Target] = {
     "bodies": bodies,
     "policy": policy,
     "kernelstate": kernelstate,
+    "admission": admission,
 }

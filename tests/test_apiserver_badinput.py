@@ -103,7 +103,10 @@ def test_null_spec_and_labels_are_absent_fields() -> None:
     s = Store()
     ns = s.create_object("namespaces", {"metadata": {"name": "n1", "labels": None}, "spec": None}, strategy=True)
     d = ns.to_dict()
-    assert d["spec"] == {"finalizers": ["kubernetes"]} and "labels" not in d["metadata"]
+    # A null is an absent field; the only label is the one kube-apiserver gives every namespace.
+    assert d["spec"] == {"finalizers": ["kubernetes"]} and d["metadata"]["labels"] == {
+        "kubernetes.io/metadata.name": "n1"
+    }
 
 
 class _Exploding(LabelSelector):

@@ -89,6 +89,19 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         default=1800.0,
         help="seconds; a watch without timeoutSeconds lasts 1-2x this",
     )
+    p.add_argument(
+        "--require-crds",
+        action="store_true",
+        help="serve custom resources (the Calico kinds) only once their CRDs are created, as a real "
+        "cluster does (for rehearsing an install); by default the Calico kinds are built in",
+    )
+    p.add_argument(
+        "--namespace-cleanup-delay",
+        type=_seconds,
+        default=2.0,
+        help="seconds between a namespace's deletion and the emptying of it (kube's namespace controller "
+        "takes a few; kubectl delete -k deletes a namespace before its contents)",
+    )
     p.add_argument("--forbid", action="append", default=[], help='403 rule, e.g. "pods" or "list:nodes" (repeatable)')
     p.add_argument("--seed-nodes", type=_count, default=0, help="bulk-load N synthetic nodes")
     p.add_argument("--seed-pods", type=_count, default=0, help="bulk-load N synthetic pods spread over the nodes")
@@ -108,6 +121,8 @@ async def _run(args: argparse.Namespace) -> None:
             max_watch_queue=args.max_watch_queue,
             min_request_timeout=args.min_request_timeout,
             sans=args.san,
+            require_crds=args.require_crds,
+            namespace_cleanup_delay=args.namespace_cleanup_delay,
         )
     except OSError as e:
         why = e.strerror or str(e)

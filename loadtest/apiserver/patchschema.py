@@ -10,10 +10,12 @@ k8s.io/apimachinery (ObjectMeta). A type is a mapping from JSON field name to
 lists are replaced, exactly SMP's defaults. So only fields that differ from the defaults,
 and the struct types on the way to them, need a row.
 
-To serve another built-in kind (Deployment, DaemonSet, ...), add its struct types here
-(``PodTemplateSpec`` already leads to the pod's merge lists) and give its
-:class:`~.resources.ResourceType` ``patch_schema="<TypeName>"``; :func:`register` does
-the same from outside this module. Custom resources have no schema: a strategic merge
+To serve another built-in kind, add its struct types here (``PodTemplateSpec`` leads to
+the pod's merge lists, as Deployment and DaemonSet do) and, if its type name is not its
+kind, give its :class:`~.resources.ResourceType` ``patch_schema="<TypeName>"``;
+:func:`register` does the same from outside this module. The served OpenAPI documents
+carry the same facts (``x-kubernetes-patch-merge-key``), and a test checks that the two
+agree for every kind served. Custom resources have no schema: a strategic merge
 patch to them is a 415, as in kube-apiserver.
 """
 
@@ -98,6 +100,30 @@ STRUCTS: dict[str, dict[str, FieldMeta]] = {
     # networking/v1, discovery/v1: only their metadata has merge lists.
     "NetworkPolicy": {"metadata": struct("ObjectMeta")},
     "EndpointSlice": {"metadata": struct("ObjectMeta")},
+    # apps/v1: the pod template leads to the pod's merge lists.
+    "Deployment": {
+        "metadata": struct("ObjectMeta"),
+        "spec": struct("DeploymentSpec"),
+        "status": struct("WorkloadStatus"),
+    },
+    "DeploymentSpec": {"template": struct("PodTemplateSpec")},
+    "DaemonSet": {
+        "metadata": struct("ObjectMeta"),
+        "spec": struct("DaemonSetSpec"),
+        "status": struct("WorkloadStatus"),
+    },
+    "DaemonSetSpec": {"template": struct("PodTemplateSpec")},
+    "WorkloadStatus": {"conditions": merge_list("type")},
+    # policy/v1
+    "PodDisruptionBudget": {"metadata": struct("ObjectMeta"), "status": struct("WorkloadStatus")},
+    # core/v1, rbac/v1, apiextensions/v1: lists are atomic (rules, subjects, versions).
+    "ConfigMap": {"metadata": struct("ObjectMeta")},
+    "Secret": {"metadata": struct("ObjectMeta")},
+    "Role": {"metadata": struct("ObjectMeta")},
+    "ClusterRole": {"metadata": struct("ObjectMeta")},
+    "RoleBinding": {"metadata": struct("ObjectMeta")},
+    "ClusterRoleBinding": {"metadata": struct("ObjectMeta")},
+    "CustomResourceDefinition": {"metadata": struct("ObjectMeta")},
 }
 
 

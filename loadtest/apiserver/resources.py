@@ -24,6 +24,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CALICO_GROUP = "crd.projectcalico.org"
+# The Kubernetes version the emulator reports (/version) and whose OpenAPI schemas it serves.
+K8S_MINOR = 31
+VERSION_INFO = {
+    "major": "1",
+    "minor": str(K8S_MINOR),
+    "gitVersion": f"v1.{K8S_MINOR}.0-pytypha-emulator",
+    "gitCommit": "0000000000000000000000000000000000000000",
+    "gitTreeState": "clean",
+    "buildDate": "2024-08-13T00:00:00Z",
+    "goVersion": "go1.22.5",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
 
 _VERBS_NAMESPACED = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
@@ -50,8 +63,10 @@ class ResourceType:
     # the kind's own name. Ignored for custom resources.
     patch_schema: str | None = None
     # Name rule (validation.NAME_RULES): "subdomain" (most kinds), "label" (namespaces),
-    # "label1035" (services).
+    # "label1035" (services), "path" (RBAC kinds: anything usable in a URL path).
     name_rule: str = "subdomain"
+    # Set for kinds registered from a CustomResourceDefinition (its metadata.name).
+    crd: str | None = None
 
     @property
     def key(self) -> str:
@@ -87,6 +102,16 @@ def _calico(plural: str, kind: str, namespaced: bool = False) -> ResourceType:
     return ResourceType(CALICO_GROUP, "v1", plural, kind, namespaced, custom=True)
 
 
+def _rbac(plural: str, kind: str, namespaced: bool) -> ResourceType:
+    return ResourceType("rbac.authorization.k8s.io", "v1", plural, kind, namespaced, name_rule="path")
+
+
+def _apps(plural: str, kind: str, short: str) -> ResourceType:
+    return ResourceType(
+        "apps", "v1", plural, kind, True, short_names=(short,), status_subresource=True, categories=("all",)
+    )
+
+
 DEFAULT_RESOURCES: tuple[ResourceType, ...] = (
     _core(
         "namespaces",
@@ -104,6 +129,7 @@ DEFAULT_RESOURCES: tuple[ResourceType, ...] = (
         True,
         short_names=("po",),
         status_subresource=True,
+        categories=("all",),
         field_labels=(
             "spec.nodeName",
             "spec.restartPolicy",
@@ -117,9 +143,37 @@ DEFAULT_RESOURCES: tuple[ResourceType, ...] = (
         indexed_field="spec.nodeName",
     ),
     _core("serviceaccounts", "ServiceAccount", True, short_names=("sa",)),
-    _core("services", "Service", True, short_names=("svc",), status_subresource=True, name_rule="label1035"),
+    _core(
+        "services",
+        "Service",
+        True,
+        short_names=("svc",),
+        status_subresource=True,
+        name_rule="label1035",
+        categories=("all",),
+    ),
+    _core("configmaps", "ConfigMap", True, short_names=("cm",)),
+    _core("secrets", "Secret", True, field_labels=("type",)),
     ResourceType("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True, short_names=("netpol",)),
     ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True),
+    _rbac("roles", "Role", True),
+    _rbac("rolebindings", "RoleBinding", True),
+    _rbac("clusterroles", "ClusterRole", False),
+    _rbac("clusterrolebindings", "ClusterRoleBinding", False),
+    _apps("deployments", "Deployment", "deploy"),
+    _apps("daemonsets", "DaemonSet", "ds"),
+    ResourceType(
+        "policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True, ("pdb",), status_subresource=True
+    ),
+    ResourceType(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        False,
+        ("crd", "crds"),
+        status_subresource=True,
+    ),
     _calico("globalnetworkpolicies", "GlobalNetworkPolicy"),
     _calico("networkpolicies", "NetworkPolicy", namespaced=True),
     _calico("stagedglobalnetworkpolicies", "StagedGlobalNetworkPolicy"),
@@ -152,12 +206,33 @@ class ResourceRegistry:
         self._by_gvp: dict[tuple[str, str, str], ResourceType] = {}
         self._by_alias: dict[str, list[ResourceType]] = {}
         for rt in resources:
-            if rt.key in self._by_key:
-                raise ValueError(f"duplicate resource {rt.key}")
-            self._by_key[rt.key] = rt
-            self._by_gvp[(rt.group, rt.version, rt.plural)] = rt
-            for alias in {rt.plural, rt.kind, rt.kind.lower(), *rt.short_names}:
-                self._by_alias.setdefault(alias, []).append(rt)
+            self.add(rt)
+
+    def add(self, rt: ResourceType) -> None:
+        """Serve ``rt`` (ValueError if its key is taken)."""
+        if rt.key in self._by_key:
+            raise ValueError(f"duplicate resource {rt.key}")
+        self._by_key[rt.key] = rt
+        self._by_gvp[(rt.group, rt.version, rt.plural)] = rt
+        for alias in self._aliases(rt):
+            self._by_alias.setdefault(alias, []).append(rt)
+
+    def remove(self, key: str) -> ResourceType:
+        """Stop serving the resource ``key`` (KeyError if it is not served)."""
+        rt = self._by_key.pop(key)
+        del self._by_gvp[(rt.group, rt.version, rt.plural)]
+        for alias in self._aliases(rt):
+            self._by_alias[alias].remove(rt)
+            if not self._by_alias[alias]:
+                del self._by_alias[alias]
+        return rt
+
+    @staticmethod
+    def _aliases(rt: ResourceType) -> set[str]:
+        return {rt.plural, rt.kind, rt.kind.lower(), *rt.short_names}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._by_key
 
     def __iter__(self) -> Iterator[ResourceType]:
         return iter(self._by_key.values())
@@ -204,7 +279,9 @@ class ResourceRegistry:
             }
             if rt.short_names:
                 entry["shortNames"] = list(rt.short_names)
-            if rt.group == CALICO_GROUP:
+            if rt.categories:
+                entry["categories"] = list(rt.categories)
+            if rt.custom:
                 entry["storageVersionHash"] = ""
             resources.append(entry)
             if rt.status_subresource:

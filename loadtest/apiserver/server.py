@@ -35,14 +35,14 @@ import secrets
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 
-from . import errors
+from . import errors, tables
 from .decode import (
     JSON,
     MAX_BODY_BYTES,
@@ -50,6 +50,7 @@ from .decode import (
     decode_body,
     decode_patch,
     delete_preconditions,
+    media_type,
     query_bool,
     query_int,
     rule_list,
@@ -57,25 +58,20 @@ from .decode import (
 from .errors import ApiError
 from .kubeconfig import TLSMaterial, cert_hosts, make_tls, write_kubeconfig
 from .listing import TooLargeResourceVersion, list_body
+from .objects import StoredObject
+from .openapi import OpenAPI
+from .openapi_pb import MEDIA_TYPES as OPENAPI_V2_PROTOBUF
+from .protobuf import PROTOBUF, decode_protobuf
+from .resources import VERSION_INFO, ResourceType
 from .routing import Route, check_forbidden, parse_path, verb_of
+from .schema import parse_field_validation
 from .stats import Stats
-from .store import Store
+from .store import Admission, Store
 from .watchstream import serve_watch, watch_params
 
 log = logging.getLogger("loadtest.apiserver")
 T = TypeVar("T")
-
-VERSION_INFO = {
-    "major": "1",
-    "minor": "31",
-    "gitVersion": "v1.31.0-pytypha-emulator",
-    "gitCommit": "0000000000000000000000000000000000000000",
-    "gitTreeState": "clean",
-    "buildDate": "2024-08-13T00:00:00Z",
-    "goVersion": "go1.22.5",
-    "compiler": "gc",
-    "platform": "linux/amd64",
-}
+MAX_WARNINGS = 50  # kube-apiserver caps the Warning headers of one response too
 
 
 @dataclass
@@ -100,6 +96,31 @@ def _status_response(e: ApiError) -> web.Response:
     return _json_response(e.code, orjson.dumps(e.status))
 
 
+def _written(status: int, obj: StoredObject, admission: Admission) -> web.Response:
+    """A write's answer, with one ``Warning`` header (RFC 7234 form) per unknown field dropped."""
+    resp = _json_response(status, obj.raw)
+    for w in admission.warnings[:MAX_WARNINGS]:
+        text = w.replace("\\", "\\\\").replace('"', '\\"')
+        resp.headers.add("Warning", f'299 - "{text}"')
+    return resp
+
+
+def dry_run_param(q: Mapping[str, str]) -> bool:
+    """``?dryRun=All`` (the only value kube-apiserver accepts); 400 for anything else."""
+    values = q.getall("dryRun", []) if hasattr(q, "getall") else ([q["dryRun"]] if "dryRun" in q else [])
+    for v in values:
+        if v != "All":
+            raise errors.bad_request(f'dryRun: Unsupported value: "{v}": supported values: "All"')
+    return bool(values)
+
+
+def decode_object(raw: bytes, content_type: str | None, rt: ResourceType) -> Any:
+    """A create/update body: JSON, or kube's protobuf envelope for the kinds :mod:`.protobuf` knows."""
+    if media_type(content_type) == PROTOBUF:
+        return decode_protobuf(raw, rt)
+    return decode_body(raw, content_type)
+
+
 async def read_body(request: web.Request) -> bytes:
     """The request body, or 413 RequestEntityTooLarge past :data:`.decode.MAX_BODY_BYTES`."""
     check_size(request.content_length)
@@ -115,6 +136,7 @@ class ApiServerApp:
     def __init__(self, store: Store, config: ServerConfig) -> None:
         self.store = store
         self.config = config
+        self.openapi = OpenAPI(store)
         self.port = 0
         self.host = "127.0.0.1"
         self._token = config.token.encode()
@@ -150,6 +172,8 @@ class ApiServerApp:
             return await self._emulator(request, path)
         if path in ("/version", "/version/"):
             return _json_response(200, orjson.dumps(VERSION_INFO))
+        if path.startswith("/openapi/"):
+            return self._openapi(request, path)
         route = parse_path(self.store.registry, path)
         if route.kind == "discovery":
             doc = route.doc
@@ -184,11 +208,12 @@ class ApiServerApp:
         except ApiError:
             self.store.stats.forbidden += 1
             raise
-        if q.get("dryRun"):
-            raise errors.bad_request("dryRun is not supported by the emulator")
+        dry_run = dry_run_param(q)
         rstats = self.store.stats.resource(rt.key)
         store = self.store
         ctype = request.headers.get("Content-Type")
+        admission = Admission(parse_field_validation(q.get("fieldValidation")))
+        table = tables.wants_table(request.headers.get("Accept"))
 
         if verb == "watch":
             params = watch_params(q, route, self.config.min_request_timeout)
@@ -204,7 +229,10 @@ class ApiServerApp:
         if verb == "get":
             assert name is not None
             rstats.get_requests += 1
-            return _json_response(200, store.get_object(rt, name, ns).raw)
+            obj = store.get_object(rt, name, ns)
+            if table:
+                return self._table(rt, [obj], {"resourceVersion": str(obj.rv)}, q)
+            return _json_response(200, obj.raw)
         if verb == "list":
             res = await self._retry_too_large(
                 lambda: store.list(
@@ -218,40 +246,86 @@ class ApiServerApp:
                     resource_version_match=q.get("resourceVersionMatch"),
                 )
             )
+            if table:
+                return self._table(rt, res.items, res.metadata(), q)
             body = res.to_bytes()
             rstats.list_bytes_sent += len(body)
             return _json_response(200, body)
         if verb == "create":
             if name is not None or (rt.namespaced and ns is None):
                 raise errors.method_not_allowed(method)
-            obj = store.create_object(rt, decode_body(await read_body(request), ctype), namespace=ns, strategy=True)
-            return _json_response(201, obj.raw)
+            body = decode_object(await read_body(request), ctype, rt)
+            obj = store.create_object(rt, body, namespace=ns, strategy=True, dry_run=dry_run, admission=admission)
+            return _written(201, obj, admission)
         if verb == "update":
             if name is None:
                 raise errors.method_not_allowed(method)
-            body = decode_body(await read_body(request), ctype)
-            obj = store.update_object(rt, body, namespace=ns, name=name, subresource=sub, strategy=True)
-            return _json_response(200, obj.raw)
+            body = decode_object(await read_body(request), ctype, rt)
+            obj = store.update_object(
+                rt, body, namespace=ns, name=name, subresource=sub, strategy=True, dry_run=dry_run, admission=admission
+            )
+            return _written(200, obj, admission)
         if verb == "patch":
             if name is None:
                 raise errors.method_not_allowed(method)
             patch, ptype = decode_patch(await read_body(request), ctype)
-            obj = store.patch_object(rt, name, patch, namespace=ns, content_type=ptype, subresource=sub, strategy=True)
-            return _json_response(200, obj.raw)
+            obj = store.patch_object(
+                rt,
+                name,
+                patch,
+                namespace=ns,
+                content_type=ptype,
+                subresource=sub,
+                strategy=True,
+                dry_run=dry_run,
+                admission=admission,
+            )
+            return _written(200, obj, admission)
         if verb == "delete":
             assert name is not None
             if sub is not None:
                 raise errors.method_not_allowed(method)
             pre = delete_preconditions(await read_body(request), ctype)
-            obj, _ = store.delete_object(rt, name, namespace=ns, preconditions=pre)
+            obj, _ = store.delete_object(rt, name, namespace=ns, preconditions=pre, dry_run=dry_run)
             return _json_response(200, obj.raw)
         # deletecollection
         if rt.namespaced and ns is None:
             raise errors.method_not_allowed(method)
+        if dry_run:
+            res = store.list(rt, ns, label_selector=q.get("labelSelector"), field_selector=q.get("fieldSelector"))
+            return _json_response(200, res.to_bytes())
         deleted = store.delete_collection(
             rt.key, ns, label_selector=q.get("labelSelector"), field_selector=q.get("fieldSelector")
         )
         return _json_response(200, list_body(rt, {"resourceVersion": str(store.rv)}, deleted))
+
+    def _table(
+        self, rt: ResourceType, objs: list[StoredObject], metadata: dict[str, Any], q: Mapping[str, str]
+    ) -> web.Response:
+        doc = tables.table(
+            rt, objs, metadata, self.store.crd_columns.get(rt.key), tables.include_object(q.get("includeObject"))
+        )
+        return _json_response(200, orjson.dumps(doc))
+
+    def _openapi(self, request: web.Request, path: str) -> web.Response:
+        if request.method != "GET":
+            raise errors.method_not_allowed(request.method)
+        if path.rstrip("/") == "/openapi/v2":
+            accept = request.headers.get("Accept", "")
+            if any(t in accept for t in OPENAPI_V2_PROTOBUF):
+                # kube-openapi answers with a generic type: the media type asked for does not parse in Go.
+                return web.Response(
+                    status=200, body=self.openapi.v2_protobuf(), content_type="application/octet-stream"
+                )
+            if accept and "json" not in accept and "*/*" not in accept:
+                raise errors.ApiError(406, "NotAcceptable", f"cannot serve /openapi/v2 as {accept}")
+            return _json_response(200, self.openapi.v2_document())
+        if path.rstrip("/") == "/openapi/v3":
+            return _json_response(200, self.openapi.v3_index())
+        doc = self.openapi.v3_document(path.removeprefix("/openapi/v3/"))
+        if doc is None:
+            raise errors.path_not_found()
+        return _json_response(200, doc)
 
     async def _retry_too_large(self, fn: Callable[[], T]) -> T:
         try:
@@ -319,6 +393,20 @@ class ApiServerHandle:
         self.port = port
         self._runner = runner
         self._stopped = False
+        self._controllers: list[asyncio.Task[None]] = []
+
+    def start_controllers(self) -> None:
+        """What kube-apiserver's controller manager would do: the namespace controller."""
+        self._controllers.append(asyncio.create_task(self._namespace_controller(), name="namespace-controller"))
+
+    async def _namespace_controller(self) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            if self.store.terminating:
+                try:
+                    self.store.run_namespace_controller()
+                except Exception:  # a bug must not stop the controller (nor the server)
+                    log.exception("namespace controller")
 
     @property
     def url(self) -> str:
@@ -360,6 +448,8 @@ class ApiServerHandle:
         if self._stopped:
             return
         self._stopped = True
+        for task in self._controllers:
+            task.cancel()
         self.store.cut_watches(reason="shutdown")
         await self._runner.cleanup()
 
@@ -395,6 +485,8 @@ async def start_apiserver(
     min_request_timeout: float = 1800.0,
     too_large_rv_wait: float = 3.0,
     require_namespace: bool = False,
+    require_crds: bool = False,
+    namespace_cleanup_delay: float = 2.0,
     kubeconfig_path: str | None = None,
     tls: TLSMaterial | None = None,
     sans: Iterable[str] = (),
@@ -402,7 +494,9 @@ async def start_apiserver(
     """Start an HTTPS Kubernetes API emulator on ``host:port`` (0 = ephemeral port).
 
     ``window_size`` (events retained per resource) and ``max_watch_queue`` only apply when
-    a new Store is created here. ``token`` defaults to a random one. The serving
+    a new Store is created here, and so do ``require_namespace``, ``require_crds``
+    (custom resources served only once their CRD exists) and ``namespace_cleanup_delay``
+    (seconds between a namespace's deletion and its namespace controller emptying it). ``token`` defaults to a random one. The serving
     certificate covers loopback, ``host`` and every name or address in ``sans``
     (:func:`.kubeconfig.cert_hosts`). Raises OSError if the address cannot be bound.
     """
@@ -413,7 +507,13 @@ async def start_apiserver(
         sock.close()
         raise
     if store is None:
-        store = Store(window_size=window_size, max_watch_queue=max_watch_queue, require_namespace=require_namespace)
+        store = Store(
+            window_size=window_size,
+            max_watch_queue=max_watch_queue,
+            require_namespace=require_namespace,
+            require_crds=require_crds,
+            namespace_cleanup_delay=namespace_cleanup_delay,
+        )
     config = ServerConfig(
         token=token or secrets.token_urlsafe(24),
         forbidden=set(forbidden),
@@ -430,6 +530,7 @@ async def start_apiserver(
     await site.start()
     api.host, api.port = host, sock.getsockname()[1]
     handle = ApiServerHandle(api, runner, tls, host, api.port)
+    handle.start_controllers()
     if kubeconfig_path:
         handle.write_kubeconfig(kubeconfig_path)
     return handle

@@ -9,7 +9,14 @@ The store sequences the pieces that hold the semantics, one concern per module:
 - :mod:`.history`: the retained window of events (watch replay, MVCC list snapshots, 410s);
 - :mod:`.listing`: which revision a list reads and one consistent page of it;
 - :mod:`.watch`: bounded watcher queues and the indexed, exception-safe fan-out;
-- :mod:`.strategy`: per-type create/update rules (system metadata, status, generation).
+- :mod:`.strategy`: per-type create/update rules (system metadata, status, generation);
+- :mod:`.schema` and :mod:`.defaults`: HTTP writes are admitted against their kind's schema
+  (unknown fields, types, ``fieldValidation``) and defaulted;
+- :mod:`.lifecycle`: what controllers do around some writes (namespace deletion, CRDs).
+
+*Dry run.* Every write method takes ``dry_run``: the write goes through every check,
+default and strategy, and the would-be object is returned, but nothing is committed (no
+revision taken, no event, no cascade), as ``?dryRun=All`` does in kube-apiserver.
 
 *Revisions.* One global integer counter, like an etcd revision: every write takes the
 next value, stamps it into ``metadata.resourceVersion`` and records an Event in its
@@ -29,14 +36,15 @@ HTTP shell (``server.py``); the shell only turns watcher queues into chunked res
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from . import errors
+from . import errors, lifecycle
 from . import strategy as strat
-from .errors import ApiError
-from .history import History
-from .listing import ListResult, TooLargeResourceVersion, build_page, choose_snapshot, encode_continue, parse_rv
+from .crds import CRD_KEY
+from .defaults import apply_defaults
+from .listing import ListResult, TooLargeResourceVersion, parse_rv
 from .objects import (
     ADDED,
     BOOKMARK,
@@ -44,166 +52,52 @@ from .objects import (
     ERROR,
     MODIFIED,
     Event,
-    ObjectTable,
     StoredObject,
     dumps,
     encode_event,
     make_key,
 )
 from .patch import MERGE, apply_patch
-from .resources import DEFAULT_RESOURCES, ResourceRegistry, ResourceType
-from .selectors import FieldSelector, LabelSelector, extract_fields, parse_field_selector, parse_label_selector
-from .stats import ResourceStats, Stats
+from .resources import ResourceType
+from .schema import WARN
+from .selectors import extract_fields
+from .state import DEFAULT_NAMESPACES, StoreState, _ResourceState
 from .validation import validate_object
-from .watch import Watcher, WatcherSet, bookmark_bytes
+from .watch import Watcher
 
 _EMPTY_LABELS: dict[str, str] = {}
-DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 
-class _ResourceState:
-    """Everything the store keeps for one resource."""
+@dataclass
+class Admission:
+    """How an HTTP write is admitted against its schema: the ``fieldValidation`` mode, and
+    the warnings (unknown fields dropped) the response carries."""
 
-    __slots__ = ("history", "rt", "stats", "table", "watchers")
-
-    def __init__(self, rt: ResourceType, window_size: int, start_rv: int, stats: ResourceStats) -> None:
-        self.rt = rt
-        self.table = ObjectTable()
-        self.history = History(window_size, start_rv)
-        self.watchers = WatcherSet(rt)
-        self.stats = stats
+    mode: str = WARN
+    warnings: builtins.list[str] = field(default_factory=list)
 
 
-class Store:
-    """The emulator's state. Public methods taking ``resource`` accept a resource key,
-    plural (when unambiguous), kind or short name: ``"pods"``, ``"ippools"``,
-    ``"networkpolicies.crd.projectcalico.org"``.
-    """
+class Store(StoreState):
+    """The emulator's state and its writes (reads, watches and fault injection: :class:`StoreState`,
+    which also takes the constructor's arguments)."""
 
-    def __init__(
-        self,
-        resources: Iterable[ResourceType] = DEFAULT_RESOURCES,
-        *,
-        window_size: int = 10_000,
-        max_watch_queue: int = 10_000,
-        initial_rv: int = 1,
-        stats: Stats | None = None,
-        seed_namespaces: Iterable[str] = DEFAULT_NAMESPACES,
-        require_namespace: bool = False,
-    ) -> None:
-        self.registry = ResourceRegistry(resources)
-        self.stats = stats or Stats()
-        self.window_size = window_size
-        self.max_watch_queue = max_watch_queue
-        self.require_namespace = require_namespace
-        self._rv = initial_rv
-        self._states: dict[str, _ResourceState] = {
-            rt.key: _ResourceState(rt, window_size, initial_rv, self.stats.resource(rt.key)) for rt in self.registry
-        }
-        self._listeners: list[Callable[[int], None]] = []
-        for ns in seed_namespaces:
+    def _seed(self, namespaces: Iterable[str]) -> None:
+        for ns in namespaces:
             self.create("namespaces", {"metadata": {"name": ns}})
 
-    # ---- basics ----------------------------------------------------------------------
-
-    @property
-    def rv(self) -> int:
-        """The current (latest committed) global resourceVersion."""
-        return self._rv
-
-    def resource(self, resource: str | ResourceType) -> ResourceType:
-        try:
-            return self.registry.resolve(resource)
-        except KeyError as e:
-            raise errors.ApiError(404, "NotFound", str(e.args[0])) from None
-
-    def _state(self, resource: str | ResourceType) -> _ResourceState:
-        return self._states[self.resource(resource).key]
-
-    def add_commit_listener(self, cb: Callable[[int], None]) -> None:
-        """``cb(rv)`` runs after every committed write (used to wake waiters for future RVs)."""
-        self._listeners.append(cb)
-
-    def remove_commit_listener(self, cb: Callable[[int], None]) -> None:
-        if cb in self._listeners:
-            self._listeners.remove(cb)
-
-    def _notify_listeners(self, rv: int) -> None:
-        for cb in list(self._listeners):
-            cb(rv)
-
-    def count(self, resource: str) -> int:
-        return len(self._state(resource).table)
-
-    def window_start(self, resource: str) -> int:
-        """Oldest RV a watch/continue on ``resource`` may still start from (older -> 410)."""
-        return self._state(resource).history.start
-
-    def _make(self, rt: ResourceType, d: dict[str, Any]) -> StoredObject:
-        """Validate ``d`` and stamp it with the next revision: the one way into storage."""
+    def _make(self, rt: ResourceType, d: dict[str, Any], dry_run: bool = False) -> StoredObject:
+        """Validate ``d`` and stamp it with the next revision: the one way into storage.
+        A dry run takes no revision: the object keeps the resourceVersion it has, if any."""
         validate_object(rt, d)
-        rv = self._next_rv()
         md = d["metadata"]
-        md["resourceVersion"] = str(rv)
+        if dry_run:
+            rv = int(md.get("resourceVersion") or 0)
+        else:
+            rv = self._next_rv()
+            md["resourceVersion"] = str(rv)
         labels = md.get("labels") or _EMPTY_LABELS
         fields = extract_fields(d, rt.field_labels) if rt.field_labels else ()
         return StoredObject(make_key(md.get("namespace", ""), md["name"]), rv, dumps(d), labels, fields)
-
-    # ---- reads -----------------------------------------------------------------------
-
-    def get_object(self, resource: str | ResourceType, name: str, namespace: str | None = None) -> StoredObject:
-        rs = self._state(resource)
-        obj = rs.table.get(make_key((namespace or "") if rs.rt.namespaced else "", name))
-        if obj is None:
-            raise errors.not_found(rs.rt, name)
-        return obj
-
-    def get(self, resource: str, name: str, namespace: str | None = None) -> dict[str, Any]:
-        """The current object as a dict; raises ApiError(404)."""
-        return self.get_object(resource, name, namespace).to_dict()
-
-    def list(
-        self,
-        resource: str | ResourceType,
-        namespace: str | None = None,
-        *,
-        label_selector: str | LabelSelector | None = None,
-        field_selector: str | FieldSelector | None = None,
-        limit: int | None = None,
-        continue_: str | None = None,
-        resource_version: str | None = None,
-        resource_version_match: str | None = None,
-    ) -> ListResult:
-        """A list page with Kubernetes resourceVersion / limit / continue semantics."""
-        rs = self._state(resource)
-        rt = rs.rt
-        lsel = self._lsel(label_selector)
-        fsel = self._fsel(rt, field_selector)
-        if not rt.namespaced:
-            namespace = None
-        limit = limit if limit and limit > 0 else None
-        snap_rv, start = choose_snapshot(
-            self._rv, rs.history.start, resource_version, resource_version_match, limit, continue_
-        )
-        try:
-            overrides = rs.history.state_at(snap_rv)
-        except ApiError:
-            rs.stats.list_expired += 1
-            if continue_:
-                # Like etcd3's store: tell the client how to continue inconsistently.
-                assert start is not None
-                raise errors.expired(errors.CONTINUE_EXPIRED_MSG, {"continue": encode_continue(-1, start)}) from None
-            raise
-        page = build_page(rt, rs.table, snap_rv, start, namespace, lsel, fsel, limit, overrides)
-        rs.stats.list_requests += 1
-        rs.stats.list_items_sent += len(page.items)
-        return page
-
-    def _lsel(self, sel: str | LabelSelector | None) -> LabelSelector:
-        return sel if isinstance(sel, LabelSelector) else parse_label_selector(sel)
-
-    def _fsel(self, rt: ResourceType, sel: str | FieldSelector | None) -> FieldSelector:
-        return sel if isinstance(sel, FieldSelector) else parse_field_selector(sel, rt.field_labels, rt.namespaced)
 
     # ---- writes ----------------------------------------------------------------------
 
@@ -218,17 +112,46 @@ class Store:
         if rs.watchers.count:
             rs.watchers.dispatch(ev)
         self._notify_listeners(ev.rv)
+        if etype == DELETED:
+            rs.stats.deletes += 1
+            lifecycle.after_delete(self, rs.rt, obj)
+        elif rs.rt.key == CRD_KEY:
+            lifecycle.after_crd_write(self, obj.to_dict())
         return ev
+
+    def commit_write(self, resource: str, d: dict[str, Any], etype: str, prev: StoredObject) -> StoredObject:
+        """Store ``d`` as a new version of ``prev`` (MODIFIED) or its last state (DELETED)."""
+        rs = self._state(resource)
+        stored = self._make(rs.rt, d)
+        self._commit(rs, etype, stored, prev)
+        return stored
+
+    def remove_now(self, rt: ResourceType, obj: StoredObject) -> StoredObject:
+        """Delete ``obj`` at once, finalizers or not (its CRD is going away)."""
+        return self._delete_now(self._states[rt.key], obj, obj.to_dict())
+
+    def _admit(self, rt: ResourceType, d: dict[str, Any], admission: Admission | None) -> dict[str, Any]:
+        if admission is None:
+            return d
+        out, warnings = self.schemas.admit(rt, d, admission.mode)
+        admission.warnings.extend(warnings)
+        return out
 
     def _next_rv(self) -> int:
         self._rv += 1
         return self._rv
 
     def create(
-        self, resource: str, obj: Mapping[str, Any], *, namespace: str | None = None, strategy: bool = False
+        self,
+        resource: str,
+        obj: Mapping[str, Any],
+        *,
+        namespace: str | None = None,
+        strategy: bool = False,
+        dry_run: bool = False,
     ) -> dict[str, Any]:
         """Create ``obj``; returns the stored object. 409 AlreadyExists if present."""
-        return self.create_object(resource, obj, namespace=namespace, strategy=strategy).to_dict()
+        return self.create_object(resource, obj, namespace=namespace, strategy=strategy, dry_run=dry_run).to_dict()
 
     def create_object(
         self,
@@ -237,10 +160,13 @@ class Store:
         *,
         namespace: str | None = None,
         strategy: bool = False,
+        dry_run: bool = False,
+        admission: Admission | None = None,
     ) -> StoredObject:
+        """Create; ``admission`` (HTTP writes) checks the object against its kind's schema."""
         rs = self._state(resource)
         rt = rs.rt
-        d = strat.normalize(rt, obj, namespace)
+        d = self._admit(rt, strat.normalize(rt, obj, namespace), admission)
         md = d["metadata"]
         name = md.get("name")
         if not name and md.get("generateName"):
@@ -253,10 +179,17 @@ class Store:
             raise errors.already_exists(rt, name)
         if ns and self.require_namespace and make_key("", ns) not in self._states["namespaces"].table.objects:
             raise errors.namespace_not_found(ns)
+        if ns:
+            lifecycle.check_namespace_open(self, ns)
+        if strategy:
+            apply_defaults(rt, d, None, self._cluster_ips)
         strat.prepare_create(rt, d, strategy)
-        stored = self._make(rt, d)
-        self._commit(rs, ADDED, stored, None)
-        rs.stats.creates += 1
+        if rt.key == CRD_KEY:
+            lifecycle.before_crd_write(self, rt, d, create=True)
+        stored = self._make(rt, d, dry_run)
+        if not dry_run:
+            self._commit(rs, ADDED, stored, None)
+            rs.stats.creates += 1
         return stored
 
     def update(
@@ -267,10 +200,11 @@ class Store:
         namespace: str | None = None,
         subresource: str | None = None,
         strategy: bool = False,
+        dry_run: bool = False,
     ) -> dict[str, Any]:
         """PUT semantics: 409 Conflict if metadata.resourceVersion is set and stale."""
         return self.update_object(
-            resource, obj, namespace=namespace, subresource=subresource, strategy=strategy
+            resource, obj, namespace=namespace, subresource=subresource, strategy=strategy, dry_run=dry_run
         ).to_dict()
 
     def update_object(
@@ -282,6 +216,8 @@ class Store:
         name: str | None = None,
         subresource: str | None = None,
         strategy: bool = False,
+        dry_run: bool = False,
+        admission: Admission | None = None,
     ) -> StoredObject:
         rs = self._state(resource)
         rt = rs.rt
@@ -307,24 +243,38 @@ class Store:
             raise errors.invalid(
                 rt, name, "metadata.resourceVersion", "Invalid value: 0x0: must be specified for an update"
             )
-        stored = self._update_from(rs, cur, d, subresource, strategy)
-        rs.stats.updates += 1
+        stored = self._update_from(rs, cur, d, subresource, strategy, dry_run, admission)
+        if not dry_run:
+            rs.stats.updates += 1
         return stored
 
     def _update_from(
-        self, rs: _ResourceState, cur: StoredObject, d: dict[str, Any], subresource: str | None, strategy: bool
+        self,
+        rs: _ResourceState,
+        cur: StoredObject,
+        d: dict[str, Any],
+        subresource: str | None,
+        strategy: bool,
+        dry_run: bool = False,
+        admission: Admission | None = None,
     ) -> StoredObject:
         rt = rs.rt
         old = cur.to_dict()
+        d = self._admit(rt, d, admission)
+        if strategy:
+            apply_defaults(rt, d, old, self._cluster_ips)
         new = strat.prepare_update(rt, old, d, subresource, strategy)
         if new == old:
             return cur  # no-op update: no new revision, no event (as kube-apiserver)
+        if rt.key == CRD_KEY:
+            lifecycle.before_crd_write(self, rt, new, create=False)
         nmd = new["metadata"]
         if nmd.get("deletionTimestamp") and not nmd.get("finalizers"):
             # Last finalizer removed from an object being deleted: it goes away now.
-            return self._delete_now(rs, cur, new)
-        stored = self._make(rt, new)
-        self._commit(rs, MODIFIED, stored, cur)
+            return self._make(rt, new, dry_run) if dry_run else self._delete_now(rs, cur, new)
+        stored = self._make(rt, new, dry_run)
+        if not dry_run:
+            self._commit(rs, MODIFIED, stored, cur)
         return stored
 
     def patch(
@@ -337,6 +287,7 @@ class Store:
         content_type: str = MERGE,
         subresource: str | None = None,
         strategy: bool = False,
+        dry_run: bool = False,
     ) -> dict[str, Any]:
         """Apply a merge / strategic-merge / JSON patch (``content_type`` says which)."""
         return self.patch_object(
@@ -347,6 +298,7 @@ class Store:
             content_type=content_type,
             subresource=subresource,
             strategy=strategy,
+            dry_run=dry_run,
         ).to_dict()
 
     def patch_object(
@@ -359,6 +311,8 @@ class Store:
         content_type: str = MERGE,
         subresource: str | None = None,
         strategy: bool = False,
+        dry_run: bool = False,
+        admission: Admission | None = None,
     ) -> StoredObject:
         rs = self._state(resource)
         rt = rs.rt
@@ -373,8 +327,9 @@ class Store:
         if str(md.get("resourceVersion", "")) != str(cur.rv):
             raise errors.conflict(rt, name, errors.STALE_RV)
         d = strat.normalize(rt, new, cur.namespace or None)
-        stored = self._update_from(rs, cur, d, subresource, strategy)
-        rs.stats.patches += 1
+        stored = self._update_from(rs, cur, d, subresource, strategy, dry_run, admission)
+        if not dry_run:
+            rs.stats.patches += 1
         return stored
 
     def upsert(self, resource: str, obj: Mapping[str, Any], *, namespace: str | None = None) -> dict[str, Any]:
@@ -401,8 +356,10 @@ class Store:
         *,
         namespace: str | None = None,
         preconditions: Mapping[str, Any] | None = None,
+        dry_run: bool = False,
     ) -> tuple[StoredObject, bool]:
-        """Returns (object, deleted_now). deleted_now is False when finalizers defer it."""
+        """Returns (object, deleted_now). deleted_now is False when finalizers defer it
+        (or a namespace waits for its contents to go)."""
         rs = self._state(resource)
         rt = rs.rt
         cur = self.get_object(rt, name, namespace)
@@ -422,6 +379,10 @@ class Store:
                     name,
                     f"Precondition failed: ResourceVersion in precondition: {prv}, ResourceVersion in object meta: {cur.rv}",
                 )
+        if dry_run:
+            return cur, not md.get("finalizers")
+        if rt.key == "namespaces":
+            return lifecycle.delete_namespace(self, cur)
         if md.get("finalizers"):
             if md.get("deletionTimestamp"):
                 return cur, False
@@ -430,13 +391,14 @@ class Store:
             stored = self._make(rt, d)
             self._commit(rs, MODIFIED, stored, cur)
             return stored, False
+        if rt.key == CRD_KEY:
+            lifecycle.delete_crd_objects(self, cur)
         return self._delete_now(rs, cur, d), True
 
     def _delete_now(self, rs: _ResourceState, cur: StoredObject, final: dict[str, Any]) -> StoredObject:
         # The DELETED event carries the last state stamped with the deletion's revision.
         tomb = self._make(rs.rt, final)
         self._commit(rs, DELETED, tomb, cur)
-        rs.stats.deletes += 1
         return tomb
 
     def delete_collection(
@@ -449,6 +411,10 @@ class Store:
     ) -> builtins.list[StoredObject]:
         res = self.list(resource, namespace, label_selector=label_selector, field_selector=field_selector)
         return [self.delete_object(resource, o.name, namespace=o.namespace or None)[0] for o in res.items]
+
+    def run_namespace_controller(self, now: float | None = None) -> int:
+        """Empty the terminating namespaces whose cleanup is due (see ``namespace_cleanup_delay``)."""
+        return lifecycle.run_namespace_controller(self, now)
 
     def bulk_load(
         self,
@@ -490,111 +456,6 @@ class Store:
         self.cut_watches(rt.key, reason="reload")
         self._notify_listeners(self._rv)
         return n
-
-    # ---- watch -----------------------------------------------------------------------
-
-    def watch(
-        self,
-        resource: str | ResourceType,
-        namespace: str | None = None,
-        *,
-        resource_version: str | None = None,
-        label_selector: str | LabelSelector | None = None,
-        field_selector: str | FieldSelector | None = None,
-        send_initial_events: bool = False,
-        max_queue: int | None = None,
-        notify: Callable[[], None] | None = None,
-    ) -> Watcher:
-        """Register a watch. RV ""/"0"/None: synthetic ADDED for the current state first;
-        RV "N": replay retained events after N (ApiError 410 if N < window_start).
-        ``send_initial_events`` (streaming list) ends the initial ADDEDs with a BOOKMARK
-        annotated ``k8s.io/initial-events-end``."""
-        rs = self._state(resource)
-        rt = rs.rt
-        lsel = self._lsel(label_selector)
-        fsel = self._fsel(rt, field_selector)
-        if not rt.namespaced:
-            namespace = None
-        current = self._rv
-        snapshot: builtins.list[StoredObject] = []
-        replay: builtins.list[Event] = []
-        end_bookmark: bytes | None = None
-        if send_initial_events or resource_version in (None, "", "0"):
-            if resource_version not in (None, "", "0"):
-                rv = parse_rv(resource_version)
-                if rv > current:
-                    raise TooLargeResourceVersion(rv, current)
-            snapshot = rs.table.in_namespace(namespace)
-            if send_initial_events:
-                end_bookmark = bookmark_bytes(rt, current, initial_events_end=True)
-            start_rv = current
-        else:
-            rv = parse_rv(resource_version)
-            if rv > current:
-                raise TooLargeResourceVersion(rv, current)
-            if rv < rs.history.start:
-                rs.stats.watches_expired += 1
-                raise errors.too_old_rv(rv, rs.history.start)
-            replay = rs.history.since(rv)
-            start_rv = rv
-        w = Watcher(rt, namespace, lsel, fsel, max_queue or self.max_watch_queue, rs.stats, start_rv)
-        w.set_notify(notify)
-        w.set_initial(snapshot, replay, end_bookmark)
-        rs.watchers.add(w)
-        rs.stats.open_watches += 1
-        rs.stats.watches_total += 1
-        return w
-
-    def unwatch(self, w: Watcher) -> None:
-        """Deregister (idempotent). Call when the watch stream ends for any reason."""
-        rs = self._states[w.rt.key]
-        if not rs.watchers.discard(w):
-            return
-        rs.stats.open_watches -= 1
-        if not w.closed:
-            w.close("stopped")
-
-    def watchers(self, resource: str | None = None) -> builtins.list[Watcher]:
-        out: builtins.list[Watcher] = []
-        for rs in [self._state(resource)] if resource else self._states.values():
-            out.extend(rs.watchers)
-        return out
-
-    def bookmark_bytes(self, rt: ResourceType, rv: int | None = None, initial_events_end: bool = False) -> bytes:
-        return bookmark_bytes(rt, self._rv if rv is None else rv, initial_events_end)
-
-    def push_bookmark(self, w: Watcher) -> None:
-        """Queue a BOOKMARK at the current RV behind everything already queued for ``w``
-        (all events <= current RV were pushed synchronously, so the promise holds)."""
-        w.push(bookmark_bytes(w.rt, self._rv))
-
-    # ---- fault injection -------------------------------------------------------------
-
-    def cut_watches(self, resource: str | None = None, *, reason: str = "cut") -> int:
-        """Close every open watch (of one resource, or all); returns how many."""
-        n = 0
-        for w in self.watchers(resource):
-            if not w.closed:
-                w.close(reason)
-                self._states[w.rt.key].stats.watches_cut += 1
-                n += 1
-        return n
-
-    def compact(self, resource: str | None = None, rv: int | None = None) -> int:
-        """Drop retained history up to ``rv``, so any watch or continue token from an older
-        RV gets 410 Expired. Returns the compaction RV.
-
-        Without ``rv``, behaves like kube-apiserver's compactor, which first writes its
-        bookkeeping key (one new revision, no resource event) and then compacts etcd to that
-        revision: every RV handed out before the call is then too old.
-        """
-        if rv is None:
-            self._rv += 1
-            self._notify_listeners(self._rv)
-        target = self._rv if rv is None else min(rv, self._rv)
-        for rs in [self._state(resource)] if resource else self._states.values():
-            rs.history.compact(target)
-        return target
 
 
 __all__ = [

@@ -90,10 +90,18 @@ def dns1035_label_errors(v: str) -> list[str]:
     return out
 
 
+def path_segment_errors(v: str) -> list[str]:
+    """apimachinery's ValidatePathSegmentName (RBAC kinds: ``system:controller:x`` is a name)."""
+    if v in (".", ".."):
+        return [f"may not be '{v}'"]
+    return [f"may not contain '{c}'" for c in "/%" if c in v]
+
+
 NAME_RULES: dict[str, Callable[[str], list[str]]] = {
     "subdomain": dns1123_subdomain_errors,
     "label": dns1123_label_errors,
     "label1035": dns1035_label_errors,
+    "path": path_segment_errors,
 }
 
 
