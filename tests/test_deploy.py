@@ -29,7 +29,8 @@ from typha.k8s.projection import RESOURCES
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 BASE = DEPLOY / "base"
-MANIFESTS = ("typha.yaml", "felix.yaml")
+# The built-in kinds of the install (the custom resources are checked in test_deploy_install.py).
+MANIFESTS = ("typha.yaml", "felix.yaml", "autoscaler.yaml")
 
 # The oldest Kubernetes the manifests must be valid for (every field they use exists there, e.g.
 # topologySpreadConstraints' nodeTaintsPolicy and matchLabelKeys), and the newest that the installed
@@ -183,17 +184,18 @@ def test_schema_validation_is_strict() -> None:
             kubernetes_validate.validate(bad, K8S_VERSIONS[0], strict=True)
 
 
-def test_kustomization_applies_both_manifests_with_the_same_image() -> None:
+def test_kustomization_applies_the_manifests_with_the_same_image() -> None:
     assert yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())["resources"] == ["base"]
     kust = yaml.safe_load((BASE / "kustomization.yaml").read_text())
     assert kust["kind"] == "Kustomization"
-    assert sorted(kust["resources"]) == sorted(MANIFESTS)
+    assert sorted(kust["resources"]) == sorted([*MANIFESTS, "ippool.yaml"])
     images = {
         c["image"].split(":")[0]
         for f in MANIFESTS
         for d in documents(f)
         if d["kind"] in ("Deployment", "DaemonSet")
         for c in d["spec"]["template"]["spec"]["containers"]
+        if not c["image"].startswith("registry.k8s.io/")  # the autoscaler's own image
     }
     assert {i["name"] for i in kust["images"]} == images == {"pytypha"}
 
