@@ -120,7 +120,7 @@ def test_install_bird_everywhere_felix_runs() -> None:
     make = (root / "Makefile").read_text()
     assert re.search(r"SYSTEM_TOOLS :=.*\bbird\b", make) and re.search(r"apt-get install .*\bbird2\b", make)
     assert re.search(r"apt-get install[^&]*\bbird2\b", (root / "deploy" / "Dockerfile").read_text())
-    docs = [d for d in yaml.safe_load_all((root / "deploy" / "felix.yaml").read_text()) if d]
+    docs = [d for d in yaml.safe_load_all((root / "deploy" / "base" / "felix.yaml").read_text()) if d]
     (ds,) = [d for d in docs if d["kind"] == "DaemonSet"]
     pod = ds["spec"]["template"]["spec"]
     (c,) = pod["containers"]

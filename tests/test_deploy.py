@@ -316,7 +316,7 @@ def test_typha_pins_the_settings_its_ports_and_grace_period_depend_on() -> None:
         "TYPHA_SHUTDOWN_TIMEOUT",
         "TYPHA_SHUTDOWN_MAX_DROP_INTERVAL",
     ):
-        assert name in env, f"{name} should be set explicitly in deploy/typha.yaml"
+        assert name in env, f"{name} should be set explicitly in deploy/base/typha.yaml"
 
 
 def test_typha_ports_agree_with_settings() -> None:
@@ -518,7 +518,7 @@ def test_felix_env_vars_are_known_settings(felix_config: Any) -> None:
     c = felix_container()
     for name in felix_env():
         assert name in known, (
-            f"{name} is not a felix setting (known: {', '.join(sorted(known))}): align deploy/felix.yaml"
+            f"{name} is not a felix setting (known: {', '.join(sorted(known))}): align deploy/base/felix.yaml"
         )
         if field_ref(c, name):
             assert known[name].type is str, f"{name} comes from the downward API but is not a string setting"
