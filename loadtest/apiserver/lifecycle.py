@@ -49,7 +49,8 @@ NAMESPACES = "namespaces"
 def check_namespace_open(store: Store, ns: str) -> None:
     """403 if ``ns`` is terminating (kube's NamespaceLifecycle admission)."""
     cur = store.namespace_object(ns)
-    if cur is not None and cur.to_dict()["metadata"].get("deletionTimestamp"):
+    # Checked on every create: look at the bytes before decoding the namespace.
+    if cur is not None and b'"deletionTimestamp"' in cur.raw and cur.to_dict()["metadata"].get("deletionTimestamp"):
         raise errors.ApiError(
             403,
             "Forbidden",
@@ -124,7 +125,7 @@ def after_delete(store: Store, rt: ResourceType, obj: StoredObject) -> None:
     if rt.namespaced and obj.namespace not in store.cascading and obj.namespace not in store.terminating:
         ns = obj.namespace
         nso = store.namespace_object(ns)
-        if nso is not None and nso.to_dict()["metadata"].get("deletionTimestamp"):
+        if nso is not None and b'"deletionTimestamp"' in nso.raw and nso.to_dict()["metadata"].get("deletionTimestamp"):
             finish_namespace(store, ns)
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import functools
 import json
 import re
 from collections.abc import Iterator
@@ -109,9 +110,11 @@ def _to_openapi(node: Any) -> Any:
     return out
 
 
+@functools.lru_cache(maxsize=4)
 def load_definitions(minor: int) -> dict[str, Schema]:
     """The built-in definitions for Kubernetes 1.``minor`` (the nearest older one shipped, else
-    the oldest); empty when kubernetes-validate is not installed."""
+    the oldest); empty when kubernetes-validate is not installed. Loaded once per process (a few
+    hundred ms) and shared by every store: nothing writes into them."""
     dirs = _schema_dirs()
     if not dirs:
         return {}

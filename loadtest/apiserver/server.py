@@ -64,7 +64,7 @@ from .openapi_pb import MEDIA_TYPES as OPENAPI_V2_PROTOBUF
 from .protobuf import PROTOBUF, decode_protobuf
 from .resources import VERSION_INFO, ResourceType
 from .routing import Route, check_forbidden, parse_path, verb_of
-from .schema import parse_field_validation
+from .schema import WARN, parse_field_validation
 from .stats import Stats
 from .store import Admission, Store
 from .watchstream import serve_watch, watch_params
@@ -212,7 +212,8 @@ class ApiServerApp:
         rstats = self.store.stats.resource(rt.key)
         store = self.store
         ctype = request.headers.get("Content-Type")
-        admission = Admission(parse_field_validation(q.get("fieldValidation")))
+        writes = verb in ("create", "update", "patch")
+        admission = Admission(parse_field_validation(q.get("fieldValidation")) if writes else WARN)
         table = tables.wants_table(request.headers.get("Accept"))
 
         if verb == "watch":
