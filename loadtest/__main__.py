@@ -226,6 +226,41 @@ def _report(args: argparse.Namespace) -> int:
     return 0 if results.passed else 1
 
 
+def _hostile(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .commands.hostile import HostileOptions, run_hostile
+
+    opts = HostileOptions(
+        kinds=tuple(k.strip() for k in args.kind.split(",") if k.strip()),
+        connections=args.connections,
+        agents=args.agents,
+        processes=args.processes,
+        seconds=args.seconds,
+        nodes=args.nodes,
+        pods_per_node=args.pods_per_node,
+        churn=args.churn,
+        tls=args.tls,
+        typha_nofile=args.typha_nofile,
+        typha_args=shlex.split(args.typha_args) if args.typha_args else [],
+        output=args.output,
+    )
+    if problems := opts.problems():
+        print(f"loadtest hostile: error: {problems[0]}", file=sys.stderr)
+        return 2
+    results: dict[str, Any] = {}
+
+    async def work() -> int:
+        results.update(await run_hostile(opts))
+        return 0
+
+    code = run_until_signal("hostile", work)
+    if code:
+        return code
+    ok = all(r["agents_disconnects"] == 0 and r["agents_caught_up"] for r in results["kinds"].values())
+    return 0 if ok else 1
+
+
 def _count(minimum: int) -> Callable[[str], int]:
     """argparse type: an integer of at least `minimum`, with the bound in the error."""
 
@@ -324,6 +359,34 @@ def _bench_parsers(sub: Any) -> None:
     ing.add_argument("--output", help="write the results as JSON here")
 
 
+def _hostile_parser(sub: Any) -> None:
+    from .fleets.hostile import KINDS
+
+    kinds = "\n".join(f"  {k.name}: {k.help}" for k in KINDS.values())
+    p = sub.add_parser(
+        "hostile",
+        formatter_class=_Help,
+        help="what hostile connections cost a real typha while agents watch (docs/security.md)",
+        description="For each --kind: start typha on a synthetic cluster with churn, let --agents agents sync, then hold "
+        "--connections hostile connections of that kind open for --seconds while sampling typha's memory, kernel "
+        "socket memory, open files, CPU, log volume and /liveness, and the agents' update latency; new agents "
+        "connect halfway through. Exit status 1 if any agent lost its connection or fell behind.\n\n"
+        f"Kinds:\n{kinds}",
+    )
+    p.add_argument("--kind", default=",".join(k for k in KINDS if k != "tls-silent"), help="comma-separated kinds")
+    p.add_argument("--connections", type=_count(1), default=1000, help="hostile connections held open")
+    p.add_argument("--agents", type=_count(1), default=50, help="well-behaved agents watching")
+    p.add_argument("--processes", type=_count(1), default=1, help="agent worker processes")
+    p.add_argument("--seconds", type=float, default=20.0, help="seconds each attack lasts")
+    p.add_argument("--nodes", type=_count(1), default=50, help="nodes in typha's synthetic cluster")
+    p.add_argument("--pods-per-node", type=_count(0), default=20, help="pods on each node")
+    p.add_argument("--churn", type=float, default=20.0, help="changes per second during the attack")
+    p.add_argument("--tls", action="store_true", help="typha and the agents use mutual TLS (generated certificates)")
+    p.add_argument("--typha-nofile", type=_count(0), default=0, help="typha's open-files limit (0: inherited)")
+    p.add_argument("--typha-args", default="", help="extra flags for typha (one string)")
+    p.add_argument("--output", help="write the results as JSON here")
+
+
 def _run_parser(sub: Any) -> None:
     from .run.scenario import FAULT_KINDS
 
@@ -412,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     _demo_parser(sub)
     _bench_parsers(sub)
     _run_parser(sub)
+    _hostile_parser(sub)
     rep = sub.add_parser("report", help="re-render a saved run directory (tables, PNGs, summary.md)")
     rep.add_argument("dir", help="a `loadtest run --out` directory holding results.json")
     sub.add_parser("apiserver", help="run the Kubernetes API-server emulator (see its --help)", add_help=False)
@@ -440,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         "demo": _demo,
         "run": _run,
         "report": _report,
+        "hostile": _hostile,
     }
     return commands[args.command](args)
 

@@ -107,9 +107,13 @@ class ServerConfig:
     max_write_bytes: int = 1 << 20
     housekeeping_interval: float = 1.0
     close_timeout: float = 5.0
-    # Bytes a client may send: its hello (and TLS handshake) at once, then a trickle (PONGs, a GOODBYE).
-    inbound_burst: int = 64 * 1024
+    # Bytes a client may send: its TLS handshake and hello at once (this beyond --max-hello-frame), then
+    # a little (a WANT, PONGs, a GOODBYE) and a trickle; and the PINGs it may send.
+    inbound_handshake_slack: int = 16 * 1024
+    inbound_burst: int = 8 * 1024
     inbound_rate: int = 1024
+    ping_burst: int = 10
+    ping_rate: float = 1.0
     socket_receive_buffer: int = 64 * 1024  # SO_RCVBUF: clients send little, so a small window is enough
     tls_check_interval: float = 2.0  # seconds between looks at the certificate files
 

@@ -14,6 +14,7 @@ one way such a peer could make typha spend memory, CPU, file descriptors or log 
 - `InboundBudget`: a token bucket over the bytes a connection sends. A client sends its hello and
   then only PONGs and a GOODBYE (tens of bytes every ping interval), so a peer that sends more is
   closed before its bytes are buffered or decoded; a PING flood cannot turn into CPU or queued PONGs.
+- `keepable`: what a connection keeps of its hello is cut to realistic sizes.
 - `printable`: client-supplied text (hostname, GOODBYE reason, syncer type) is escaped and truncated
   before it reaches a log line, so it can neither forge lines nor grow the log by kilobytes a line.
 - `LogLimiter`: log lines about peers are limited per kind per second, with a count of what was
@@ -28,8 +29,11 @@ server (`typha.syncserver`) applies them.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable
 from typing import Generic, TypeVar
+
+from protocol import ClientHello
 
 K = TypeVar("K", bound=Hashable)
 
@@ -84,6 +88,16 @@ class InboundBudget:
             return False
         self.tokens = tokens - n
         return True
+
+
+def keepable(hello: ClientHello) -> ClientHello:
+    """The hello as a connection keeps it for its lifetime: strings cut to what a real agent sends (a
+    hostname is at most 253 characters), so ten thousand agents cannot make typha hold 16 KiB each."""
+    if len(hello.hostname) <= 253 and len(hello.info) <= 256 and len(hello.connection_id) <= 64:
+        return hello
+    return dataclasses.replace(
+        hello, hostname=hello.hostname[:253], info=hello.info[:256], connection_id=hello.connection_id[:64]
+    )
 
 
 def printable(text: object, limit: int = 64) -> str:

@@ -29,7 +29,7 @@ from protocol.tls import FAILED, RELOADED, CertReloader
 
 from .config import ServerConfig
 from .metrics import ServerMetrics
-from .peerbudget import Handshakes, LogLimiter, fd_budget
+from .peerbudget import Handshakes, InboundBudget, LogLimiter, fd_budget
 from .tls import TLSSession, looks_like_plaintext_hello, looks_like_tls
 
 if TYPE_CHECKING:
@@ -105,9 +105,13 @@ class PeerGuard:
             log.info("serving mutual TLS (1.2+); agents must present %s", self.tls.files.describe_peer())
 
     # -- connections --------------------------------------------------------------------------------
+    @property
+    def serving_tls(self) -> bool:
+        return self.tls is not None
+
     def admit(self, conn: SyncConnection) -> None:
         """A new connection: kernel buffers capped, into the handshake budget (closing the oldest beyond
-        it), TLS if configured."""
+        it). Its TLS session, if TLS is served, starts with its first bytes (`transport_matches`)."""
         cfg = self.config
         sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
         if sock is not None:
@@ -125,24 +129,40 @@ class PeerGuard:
                 label="handshake-budget",
             )
         self.metrics.handshaking.set(len(self.handshakes))
-        if self.tls is not None:
-            conn.tls = TLSSession(self.tls.context)
 
     def hello_received(self, conn: SyncConnection, agents: int) -> bool:
         """`conn` said hello while `agents` others are past theirs; False (and closed) if that is too many."""
         self.handshakes.discard(conn)
         self.metrics.handshaking.set(len(self.handshakes))
+        # From now on the client sends a WANT at most, PONGs and a GOODBYE: a small budget.
+        cfg = self.config
+        now = time.monotonic()
+        conn.inbound = InboundBudget(cfg.inbound_burst, cfg.inbound_rate, now)
+        conn.pings = InboundBudget(cfg.ping_burst, cfg.ping_rate, now)
         if agents >= self.max_connections:
             conn.close(GoodbyeCode.SERVER_FULL, f"server at its limit of {self.max_connections} agents")
             return False
         return True
+
+    def ping_allowed(self, conn: SyncConnection) -> bool:
+        """A client PING within its budget (a few, then one a second); beyond it the client is closed."""
+        pings = conn.pings
+        if pings is not None and pings.take(1, time.monotonic()):
+            return True
+        cfg = self.config
+        conn.close(
+            GoodbyeCode.PROTOCOL_ERROR,
+            f"more than {cfg.ping_burst} PINGs at once or {cfg.ping_rate:g} a second",
+            label="ping-flood",
+        )
+        return False
 
     def gone(self, conn: SyncConnection) -> None:
         self.handshakes.discard(conn)
         self.metrics.handshaking.set(len(self.handshakes))
 
     def expired_label(self, conn: SyncConnection) -> str:
-        if conn.tls is not None and not conn.tls.handshake_done:
+        if self.tls is not None and (conn.tls is None or not conn.tls.handshake_done):
             self.metrics.tls_handshakes.labels("timeout").inc()
             return "tls-handshake-timeout"
         return ""
@@ -151,10 +171,10 @@ class PeerGuard:
         """Bytes read from a connection's socket -> the plaintext for its protocol, or None (closed, or
         nothing yet). Applies the inbound budget, checks the first bytes, runs TLS."""
         if not conn.inbound.take(len(data), time.monotonic()):
-            cfg = self.config
+            budget = conn.inbound
             conn.close(
                 GoodbyeCode.PROTOCOL_ERROR,
-                f"sent more than a client may ({cfg.inbound_burst} bytes at once, {cfg.inbound_rate} bytes/s after)",
+                f"sent more than a client may ({budget.burst:.0f} bytes at once, {budget.rate:.0f} bytes/s after)",
                 label="inbound-budget",
             )
             return None
@@ -193,6 +213,9 @@ class PeerGuard:
                 return False
             return True
         if looks_like_tls(data):
+            # The TLS session exists from the first TLS bytes on (an idle socket costs no SSL object),
+            # made from whatever certificates are current.
+            conn.tls = TLSSession(self.tls.context)
             return True
         self.metrics.tls_handshakes.labels("plaintext-client").inc()
         if looks_like_plaintext_hello(data):

@@ -82,7 +82,7 @@ from protocol.tls import CertReloader
 
 from .config import ServerConfig
 from .metrics import ServerMetrics
-from .peerbudget import InboundBudget, printable
+from .peerbudget import InboundBudget, keepable, printable
 from .peerguard import PeerGuard
 from .snapcache import Breadcrumb, PendingWrite, SnapCache, Snapshot, collect_pending
 from .tls import TLSSession, server_tls
@@ -124,6 +124,7 @@ class SyncConnection(asyncio.Protocol):
         "peer",
         "ping_ns",
         "ping_sent_at",
+        "pings",
         "proto",
         "server",
         "snapshot",
@@ -159,8 +160,12 @@ class SyncConnection(asyncio.Protocol):
         self.bytes_sent = 0
         self.compressed = False
         self.tls: TLSSession | None = None
-        self.inbound = InboundBudget(cfg.inbound_burst, cfg.inbound_rate, self.connected_at)
+        # Until its hello a peer may send a TLS handshake and a hello; `PeerGuard` tightens this after.
+        self.inbound = InboundBudget(
+            cfg.max_hello_frame + cfg.inbound_handshake_slack, cfg.inbound_rate, self.connected_at
+        )
         self.first_data = True
+        self.pings: InboundBudget | None = None  # PINGs it may send; set at its hello
 
     def __repr__(self) -> str:
         # Hostname and syncer come from the client: escaped and truncated, so they cannot forge log lines.
@@ -220,6 +225,8 @@ class SyncConnection(asyncio.Protocol):
                     self.server.metrics.ping_latency.observe(time.monotonic() - self.ping_sent_at)
                     self.ping_sent_at = 0.0
             elif isinstance(msg, Ping):
+                if not server.guard.ping_allowed(self):
+                    return
                 if not self.paused:  # a pong it will not read is not worth queueing
                     self._write(encode(Pong(msg.timestamp_ns)))
             elif isinstance(msg, Want):
@@ -338,17 +345,23 @@ class SyncConnection(asyncio.Protocol):
             server.guard.log_peer(level, label or code, "closing %r: %s: %s", self, code, printable(reason, 200))
         self.close_reason = code
         self.state = CLOSED
-        server.guard.handshakes.discard(self)
+        server.guard.gone(self)
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+            self.handshake_timer = None
+        self.snapshot = None  # a closed connection holds nothing but its socket until the socket is gone
         transport = self.transport
         if self.paused:
             transport.abort()  # its buffer is full already: a goodbye would never arrive
             return
-        if self.tls is not None and not self.tls.handshake_done:
+        if server.guard.serving_tls and (self.tls is None or not self.tls.handshake_done):
             send = False  # no TLS session to carry it
         if send:
             self._write(encode(Goodbye(code, reason[:1024])))
         transport.close()
-        self.server.loop.call_later(self.server.config.close_timeout, self._abort_if_open)
+        # In the timer slot, so connection_lost cancels it: a closed connection must not be kept alive
+        # (with its buffers) for close_timeout after its socket is gone.
+        self.handshake_timer = server.loop.call_later(server.config.close_timeout, self._abort_if_open)
 
     def _abort_if_open(self) -> None:
         if self.transport is not None and not self.server._is_gone(self):
@@ -519,7 +532,7 @@ class SyncServer:
             )
             return
         assert cache is not None
-        conn.hello = hello
+        conn.hello = keepable(hello)
         conn.syncer = hello.syncer_type
         conn.cache = cache
         conn._write(encode(server_hello))

@@ -30,6 +30,7 @@ from loadtest.support.histogram import LogHistogram, arrival_latency, merge_arri
 from protocol import Message, SnapshotChunk, SyncStatus, SyncStatusChange, Updates
 from protocol.client import SyncClient
 from protocol.digest import state_digest
+from protocol.tls import CertReloader, TLSFiles
 
 from .workers import WorkerFleet
 
@@ -53,6 +54,7 @@ class FleetSpec:
     # stays unique across several typha replicas and restarts, whose seq numbers collide.
     arrival_key: str = "seq"
     state_hashes: bool = False  # final report carries key -> crc32(value) of every decoding agent
+    tls: TLSFiles | None = None  # mutual TLS: every agent presents this certificate, checks typha's
 
 
 @dataclass(slots=True)
@@ -112,6 +114,7 @@ async def _worker(spec: FleetSpec, worker: int, agent_ids: list[int], conn: Conn
     decode_every = max(1, spec.agents // max(1, spec.full_decode)) if spec.full_decode else 0
     decode_ids = set(spec.decode_ids) if spec.decode_ids is not None else None
     by_created = spec.arrival_key == "created"
+    tls = CertReloader.for_client(spec.tls) if spec.tls is not None else None  # one context for all agents
 
     def on_message_for(probe_index: int) -> Callable[[Message], None]:
         def on_message(msg: Message) -> None:
@@ -194,6 +197,7 @@ async def _worker(spec: FleetSpec, worker: int, agent_ids: list[int], conn: Conn
             on_connection=on_connection_for(n),
             backoff_initial=0.2,
             backoff_max=5.0,
+            tls=tls,
         )
         probes.append(_AgentProbe(client, time.monotonic(), seen_revisions=set() if decode and by_created else None))
     spread = spec.connect_spread / max(1, len(probes))

@@ -32,9 +32,17 @@ def free_port() -> int:
 
 
 class TyphaProcess:
-    """A `typha` subprocess on loopback ports, with helpers to read its health and metrics."""
+    """A `typha` subprocess on loopback ports, with helpers to read its health and metrics.
 
-    def __init__(self, args: list[str]) -> None:
+    `env` adds environment variables (TLS settings), `stderr_path` sends its log to a file, and
+    `nofile` sets its open-files limit (0: inherited)."""
+
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, stderr_path: str | None = None, nofile: int = 0
+    ) -> None:
+        self.env = {**os.environ, **env} if env else None
+        self.stderr_path = stderr_path
+        self.nofile = nofile
         self.port, self.health_port, self.metrics_port = free_port(), free_port(), free_port()
         self.args = [
             sys.executable,
@@ -58,7 +66,13 @@ class TyphaProcess:
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self, ready_timeout: float = 120.0) -> None:
-        self.proc = await asyncio.create_subprocess_exec(*self.args)
+        args = self.args if not self.nofile else ["prlimit", f"--nofile={self.nofile}:{self.nofile}", *self.args]
+        stderr = open(self.stderr_path, "ab") if self.stderr_path else None  # noqa: SIM115 - the child keeps it
+        try:
+            self.proc = await asyncio.create_subprocess_exec(*args, env=self.env, stderr=stderr)
+        finally:
+            if stderr is not None:
+                stderr.close()
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:

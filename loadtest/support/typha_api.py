@@ -119,6 +119,14 @@ class TyphaMetrics:
         }
         return TyphaCounters(**values)
 
+    def by_label(self, name: str, label: str) -> dict[str, float]:
+        """{label value: sample value} of a metric with that one label (e.g. drops by reason)."""
+        return {
+            labels[0][1]: v
+            for (n, labels), v in self._samples.items()
+            if n == name and len(labels) == 1 and labels[0][0] == label
+        }
+
     def latency_buckets(self, name: str = CLIENT_LATENCY) -> dict[float, float]:
         """Cumulative histogram buckets {upper bound: count} (le=+Inf included as inf)."""
         bucket = name + "_bucket"
