@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 # The `loadtest` extra: present wherever the load tests run, absent from a plain install and the image.
-EXTRA_MODULES = ("rich", "matplotlib", "msgspec", "trustme", "cryptography")
+EXTRA_MODULES = ("rich", "matplotlib", "trustme", "cryptography")
 
 
 def missing_extra() -> list[str]:

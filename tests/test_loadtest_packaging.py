@@ -31,7 +31,7 @@ def _requirement_names(reqs: list[str]) -> set[str]:
 def test_loadtest_dependencies_are_an_extra_that_make_installs() -> None:
     project = _pyproject()["project"]
     extra = _requirement_names(project["optional-dependencies"]["loadtest"])
-    assert {"rich", "matplotlib", "msgspec", "trustme"} <= extra
+    assert {"rich", "matplotlib", "trustme"} <= extra  # msgspec is typha's now (typha.k8s.wire)
     assert not extra & _requirement_names(project["dependencies"]), "load-test-only dependencies in the core"
     assert set(EXTRA_MODULES) <= extra
     install = [line for line in (ROOT / "Makefile").read_text().splitlines() if "pip install" in line and "-e" in line]

@@ -8,8 +8,9 @@ process, so this process's CPU is the emulator's, plus the churn writer common t
 It reports watches opened, bytes and events the emulator sent, and the emulator's CPU, side by side.
 
 ingest measures typha alone: the initial list+projection of the whole cluster, then a burst of
-events written as fast as the emulator takes them, each as objects (or events) per second of typha
-CPU, which is the per-core ingest rate.
+events written as fast as the emulator takes them (the default churn mix: pods, their IPAM blocks, a few
+policies and nodes), then a burst of pod events only (label and status changes), each as objects (or
+events) per second of typha CPU, which is the per-core ingest rate.
 """
 
 from __future__ import annotations
@@ -162,11 +163,14 @@ async def run_apiload(opts: ApiLoadOptions, console: Console | None = None) -> d
 
 
 async def decode_comparison(pods: int = 1000) -> dict[str, float]:
-    """Microseconds per pod to decode one list body: the client's generated models, json, orjson."""
+    """Microseconds per pod to decode one list body: the client's generated models, json, orjson, and
+    msgspec into only the fields typha projects (what typha uses)."""
     import json
 
     import orjson
     from kubernetes_asyncio.client import ApiClient
+
+    from typha.k8s.wire import decode_list
 
     cluster = SyntheticCluster(nodes=max(1, pods // 10), pods_per_node=10, seed=2)
     items = [o for r, o in cluster.initial_objects() if r == "pods"][:pods]
@@ -181,6 +185,7 @@ async def decode_comparison(pods: int = 1000) -> dict[str, float]:
             ("models_us", lambda: api.deserialize(_Response(), "V1PodList")),
             ("json_us", lambda: json.loads(body)),
             ("orjson_us", lambda: orjson.loads(body)),
+            ("msgspec_us", lambda: decode_list("pods", body)),
         ):
             t0 = time.perf_counter()
             decode()
@@ -188,12 +193,28 @@ async def decode_comparison(pods: int = 1000) -> dict[str, float]:
     return out
 
 
+async def _burst(api: Any, typha: TyphaProcess, events: list[Any]) -> tuple[int, float, float]:
+    """Write `events` at once; (events, KV updates typha produced, typha CPU seconds until it was done)."""
+    m0 = await typha.metrics()
+    cpu0 = typha.cpu_seconds()
+    apply_events(api.store, events)
+    # typha is done when its updates counter stops moving.
+    last, still = -1.0, 0
+    while still < 4:
+        await asyncio.sleep(0.25)
+        cur = (await typha.metrics()).counters().updates
+        still = still + 1 if cur == last else 0
+        last = cur
+    return len(events), last - m0.counters().updates, typha.cpu_seconds() - cpu0
+
+
 async def run_ingest(nodes: int, pods_per_node: int, burst: int, console: Console | None = None) -> dict[str, Any]:
     console = console or err_console()
     dec = await decode_comparison()
     console.print(
         f"decoding a pod list ({dec['pod_bytes']:.0f} B per pod): generated models {dec['models_us']:.0f} us/pod, "
-        f"json {dec['json_us']:.0f} us/pod, orjson {dec['orjson_us']:.0f} us/pod"
+        f"json {dec['json_us']:.0f} us/pod, orjson {dec['orjson_us']:.0f} us/pod, "
+        f"msgspec into the projected fields (typha) {dec['msgspec_us']:.1f} us/pod"
     )
     api = await start_apiserver(window_size=max(10_000, burst * 2))
     cluster = SyntheticCluster(nodes=nodes, pods_per_node=pods_per_node, seed=1)
@@ -214,29 +235,19 @@ async def run_ingest(nodes: int, pods_per_node: int, burst: int, console: Consol
         console.print(
             f"initial list+project of {objects:,} objects: {out['initial_seconds']:.1f}s wall, {out['initial_typha_cpu']:.1f}s typha CPU"
         )
-        events = cluster.churn(burst, count_events=True)
-        m0 = await typha.metrics()
-        cpu0 = typha.cpu_seconds()
-        t1 = time.monotonic()
-        apply_events(api.store, events)
-        out["write_seconds"] = time.monotonic() - t1
-        # typha is done when its updates counter stops moving.
-        last, still = -1.0, 0
-        while still < 4:
-            await asyncio.sleep(0.25)
-            m = await typha.metrics()
-            cur = m.counters().updates
-            still = still + 1 if cur == last else 0
-            last = cur
-        cpu = typha.cpu_seconds() - cpu0 - 0.0
-        out["burst_events"] = len(events)
-        out["burst_kv_updates"] = last - m0.counters().updates
-        out["burst_typha_cpu"] = cpu
-        out["burst_events_per_cpu_second"] = len(events) / cpu if cpu else 0.0
+        for name, mix in (("burst", None), ("pod_burst", {"pod_label": 1.0, "pod_status": 1.0})):
+            events = cluster.churn(burst, mix, count_events=True)
+            n, kv_updates, cpu = await _burst(api, typha, events)
+            out[f"{name}_events"] = n
+            out[f"{name}_kv_updates"] = kv_updates
+            out[f"{name}_typha_cpu"] = cpu
+            out[f"{name}_events_per_cpu_second"] = n / cpu if cpu else 0.0
+            what = "events (the default churn mix)" if mix is None else "pod events (labels and status)"
+            console.print(
+                f"burst of {n:,} {what}: {cpu:.2f}s typha CPU -> "
+                f"{out[f'{name}_events_per_cpu_second']:,.0f} per CPU-second"
+            )
         out["typha_rss"] = typha.rss_bytes()
-        console.print(
-            f"burst of {len(events):,} events: {cpu:.2f}s typha CPU -> {out['burst_events_per_cpu_second']:,.0f} events per CPU-second"
-        )
     finally:
         await typha.stop()
         await api.stop()

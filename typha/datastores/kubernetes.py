@@ -10,9 +10,10 @@ not change produce identical values and are dropped by the cache. So an API-serv
 agents nothing but the real changes.
 
 Requests go through kubernetes-asyncio's ApiClient (auth, TLS, kubeconfig and in-cluster config are
-its job) with `_preload_content=False`, and we parse the raw bytes with orjson ourselves: the client's
+its job) with `_preload_content=False`, and we parse the raw bytes ourselves: the client's
 generated models deserialize every field of every object into Python classes, which is several times
-slower than the projection that follows and buys nothing, since we read a dozen fields. A watch
+slower than the projection that follows and buys nothing, since we read a dozen fields. The
+high-volume kinds are decoded into only the fields the projection reads (typha.k8s.wire, msgspec). A watch
 stream is read in whatever chunks arrive; all complete events of a chunk are ingested as one batch,
 so a burst becomes a few breadcrumbs instead of one per event.
 
@@ -53,6 +54,7 @@ from protocol.keys import BOOKMARK, ERROR, WATCH_EVENT_TYPES
 
 from ..ingest import Ingestor, ObjectEvent, Resync, gc_paused
 from ..k8s.resources import RESOURCES, Resource
+from ..k8s.wire import DecodeError, WatchLines, decode_event, decode_list
 from .probe import Probe
 
 log = logging.getLogger("typha.kubernetes")
@@ -107,8 +109,10 @@ def _status_message(body: bytes) -> str:
     return body[:200].decode("utf-8", "replace")
 
 
-def parse_watch_lines(lines: Iterable[bytes], stats: ResourceStats) -> tuple[list[tuple[str, dict]], str | None]:
-    """Parse watch events. Returns ([(type, object)], newest resourceVersion or None).
+def parse_watch_lines(
+    lines: Iterable[bytes | memoryview], stats: ResourceStats, resource: str = ""
+) -> tuple[list[tuple[str, dict]], str | None]:
+    """Parse watch events of `resource`. Returns ([(type, object)], newest resourceVersion or None).
 
     Raises Gone for a 410 ERROR event and ApiError for any other ERROR event; counts and skips lines
     that are not JSON or not events, so one corrupt line cannot stop the stream.
@@ -116,13 +120,12 @@ def parse_watch_lines(lines: Iterable[bytes], stats: ResourceStats) -> tuple[lis
     events: list[tuple[str, dict]] = []
     rv: str | None = None
     for line in lines:
-        if not line.strip():
-            continue
         try:
-            ev = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            stats.malformed += 1
-            log.warning("skipping a watch line that is not JSON: %r", line[:120])
+            ev = decode_event(resource, line)
+        except DecodeError:
+            if bytes(line).strip():  # a blank line (a keep-alive) is no event, and no error either
+                stats.malformed += 1
+                log.warning("skipping a watch line that is not JSON: %r", bytes(line[:120]))
             continue
         obj = ev.get("object") if isinstance(ev, dict) else None
         etype = ev.get("type") if isinstance(ev, dict) else None
@@ -271,13 +274,13 @@ class KubernetesDatastore:
                 resp.release()
             with gc_paused():
                 try:
-                    data = orjson.loads(body)
+                    data = decode_list(res.name, body)
                     md = data["metadata"]
                     page = data.get("items") or []
                     rv = md["resourceVersion"]
                     if not isinstance(page, list) or not isinstance(rv, str):
                         raise TypeError
-                except (orjson.JSONDecodeError, KeyError, TypeError):
+                except (*DecodeError, KeyError, TypeError):
                     raise ApiError(200, f"malformed list response for {res.name}: {body[:120]!r}") from None
                 del body
                 st.list_pages += 1
@@ -301,24 +304,34 @@ class KubernetesDatastore:
         st.watches += 1
         self._set_state(res.name, SYNCED)  # the API server accepted our version: we are current again
         try:
-            pending = b""
+            stream = WatchLines()
             async for chunk in _silence_checked(resp.content.iter_any(), self.silence_timeout):
-                pending += chunk
-                if b"\n" not in chunk:
-                    continue
-                *lines, pending = pending.split(b"\n")
                 with gc_paused():
-                    events, newest = parse_watch_lines(lines, st)
-                    if events:
-                        st.events += len(events)
-                        batch: list[ObjectEvent] = [(t, res.name, o) for t, o in events]
-                        self.ingestor.handle(batch)
+                    newest = self._ingest_chunk(res, stream, chunk)
                 if newest is not None:
                     rv = newest
                     st.resource_version = rv
         finally:
             resp.release()
         return rv
+
+    def _ingest_chunk(self, res: Resource, stream: WatchLines, chunk: bytes) -> str | None:
+        """Ingest the events a chunk completes; returns the newest resourceVersion seen, if any.
+
+        A function of its own so that everything decoded from the chunk is freed when it returns, inside
+        the caller's `gc_paused()`: left alive past it, a thousand events' objects were scanned by the
+        collections that followed, and promoted, before being freed anyway (a tenth of ingest's CPU).
+        """
+        lines = stream.feed(chunk)
+        if not lines:
+            return None
+        st = self.stats[res.name]
+        events, newest = parse_watch_lines(lines, st, res.name)
+        if events:
+            st.events += len(events)
+            batch: list[ObjectEvent] = [(t, res.name, o) for t, o in events]
+            self.ingestor.handle(batch)
+        return newest
 
     # -- the follower ----------------------------------------------------------------------------------
     async def follow(self, res: Resource) -> None:

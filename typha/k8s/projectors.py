@@ -8,7 +8,8 @@ from an allow-list of fields, through the validating readers of `typha.k8s.field
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from itertools import repeat
+from typing import Any, NamedTuple
 
 from protocol import keys as K
 
@@ -335,8 +336,57 @@ def _ipam_block(obj: dict) -> list[Update]:
     affinity = spec.get("affinity") or None
     host = affinity[5:] if isinstance(affinity, str) and affinity.startswith("host:") else None
     attrs = field_list(spec.get("attributes"), "spec.attributes")
+    allocations = field_list(spec.get("allocations"), "spec.allocations")
+    foreign = _foreign_attributes(attrs, host)
+    if foreign is None:  # some attribute is malformed: the exact walk says whether an allocation uses it
+        borrowed = _borrowed(allocations, attrs, host)
+    elif not foreign:  # the common case: every address in the block is the affine node's own
+        borrowed = []
+    else:
+        borrowed = [
+            [ordinal, *foreign[idx]]
+            for ordinal, idx in enumerate(allocations)
+            if isinstance(idx, int) and idx in foreign
+        ]
+    return [(key, {"cidr": cidr, "affinity": affinity, "borrowed": borrowed})]
+
+
+_get: Callable[[dict, str], Any] = dict.get  # unbound: a TypeError for anything but a dict
+
+
+def _foreign_attributes(attrs: list, host: str | None) -> dict[int, tuple] | None:
+    """Attribute index -> (node, handle) for attributes held by another node than `host`; None if an
+    attribute or its `secondary` is not an object (then `_borrowed` decides, as Calico would)."""
+    # A full block has 64 attributes and this runs on every change of it: `map(dict.get, ...)` walks them
+    # in C (a TypeError if one is not an object), and `count` says at once that all are the host's.
+    try:
+        nodes = list(map(_get, map(_get, attrs, repeat("secondary")), repeat("node")))
+    except TypeError:  # an attribute or a `secondary` that is not an object (or a None secondary)
+        return _foreign_attributes_slowly(attrs, host)
+    if host is not None and nodes.count(host) == len(nodes):
+        return {}
+    return {i: (n, attrs[i].get("handle_id")) for i, n in enumerate(nodes) if n and n != host}
+
+
+def _foreign_attributes_slowly(attrs: list, host: str | None) -> dict[int, tuple] | None:
+    foreign: dict[int, tuple] = {}
+    for i, attr in enumerate(attrs):
+        if type(attr) is not dict:
+            return None
+        secondary = attr.get("secondary")
+        if secondary is None:
+            continue
+        if type(secondary) is not dict:
+            return None
+        node = secondary.get("node")
+        if node and node != host:
+            foreign[i] = (node, attr.get("handle_id"))
+    return foreign
+
+
+def _borrowed(allocations: list, attrs: list, host: str | None) -> list:
     borrowed = []
-    for ordinal, idx in enumerate(field_list(spec.get("allocations"), "spec.allocations")):
+    for ordinal, idx in enumerate(allocations):
         if idx is None:
             continue
         if not isinstance(idx, int) or not 0 <= idx < len(attrs):
@@ -345,7 +395,7 @@ def _ipam_block(obj: dict) -> list[Update]:
         node = field_dict(attr.get("secondary"), "attribute.secondary").get("node")
         if node and node != host:
             borrowed.append([ordinal, node, attr.get("handle_id")])
-    return [(key, {"cidr": cidr, "affinity": affinity, "borrowed": borrowed})]
+    return borrowed
 
 
 def _ipam_block_delete(obj: dict) -> list[str]:
