@@ -252,7 +252,7 @@ def _summary_fields(obj: dict[str, Any], what: str) -> tuple[int, bytes]:
     if not summary:
         return 0, b""
     if version != SUMMARY_VERSION:
-        return version, b""
+        return 0, b""  # the same as offering none: the server answers with a snapshot
     if len(summary) != TOP_DIGESTS_BYTES:
         raise ProtocolError(f"{what}: a version {version} 'summary' is {TOP_DIGESTS_BYTES} bytes, got {len(summary)}")
     return version, summary
