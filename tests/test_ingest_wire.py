@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.test_projection import _JSON, _VALID, _paths
+from tests.support.k8s_objects import VALID, garbled
 from typha.datastores.kubernetes import ResourceStats, parse_watch_lines
 from typha.ingest import _ident, _revision
 from typha.k8s.projection import ProjectionError, project, project_delete
@@ -35,20 +33,20 @@ def same_projection(resource: str, trimmed: object, full: object) -> None:
 
 def test_the_high_volume_kinds_are_decoded_by_shape() -> None:
     assert FAST == ["ipamblocks", "namespaces", "nodes", "pods"]
-    pod = _VALID["pods"][0]
+    pod = VALID["pods"][0]
     assert "managedFields" in pod["metadata"] and "conditions" in pod["status"]
     ev = decode_event("pods", orjson.dumps({"type": "MODIFIED", "object": pod}))
     obj = ev["object"]
     assert ev["type"] == "MODIFIED" and "managedFields" not in obj["metadata"] and "conditions" not in obj["status"]
     same_projection("pods", obj, pod)
     # Other kinds keep everything (their value is often the spec as it is).
-    policy = _VALID["networkpolicies"][0]
+    policy = VALID["networkpolicies"][0]
     assert decode_event("networkpolicies", orjson.dumps({"type": "ADDED", "object": policy}))["object"] == policy
 
 
 @pytest.mark.parametrize("resource", FAST)
 def test_every_valid_object_projects_identically(resource: str) -> None:
-    items = _VALID[resource]
+    items = VALID[resource]
     page = decode_list(resource, orjson.dumps({"metadata": {"resourceVersion": "9", "continue": "c"}, "items": items}))
     assert page["metadata"] == {"resourceVersion": "9", "continue": "c"}
     assert len(page["items"]) == len(items)
@@ -57,28 +55,8 @@ def test_every_valid_object_projects_identically(resource: str) -> None:
         assert outcome(project, resource, trimmed) == outcome(project, resource, full)
 
 
-@st.composite
-def garbled(draw: st.DrawFn) -> tuple[str, object]:
-    """A real object of a fast kind with a few fields (at any depth) replaced by any JSON."""
-    resource = draw(st.sampled_from(FAST))
-    obj = copy.deepcopy(draw(st.sampled_from(_VALID[resource])))
-    for _ in range(draw(st.integers(1, 3))):
-        path = draw(st.sampled_from(_paths(obj)))
-        value = draw(_JSON)
-        if not path:
-            return resource, value
-        parent = obj
-        try:
-            for step in path[:-1]:
-                parent = parent[step]
-            parent[path[-1]] = value
-        except (KeyError, IndexError, TypeError):
-            pass
-    return resource, obj
-
-
 @settings(max_examples=600, deadline=None)
-@given(garbled(), st.sampled_from(["ADDED", "MODIFIED", "DELETED"]))
+@given(garbled(FAST), st.sampled_from(["ADDED", "MODIFIED", "DELETED"]))
 def test_any_object_projects_the_same_however_it_was_decoded(item: tuple[str, object], etype: str) -> None:
     resource, obj = item
     line = orjson.dumps({"type": etype, "object": obj})
@@ -95,7 +73,7 @@ def test_any_object_projects_the_same_however_it_was_decoded(item: tuple[str, ob
         assert t1 == t2
         same_projection(resource, o1, o2)
     page = decode_list(
-        resource, orjson.dumps({"metadata": {"resourceVersion": "1"}, "items": [obj, _VALID[resource][0]]})
+        resource, orjson.dumps({"metadata": {"resourceVersion": "1"}, "items": [obj, VALID[resource][0]]})
     )
     same_projection(resource, page["items"][0], obj)
 

@@ -1,0 +1,1 @@
+"""Helpers shared by several test modules (factories, strategies, lab plumbing); no tests here."""
