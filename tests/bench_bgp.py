@@ -27,8 +27,6 @@ import time
 from collections.abc import Callable
 
 from felix.bgp.bird import BirdManager
-from felix.bgp.render import render
-from felix.bgp.view import BgpView
 
 from . import bgp_fixtures as F
 from .bgp_lab import NET, Lab, lab_unavailable
@@ -100,11 +98,7 @@ class Bench:
         ]
 
     def config(self, i: int) -> str:
-        view = BgpView()
-        view.apply(F.kvs(self.objects))
-        text = render(view, f"node{i}").config
-        assert text is not None
-        return text
+        return F.bird_config(self.objects, f"node{i}")
 
     async def apply_all(self, nodes: list[int] | None = None) -> None:
         oks = await asyncio.gather(*(self.managers[i].apply(self.config(i)) for i in nodes or self.nodes))

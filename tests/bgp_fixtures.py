@@ -2,13 +2,16 @@
 
 Going through `typha.k8s.projection` (and only the resources the bgp syncer carries) proves that what
 felix's BGP side reads is what typha serves: if a resource BIRD needs were missing from the syncer,
-the renders below would miss it too.
+the renders below would miss it too. ``rendered`` is felix's BIRD configuration from such objects.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
+from felix.bgp.render import Rendered, render
+from felix.bgp.view import BgpView
 from loadtest.apiserver.fixtures import make_calico_object
 from protocol import KV
 from protocol.keys import SYNCER_BGP
@@ -90,6 +93,23 @@ def kvs(objects: list[Obj], deleted: bool = False, syncer: str = SYNCER_BGP) -> 
         for key, value in project(resource, obj):
             out.append(KV(key, None if deleted or value is None else encode_value(value), "1"))
     return out
+
+
+def rendered(objects: list[Obj], nodename: str, shuffle: int | None = None) -> Rendered:
+    """felix's BIRD configuration for ``nodename`` from these objects (their KVs in ``shuffle``'s order)."""
+    updates = kvs(objects)
+    if shuffle is not None:
+        random.Random(shuffle).shuffle(updates)
+    view = BgpView()
+    assert view.apply(updates) == []
+    return render(view, nodename)
+
+
+def bird_config(objects: list[Obj], nodename: str) -> str:
+    """The configuration BIRD runs on ``nodename`` (the objects give it one)."""
+    text = rendered(objects, nodename).config
+    assert text is not None
+    return text
 
 
 # --- the topologies of the golden files and the kernel tests -------------------------------------

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import os
 import selectors
 import shutil
@@ -30,19 +29,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from .support.netlab import add_pod_netns, sh, workload_iface
+
 NET = "198.18.9"
 FABRIC_IP = f"{NET}.254"
 TOR_AS = 65000
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(args), check=check, capture_output=True, text=True)
-
-
-def iface_for(pod: str, namespace: str = "default") -> str:
-    return "cali" + hashlib.sha1(f"{namespace}.{pod}".encode()).hexdigest()[:11]
 
 
 def since_seconds(since: str) -> float:
@@ -162,18 +155,8 @@ class Lab:
         sh("ip", "netns", "del", self.nodes.pop(i), check=False)
 
     def add_pod(self, name: str, i: int, ip: str) -> str:
-        node_ns, pod_ns, iface = self.nodes[i], f"{self.tag}-p-{name}", iface_for(name)
-        sh("ip", "netns", "add", pod_ns)
-        sh("ip", "-n", node_ns, "link", "add", iface, "type", "veth", "peer", "name", "eth0", "netns", pod_ns)
-        sh("ip", "-n", node_ns, "link", "set", iface, "up")
-        for cmd in (
-            ["ip", "addr", "add", f"{ip}/32", "dev", "eth0"],
-            ["ip", "link", "set", "eth0", "up"],
-            ["ip", "link", "set", "lo", "up"],
-            ["ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"],
-            ["ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"],
-        ):
-            sh("ip", "netns", "exec", pod_ns, *cmd)
+        pod_ns = f"{self.tag}-p-{name}"
+        add_pod_netns(self.nodes[i], pod_ns, workload_iface("default", name), ip)
         self.pods[name] = (i, ip, pod_ns)
         return pod_ns
 

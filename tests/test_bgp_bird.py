@@ -12,8 +12,6 @@ import pytest
 
 from felix.bgp.bird import BirdManager
 from felix.bgp.birdctl import BirdError, Reply, ReplyReader, parse_protocols
-from felix.bgp.render import render
-from felix.bgp.view import BgpView
 
 from . import bgp_fixtures as F
 from .bgp_lab import Lab, lab_unavailable, since_seconds
@@ -83,11 +81,7 @@ class Pair:
         self.tasks: list[asyncio.Task[None]] = []
 
     def config(self, i: int) -> str:
-        view = BgpView()
-        view.apply(F.kvs(self.objects))
-        text = render(view, f"node{i}").config
-        assert text is not None
-        return text
+        return F.bird_config(self.objects, f"node{i}")
 
     async def established(self, i: int) -> dict[str, str]:
         try:

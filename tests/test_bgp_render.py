@@ -6,7 +6,6 @@ Regenerate the golden files after an intended change with PYTYPHA_UPDATE_GOLDEN=
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import subprocess
 from pathlib import Path
@@ -62,19 +61,10 @@ CASES = {
 }
 
 
-def rendered(objects: list[F.Obj], nodename: str, shuffle: int | None = None) -> Rendered:
-    kvs = F.kvs(objects)
-    if shuffle is not None:
-        random.Random(shuffle).shuffle(kvs)
-    view = BgpView()
-    assert view.apply(kvs) == []
-    return render(view, nodename)
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_golden(case: str) -> None:
     topology, nodename = CASES[case]
-    r = rendered(topology(), nodename)
+    r = F.rendered(topology(), nodename)
     assert r.config is not None
     path = GOLDEN / f"{case}.cfg"
     if UPDATE:
@@ -85,9 +75,9 @@ def test_golden(case: str) -> None:
 
 def test_same_inputs_same_bytes_whatever_the_order() -> None:
     for topology, nodename in CASES.values():
-        first = rendered(topology(), nodename).config
+        first = F.rendered(topology(), nodename).config
         for seed in range(5):
-            assert rendered(topology(), nodename, shuffle=seed).config == first
+            assert F.rendered(topology(), nodename, shuffle=seed).config == first
 
 
 @pytest.mark.slow
@@ -104,7 +94,7 @@ def peers(r: Rendered) -> dict[str, tuple[str, int]]:
 
 
 def test_full_mesh_is_one_session_per_pair_and_the_lower_address_connects() -> None:
-    rs = {n: rendered(F.mesh_topology(), n) for n in ("node1", "node2", "node3")}
+    rs = {n: F.rendered(F.mesh_topology(), n) for n in ("node1", "node2", "node3")}
     assert peers(rs["node2"]) == {
         "Global_198_18_9_254": ("global", 65000),
         "Mesh_198_18_9_1": ("mesh", 64512),
@@ -116,7 +106,7 @@ def test_full_mesh_is_one_session_per_pair_and_the_lower_address_connects() -> N
 
 
 def test_route_reflector_reflects_for_its_clients_and_the_mesh_is_off() -> None:
-    rr, client = rendered(F.route_reflector_topology(), "node1"), rendered(F.route_reflector_topology(), "node3")
+    rr, client = F.rendered(F.route_reflector_topology(), "node1"), F.rendered(F.route_reflector_topology(), "node3")
     assert rr.route_reflector == "244.0.0.1"
     assert {p.address: (p.rr_client, p.reflect) for p in rr.peers} == {
         "198.18.9.254": (False, False),  # eBGP: never reflected to, never a client
@@ -134,16 +124,16 @@ def test_two_reflectors_in_one_cluster_peer_as_equals_not_as_clients() -> None:
         F.bgp_config(nodeToNodeMeshEnabled=False),
         F.bgp_peer("rrs", nodeSelector="all()", peerSelector="route-reflector == 'true'"),
     ]
-    r = rendered(objs, "node1")
+    r = F.rendered(objs, "node1")
     assert {p.address: p.rr_client for p in r.peers} == {"198.18.9.2": False, "198.18.9.3": True, "198.18.9.4": True}
-    assert [p.address for p in rendered(objs, "node4").peers] == ["198.18.9.1", "198.18.9.2"]
+    assert [p.address for p in F.rendered(objs, "node4").peers] == ["198.18.9.1", "198.18.9.2"]
 
 
 def test_as_number_precedence_and_forms() -> None:
-    assert rendered(F.mesh_topology(), "node1").as_number == 64512  # Calico's default
+    assert F.rendered(F.mesh_topology(), "node1").as_number == 64512  # Calico's default
     objs = [*F.nodes_and_blocks(node2={"asn": 65002}), F.bgp_config(asNumber=65100)]
-    assert rendered(objs, "node1").as_number == 65100
-    r = rendered(objs, "node2")
+    assert F.rendered(objs, "node1").as_number == 65100
+    r = F.rendered(objs, "node2")
     assert r.as_number == 65002
     assert {p.address: p.as_number for p in r.peers} == {"198.18.9.1": 65100, "198.18.9.3": 65100}
     assert parse_as_number("1.10") == 65546 and parse_as_number("64512") == 64512
@@ -153,16 +143,16 @@ def test_as_number_precedence_and_forms() -> None:
 
 
 def test_only_confirmed_blocks_of_exported_pools_and_hosted_borrowed_addresses_are_originated() -> None:
-    r = rendered(options_topology(), "node1")
+    r = F.rendered(options_topology(), "node1")
     assert r.originated == ("198.19.1.0/26",)
     assert "route 10.245.0.0/26" not in (r.config or "")
-    b = rendered(F.borrowed_topology(), "node3")
+    b = F.rendered(F.borrowed_topology(), "node3")
     assert b.originated == ("198.19.3.0/26", "198.19.1.40/32")
-    assert rendered(F.borrowed_topology(), "node1").originated == ("198.19.1.0/26",), "the lender exports its block"
+    assert F.rendered(F.borrowed_topology(), "node1").originated == ("198.19.1.0/26",), "the lender exports its block"
 
 
 def test_peer_options_and_problems() -> None:
-    r = rendered(options_topology(), "node1")
+    r = F.rendered(options_topology(), "node1")
     by_name = {p.name: p for p in r.peers}
     edge = by_name["Node_203_0_113_9_port_1179"]
     assert (edge.as_number, edge.keep_next_hop, edge.allowed_local_as, edge.restart_time) == (65546, True, 1, 120)
@@ -175,14 +165,14 @@ def test_peer_options_and_problems() -> None:
     assert "debug all;" in (r.config or "")
     mesh3 = by_name["Mesh_198_18_9_3"]
     assert (mesh3.port, mesh3.as_number) == (1790, 65100)
-    assert "rack-router" not in str(rendered(options_topology(), "node3").peers), "nodeSelector excludes node3"
+    assert "rack-router" not in str(F.rendered(options_topology(), "node3").peers), "nodeSelector excludes node3"
 
 
 def test_explicit_peering_replaces_the_mesh_session_to_the_same_node() -> None:
     objs = [*F.mesh_topology(), F.bgp_peer("pin", node="node1", peerIP="198.18.9.2", asNumber=64512)]
-    r = rendered(objs, "node1")
+    r = F.rendered(objs, "node1")
     assert [p.name for p in r.peers if p.address == "198.18.9.2"] == ["Node_198_18_9_2"]
-    assert [p.name for p in rendered(objs, "node2").peers if p.address == "198.18.9.1"] == ["Node_198_18_9_1"]
+    assert [p.name for p in F.rendered(objs, "node2").peers if p.address == "198.18.9.1"] == ["Node_198_18_9_1"]
 
 
 def test_no_config_until_this_node_has_an_address() -> None:

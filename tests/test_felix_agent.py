@@ -2,44 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import subprocess
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
-import aiohttp
 import pytest
 
 from felix.agent import FelixAgent
 from felix.dataplane.routes import RTPROT_FELIX, RouteManager
-from felix.ops import health_app, metrics_app, start_site
 from loadtest.apiserver.fixtures import make_calico_object, make_node
 from protocol import SYNCER_FELIX, SyncStatus
 from typha.ingest import ADDED, Ingestor
 from typha.snapcache import SnapCache
 from typha.syncserver import ServerConfig, SyncServer
 
-from .conftest import kernel_skip, wait_for
+from .conftest import wait_for
+from .support.felix_lab import serving
+from .support.netlab import UNDERLAY, scratch_netns
 
 pytestmark = pytest.mark.slow  # a network namespace, a typha server, HTTP endpoints
 
 
 @pytest.fixture
-def netns() -> object:
-    if os.geteuid() != 0:
-        kernel_skip("needs root for a network namespace")
-    name = f"ptagent{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    for cmd in (
-        ["ip", "link", "add", "under0", "type", "veth", "peer", "name", "under1"],
-        ["ip", "addr", "add", "198.18.0.1/16", "dev", "under0"],
-        ["ip", "link", "set", "under1", "up"],
-        ["ip", "link", "set", "under0", "up"],
-    ):
-        subprocess.run(["ip", "netns", "exec", name, *cmd], check=True)
-    yield name
-    subprocess.run(["ip", "netns", "del", name], check=False)
+def netns() -> Iterator[str]:
+    with scratch_netns("ptagent", *UNDERLAY) as name:
+        yield name
 
 
 def kernel_routes(ns: str) -> str:
@@ -94,27 +80,19 @@ async def test_nothing_programmed_before_in_sync_then_ready(netns: str, typha: t
     cache, _ing, server = typha
     routes = RouteManager(netns, resync_interval=60)
     agent = FelixAgent("me", [("127.0.0.1", server.port)], routes=routes, netns=netns)
-    task = asyncio.create_task(agent.run())
-    hrun, hport = await start_site(health_app(agent, task.done), "127.0.0.1", 0)
-    mrun, mport = await start_site(metrics_app(agent.metrics.registry), "127.0.0.1", 0)
     try:
-        async with aiohttp.ClientSession() as http:
-
-            async def get(port: int, path: str) -> tuple[int, str]:
-                async with http.get(f"http://127.0.0.1:{port}{path}") as r:
-                    return r.status, await r.text()
-
+        async with serving(agent) as felix:
             await wait_for(lambda: agent.client.stats.snapshots == 1, 5, "snapshot received")
             assert "10.200.1.0/26" in agent.calc.desired()  # calculated ...
             assert kernel_routes(netns) == ""  # ... but not programmed: typha is not in sync yet
-            status, body = await get(hport, "/readiness")
+            status, body = await felix.get("/readiness")
             assert status == 503 and "not yet in sync" in body
-            assert (await get(hport, "/liveness"))[0] == 200
+            assert (await felix.get("/liveness"))[0] == 200
             cache.set_status(SyncStatus.IN_SYNC)
             await wait_for(lambda: "10.200.1.0/26 via 198.18.0.2" in kernel_routes(netns), 5, "routes after in-sync")
             await wait_for(lambda: agent.ready, 5, "ready")
-            assert (await get(hport, "/readiness"))[0] == 200
-            _, text = await get(mport, "/metrics")
+            assert (await felix.get("/readiness"))[0] == 200
+            _, text = await felix.get("/metrics", felix.metrics)
             for fam in (
                 "felix_routes_programmed",
                 "felix_route_apply_seconds",
@@ -131,8 +109,4 @@ async def test_nothing_programmed_before_in_sync_then_ready(netns: str, typha: t
             await wait_for(lambda: not agent.ready, 5, "not ready without typha")
             assert "10.200.1.0/26" in kernel_routes(netns)
     finally:
-        agent.stop()
-        await asyncio.wait_for(task, 10)
-        await hrun.cleanup()
-        await mrun.cleanup()
         routes.close()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import random
@@ -44,18 +43,11 @@ from typha.snapcache import SnapCache
 from typha.syncserver import ServerConfig, SyncServer
 
 from .conftest import kernel_skip, wait_for
+from .support.netlab import add_pod_netns, sh, workload_iface
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]  # network namespaces, felix processes
 
 POOL = "198.19.0.0/16"
-
-
-def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(args), check=check, capture_output=True, text=True)
-
-
-def iface_for(ns: str, pod: str) -> str:
-    return "cali" + hashlib.sha1(f"{ns}.{pod}".encode()).hexdigest()[:11]
 
 
 def block_of(ip: str) -> str:
@@ -171,35 +163,8 @@ class Cluster:
         ports: tuple[dict, ...] = (),
     ) -> None:
         """A pod netns wired to the node; ``ports`` are container ports (named ports for policy)."""
-        node_ns, pod_ns = self.node_ns(node), self.pod_ns(name)
-        iface = iface_for(namespace, name)
-        sh("ip", "netns", "add", pod_ns)
-        sh(
-            "ip",
-            "netns",
-            "exec",
-            node_ns,
-            "ip",
-            "link",
-            "add",
-            iface,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            pod_ns,
-        )
-        sh("ip", "netns", "exec", node_ns, "ip", "link", "set", iface, "up")
-        for cmd in (
-            ["ip", "addr", "add", f"{ip}/32", "dev", "eth0"],
-            ["ip", "link", "set", "eth0", "up"],
-            ["ip", "link", "set", "lo", "up"],
-            ["ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"],
-            ["ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"],
-        ):
-            sh("ip", "netns", "exec", pod_ns, *cmd)
+        pod_ns = self.pod_ns(name)
+        add_pod_netns(self.node_ns(node), pod_ns, workload_iface(namespace, name), ip)
         self.pods[name] = (node, ip, pod_ns)
         self.pod_meta[name] = (namespace, ports)
         self.apply((ADDED, "pods", self.pod_object(name, labels)))
@@ -423,7 +388,7 @@ async def test_pods_on_different_nodes_reach_each_other(cluster: Cluster) -> Non
     await three_nodes(cluster)
     routes = cluster.routes("node1")
     assert "blackhole 198.19.1.0/26" in routes
-    assert "198.19.1.2 dev " + iface_for("default", "a1") + " scope link" in routes
+    assert "198.19.1.2 dev " + workload_iface("default", "a1") + " scope link" in routes
     assert f"198.19.2.0/26 via {cluster.ip(2)} dev eth0" in routes
     await all_pods_connect(cluster, 8080)
 
@@ -495,7 +460,7 @@ async def test_moving_a_pod_moves_its_route(cluster: Cluster) -> None:
         "node3 to route the moved pod via node1",
     )
     await wait_for(
-        lambda: "198.19.2.2 dev " + iface_for("default", "b2-moved") in cluster.routes("node1"),
+        lambda: "198.19.2.2 dev " + workload_iface("default", "b2-moved") in cluster.routes("node1"),
         15,
         "local route on node1",
     )

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +14,7 @@ from felix.dataplane.fakenetlink import FakeKernel
 from felix.dataplane.netlink import KernelLink, VxlanAttrs
 from felix.model import IPPool, Node, parse_net
 from tests.conftest import kernel_skip
+from tests.support.netlab import scratch_netns
 
 MAC = "66:00:00:00:00:0a"
 ME = Node(
@@ -155,14 +154,12 @@ def test_a_device_the_kernel_refuses_is_a_problem_not_an_exception() -> None:
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    if os.geteuid() != 0:
-        kernel_skip("needs root for a network namespace")
-    name = f"ptdev{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    subprocess.run(["ip", "-n", name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"], check=True)
-    subprocess.run(["ip", "-n", name, "addr", "add", "192.168.50.1/24", "dev", "eth0"], check=True)
-    yield name
-    subprocess.run(["ip", "netns", "del", name], check=False)
+    with scratch_netns(
+        "ptdev",
+        ("link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"),
+        ("addr", "add", "192.168.50.1/24", "dev", "eth0"),
+    ) as name:
+        yield name
 
 
 def details(ns: str, dev: str) -> dict:

@@ -17,7 +17,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +28,6 @@ from felix.agent import FelixAgent
 from felix.dataplane.devices import DeviceManager
 from felix.dataplane.fakenetlink import FakeKernel
 from felix.dataplane.routes import RouteManager
-from felix.ops import health_app, metrics_app, start_site
 from loadtest.apiserver.fixtures import make_calico_object, make_namespace, make_node, make_pod
 from protocol import SYNCER_FELIX, SyncStatus
 from typha.ingest import ADDED, Ingestor
@@ -37,6 +35,8 @@ from typha.snapcache import SnapCache
 from typha.syncserver import ServerConfig, SyncServer
 
 from .conftest import kernel_skip, wait_for
+from .support.felix_lab import FelixEndpoints, serving
+from .support.netlab import UNDERLAY, scratch_netns
 
 GRACE = 0.5
 
@@ -69,28 +69,8 @@ def block(owner: str, cidr: str) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 @dataclass
-class Felix:
-    agent: FelixAgent
+class Felix(FelixEndpoints):
     ingest: Ingestor
-    http: aiohttp.ClientSession
-    health: int
-    metrics: int
-
-    async def get(self, path: str, port: int | None = None) -> tuple[int, str]:
-        async with self.http.get(f"http://127.0.0.1:{port or self.health}{path}") as r:
-            return r.status, await r.text()
-
-    async def status(self) -> dict[str, Any]:
-        async with self.http.get(f"http://127.0.0.1:{self.health}/status") as r:
-            assert r.status == 200
-            return await r.json()
-
-    async def metric(self, line_start: str) -> float | None:
-        _, text = await self.get("/metrics", self.metrics)
-        for line in text.splitlines():
-            if line.startswith(line_start + " "):
-                return float(line.split()[-1])
-        return None
 
 
 async def run_felix(
@@ -103,18 +83,11 @@ async def run_felix(
     ingest.handle([(ADDED, "namespaces", make_namespace("default")), *events])
     cache.set_status(SyncStatus.IN_SYNC)
     agent = FelixAgent(nodename, [("127.0.0.1", server.port)], routes=routes, devices=devices, pending_grace=GRACE)
-    task = asyncio.create_task(agent.run())
-    hrun, hport = await start_site(health_app(agent, task.done), "127.0.0.1", 0)
-    mrun, mport = await start_site(metrics_app(agent.metrics.registry), "127.0.0.1", 0)
     try:
-        async with aiohttp.ClientSession() as http:
+        async with serving(agent, stop_timeout=5) as felix:
             await wait_for(lambda: agent.in_sync, 5, "in sync")
-            yield Felix(agent, ingest, http, hport, mport)
+            yield Felix(agent, felix.http, felix.health, felix.metrics, ingest)
     finally:
-        agent.stop()
-        await asyncio.wait_for(task, 5)
-        await hrun.cleanup()
-        await mrun.cleanup()
         await server.shutdown()
         routes.close()
         devices.close()
@@ -122,19 +95,8 @@ async def run_felix(
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    if os.geteuid() != 0:
-        kernel_skip("needs root for a network namespace")
-    name = f"ptready{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    for cmd in (
-        ["link", "add", "under0", "type", "veth", "peer", "name", "under1"],
-        ["addr", "add", "198.18.0.1/16", "dev", "under0"],
-        ["link", "set", "under1", "up"],
-        ["link", "set", "under0", "up"],
-    ):
-        subprocess.run(["ip", "-n", name, *cmd], check=True)
-    yield name
-    subprocess.run(["ip", "netns", "del", name], check=False)
+    with scratch_netns("ptready", *UNDERLAY) as name:
+        yield name
 
 
 @pytest.mark.slow

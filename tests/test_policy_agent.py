@@ -10,11 +10,9 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 
 from felix.agent import FelixAgent
-from felix.ops import health_app, metrics_app, start_site
 from felix.policy.messages import (
     ActivePolicyUpdate,
     Batch,
@@ -29,6 +27,7 @@ from typha.snapcache import SnapCache
 from typha.syncserver import ServerConfig, SyncServer
 
 from .conftest import wait_for
+from .support.felix_lab import serving
 
 
 class RecordingDataplane:
@@ -118,53 +117,39 @@ async def test_policy_flows_to_the_dataplane_after_in_sync_with_metrics_and_read
     cache, ing, server = typha
     dp = RecordingDataplane()
     agent = FelixAgent("me", [("127.0.0.1", server.port)], policy=dp)
-    task = asyncio.create_task(agent.run())
-    hrun, hport = await start_site(health_app(agent, task.done), "127.0.0.1", 0)
-    mrun, mport = await start_site(metrics_app(agent.metrics.registry), "127.0.0.1", 0)
     caplog.set_level(logging.WARNING, "felix")
-    try:
-        async with aiohttp.ClientSession() as http:
+    async with serving(agent) as felix:
+        await wait_for(lambda: agent.client.stats.snapshots == 1, 5, "snapshot received")
+        await asyncio.sleep(0)  # one loop pass: a flush would have run by now
+        assert dp.batches == [] and not dp.programming  # nothing before in-sync
+        cache.set_status(SyncStatus.IN_SYNC)
+        await wait_for(lambda: dp.programming, 5, "programming started")
+        first = dp.messages()
+        (wep,) = [m for m in first if isinstance(m, WorkloadEndpointUpdate)]
+        assert wep.endpoint.tiers[0].ingress_policies == ("prod/knp.default.web",)
+        assert any(isinstance(m, ActivePolicyUpdate) for m in first)
+        (rej,) = [m for m in first if isinstance(m, PolicyRejected)]
+        assert rej.id == "policy default/broken" and "bad selector" in rej.reason
+        assert "policy default/broken rejected, not enforced" in caplog.text
+        await wait_for(lambda: agent.ready, 5, "ready")
 
-            async def get(port: int, path: str) -> tuple[int, str]:
-                async with http.get(f"http://127.0.0.1:{port}{path}") as r:
-                    return r.status, await r.text()
+        # A label change on another node reaches the dataplane as an ip set delta only.
+        n = len(dp.batches)
+        ing.handle([(MODIFIED, "pods", make_pod("prod", "db-1", "other", "10.200.1.1", {"app": "cache"}))])
+        await wait_for(lambda: len(dp.batches) > n, 5, "delta batch")
+        (delta,) = dp.batches[-1].messages
+        assert isinstance(delta, IpSetDeltaUpdate) and delta.removed == {"10.200.1.1/32"}
 
-            await wait_for(lambda: agent.client.stats.snapshots == 1, 5, "snapshot received")
-            await asyncio.sleep(0)  # one loop pass: a flush would have run by now
-            assert dp.batches == [] and not dp.programming  # nothing before in-sync
-            cache.set_status(SyncStatus.IN_SYNC)
-            await wait_for(lambda: dp.programming, 5, "programming started")
-            first = dp.messages()
-            (wep,) = [m for m in first if isinstance(m, WorkloadEndpointUpdate)]
-            assert wep.endpoint.tiers[0].ingress_policies == ("prod/knp.default.web",)
-            assert any(isinstance(m, ActivePolicyUpdate) for m in first)
-            (rej,) = [m for m in first if isinstance(m, PolicyRejected)]
-            assert rej.id == "policy default/broken" and "bad selector" in rej.reason
-            assert "policy default/broken rejected, not enforced" in caplog.text
-            await wait_for(lambda: agent.ready, 5, "ready")
+        _, text = await felix.get("/metrics", felix.metrics)
+        assert "felix_policies_rejected_total 1.0" in text
+        assert "felix_policies_rejected_current 1.0" in text
+        assert "felix_policies_active 1.0" in text
+        assert "felix_policy_calc_seconds_count" in text
 
-            # A label change on another node reaches the dataplane as an ip set delta only.
-            n = len(dp.batches)
-            ing.handle([(MODIFIED, "pods", make_pod("prod", "db-1", "other", "10.200.1.1", {"app": "cache"}))])
-            await wait_for(lambda: len(dp.batches) > n, 5, "delta batch")
-            (delta,) = dp.batches[-1].messages
-            assert isinstance(delta, IpSetDeltaUpdate) and delta.removed == {"10.200.1.1/32"}
-
-            _, text = await get(mport, "/metrics")
-            assert "felix_policies_rejected_total 1.0" in text
-            assert "felix_policies_rejected_current 1.0" in text
-            assert "felix_policies_active 1.0" in text
-            assert "felix_policy_calc_seconds_count" in text
-
-            # The dataplane failing turns readiness false with its reason.
-            dp.failing = True
-            status, body = await get(hport, "/readiness")
-            assert status == 503 and "iptables-restore failing" in body
-    finally:
-        agent.stop()
-        await asyncio.wait_for(task, 10)
-        await hrun.cleanup()
-        await mrun.cleanup()
+        # The dataplane failing turns readiness false with its reason.
+        dp.failing = True
+        status, body = await felix.get("/readiness")
+        assert status == 503 and "iptables-restore failing" in body
 
 
 @pytest.mark.slow
