@@ -197,8 +197,7 @@ class FelixAgent:
                 self.metrics.drift_repaired.inc(drift.repaired)
             elif delta:
                 routes.apply(delta)
-        if self.devices is not None:
-            self.devices.remove_unwanted()  # ... and go only once no route uses them
+        self._remove_unused_devices()  # ... and go only once no route of ours uses them
         self.programmed_once = True
         self.metrics.apply_seconds.observe(time.perf_counter() - t0)
         self._flush_policy()
@@ -238,6 +237,16 @@ class FelixAgent:
         if self.devices is not None:
             self.devices.set_desired(wanted, waiting)
 
+    def _remove_unused_devices(self) -> None:
+        """Delete the tunnel devices no pool needs once none of our routes goes through them.
+
+        Called after every programming pass, retry and link event: a route whose move failed keeps
+        its device until a retry has moved it (the kernel would drop the route with the device).
+        """
+        devices = self.devices
+        if devices is not None and devices.removal_pending:
+            devices.remove_unwanted(self.routes.devices_in_use(MANAGED) if self.routes is not None else ())
+
     def _configure_interfaces(self) -> None:
         for iface in list(self._ifaces_waiting):
             try:
@@ -257,6 +266,8 @@ class FelixAgent:
         if routes.process_link_events():
             if self.devices is not None and self.programmed_once and routes.links_changed & set(MANAGED):
                 self.devices.sync()  # someone changed one of our devices: put it back
+            if self.programmed_once:
+                self._remove_unused_devices()
             self._configure_interfaces()
             self._observe(every=0.2)
 
@@ -282,6 +293,7 @@ class FelixAgent:
                     self.metrics.drift_repaired.inc(routes.stats.drift_repaired - repaired)
                     if self.devices is not None:
                         self.devices.sync()
+                self._remove_unused_devices()  # retries may have moved the last routes off one
                 self._configure_interfaces()
             if self.policy is not None and self.policy.programming:
                 self.policy.tick()

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from felix.dataplane.deviceplan import DeviceOp, DeviceSpec, desired_devices, plan_devices
+from felix.dataplane.deviceplan import DeviceOp, DeviceSpec, desired_devices, plan_devices, unwanted
 from felix.dataplane.devices import DeviceManager
 from felix.dataplane.fakenetlink import FakeKernel
 from felix.dataplane.netlink import KernelLink, VxlanAttrs
@@ -116,6 +116,15 @@ def test_plan_removes_unwanted_vxlan_devices_but_never_tunl0_or_foreign_ones() -
     links = {"vxlan.calico": link(), "tunl0": link("tunl0", kind="ipip", vxlan=None), "eth0": link("eth0")}
     assert plan_devices({}, links, {}) == [DeviceOp("delete", "vxlan.calico")]
     assert plan_devices({}, links, {}, leave={"vxlan.calico"}) == []  # needed, just not makeable now
+    assert unwanted({}, links) == {"vxlan.calico"} and unwanted({SPEC.name: SPEC}, links) == set()
+
+
+def test_plan_keeps_an_unwanted_device_while_routes_still_go_through_it() -> None:
+    links = {"vxlan.calico": link(), "vxlan-v6.calico": link("vxlan-v6.calico", ifindex=8)}
+    # The kernel takes a device's routes with it: one whose move failed keeps its device.
+    assert plan_devices({}, links, {}, in_use={"vxlan.calico"}) == [DeviceOp("delete", "vxlan-v6.calico")]
+    # Still wanted, in use or not: made and repaired as usual.
+    assert plan_devices({SPEC.name: SPEC}, {}, {}, in_use={"vxlan.calico"}) == [DeviceOp("create", SPEC.name, SPEC)]
 
 
 # --- the manager on the fake kernel -------------------------------------------------------------------
@@ -225,3 +234,28 @@ def test_unwanted_devices_go_only_when_asked_after_the_routes_moved() -> None:
     seen = k.requests_seen
     dm.remove_unwanted()  # nothing pending: no kernel round trip
     assert k.requests_seen == seen
+
+
+def test_an_unwanted_device_in_use_stays_until_it_is_free_and_sync_never_removes_one() -> None:
+    k = FakeKernel()
+    dm = DeviceManager(netlink=k.socket)
+    dm.set_desired({SPEC.name: SPEC}, {})
+    dm.set_desired({}, {})
+    dm.remove_unwanted(in_use={"vxlan.calico"})  # a route still goes through it
+    dm.sync()  # a periodic repair pass: makes and repairs, never deletes
+    assert k.link("vxlan.calico").kind == "vxlan" and dm.removal_pending
+    dm.remove_unwanted(in_use=set())  # the route moved
+    with pytest.raises(KeyError):
+        k.link("vxlan.calico")
+    assert not dm.removal_pending and dm.stats.deleted == 1
+
+
+def test_a_device_a_previous_run_left_goes_at_the_first_removal_pass() -> None:
+    k = FakeKernel()
+    DeviceManager(netlink=k.socket).set_desired({SPEC.name: SPEC}, {})  # the previous run
+    dm = DeviceManager(netlink=k.socket)
+    assert dm.removal_pending  # not known yet: the first pass looks
+    dm.set_desired({}, {})  # nothing wanted, as before: no change, no sync
+    dm.remove_unwanted()
+    with pytest.raises(KeyError):
+        k.link("vxlan.calico")

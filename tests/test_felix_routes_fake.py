@@ -87,6 +87,22 @@ def test_writes_denied_are_retried_with_backoff_and_counted() -> None:
     assert mgr.stats.retries == 2
 
 
+def test_a_device_is_in_use_until_our_last_route_has_moved_off_it() -> None:
+    now = [100.0]
+    k, mgr = node(now)
+    k.add_link("vxlan.calico", kind="vxlan")
+    mgr.start_programming()
+    over_vxlan = Route(REMOTE.dst, dev="vxlan.calico", gateway="10.64.0.65", onlink=True, mtu=1450, encap="vxlan")
+    mgr.apply(delta(over_vxlan, BLACKHOLE))
+    assert mgr.devices_in_use(["vxlan.calico", "tunl0"]) == {"vxlan.calico"}
+    k.fail[REMOTE.dst] = errno.ENOBUFS  # the move to native routing fails: the route stays where it was
+    mgr.apply(delta(REMOTE))
+    assert REMOTE.dst in mgr.failing() and mgr.devices_in_use(["vxlan.calico"]) == {"vxlan.calico"}
+    del k.fail[REMOTE.dst]
+    now[0] += 0.05
+    assert mgr.retry_due() == 1 and mgr.devices_in_use(["vxlan.calico", "tunl0"]) == set()
+
+
 def test_foreign_routes_are_reported_not_overwritten_and_never_deleted() -> None:
     k, mgr = node()
     theirs = KernelRoute(REMOTE.dst, socket.AF_INET, RTN_UNICAST, 4, 0, 1, "192.168.50.9", False, None, 0, False)

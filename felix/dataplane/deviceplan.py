@@ -20,6 +20,12 @@ pure; :class:`felix.dataplane.devices.DeviceManager` carries the operations out.
 fixed attributes differ (kind, VNI, port, underlay address, learning) is deleted and re-created --
 the kernel cannot change them in place; MTU, MAC, up and addresses are changed in place.
 
+A device no pool needs any more is deleted only once none of felix's routes goes through it
+(``in_use``, from what the route manager knows the kernel holds): the kernel drops a device's routes
+with it, so deleting it under a route that has not moved yet -- its replace failed, or is backing
+off -- would leave that destination with no route at all until the retry.  Make before use, remove
+after last use.
+
 The MAC matters: other nodes program ARP and FDB entries pointing at the MAC in our Node's
 annotation, so our device must carry exactly that one.  A Node without a MAC annotation gets a
 device with a kernel-chosen MAC (Calico would write one back; felix does not write to the
@@ -28,7 +34,7 @@ datastore) and other nodes cannot reach us by VXLAN until the annotation exists.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -47,6 +53,7 @@ __all__ = [
     "DeviceSpec",
     "desired_devices",
     "plan_devices",
+    "unwanted",
 ]
 
 VNI_V4, VNI_V6, VXLAN_PORT = 4096, 6096, 4789
@@ -126,17 +133,24 @@ def _compatible(have: KernelLink, spec: DeviceSpec) -> bool:
     return spec.vxlan is None or have.vxlan == spec.vxlan
 
 
+def unwanted(wanted: Mapping[str, DeviceSpec], links: Mapping[str, KernelLink]) -> set[str]:
+    """Felix's devices in the kernel that nothing wants any more (never ``tunl0``: it is shared)."""
+    return {name for name in _DELETABLE if name in links and name not in wanted}
+
+
 def plan_devices(
     wanted: Mapping[str, DeviceSpec],
     links: Mapping[str, KernelLink],
     addrs: Mapping[int, set[tuple[str, int]]],
     leave: Iterable[str] = (),
+    in_use: Collection[str] = (),
 ) -> list[DeviceOp]:
     """Operations bringing felix's devices to ``wanted``.
 
     ``links``: the kernel's interfaces by name; ``addrs``: global addresses by interface index;
-    ``leave``: devices to keep as they are (needed, but not makeable yet).  A create is not
-    followed by its address or changes: plan again once the device exists.
+    ``leave``: devices to keep as they are (needed, but not makeable yet); ``in_use``: devices
+    felix's routes still go through -- an unwanted one is deleted only once it is not in use.  A
+    create is not followed by its address or changes: plan again once the device exists.
     """
     ops: list[DeviceOp] = []
     for name in MANAGED:
@@ -144,7 +158,7 @@ def plan_devices(
         if name in leave:
             continue
         if spec is None:
-            if have is not None and name in _DELETABLE:
+            if have is not None and name in _DELETABLE and name not in in_use:
                 ops.append(DeviceOp("delete", name))
             continue
         if have is None or not _compatible(have, spec):

@@ -3,11 +3,13 @@
 Design note
 -----------
 ``DeviceManager.set_desired(wanted, waiting)`` takes the specs from
-:func:`felix.dataplane.deviceplan.desired_devices` and makes or updates the devices; devices no
-longer wanted go only at ``remove_unwanted()``, which the agent calls after it has moved the
-routes off them (make before use, remove after last use: no moment without a route).  ``sync()``
-dumps the links and addresses,
-asks :func:`~felix.dataplane.deviceplan.plan_devices` for operations, sends them as one batch and
+:func:`felix.dataplane.deviceplan.desired_devices` and makes or updates the devices.  Devices no
+longer wanted go only at ``remove_unwanted(in_use)``, and only those none of felix's routes still
+goes through: the agent calls it after handing the routes their new plan, and again after retries
+and link events, with what the route manager knows the kernel holds -- so a route whose move failed
+keeps its device until the retry has moved it (make before use, remove after last use: no moment
+without a route).  ``sync()`` dumps the links and addresses, asks
+:func:`~felix.dataplane.deviceplan.plan_devices` for operations, sends them as one batch and
 repeats (a new device gets its address on the next pass) until nothing is left to do, at most three
 passes.  A device whose operation fails is not retried within the same sync; it is reported by
 ``problems()`` (which the agent turns into log lines, ``/status`` entries and readiness) and tried
@@ -21,11 +23,11 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from . import netlink as nl
-from .deviceplan import MANAGED, DeviceOp, DeviceSpec, plan_devices
+from .deviceplan import MANAGED, DeviceOp, DeviceSpec, plan_devices, unwanted
 from .netlink import KernelLink, Netlink, NetlinkSocket
 from .routeplan import NO_DEVICE, Pending
 
@@ -53,7 +55,7 @@ class DeviceManager:
         self._wanted: dict[str, DeviceSpec] = {}
         self._waiting: dict[str, Pending] = {}
         self._errors: dict[str, str] = {}
-        self._removal_pending = False
+        self._removal_pending = True  # until a dump has shown none: a previous run may have left one
 
     def close(self) -> None:
         self._nl.close()
@@ -67,13 +69,19 @@ class DeviceManager:
         if dict(wanted) == self._wanted and dict(waiting) == self._waiting:
             return False
         self._wanted, self._waiting = dict(wanted), dict(waiting)
-        self.sync(remove=False)
+        self.sync()
         return True
 
-    def remove_unwanted(self) -> None:
-        """Delete the devices that :meth:`set_desired` left because nothing wants them any more."""
+    @property
+    def removal_pending(self) -> bool:
+        """A device nothing wants any more may still be there, waiting for :meth:`remove_unwanted`."""
+        return self._removal_pending
+
+    def remove_unwanted(self, in_use: Collection[str] = ()) -> None:
+        """Delete the devices nothing wants any more, except those in ``in_use``: the devices
+        felix's routes still go through (the kernel would take those routes with the device)."""
         if self._removal_pending:
-            self.sync()
+            self._sync(in_use)
 
     def problems(self) -> dict[str, Pending]:
         """Devices that are needed but missing or wrong, with the reason."""
@@ -81,10 +89,12 @@ class DeviceManager:
         out.update({name: Pending(NO_DEVICE, msg) for name, msg in self._errors.items()})
         return out
 
-    def sync(self, *, remove: bool = True) -> None:
-        """Bring the devices in line with the wanted specs (``remove=False``: keep unwanted ones)."""
+    def sync(self) -> None:
+        """Make and repair the wanted devices; unwanted ones stay for :meth:`remove_unwanted`."""
+        self._sync(MANAGED)
+
+    def _sync(self, in_use: Collection[str]) -> None:
         failed: dict[str, str] = {}
-        self._removal_pending = False
         for _ in range(_PASSES):
             try:
                 links, addrs = self._dump()
@@ -92,10 +102,9 @@ class DeviceManager:
                 self._note_error(f"device dump: {e}")
                 failed.update(dict.fromkeys(self._wanted, f"cannot read the kernel's devices: {e}"))
                 break
-            ops = [op for op in plan_devices(self._wanted, links, addrs, self._waiting) if op.name not in failed]
-            if not remove and any(op.action == "delete" and op.name not in self._wanted for op in ops):
-                self._removal_pending = True
-                ops = [op for op in ops if op.action != "delete" or op.name in self._wanted]
+            self._removal_pending = bool(unwanted(self._wanted, links))
+            plan = plan_devices(self._wanted, links, addrs, self._waiting, in_use)
+            ops = [op for op in plan if op.name not in failed]
             if not ops:
                 break
             try:

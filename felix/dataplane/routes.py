@@ -296,6 +296,15 @@ class RouteManager:
     def desired(self) -> dict[str, Route]:
         return dict(self._desired)
 
+    def devices_in_use(self, names: Iterable[str]) -> set[str]:
+        """Which of the interfaces ``names`` at least one of our routes goes through, as far as we
+        know the kernel: a route whose move off a device failed, or is waiting for its retry, still
+        uses it (deleting the device would take the route with it).  O(routes) when one exists."""
+        index = {self._links[n].ifindex: n for n in names if n in self._links}
+        if not index:
+            return set()
+        return {index[k.oif] for k in self._kernel.values() if k.oif in index}
+
     # --- links ----------------------------------------------------------------------------------
 
     def _refresh_links(self) -> None:
