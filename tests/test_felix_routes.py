@@ -16,15 +16,14 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 
-import orjson
 import pytest
 
 from felix.calc import Neighbor, Route, RouteCalculator, RouteDelta
 from felix.dataplane.netns import run_in_netns
 from felix.dataplane.routes import RTPROT_FELIX, RouteManager
 from felix.dataplane.sysctl import InterfaceMissing, configure_workload_interface, read_sysctl
-from protocol import keys as K
 from tests.conftest import kernel_skip
+from tests.support.felix_kvs import block, node, pool, wep
 from typha.k8s.projection import interface_name
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]  # network namespaces via ip(8)
@@ -113,33 +112,13 @@ def wait_until(cond: Callable[[], object], timeout: float = 5.0, what: str = "co
 # --- datastore values (built with typha's key builders) -----------------------------------------------
 
 
-def j(v: object) -> bytes:
-    return orjson.dumps(v, option=orjson.OPT_SORT_KEYS)
-
-
-def kv_pool(cidr: str, ipip: str = "Never", vxlan: str = "Never") -> tuple[str, bytes]:
-    return K.ip_pool_key(cidr), j({"cidr": cidr, "ipipMode": ipip, "vxlanMode": vxlan, "blockSize": 26})
-
-
-def kv_node(name: str, addr: str, **extra: str) -> tuple[str, bytes]:
-    return K.node_key(name), j({"name": name, "ipv4Address": addr, **extra})
-
-
-def kv_block(cidr: str, owner: str | None) -> tuple[str, bytes]:
-    return K.ipam_block_key(cidr), j({"cidr": cidr, "affinity": f"host:{owner}" if owner else None, "borrowed": []})
-
-
-def kv_wep(node: str, pod: str, ip4: str) -> tuple[str, bytes]:
-    return K.workload_key(node, "shop", pod), j({"name": interface_name("shop", pod), "ipNetworks": [f"{ip4}/32"]})
-
-
 def cluster(mode: str = "Never") -> list[tuple[str, bytes]]:
     return [
-        kv_pool("10.64.0.0/16", ipip=mode),
-        kv_node(ME, "192.168.50.1/24"),
-        kv_node("node-b", "192.168.50.2/24"),
-        kv_block("10.64.0.0/26", ME),
-        kv_block("10.64.0.64/26", "node-b"),
+        pool("10.64.0.0/16", ipip=mode),
+        node(ME, "192.168.50.1/24"),
+        node("node-b", "192.168.50.2/24"),
+        block("10.64.0.0/26", ME),
+        block("10.64.0.64/26", "node-b"),
     ]
 
 
@@ -161,7 +140,7 @@ def test_calculated_routes_in_the_kernel(ns: str, mgr: RouteManager) -> None:
     iface = interface_name("shop", pod)
     veth(ns, iface)
     calc = RouteCalculator(ME)
-    mgr.apply(calc.apply([*cluster(), kv_wep(ME, pod, "10.64.0.5")]))
+    mgr.apply(calc.apply([*cluster(), wep(ME, pod, ["10.64.0.5"])]))
     mgr.start_programming()
     got = ours(ns)
     assert got["10.64.0.5/32"]["dev"] == iface and got["10.64.0.5/32"]["scope"] == "link"
@@ -225,7 +204,7 @@ def test_route_waits_for_its_interface(ns: str, mgr: RouteManager) -> None:
     iface = interface_name("shop", pod)
     calc = RouteCalculator(ME)
     mgr.start_programming()
-    mgr.apply(calc.apply([*cluster(), kv_wep(ME, pod, "10.64.0.7")]))
+    mgr.apply(calc.apply([*cluster(), wep(ME, pod, ["10.64.0.7"])]))
     assert "10.64.0.7/32" not in ours(ns)
     assert mgr.pending() == {"10.64.0.7/32": f"interface {iface} does not exist yet"}
     veth(ns, iface, up=False)
@@ -267,7 +246,7 @@ def test_changes_replace_in_place(ns: str, mgr: RouteManager) -> None:
 
     mon = run_in_netns(ns, monitor_socket)
     try:
-        mgr.apply(calc.apply([kv_node("node-b", "192.168.50.3/24")]))  # node-b's address changes
+        mgr.apply(calc.apply([node("node-b", "192.168.50.3/24")]))  # node-b's address changes
         assert ours(ns)["10.64.0.64/26"]["gateway"] == "192.168.50.3"
         mon.setblocking(False)
         types = []
@@ -356,8 +335,8 @@ def test_encapsulated_routes_wait_for_their_devices(ns: str, mgr: RouteManager) 
     mgr.apply(
         calc.apply(
             [
-                kv_pool("10.64.0.0/16", vxlan="Always"),
-                kv_node("node-b", "192.168.50.2/24", ipv4VXLANTunnelAddr="10.64.0.65", vxlanTunnelMACAddr=mac),
+                pool("10.64.0.0/16", vxlan="Always"),
+                node("node-b", "192.168.50.2/24", vtep="10.64.0.65", mac=mac),
             ]
         )
     )
@@ -492,14 +471,14 @@ def test_a_cni_plugins_route_for_a_local_pod_is_adopted_not_pending(ns: str, mgr
     veth(ns, interface_name("shop", "web-4"))
     ip(ns, "route", "add", "10.64.0.6/32", "dev", other, "scope", "link", "proto", "boot")
     calc = RouteCalculator(ME)
-    mgr.apply(calc.apply([*cluster(), kv_wep(ME, "web-1", "10.64.0.5")]))
+    mgr.apply(calc.apply([*cluster(), wep(ME, "web-1", ["10.64.0.5"])]))
     mgr.start_programming()
     assert mgr.pending() == {} and mgr.stats.adopted == 1 and mgr.stats.conflicts == 0
     assert ours(ns)["10.64.0.5/32"]["dev"] == iface  # ours now (protocol 80), in place
     assert "10.64.0.5/32" not in kernel_routes(ns, "boot")
     # Later pods: the CNI route appears first, then felix's update arrives (no resync in between).
     ip(ns, "route", "add", "10.64.0.7/32", "dev", interface_name("shop", "web-3"), "scope", "link", "proto", "boot")
-    mgr.apply(calc.apply([kv_wep(ME, "web-3", "10.64.0.7"), kv_wep(ME, "web-4", "10.64.0.6")]))
+    mgr.apply(calc.apply([wep(ME, "web-3", ["10.64.0.7"]), wep(ME, "web-4", ["10.64.0.6"])]))
     mgr.resync()
     assert "10.64.0.7/32" in ours(ns) and "10.64.0.7/32" not in mgr.pending()
     assert "protocol" in mgr.pending()["10.64.0.6/32"]  # web-4's interface is not the CNI route's
@@ -512,11 +491,11 @@ def test_start_up_adopts_a_previous_runs_state_without_counting_drift(ns: str) -
         kernel_skip("this kernel cannot create a vxlan device")
     mac = "66:00:00:00:00:0b"
     kvs = [
-        kv_pool("10.64.0.0/16", vxlan="Always"),
-        kv_node(ME, "192.168.50.1/24"),
-        kv_node("node-b", "192.168.50.2/24", ipv4VXLANTunnelAddr="10.64.0.65", vxlanTunnelMACAddr=mac),
-        kv_block("10.64.0.0/26", ME),
-        kv_block("10.64.0.64/26", "node-b"),
+        pool("10.64.0.0/16", vxlan="Always"),
+        node(ME, "192.168.50.1/24"),
+        node("node-b", "192.168.50.2/24", vtep="10.64.0.65", mac=mac),
+        block("10.64.0.0/26", ME),
+        block("10.64.0.64/26", "node-b"),
     ]
     first = RouteManager(ns)
     try:
