@@ -146,7 +146,7 @@ class DatastoreStats(Protocol):
 
     errors: Counter_[str]
     events: int
-    relists_410: int
+    relists: Counter_[str]
     malformed: int
     state: SyncStatus
     last_error: str
@@ -164,7 +164,10 @@ class _DatastoreCollector(Collector):
         )
         events = CounterMetricFamily("typha_datastore_events", "Watch events received.", labels=["resource"])
         relists = CounterMetricFamily(
-            "typha_datastore_relists", "Relists forced by 410 Gone (version too old).", labels=["resource"]
+            "typha_datastore_relists",
+            "Relists by reason: gone (410, version too old), too-large (504, the API server has not reached our "
+            "version), outage (the connection failed), audit (the periodic audit found a divergence).",
+            labels=["resource", "reason"],
         )
         malformed = CounterMetricFamily(
             "typha_datastore_malformed", "Watch lines that were not events, skipped.", labels=["resource"]
@@ -178,7 +181,8 @@ class _DatastoreCollector(Collector):
             for kind, n in st.errors.items():
                 errors.add_metric([resource, kind], n)
             events.add_metric([resource], st.events)
-            relists.add_metric([resource], st.relists_410)
+            for reason, n in st.relists.items():
+                relists.add_metric([resource, reason], n)
             malformed.add_metric([resource], st.malformed)
             state.add_metric([resource], int(st.state))
         return [errors, events, relists, malformed, state]

@@ -14,6 +14,7 @@ from .fixtures import make_calico_object, make_namespace, make_node, make_pod
 from .kubeconfig import TLSMaterial, kubeconfig_text, make_tls, write_kubeconfig
 from .resources import CALICO_GROUP, DEFAULT_RESOURCES, ResourceRegistry, ResourceType
 from .server import ApiServerHandle, ServerConfig, start_apiserver
+from .state import Backup
 from .stats import ResourceStats, Stats
 from .store import Event, ListResult, Store, StoredObject, Watcher
 
@@ -22,6 +23,7 @@ __all__ = [
     "DEFAULT_RESOURCES",
     "ApiError",
     "ApiServerHandle",
+    "Backup",
     "Event",
     "ListResult",
     "ResourceRegistry",

@@ -65,6 +65,7 @@ from .protobuf import PROTOBUF, decode_protobuf
 from .resources import VERSION_INFO, ResourceType
 from .routing import Route, check_forbidden, parse_path, verb_of
 from .schema import WARN, parse_field_validation
+from .state import Backup
 from .stats import Stats
 from .store import Admission, Store
 from .watchstream import serve_watch, watch_params
@@ -454,11 +455,39 @@ class ApiServerHandle:
         self.store.cut_watches(reason="shutdown")
         await self._runner.cleanup()
 
+    async def restart(self, down: float = 0.0, restore: Backup | None = None) -> None:
+        """Stop serving (every connection closed, new ones refused) for ``down`` seconds, then serve
+        again on the same address, certificate and token. With ``restore``, the store is restored
+        from that backup meanwhile (:meth:`.state.StoreState.restore`): an API server restarted on an
+        etcd restored from a backup, whose revisions overlap the ones its clients saw."""
+        self.store.cut_watches(reason="shutdown")
+        await self._runner.cleanup()
+        if restore is not None:
+            self.store.restore(restore)
+        await asyncio.sleep(down)
+        self._runner = await _serve(self.app, _bind(self.host, self.port), self.tls)
+
     async def __aenter__(self) -> ApiServerHandle:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+async def _serve(api: ApiServerApp, sock: socket.socket, tls: TLSMaterial) -> web.AppRunner:
+    """Serve ``api`` over HTTPS on the bound ``sock`` until the returned runner is cleaned up."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app.router.add_route("*", "/{tail:.*}", api.handle)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=2.0)
+    await runner.setup()
+    try:
+        site = web.SockSite(runner, sock, ssl_context=tls.server_context(), backlog=1024)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        sock.close()
+        raise
+    return runner
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -523,13 +552,8 @@ async def start_apiserver(
         too_large_rv_wait=too_large_rv_wait,
     )
     api = ApiServerApp(store, config)
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
-    app.router.add_route("*", "/{tail:.*}", api.handle)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=2.0)
-    await runner.setup()
-    site = web.SockSite(runner, sock, ssl_context=tls.server_context(), backlog=1024)
-    await site.start()
     api.host, api.port = host, sock.getsockname()[1]
+    runner = await _serve(api, sock, tls)
     handle = ApiServerHandle(api, runner, tls, host, api.port)
     handle.start_controllers()
     if kubeconfig_path:

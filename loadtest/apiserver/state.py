@@ -19,7 +19,8 @@ The set of resources can change at runtime (a CRD starts or stops serving one):
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from . import errors
@@ -35,6 +36,18 @@ from .stats import ResourceStats, Stats
 from .watch import Watcher, WatcherSet, bookmark_bytes
 
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+@dataclass(frozen=True)
+class Backup:
+    """A store's contents at one revision: what ``etcdctl snapshot save`` keeps. Cheap to take: the
+    stored objects are immutable, so this holds references, not copies."""
+
+    rv: int
+    objects: Mapping[str, tuple[StoredObject, ...]]  # resource key -> its objects at ``rv``
+
+    def count(self) -> int:
+        return sum(len(v) for v in self.objects.values())
 
 
 class _ResourceState:
@@ -302,6 +315,26 @@ class StoreState:
                 n += 1
         return n
 
+    def backup(self) -> Backup:
+        """The current contents and revision (restore them with :meth:`restore`)."""
+        return Backup(self._rv, {k: tuple(rs.table.objects.values()) for k, rs in self._states.items()})
+
+    def restore(self, backup: Backup) -> int:
+        """Replace every resource's contents with ``backup``'s and rewind the revision counter to its
+        revision, as restoring etcd from a snapshot does: later writes take revisions that were
+        handed out before, for different contents. History restarts empty at the backup's revision
+        (older versions get 410, newer ones "too large" until writes reach them) and every open
+        watch is cut. Returns how many objects the store now holds."""
+        self._rv = backup.rv
+        for key, rs in self._states.items():
+            rs.table = ObjectTable()
+            for obj in backup.objects.get(key, ()):
+                rs.table.put(obj)
+            rs.history.reset(backup.rv)
+        self.cut_watches(reason="restore")
+        self._notify_listeners(self._rv)
+        return sum(len(rs.table) for rs in self._states.values())
+
     def compact(self, resource: str | None = None, rv: int | None = None) -> int:
         """Drop retained history up to ``rv``, so any watch or continue token from an older
         RV gets 410 Expired. Returns the compaction RV.
@@ -319,4 +352,4 @@ class StoreState:
         return target
 
 
-__all__ = ["StoreState"]
+__all__ = ["Backup", "StoreState"]

@@ -4,10 +4,16 @@ Design note
 -----------
 Each resource has one follower task: list (paginated with limit/continue) then watch from the list's
 resourceVersion with bookmarks, resuming from the last resourceVersion seen whenever the stream ends
-or drops. Only when the API server answers 410 Gone (our version fell out of its window) do we relist,
-and the Ingestor turns the relist into exactly the deletions of objects that vanished; objects that did
-not change produce identical values and are dropped by the cache. So an API-server hiccup costs the
-agents nothing but the real changes.
+normally. A resourceVersion is only a position in one history, and we resume from it only while we
+know that history is still the one served. We relist instead when the API server answers 410 Gone
+(our version fell out of its window), when it answers 504 "too large resource version" (it has not
+reached our version: its history was replaced, as by an etcd restore, or it lags), and after any
+failure to reach it or to be served (refused, reset, TLS, timeout, 5xx): an API server that came back
+from an etcd backup hands out the same versions again for other contents, and a resumed watch would
+stream the new history from the middle without a word. The Ingestor turns a relist into exactly the
+deletions of objects that vanished; objects that did not change produce identical values and are
+dropped by the cache. So a relist costs the agents nothing but the real changes, and it is what makes
+"never resume into a history we did not follow" cheap enough to be the rule.
 
 Requests go through kubernetes-asyncio's ApiClient (auth, TLS, kubeconfig and in-cluster config are
 its job) with `_preload_content=False`, and we parse the raw bytes ourselves: the client's
@@ -75,12 +81,56 @@ class Gone(ApiError):
     """410: the resourceVersion we asked for is no longer in the API server's window."""
 
 
+class TooLarge(Gone):
+    """504 "Too large resource version": the API server has not reached the version we asked for.
+
+    It waited for it (kube-apiserver: 3 s) and gave up. Either it lags behind another API server we
+    read from before, or its history was replaced (etcd restored from a backup): the versions we hold
+    belong to a history that may no longer exist. client-go's reflector relists with no version on
+    this answer as on 410 (kubernetes/kubernetes#92537); so do we. Retrying the same version would loop
+    for ever (kubernetes/kubernetes#107133), or worse, succeed once the new history reaches it and
+    stream a history our cache never saw."""
+
+
+_TOO_LARGE_CAUSE = "ResourceVersionTooLarge"
+_TOO_LARGE_TEXT = "too large resource version"
+
+
+def _error_for(code: int, status: object) -> ApiError:
+    """The exception for an API error answer (an HTTP status or a watch ERROR event's Status)."""
+    st: dict[str, Any] = status if isinstance(status, dict) else {}
+    msg = str(st.get("message") or st.get("reason") or f"HTTP {code}")
+    if code == 410:
+        return Gone(code, msg)
+    details = st.get("details")
+    causes = details.get("causes") if isinstance(details, dict) else None
+    reasons = {c.get("reason") for c in causes if isinstance(c, dict)} if isinstance(causes, list) else set()
+    # Servers before 1.20 left the cause's reason out: client-go matches the message too.
+    if code == 504 and (_TOO_LARGE_CAUSE in reasons or _TOO_LARGE_TEXT in msg.lower()):
+        return TooLarge(code, msg)
+    return ApiError(code, msg)
+
+
 class SilentWatch(Exception):
     """A watch delivered no event and no bookmark for the silence timeout."""
 
 
 # Failures that mean "could not reach the API server": the follower waits on the probe, not a timer.
 _UNREACHED = frozenset({"unreachable", "tls", "timeout", "watch-dropped", "watch-silent"})
+
+# Why a resource was listed again (ResourceStats.relists, typha_datastore_relists_total{reason}).
+RELIST_GONE = "gone"  # 410: our version left the API server's window
+RELIST_TOO_LARGE = "too-large"  # 504: the API server has not reached our version (history replaced?)
+RELIST_OUTAGE = "outage"  # the connection failed: we cannot know what happened meanwhile
+RELIST_AUDIT = "audit"  # the periodic audit found the cache diverging from the API server
+
+
+def _is_outage(kind: str) -> bool:
+    """A failure after which the old resourceVersion is not trusted: the server could not be reached
+    or could not serve (5xx), so it may have restarted on other contents. Not: 4xx answers (the
+    server, alive, refused us), a silent watch on a server that answers (restarted quietly), a watch
+    that ends normally."""
+    return kind in _UNREACHED or kind.startswith("http-5")
 
 
 @dataclass(slots=True)
@@ -91,6 +141,7 @@ class ResourceStats:
     events: int = 0
     bookmarks: int = 0
     relists_410: int = 0
+    relists: Counter[str] = field(default_factory=Counter)  # reason (RELIST_*) -> relists
     malformed: int = 0
     quiet_restarts: int = 0  # silent watches restarted because the API server still answered
     errors: Counter[str] = field(default_factory=Counter)  # error kind -> count
@@ -99,14 +150,15 @@ class ResourceStats:
     resource_version: str = ""
 
 
-def _status_message(body: bytes) -> str:
+def _status_error(code: int, body: bytes) -> ApiError:
+    """The exception for an HTTP error answer, from its Status body (or its first bytes, if not one)."""
     try:
         obj = orjson.loads(body)
         if isinstance(obj, dict) and obj.get("kind") == "Status":
-            return str(obj.get("message") or obj.get("reason") or "")
+            return _error_for(code, obj)
     except orjson.JSONDecodeError:
         pass
-    return body[:200].decode("utf-8", "replace")
+    return _error_for(code, {"message": body[:200].decode("utf-8", "replace")})
 
 
 def parse_watch_lines(
@@ -114,7 +166,8 @@ def parse_watch_lines(
 ) -> tuple[list[tuple[str, dict]], str | None]:
     """Parse watch events of `resource`. Returns ([(type, object)], newest resourceVersion or None).
 
-    Raises Gone for a 410 ERROR event and ApiError for any other ERROR event; counts and skips lines
+    Raises Gone for a 410 ERROR event, TooLarge for a 504 "too large resource version" and ApiError for
+    any other ERROR event; counts and skips lines
     that are not JSON or not events, so one corrupt line cannot stop the stream.
     """
     events: list[tuple[str, dict]] = []
@@ -136,10 +189,7 @@ def parse_watch_lines(
         md: dict[str, Any] = raw_md if isinstance(raw_md, dict) else {}
         if etype == ERROR:
             code = obj.get("code")
-            msg = str(obj.get("message") or obj.get("reason") or "watch error")
-            if code == 410:
-                raise Gone(410, msg)
-            raise ApiError(int(code) if isinstance(code, int) else 500, msg)
+            raise _error_for(code if isinstance(code, int) else 500, {"message": "watch error", **obj})
         if etype == BOOKMARK:
             stats.bookmarks += 1
             if isinstance(md.get("resourceVersion"), str):
@@ -188,6 +238,7 @@ class KubernetesDatastore:
         self._feeds = {name: [r.name for r in self.resources if name in r.syncers] for name in ingestor.caches}
         self.synced = asyncio.Event()
         self._frozen = False
+        self._next_loud: dict[str, float] = {}
 
     # -- status ----------------------------------------------------------------------------------------
     def stats_view(self) -> dict[str, ResourceStats]:
@@ -247,8 +298,7 @@ class KubernetesDatastore:
         if resp.status != 200:
             body = await resp.read()
             resp.release()
-            cls = Gone if resp.status == 410 else ApiError
-            raise cls(resp.status, _status_message(body))
+            raise _status_error(resp.status, body)
         return resp
 
     async def list_into(self, res: Resource, resync: Resync) -> str:
@@ -341,22 +391,24 @@ class KubernetesDatastore:
         while True:
             try:
                 if not rv:
-                    t0 = time.monotonic()
-                    resync = self.ingestor.begin_resync(res.name)
-                    rv = await self.list_into(res, resync)
-                    with gc_paused():
-                        resync.finish()
-                    st.lists += 1
-                    st.resource_version = rv
-                    self._set_state(res.name, SYNCED)
-                    log.info(
-                        "%s: listed %d objects at rv %s in %.2fs", res.name, resync.objects, rv, time.monotonic() - t0
-                    )
+                    rv = await self._relist(res)
                 rv = await self._watch(res, rv)
                 failures = 0  # a watch that ran and ended normally: resume at once
             except Gone as exc:
-                st.relists_410 += 1
-                log.info("%s: resourceVersion %s expired (%s); relisting", res.name, rv, exc.message)
+                reason = RELIST_TOO_LARGE if isinstance(exc, TooLarge) else RELIST_GONE
+                st.relists[reason] += 1
+                if reason == RELIST_GONE:
+                    st.relists_410 += 1
+                    log.info("%s: resourceVersion %s expired (%s); relisting", res.name, rv, exc.message)
+                else:
+                    self._loud(
+                        res.name,
+                        "%s: the API server has not reached resourceVersion %s (%s): its history is not the one we "
+                        "followed (restored from a backup?); relisting",
+                        res.name,
+                        rv,
+                        exc.message,
+                    )
                 rv = ""
             except asyncio.CancelledError:
                 raise
@@ -369,6 +421,13 @@ class KubernetesDatastore:
                 kind = self._classify(exc)
                 st.errors[kind] += 1
                 st.last_error = f"{kind}: {exc}"
+                if rv and _is_outage(kind):
+                    # Whatever happened while we could not see the server (a restart from an etcd
+                    # backup among others) may have replaced the history our version belongs to, and
+                    # a resumed watch would not say so: relist and reconcile, as on 410.
+                    st.relists[RELIST_OUTAGE] += 1
+                    log.info("%s: %s after rv %s; relisting once the API server answers", res.name, kind, rv)
+                    rv = ""
                 self._set_state(res.name, WAITING if kind != "watch-dropped" or failures > 1 else st.state)
                 delay = random.uniform(0, min(self.backoff_max, self.backoff_initial * 2 ** min(failures, 10)))
                 level = logging.WARNING if failures <= 3 or failures % 20 == 0 else logging.DEBUG
@@ -385,6 +444,36 @@ class KubernetesDatastore:
                 else:
                     log.log(level, "%s: %s (%s); retrying in %.1fs", res.name, kind, exc, delay)
                     await asyncio.sleep(delay)
+
+    async def _relist(self, res: Resource) -> str:
+        """List `res` into its caches (the diff against them is what agents receive); returns the version."""
+        st = self.stats[res.name]
+        t0 = time.monotonic()
+        resync = self.ingestor.begin_resync(res.name)
+        rv = await self.list_into(res, resync)
+        with gc_paused():
+            changed = resync.finish()
+        st.lists += 1
+        st.resource_version = rv
+        self._set_state(res.name, SYNCED)
+        log.info(
+            "%s: listed %d objects at rv %s in %.2fs (%d keys deleted)",
+            res.name,
+            resync.objects,
+            rv,
+            time.monotonic() - t0,
+            changed,
+        )
+        return rv
+
+    def _loud(self, resource: str, msg: str, *args: object) -> None:
+        """WARNING at most once a minute per resource (DEBUG otherwise): a loop must not flood the log."""
+        now = time.monotonic()
+        if now >= self._next_loud.get(resource, 0.0):
+            self._next_loud[resource] = now + 60.0
+            log.warning(msg, *args)
+        else:
+            log.debug(msg, *args)
 
     @staticmethod
     def _classify(exc: Exception) -> str:
