@@ -25,6 +25,15 @@ Faults
   resumes each from its last resourceVersion, with no relist.
 - ``compact``: the API server compacts its history and then cuts every watch, so every resume gets
   410 Gone and every watcher relists (the "forced 410 relist" fault).
+- ``replace-datastore``: the API server is stopped and started again (1 s later, same address,
+  certificate and token) on its contents as they were when churn started, the shape of an etcd
+  restore from a backup: its resourceVersions rewind, and the writes that follow take versions its
+  clients already saw, for other contents. Resuming a watch would be refused ("too large resource
+  version") and then, once the new history passes the old versions, succeed into a history the
+  client never followed; only a relist gets the new contents right.
+- ``rolling-restart``: SIGTERM each replica in turn and start it again, the next one as soon as the
+  previous is ready (a Deployment's rolling update with maxUnavailable 1, maxSurge 0: readiness
+  gates it, the agents' moves do not).
 
 Ramp
 ----
@@ -53,6 +62,8 @@ class FaultKind:
     arg: str  # what ARG names: "" (takes none), "replica" (an index) or "resource"
     help: str
     aliases: tuple[str, ...] = ()
+    backup: bool = False  # needs the API server's contents backed up when churn starts
+    restarts_all: bool = False  # restarts every replica (else one)
 
 
 FAULT_KINDS: dict[str, FaultKind] = {
@@ -69,6 +80,22 @@ FAULT_KINDS: dict[str, FaultKind] = {
             "",
             "compact the API history and cut every watch: every watcher relists (410)",
             ("relist", "410"),
+        ),
+        FaultKind(
+            "replace-datastore",
+            "api",
+            "",
+            "restart the API server on its contents at churn start: revisions rewind (an etcd restore)",
+            ("restore",),
+            backup=True,
+        ),
+        FaultKind(
+            "rolling-restart",
+            "typha",
+            "",
+            "SIGTERM and start every replica in turn, each once the previous is ready (a rolling update)",
+            ("rollout",),
+            restarts_all=True,
         ),
     )
 }
@@ -257,10 +284,15 @@ class Scenario:
         d = self.duration / len(self.ramp)
         return [(i * d, (i + 1) * d, r) for i, r in enumerate(self.ramp)]
 
+    def replicas_restarted(self, f: Fault) -> int:
+        if f.kind not in TYPHA_FAULTS:
+            return 0
+        return self.replicas if FAULT_KINDS[f.kind].restarts_all else 1
+
     def mode_budget(self, mode: str) -> float:
         seed = 10 + self.objects_estimate / 20_000
         typha = (
-            self.typha_ready_timeout() * (1 + sum(1 for f in self.faults if f.kind in TYPHA_FAULTS))
+            self.typha_ready_timeout() * (1 + sum(self.replicas_restarted(f) for f in self.faults))
             if mode == "typha"
             else 0
         )

@@ -31,7 +31,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from loadtest.apiserver import start_apiserver
+from loadtest.apiserver import Backup, start_apiserver
 from loadtest.fleets.workers import WorkerFleet
 from loadtest.support.cluster import apply_timed, seed
 from loadtest.support.host import host_cpu, meminfo, self_cpu
@@ -61,6 +61,7 @@ class ModeRun:
         self.t0 = time.monotonic()
         self.phase = "starting"
         self.api: Any = None
+        self.backup: Backup | None = None  # the emulator's contents at churn start, if a fault needs them
         self.cluster: SyntheticCluster | None = None
         self.fleet: WorkerFleet[Any] | None = None
         self.fleet_stopped = False
@@ -118,6 +119,9 @@ class ModeRun:
         raise NotImplementedError
 
     async def restart_replica(self, index: int | None, n: int, kill: bool, record: FaultRecord) -> None:
+        raise ModeError(f"{self.mode} mode has no typha replicas to restart")
+
+    async def rolling_restart(self, record: FaultRecord) -> None:
         raise ModeError(f"{self.mode} mode has no typha replicas to restart")
 
     def recovery_timeout(self) -> float:

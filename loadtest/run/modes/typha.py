@@ -141,6 +141,27 @@ class TyphaRun(ModeRun):
         record.agents_disconnected = self.fleet.total("disconnects") - disc0
         self.mark(f"agents recovered from {kind} {idx}", ok=ok)
 
+    async def rolling_restart(self, record: FaultRecord) -> None:
+        """Every replica in turn, the next as soon as the previous is ready again; then wait (bounded)
+        until every agent is connected and in sync."""
+        self.mark("rolling-restart")
+        self.log(f"fault at {record.at:g}s: rolling restart of {len(self.replicas)} replicas")
+        assert self.fleet is not None
+        disc0 = self.fleet.total("disconnects")
+        t0 = time.monotonic()
+        steps = []
+        for rep in self.replicas:
+            self.mark(f"rolling-restart: typha {rep.index}")
+            stopped, ready = await rep.restart(kill=False)
+            steps.append(f"typha {rep.index} stopped after {stopped:.1f}s, ready after {ready:.1f}s")
+            self.mark(f"typha {rep.index} ready again", seconds=ready)
+        record.ready_after = time.monotonic() - t0
+        ok = await self.wait_recovered(0, self.sc.agent_sync_timeout(self.mode))
+        record.recovered_seconds = time.monotonic() - t0 if ok else None
+        record.agents_disconnected = self.fleet.total("disconnects") - disc0
+        record.note = "; ".join(steps)
+        self.mark("agents recovered from rolling-restart", ok=ok)
+
     # -- agents --------------------------------------------------------------------------------------
     async def start_agents(self) -> None:
         sc, res = self.sc, self.result
