@@ -53,8 +53,14 @@ class ServerConfig:
         "beyond it the oldest is closed.",
         positive,
     )
+    snapshot_buffer_bytes: int = setting(
+        64 << 20,
+        "Snapshot bytes the streams going may hold in their transport buffers; later agents wait their turn "
+        "(reconciles first).",
+        positive,
+    )
     max_concurrent_snapshots: int = setting(
-        200, "Snapshots streamed at once; later agents queue (0: unlimited).", non_negative
+        0, "Full snapshots streamed at once, besides --snapshot-buffer-bytes (0: no limit).", non_negative
     )
     snapshot_stall_timeout: float = setting(
         15.0,
@@ -105,6 +111,7 @@ class ServerConfig:
     # Internal knobs, not settings.
     write_high_water: int = 256 * 1024
     max_write_bytes: int = 1 << 20
+    snapshot_pass_bytes: int = 1 << 20  # snapshot bytes written per pass of the event loop (typha.snapsched)
     housekeeping_interval: float = 1.0
     close_timeout: float = 5.0
     # Bytes a client may send: its TLS handshake and hello at once (this beyond --max-hello-frame), then

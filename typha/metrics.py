@@ -219,7 +219,12 @@ class ServerMetrics:
             "typha_connections_dropped", "Connections closed by the server, by reason.", ["reason"], registry=r
         )
         self.active = Gauge("typha_connections_active", "Open connections.", registry=r)
-        self.snapshots_queued = Gauge("typha_snapshots_queued", "Connections waiting for a snapshot slot.", registry=r)
+        self.snapshots_queued = Gauge(
+            "typha_snapshots_queued", "Connections waiting for their snapshot (or reconcile) to start.", registry=r
+        )
+        self.snapshot_streams = Gauge(
+            "typha_snapshot_streams", "Snapshots (full or partial) being written now.", registry=r
+        )
         self.streaming = Gauge(
             "typha_connections_streaming", "Connections past their snapshot, following the breadcrumbs.", registry=r
         )

@@ -31,11 +31,12 @@ large cluster) would keep it from a replica that could serve it now. Later dips 
 API server unreachable) are served as usual: the cache then holds the last good state, and the
 status travelling with it tells agents how current it is.
 
-At most `max_concurrent_snapshots` snapshots stream at once; later agents queue (kept alive by pings)
-and start as earlier ones finish. When a replica dies and thousands of agents arrive together, the
-bytes to send are the same either way, but a bounded number of streams bounds the memory held in
-transport buffers (up to a chunk plus the high-water mark each) and leaves the event loop free to keep
-the agents already following up to date.
+Snapshot streams (full ones, and the partial ones that answer a reconcile) are admitted and paced by
+`typha.snapsched`: a stream starts while the streams going hold less than `snapshot_buffer_bytes` in
+their transport buffers, reconciles before full snapshots, and one writer sends at most
+`snapshot_pass_bytes` per pass of the event loop, so a storm of arriving agents is bounded in memory
+and the agents already following keep getting their updates between two rounds of snapshot writes.
+Later agents wait their turn (kept alive by pings).
 
 A peer that has proved nothing costs a bounded amount (`peerbudget`): connections still in their
 handshake (TLS and hello) have a budget of their own, oldest closed first, and do not count toward
@@ -57,7 +58,6 @@ import logging
 import random
 import time
 import uuid
-from collections import deque
 from collections.abc import Mapping
 from typing import cast
 
@@ -85,6 +85,7 @@ from .metrics import ServerMetrics
 from .peerbudget import InboundBudget, keepable, printable
 from .peerguard import PeerGuard
 from .snapcache import Breadcrumb, PendingWrite, SnapCache, Snapshot, collect_pending
+from .snapsched import SnapshotScheduler
 from .tls import TLSSession, server_tls
 
 log = logging.getLogger("typha.server")
@@ -133,6 +134,7 @@ class SyncConnection(asyncio.Protocol):
         "syncer",
         "tls",
         "transport",
+        "wanted",
     )
 
     def __init__(self, server: SyncServer) -> None:
@@ -166,6 +168,7 @@ class SyncConnection(asyncio.Protocol):
         )
         self.first_data = True
         self.pings: InboundBudget | None = None  # PINGs it may send; set at its hello
+        self.wanted: list[int] = []  # a reconcile's WANT, until its partial snapshot is taken
 
     def __repr__(self) -> str:
         # Hostname and syncer come from the client: escaped and truncated, so they cannot forge log lines.
@@ -265,37 +268,42 @@ class SyncConnection(asyncio.Protocol):
             transport.write(data)
 
     def pump(self, joined: dict[int, PendingWrite] | None = None) -> None:
-        """Write as much as the transport will take: snapshot chunks, then pending breadcrumbs."""
+        """Write what the transport will take: pending breadcrumbs now; snapshot chunks through the
+        scheduler's writer (typha.snapsched), which paces them with everyone else's."""
         if self.state == SNAPSHOT:
-            self._pump_snapshot()
-        if self.state == STREAMING and not self.paused:
+            self.server.snapshots.wake()
+        elif self.state == STREAMING and not self.paused:
             self._pump_breadcrumbs(joined)
 
-    def _pump_snapshot(self) -> None:
+    # -- snapshot streaming (typha.snapsched.SnapshotStream) -----------------------------------------
+    def buffered_bytes(self) -> int:
+        transport = self.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    def write_snapshot_step(self, max_bytes: int) -> tuple[int, bool, bool]:
+        """One step of this connection's snapshot: (bytes written, encoded a fresh chunk, complete).
+
+        A reconcile's agent is at the seq of its DIGESTS: the breadcrumbs up to the partial snapshot's seq
+        go first (docs/protocol.md 12.2). A full snapshot's agent has no position (`last` is None)."""
         snap = self.snapshot
-        assert snap is not None
-        budget = self.server.config.max_write_bytes
-        # A reconcile's agent is at the seq of its DIGESTS: the breadcrumbs up to the partial snapshot's
-        # seq go first (docs/protocol.md 12.2). A full snapshot's agent has no position (last is None).
-        while not self.paused and self.last is not None and self.last is not snap.breadcrumb:
-            pending = collect_pending(self.last, budget, until=snap.breadcrumb)
+        if self.state != SNAPSHOT or snap is None:
+            return 0, False, True  # closed meanwhile: nothing more to write
+        wrote = 0
+        while self.last is not None and self.last is not snap.breadcrumb:
+            if self.paused or wrote >= max_bytes:
+                return wrote, False, False
+            pending = collect_pending(self.last, max_bytes - wrote, until=snap.breadcrumb)
             assert pending is not None
             self._write(pending.data)
+            wrote += len(pending.data)
             self.last = pending.last
-        while not self.paused and self.state == SNAPSHOT:
-            fresh = self.chunk >= len(snap.chunks)
-            data = snap.chunk(self.chunk)
-            if data is None:
-                self._snapshot_done(snap)
-                return
+        fresh = self.chunk >= len(snap.chunks)
+        data = snap.chunk(self.chunk)
+        if data is not None:
             self.chunk += 1
             self._write(data)
-            budget -= len(data)
-            if (fresh and not snap.complete) or budget <= 0:
-                # We spent a chunk's encoding time, or a fair share of writing: let the fan-out and
-                # other clients run before our next chunk (new agents must not delay old ones' updates).
-                self.server.loop.call_soon(self.pump)
-                return
+            wrote += len(data)
+        return wrote, fresh and data is not None, snap.complete and self.chunk >= len(snap.chunks)
 
     def _snapshot_done(self, snap: Snapshot) -> None:
         self.server.metrics.snapshot_send.observe(time.monotonic() - self.snapshot_started)
@@ -304,6 +312,8 @@ class SyncConnection(asyncio.Protocol):
         self.state = STREAMING
         self.server._start_following(self)
         self.server._snapshot_slot_freed(self)
+        if not self.paused:
+            self._pump_breadcrumbs(None)  # what was published while the snapshot streamed
 
     def _pump_breadcrumbs(self, joined: dict[int, PendingWrite] | None) -> None:
         metrics = self.server.metrics
@@ -396,8 +406,16 @@ class SyncServer:
         self.last_housekeeping = time.monotonic()
         self.rebalance_target: int | None = None
         self._synced_once = {name for name, cache in self.caches.items() if cache.status is SyncStatus.IN_SYNC}
-        self._snapshotting: set[SyncConnection] = set()
-        self._snapshot_queue: deque[SyncConnection] = deque()
+        cfg = self.config
+        self.snapshots: SnapshotScheduler[SyncConnection] = SnapshotScheduler(
+            cfg.snapshot_buffer_bytes,
+            cfg.snapshot_pass_bytes,
+            cfg.write_high_water,  # what a stream holds once its agent reads slower than we write
+            cfg.max_concurrent_snapshots,
+            on_admit=self._admitted,
+            on_wake=self._schedule_snapshot_pass,
+            on_change=self._snapshot_gauges,
+        )
         for name, cache in self.caches.items():
             cache.on_breadcrumb = self._make_notifier(name)
 
@@ -478,7 +496,7 @@ class SyncServer:
     def _connection_lost(self, conn: SyncConnection) -> None:
         self.connections.discard(conn)
         self.guard.gone(conn)
-        self._snapshot_slot_freed(conn)
+        self._snapshot_slot_freed(conn)  # a stream, or a place in the queue
         if conn.syncer and conn in self._following.get(conn.syncer, ()):
             self._following[conn.syncer].discard(conn)
             self.metrics.streaming.dec()
@@ -571,40 +589,51 @@ class SyncServer:
             conn.handshake_timer.cancel()
             conn.handshake_timer = None
         assert conn.cache is not None and conn.state == RECONCILE  # ServerConnection allows one WANT, after DIGESTS
-        leaves = bitmap_to_leaves(want.leaves)
+        conn.wanted = bitmap_to_leaves(want.leaves)
         self.metrics.reconciled.inc()
-        self.metrics.reconcile_leaves.observe(len(leaves))
-        conn.snapshot = conn.cache.partial_snapshot(leaves, conn.compressed)
-        conn.snapshot_started = time.monotonic()
-        conn.chunk = 0
-        conn.state = SNAPSHOT
-        conn.pump()
+        self.metrics.reconcile_leaves.observe(len(conn.wanted))
+        conn.state = QUEUED
+        if self.snapshots.submit(conn, partial=True):
+            self._admitted(conn, True)
 
+    # -- snapshot streams (typha.snapsched) ----------------------------------------------------------
     def _begin_snapshot(self, conn: SyncConnection) -> None:
-        limit = self.config.max_concurrent_snapshots
-        if limit and len(self._snapshotting) >= limit:
-            conn.state = QUEUED
-            self._snapshot_queue.append(conn)
-            self.metrics.snapshots_queued.set(len(self._snapshot_queue))
+        conn.state = QUEUED
+        if self.snapshots.submit(conn, partial=False):
+            self._admitted(conn, False)
+
+    def _admitted(self, conn: SyncConnection, partial: bool) -> None:
+        """The scheduler lets `conn` stream: its snapshot (or a reconcile's partial one) is taken now."""
+        if conn.state != QUEUED or conn.cache is None:
             return
-        assert conn.cache is not None
-        self._snapshotting.add(conn)
-        conn.snapshot = conn.cache.snapshot(conn.compressed)
+        if partial:
+            conn.snapshot = conn.cache.partial_snapshot(conn.wanted, conn.compressed)
+            conn.wanted = []
+        else:
+            conn.snapshot = conn.cache.snapshot(conn.compressed)
         conn.snapshot_started = time.monotonic()
         conn.chunk = 0
         conn.state = SNAPSHOT
-        conn.pump()
+
+    def _schedule_snapshot_pass(self, delay: float) -> None:
+        if delay > 0:
+            self.loop.call_later(delay, self._snapshot_pass)
+        else:
+            self.loop.call_soon(self._snapshot_pass)
+
+    def _snapshot_pass(self) -> None:
+        for conn in self.snapshots.run_pass():
+            if conn.state == SNAPSHOT and conn.snapshot is not None:
+                conn._snapshot_done(conn.snapshot)
+            else:
+                self._snapshot_slot_freed(conn)
 
     def _snapshot_slot_freed(self, conn: SyncConnection) -> None:
-        if conn not in self._snapshotting:
-            return
-        self._snapshotting.discard(conn)
-        queue = self._snapshot_queue
-        while queue and len(self._snapshotting) < (self.config.max_concurrent_snapshots or len(queue) + 1):
-            nxt = queue.popleft()
-            if nxt.state == QUEUED:
-                self._begin_snapshot(nxt)
-        self.metrics.snapshots_queued.set(len(queue))
+        self.snapshots.finished(conn)
+
+    def _snapshot_gauges(self, sched: SnapshotScheduler[SyncConnection]) -> None:
+        self.metrics.snapshots_queued.set(sched.queued)
+        self.metrics.snapshot_streams.set(len(sched.active))
 
     def _start_following(self, conn: SyncConnection) -> None:
         self._following[conn.syncer].add(conn)
@@ -662,7 +691,7 @@ class SyncServer:
                 behind = self._behind_seconds(conn, now_ns)
                 if behind > cfg.max_fall_behind:
                     conn.close(GoodbyeCode.TOO_SLOW, f"{behind:.0f}s behind (limit {cfg.max_fall_behind}s)")
-        self.guard.housekeep(now, self._snapshotting)
+        self.guard.housekeep(now, self.snapshots)
         target = self.rebalance_target
         if target is not None and len(self.connections) > target:
             # Count only connections still open: one closed by the last pass stays in the set until its
