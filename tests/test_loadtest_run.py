@@ -167,6 +167,10 @@ async def test_run_typha_with_faults_verifies_and_reports(tmp_path: Path) -> Non
     assert run.latency["breadcrumb_to_last_agent"].count > 0
     assert min(v for _, v in run.latency_points["write_to_last_agent"]) > 0
     assert run.typha is not None and (run.typha.rss_per_agent_bytes or 0) > 0 and run.typha.dedup_ratio is not None
+    # typha's own view of each breadcrumb's last write, in fine buckets (1 ms .. 10 s), beside the agents'.
+    fan = run.typha.fanout_latency
+    assert fan is not None and fan.count > 0 and fan.p50 is not None and fan.p99 is not None
+    assert 0.001 <= fan.p50 <= fan.p99 <= 10
     assert len(run.samples) >= 8 and all(len(s.typha) == 2 for s in run.samples)
     # Scraped counters in most samples (a replica restarting or busy leaves a gap, not a zero).
     assert sum(all(r.counters for r in s.typha) for s in run.samples) >= len(run.samples) // 2

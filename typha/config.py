@@ -68,6 +68,13 @@ class ServerConfig:
         "dropped and its snapshot slot goes to the next one.",
         positive,
     )
+    fanout_latency_budget: float = setting(
+        0.1,
+        "Seconds two fan-out passes may be apart at most (unless a pass itself takes longer): passes are spaced "
+        "by the fleet's size (agents / 50,000 s) so each agent gets at most one write per interval; this bounds "
+        "what the spacing adds to an update's latency.",
+        positive,
+    )
     max_hello_frame: int = setting(
         DEFAULT_MAX_HELLO_FRAME,
         "Largest frame accepted before a client's hello (the hello itself), in bytes.",
@@ -111,6 +118,7 @@ class ServerConfig:
     # Internal knobs, not settings.
     write_high_water: int = 256 * 1024
     max_write_bytes: int = 1 << 20
+    fanout_write_rate: float = 50_000.0  # socket writes a second fan-out passes aim at (typha.fanpace)
     snapshot_pass_bytes: int = 1 << 20  # snapshot bytes written per pass of the event loop (typha.snapsched)
     housekeeping_interval: float = 1.0
     close_timeout: float = 5.0

@@ -26,6 +26,14 @@ from protocol import SyncStatus
 from .snapcache import SnapCache
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+#: Fine buckets, 1 ms to 10 s in steps of at most 1.5x, for typha's own update latencies: their p99 must
+#: be readable, not "somewhere between 50 and 250 ms".
+_FINE_LATENCY_BUCKETS = (
+    *(0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075),
+    *(0.01, 0.015, 0.02, 0.03, 0.05, 0.075),
+    *(0.1, 0.15, 0.2, 0.3, 0.5, 0.75),
+    *(1, 1.5, 2, 3, 5, 7.5, 10),
+)
 _SEND_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _KV_BUCKETS = (0, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)
 
@@ -235,7 +243,13 @@ class ServerMetrics:
             registry=r,
         )
         self.client_latency = HotHistogram(
-            "typha_client_latency_seconds", "Breadcrumb creation to its write to a client.", _LATENCY_BUCKETS
+            "typha_client_latency_seconds", "Breadcrumb creation to its write to a client.", _FINE_LATENCY_BUCKETS
+        )
+        self.fanout_latency = HotHistogram(
+            "typha_fanout_latency_seconds",
+            "Per breadcrumb: its creation to the end of the fan-out pass that wrote it to every following client "
+            "ready to take it (its last socket write, but for clients whose writes are paused).",
+            _FINE_LATENCY_BUCKETS,
         )
         self.write_latency = HotHistogram(
             "typha_client_write_latency_seconds", "Time spent in one write to a client socket.", _LATENCY_BUCKETS
@@ -243,7 +257,7 @@ class ServerMetrics:
         self.next_breadcrumb_latency = Histogram(
             "typha_next_breadcrumb_latency_seconds",
             "Breadcrumb creation to the start of the fan-out pass that delivers it.",
-            buckets=_LATENCY_BUCKETS,
+            buckets=_FINE_LATENCY_BUCKETS,
             registry=r,
         )
         self.ping_latency = Histogram(
@@ -272,7 +286,11 @@ class ServerMetrics:
             ["result"],
             registry=r,
         )
-        r.register(_HotCollector([self.client_latency, self.write_latency, self.kvs_per_msg, self.bytes_sent]))
+        r.register(
+            _HotCollector(
+                [self.client_latency, self.fanout_latency, self.write_latency, self.kvs_per_msg, self.bytes_sent]
+            )
+        )
 
     def watch_caches(self, caches: Callable[[], Mapping[str, SnapCache]]) -> None:
         self.registry.register(_CacheCollector(caches))

@@ -9,7 +9,9 @@ publishes a breadcrumb, and the server schedules *one* fan-out pass (`call_soon`
 however many breadcrumbs appeared in the meantime, each caught-up client gets them in one write of
 already-encoded bytes (joined once per pass and shared by every client at the same position). That is
 the coalescing Typha does for lagging clients, applied always, because one write costs microseconds
-while a join of shared bytes costs nanoseconds per KV.
+while a join of shared bytes costs nanoseconds per KV. Passes are spaced by the fleet's size within
+`fanout_latency_budget` (`typha.fanpace`), so each agent gets at most one write per interval and the
+writes per second stay bounded however many agents follow.
 
 Backpressure is the transport's own: when a client's socket buffer passes the high-water mark the
 transport calls `pause_writing` and we simply stop writing to it. The client keeps its pointer into the
@@ -81,6 +83,7 @@ from protocol.summary import bitmap_to_leaves
 from protocol.tls import CertReloader
 
 from .config import ServerConfig
+from .fanpace import FanoutPacer
 from .metrics import ServerMetrics
 from .peerbudget import InboundBudget, keepable, printable
 from .peerguard import PeerGuard
@@ -399,6 +402,10 @@ class SyncServer:
         self.connections: set[SyncConnection] = set()
         self._following: dict[str, set[SyncConnection]] = {name: set() for name in self.caches}
         self._fanout_scheduled: dict[str, bool] = dict.fromkeys(self.caches, False)
+        self._pacers = {
+            name: FanoutPacer(self.config.fanout_latency_budget, self.config.fanout_write_rate) for name in self.caches
+        }
+        self._fanned = {name: cache.head for name, cache in self.caches.items()}  # the last pass's head
         self._server: asyncio.base_events.Server | None = None
         self._housekeeper: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -422,6 +429,7 @@ class SyncServer:
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self._fanned = {name: cache.head for name, cache in self.caches.items()}  # what was published before
         self.guard.start()
         self._server = await self.loop.create_server(
             lambda: SyncConnection(self), self.config.host, self.config.port, backlog=4096, reuse_address=True
@@ -641,22 +649,43 @@ class SyncServer:
 
     # -- fan-out -------------------------------------------------------------------------------------
     def _make_notifier(self, syncer: str):
+        pacer = self._pacers[syncer]
+        following = self._following[syncer]
+
         def notify(bc: Breadcrumb) -> None:
             if bc.status is SyncStatus.IN_SYNC:
                 self._synced_once.add(syncer)
             if not self._fanout_scheduled[syncer] and self.loop is not None:
                 self._fanout_scheduled[syncer] = True
-                self.loop.call_soon(self._fan_out, syncer, bc.created_ns)
+                delay = pacer.delay(time.monotonic(), len(following))
+                if delay > 0:
+                    self.loop.call_later(delay, self._fan_out, syncer)
+                else:
+                    self.loop.call_soon(self._fan_out, syncer)
 
         return notify
 
-    def _fan_out(self, syncer: str, oldest_ns: int) -> None:
+    def _fan_out(self, syncer: str) -> None:
+        """One pass: every following agent ready to write gets what was published since the last pass."""
         self._fanout_scheduled[syncer] = False
-        self.metrics.next_breadcrumb_latency.observe(max(0.0, (time.time_ns() - oldest_ns) / 1e9))
+        pacer = self._pacers[syncer]
+        pacer.started(time.monotonic())
+        metrics = self.metrics
+        head = self.caches[syncer].head
+        bc = self._fanned[syncer].next
+        if bc is not None:
+            metrics.next_breadcrumb_latency.observe(max(0.0, (time.time_ns() - bc.created_ns) / 1e9))
         joined: dict[int, PendingWrite] = {}
         for conn in list(self._following[syncer]):
             if not conn.paused:
                 conn.pump(joined)
+        # Typha's own latency per breadcrumb, to its last write in this pass (typha_fanout_latency_seconds).
+        now_ns = time.time_ns()
+        while bc is not None and self._following[syncer]:
+            metrics.fanout_latency.observe(max(0.0, (now_ns - bc.created_ns) / 1e9))
+            bc = None if bc is head else bc.next
+        self._fanned[syncer] = head
+        pacer.ended(time.monotonic())
 
     # -- housekeeping --------------------------------------------------------------------------------
     async def _housekeeping(self) -> None:

@@ -16,6 +16,11 @@ HOW_TO_READ = [
     ),
     "- *breadcrumb -> last agent*: typha's fan-out alone. *every delivery*: each agent's receipt of each breadcrumb.",
     (
+        "- *typha's own view*: per breadcrumb, its creation to its last socket write (typha_fanout_latency_seconds, "
+        "buckets 1 ms .. 10 s, so figures are bucket upper bounds). Beside *breadcrumb -> last agent* it separates "
+        "typha's latency from the simulated agents' scheduling on a crowded machine."
+    ),
+    (
         "- Writes that change nothing an agent uses (status-only updates) never reach the agents: typha drops them "
         "(the dedup ratio), so they have no latency."
     ),

@@ -14,6 +14,7 @@ from loadtest.run.results import (
     PER_DELIVERY,
     WRITE_TO_LAST_AGENT,
     WRITE_TO_SAMPLED_AGENTS,
+    BucketQuantiles,
     DirectResult,
     FaultRecord,
     ModeResult,
@@ -88,9 +89,18 @@ def _typha_rss(r: RunResult) -> str:
 
 def _write_latency(r: RunResult) -> str:
     t = _typha(r)
-    if t is None or t.write_latency is None or t.write_latency.p50 is None:
+    return _bucket_quantiles(t.write_latency if t is not None else None)
+
+
+def _fanout_latency(r: RunResult) -> str:
+    t = _typha(r)
+    return _bucket_quantiles(t.fanout_latency if t is not None else None)
+
+
+def _bucket_quantiles(q: BucketQuantiles | None) -> str:
+    if q is None or q.p50 is None or q.p99 is None:
         return "-"
-    return f"<= {ms(t.write_latency.p50)} / <= {ms(t.write_latency.p99)}"
+    return f"<= {ms(q.p50)} / <= {ms(q.p99)}"
 
 
 def _writes(r: RunResult) -> str:
@@ -134,6 +144,7 @@ ROWS: list[Row] = [
     Row("API write -> last agent p50/p99/max", lambda r: lat(r.latency.get(WRITE_TO_LAST_AGENT))),
     Row("  same, writes outside fault recovery", lambda r: lat(steady_summary(r, WRITE_TO_LAST_AGENT))),
     Row("breadcrumb -> last agent p50/p99/max", lambda r: lat(r.latency.get(BREADCRUMB_TO_LAST_AGENT))),
+    Row("  typha's own view: breadcrumb -> last write p50/p99", _fanout_latency),
     Row("API write -> decoding agents p50/p99/max", lambda r: lat(r.latency.get(WRITE_TO_SAMPLED_AGENTS))),
     Row("every delivery p50/p99/max", lambda r: lat(r.latency.get(PER_DELIVERY))),
     Row("typha socket-write latency p50/p99 (own metric)", _write_latency),

@@ -270,6 +270,9 @@ class TyphaFigures:
     # typha's own view (typha_client_latency_seconds): breadcrumb creation to its write into each
     # client's socket, during churn. Unaffected by how fast the simulated agents read.
     write_latency: BucketQuantiles | None = None
+    # typha's own view per breadcrumb (typha_fanout_latency_seconds): creation to the end of the fan-out
+    # pass that wrote it to every agent ready for it, i.e. to its last socket write (1 ms .. 10 s buckets).
+    fanout_latency: BucketQuantiles | None = None
 
 
 @dataclass

@@ -33,6 +33,7 @@ CONNECTIONS_ACTIVE = "typha_connections_active"
 CONNECTIONS_STREAMING = "typha_connections_streaming"
 CONNECTIONS_ACCEPTED = "typha_connections_accepted_total"
 CLIENT_LATENCY = "typha_client_latency_seconds"  # histogram: breadcrumb creation to its write to a client
+FANOUT_LATENCY = "typha_fanout_latency_seconds"  # histogram, per breadcrumb: creation to its last write
 
 
 @dataclass(frozen=True)

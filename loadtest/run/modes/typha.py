@@ -21,7 +21,7 @@ from rich.console import Console
 
 from loadtest.fleets.agents import AgentFleet, FleetSpec
 from loadtest.support.cluster import truth
-from loadtest.support.typha_api import FELIX, histogram_quantiles
+from loadtest.support.typha_api import CLIENT_LATENCY, FANOUT_LATENCY, FELIX, histogram_quantiles
 from protocol.digest import state_digest
 
 from ..measure import api_totals, counter_increase, open_watches, restart_cuts, summary_of, typha_latencies
@@ -75,6 +75,7 @@ class TyphaRun(ModeRun):
         self.replicas: list[Replica] = []
         self.workdir = tempfile.TemporaryDirectory(prefix="pytypha-run-")
         self.lat0: dict[float, float] = {}
+        self.fan0: dict[float, float] = {}
         self.cpu0: list[float] = []
         self.agents_bytes0 = 0
         self.api_before_typha = ApiCounters()
@@ -211,7 +212,7 @@ class TyphaRun(ModeRun):
         synced = api_totals(self.api)
         res.api_startup = synced.minus(self.api_before_typha)
         self.cpu0 = [r.cpu() for r in self.replicas]
-        self.lat0 = await self.write_latency_buckets()
+        self.lat0, self.fan0 = await self.latency_buckets(CLIENT_LATENCY, FANOUT_LATENCY)
         self.agents_bytes0 = self.fleet.total("bytes")
 
     def fault_grace(self) -> float:
@@ -315,7 +316,7 @@ class TyphaRun(ModeRun):
         sc, res, f = self.sc, self.result, self.fleet
         typha_cpu = [r.cpu() - c for r, c in zip(self.replicas, self.cpu0)]
         f.poll()
-        lat1 = await self.write_latency_buckets()
+        lat1, fan1 = await self.latency_buckets(CLIENT_LATENCY, FANOUT_LATENCY)
         rss_end = [r.rss() for r in self.replicas]
         baseline = sum(r.rss_baseline for r in self.replicas)
         t_from = self.churn_start_t - sc.sample_interval
@@ -324,6 +325,7 @@ class TyphaRun(ModeRun):
         steady = self.metric_increase(t_from, self.churn_start_t + first_fault) if first_fault is not None else totals
         restarted = any(r.restarts for r in self.replicas)
         write_latency = histogram_quantiles(lat1 if restarted else {b: lat1[b] - self.lat0.get(b, 0) for b in lat1})
+        fanout_latency = histogram_quantiles(fan1 if restarted else {b: fan1[b] - self.fan0.get(b, 0) for b in fan1})
         res.typha = TyphaFigures(
             cpu_seconds_churn=typha_cpu,
             cpu_fraction_churn=[c / max(1e-9, span) for c in typha_cpu],
@@ -337,6 +339,7 @@ class TyphaRun(ModeRun):
             dedup_ratio=totals["skipped"] / totals["updates"] if totals["updates"] else None,
             dedup_ratio_before_faults=steady["skipped"] / steady["updates"] if steady["updates"] else None,
             write_latency=BucketQuantiles(**write_latency),  # type: ignore[arg-type]
+            fanout_latency=BucketQuantiles(**fanout_latency),  # type: ignore[arg-type]
         )
         assert res.api_startup is not None and res.api_churn is not None
         res.wire = WireFigures(
@@ -364,19 +367,20 @@ class TyphaRun(ModeRun):
         res.reconnect = summary_of(f.merged("reconnect_seconds"))
         res.disconnect_reasons = f.disconnect_reasons()
 
-    async def write_latency_buckets(self) -> dict[float, float]:
-        """typha_client_latency_seconds buckets summed over replicas (a replica that cannot answer
-        is left out, and said so)."""
-        total: dict[float, float] = {}
+    async def latency_buckets(self, *names: str) -> list[dict[float, float]]:
+        """Latency histograms' buckets, each summed over replicas (a replica that cannot answer is left
+        out, and said so)."""
+        totals: list[dict[float, float]] = [{} for _ in names]
         for r in self.replicas:
             try:
                 m = await asyncio.wait_for(r.proc.metrics(), 10)
             except OBSERVE_ERRORS as exc:
-                self.log(f"typha-{r.index} metrics unavailable ({exc!r}): write latency without it", "yellow")
+                self.log(f"typha-{r.index} metrics unavailable ({exc!r}): latencies without it", "yellow")
                 continue
-            for b, v in m.latency_buckets().items():
-                total[b] = total.get(b, 0.0) + v
-        return total
+            for name, total in zip(names, totals):
+                for b, v in m.latency_buckets(name).items():
+                    total[b] = total.get(b, 0.0) + v
+        return totals
 
     def metric_increase(self, t_from: float, t_to: float | None) -> dict[str, float]:
         """Increase of typha's counters between two times, summed over replicas, across restarts."""
