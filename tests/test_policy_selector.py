@@ -240,3 +240,15 @@ def test_arbitrary_text_parses_or_fails_cleanly(text: str) -> None:
         assert 0 <= e.pos <= len(text)
     else:
         assert parse(sel.canonical) == sel
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 9, 3000])
+def test_wide_and_or_evaluate_every_operand(n: int) -> None:
+    """``&&``/``||`` of n operands compile to one closure (inline up to four): each operand counts."""
+    every = parse(" && ".join(f"k{i} == 'v'" for i in range(n)))
+    some = parse(" || ".join(f"k{i} == 'v'" for i in range(n)))
+    full = {f"k{i}": "v" for i in range(n)}
+    assert every.matches(full) is True and some.matches({}) is False
+    for i in {0, 1, n // 2, n - 2, n - 1}:
+        assert every.matches({k: v for k, v in full.items() if k != f"k{i}"}) is False
+        assert some.matches({f"k{i}": "v"}) is True

@@ -52,19 +52,29 @@ class _Item:
 
 
 class LabelIndex(Generic[I, S]):
-    def __init__(self, on_match: Callable[[S, I], None], on_unmatch: Callable[[S, I], None]) -> None:
+    def __init__(
+        self,
+        on_match: Callable[[S, I], None],
+        on_unmatch: Callable[[S, I], None],
+        on_matches: Callable[[S, set[I]], None] | None = None,
+    ) -> None:
         self._on_match = on_match
         self._on_unmatch = on_unmatch
+        # Optional: the items a new or changed selector starts matching, in one call (a cold start
+        # adds 100k matches through here: one call per selector instead of one per match).
+        self._on_matches = on_matches
         self._items: dict[I, _Item] = {}
         self._parents: dict[str, Mapping[str, str]] = {}
         self._children: dict[str, set[I]] = {}
         # items by effective label
         self._by_kv: dict[tuple[str, str], set[I]] = {}
         # by key: only the values in use and the item count; "items with key k" is the union of
-        # _by_kv over those values, built when a has()-like selector is added (rare), instead of a
-        # second set per label per item (about a tenth of the index's memory)
+        # _by_kv over those values, built when a has()-like selector first needs it and kept up
+        # to date from then on (only for such keys: a set per label per item would be about a
+        # tenth of the index's memory)
         self._key_values: dict[str, set[str]] = {}
         self._key_count: dict[str, int] = {}
+        self._by_key: dict[str, set[I]] = {}
         # selectors: id -> (selector, where it is filed)
         self._sels: dict[S, tuple[Selector, list[tuple[str, str | None]] | None]] = {}
         self._sel_by_kv: dict[tuple[str, str], set[S]] = {}
@@ -167,6 +177,9 @@ class LabelIndex(Generic[I, S]):
                 self._key_values.setdefault(kv[0], set()).add(kv[1])
             s.add(iid)
             key_count[kv[0]] = key_count.get(kv[0], 0) + 1
+            s = self._by_key.get(kv[0])
+            if s is not None:
+                s.add(iid)
         # Candidates: selectors filed under any old or new label, and the unrestricted ones.
         # Every selector matching the item now was filed under one of its old labels, so this
         # also finds each match that stops.
@@ -203,8 +216,12 @@ class LabelIndex(Generic[I, S]):
             n = key_count[kv[0]] - 1
             if n:
                 key_count[kv[0]] = n
+                s = self._by_key.get(kv[0])
+                if s is not None:
+                    s.discard(iid)
             else:
                 del key_count[kv[0]]
+                self._by_key.pop(kv[0], None)
 
     def _set(self, sid: S, iid: I, hit: bool) -> None:
         if hit:
@@ -233,11 +250,26 @@ class LabelIndex(Generic[I, S]):
         current = self._matches.setdefault(sid, set())
         cands = self._candidates(selector)
         items = self._items
-        new = {iid for iid in (items if cands is None else cands) if selector.matches(items[iid].effective or {})}
+        match = selector.matches
+        new = {iid for iid in (items if cands is None else cands) if match(items[iid].effective or {})}
         for iid in current - new:
             self._set(sid, iid, False)
-        for iid in new - current:
-            self._set(sid, iid, True)
+        started = new - current if current else new
+        if not started:
+            return
+        item_sels = self._item_sels
+        for iid in started:
+            sels = item_sels.get(iid)
+            if sels is None:
+                item_sels[iid] = {sid}
+            else:
+                sels.add(sid)
+        current |= started
+        if self._on_matches is not None:
+            self._on_matches(sid, started)
+        else:
+            for iid in started:
+                self._on_match(sid, iid)
 
     def _candidates(self, selector: Selector) -> set[I] | None:
         """Items carrying every label the selector requires (None: no requirement, all items).
@@ -249,8 +281,7 @@ class LabelIndex(Generic[I, S]):
         groups: list[set[I]] = []
         for key, values in selector.restrictions().items():
             if values is None:
-                in_use = self._key_values.get(key, set())
-                groups.append(set().union(*(self._by_kv[(key, v)] for v in in_use)))
+                groups.append(self._items_with(key))
             elif len(values) == 1:
                 groups.append(self._by_kv.get((key, next(iter(values)))) or set())
             else:
@@ -264,6 +295,16 @@ class LabelIndex(Generic[I, S]):
                 break
             out &= g
         return out
+
+    def _items_with(self, key: str) -> set[I]:
+        """Items carrying ``key`` (any value), kept from the first time a selector asks."""
+        found = self._by_key.get(key)
+        if found is None:
+            by_kv = self._by_kv
+            found = set().union(*(by_kv[(key, v)] for v in self._key_values.get(key, ())))
+            if found:  # an entry lives while the key is in use (see _unindex_labels)
+                self._by_key[key] = found
+        return found
 
     def remove_selector(self, sid: S) -> None:
         prev = self._sels.pop(sid, None)

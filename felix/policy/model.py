@@ -177,9 +177,7 @@ def _ports(key: str, v: Any) -> tuple[NamedPort, ...]:
     return tuple(sorted(set(out)))
 
 
-def _endpoint(key: str, v: dict[str, Any]) -> Endpoint:
-    wk = parse_key(key)
-    assert isinstance(wk, WorkloadKey)
+def _endpoint(key: str, wk: WorkloadKey, v: dict[str, Any]) -> Endpoint:
     iface = v.get("name")
     if not isinstance(iface, str) or not iface:
         raise MalformedUpdate(key, f"bad interface name {iface!r}")
@@ -209,22 +207,23 @@ def _netset(key: str, v: dict[str, Any]) -> NetworkSet:
     )
 
 
-def _key(key: str) -> tuple[str, Any] | None:
+def _key(key: str) -> tuple[str, Any, Any] | None:
+    """(kind, ident, the parsed key) of a key policy reads, else None."""
     try:
         k = parse_key(key)
     except MalformedKey as e:
         raise MalformedUpdate(key, e.reason) from None
     if type(k) is WorkloadKey:
-        return ENDPOINT, key
+        return ENDPOINT, key, k
     if type(k) is PolicyKey:
-        return POLICY, PolicyID(k.tier, f"{k.namespace}/{k.name}" if k.namespace else k.name)
+        return POLICY, PolicyID(k.tier, f"{k.namespace}/{k.name}" if k.namespace else k.name), k
     if type(k) is ProfileKey:
-        return PROFILE, k.name
+        return PROFILE, k.name, k
     if type(k) is NetworkSetKey:
-        return NETSET, f"{k.namespace}/{k.name}" if k.namespace else k.name
+        return NETSET, f"{k.namespace}/{k.name}" if k.namespace else k.name, k
     if type(k) is IPPoolKey:
         try:
-            return POOL, str(parse_net(k.cidr))
+            return POOL, str(parse_net(k.cidr)), k
         except ValueError as e:
             raise MalformedUpdate(key, f"pool CIDR: {e}") from None
     return None  # host endpoints and everything policy does not read
@@ -235,12 +234,12 @@ def parse_kv(key: str, value: bytes | None) -> Parsed | None:
     found = _key(key)
     if found is None:
         return None
-    kind, ident = found
+    kind, ident, parsed_key = found
     if value is None:
         return Parsed(kind, ident, None)
     v = _obj(key, value)
     if kind == ENDPOINT:
-        return Parsed(kind, ident, _endpoint(key, v))
+        return Parsed(kind, ident, _endpoint(key, parsed_key, v))
     if kind == POLICY:
         return Parsed(kind, ident, v)
     if kind == PROFILE:

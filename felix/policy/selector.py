@@ -197,11 +197,7 @@ class And(Node):
         self.canon = " && ".join(f"({o.canon})" if isinstance(o, Or) else o.canon for o in operands)
 
     def compile(self) -> Predicate:
-        preds = tuple(o.compile() for o in self.operands)
-        if len(preds) == 2:
-            a, b = preds
-            return lambda labels: a(labels) and b(labels)
-        return lambda labels: all(p(labels) for p in preds)
+        return _all_of(tuple(o.compile() for o in self.operands))
 
     def restrictions(self) -> dict[str, frozenset[str] | None]:
         out: dict[str, frozenset[str] | None] = {}
@@ -223,11 +219,7 @@ class Or(Node):
         self.canon = " || ".join(o.canon for o in operands)
 
     def compile(self) -> Predicate:
-        preds = tuple(o.compile() for o in self.operands)
-        if len(preds) == 2:
-            a, b = preds
-            return lambda labels: a(labels) or b(labels)
-        return lambda labels: any(p(labels) for p in preds)
+        return _any_of(tuple(o.compile() for o in self.operands))
 
     def restrictions(self) -> dict[str, frozenset[str] | None]:
         # A label is required only if every branch requires it; the allowed values are the union.
@@ -243,6 +235,35 @@ class Or(Node):
             else:
                 out[key] = merged
         return out
+
+
+def _all_of(preds: tuple[Predicate, ...]) -> Predicate:
+    """One closure for ``p1 && p2 && ...``, up to four operands inline: a generator driven by
+    ``all()`` costs more than the operands' own calls, and a cold start evaluates 100,000s."""
+    if len(preds) == 2:
+        a, b = preds
+        return lambda labels: a(labels) and b(labels)
+    if len(preds) == 3:
+        a, b, c = preds
+        return lambda labels: a(labels) and b(labels) and c(labels)
+    if len(preds) == 4:
+        a, b, c, d = preds
+        return lambda labels: a(labels) and b(labels) and c(labels) and d(labels)
+    return lambda labels: all(p(labels) for p in preds)
+
+
+def _any_of(preds: tuple[Predicate, ...]) -> Predicate:
+    """One closure for ``p1 || p2 || ...`` (as ``_all_of``)."""
+    if len(preds) == 2:
+        a, b = preds
+        return lambda labels: a(labels) or b(labels)
+    if len(preds) == 3:
+        a, b, c = preds
+        return lambda labels: a(labels) or b(labels) or c(labels)
+    if len(preds) == 4:
+        a, b, c, d = preds
+        return lambda labels: a(labels) or b(labels) or c(labels) or d(labels)
+    return lambda labels: any(p(labels) for p in preds)
 
 
 # -- canonicalisation (builders used by the parser) ------------------------------------------------
