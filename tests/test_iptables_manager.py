@@ -9,11 +9,13 @@ kernel tests cover the same paths with the real tools.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 import pytest
 
 from felix.dataplane.ipsets.save import KernelSet
+from felix.dataplane.iptables import names as N
 from felix.dataplane.iptables.backend import Backend, CommandResult, detect_backend
 from felix.dataplane.iptables.manager import PolicyConfig, PolicyDataplane
 from felix.dataplane.iptables.save import KernelTable, parse_save
@@ -284,3 +286,37 @@ def test_missing_tools_are_a_start_up_error(monkeypatch: pytest.MonkeyPatch) -> 
         PolicyDataplane(
             None, PolicyConfig(backend="legacy", ipv6=True), run=lambda argv, stdin: CommandResult(0, "", "")
         )
+
+
+def test_chains_render_while_ipset_creates_the_sets_and_every_set_exists_before_the_rules() -> None:
+    """The write starts ``ipset restore`` in the background and renders the chains meanwhile (the
+    kernel spends most of a cold start's set creation waiting); a set only a rule names, never
+    announced, is created (empty) by a second script -- still before ``iptables-restore``."""
+    k = FakeKernel()
+    dp = PolicyDataplane(None, None, run=k, backend=Backend("nft"))
+    seen_at_restore: list[set[str]] = []
+    ipset_saw_unrendered: list[bool] = []
+    real_run = k._run
+
+    def run(argv: Sequence[str], stdin: str | None) -> CommandResult:
+        if argv[0] == "ipset" and argv[1] != "save":
+            ipset_saw_unrendered.append(dp.state.unrendered)
+            deadline = time.monotonic() + 5
+            while dp.state.unrendered and time.monotonic() < deadline:  # the render runs meanwhile
+                time.sleep(0.001)
+        with k.lock:
+            if argv[0].endswith("-restore"):
+                seen_at_restore.append(set(k.sets))
+            return real_run(argv, stdin)
+
+    dp.run = run
+    ghost = Policy(inbound_rules=(Rule("allow", src_ip_set_ids=("ghost",)),))
+    dp.apply([*batch(), ActivePolicyUpdate(PolicyID("default", "p"), ghost)])
+    assert dp.state.unrendered, "nothing is rendered before programming starts"
+    report = dp.start_programming()
+    assert report.ok and not dp.state.unrendered
+    assert ipset_saw_unrendered[0], "ipset restore started before the chains were rendered"
+    ghost_set, s_set = N.set_name(4, "ghost"), N.set_name(4, "s")
+    assert k.sets[ghost_set].members == set() and k.sets[s_set].members == {"10.0.0.1"}
+    assert seen_at_restore and ghost_set in seen_at_restore[0], "the set existed before the rules using it"
+    assert k.calls.count("ipset") == 3  # save, the announced sets, the set only a rule names

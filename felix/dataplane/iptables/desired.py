@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import socket
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -149,6 +149,10 @@ class DesiredState:
         self._set_kind: dict[int, dict[str, bool]] = {v: {} for v in versions}  # set name -> named-port?
         self._members: dict[int, dict[str, set[str]]] = {v: {} for v in versions}  # announced sets
         self._calc_sets: dict[str, str] = {}  # set id -> type
+        # Applied but not yet rendered (``apply(render=False)``; ``render()``).
+        self._todo_policies: set[tuple[str, str | PolicyID]] = set()
+        self._todo_endpoints: set[str] = set()
+        self._todo_dispatch = self._todo_nat = False
         for v in versions:
             for c in self.r.static_filter(v):
                 self._put(v, "filter", c)
@@ -156,10 +160,11 @@ class DesiredState:
         self._refresh_nat()
 
     # -- messages ----------------------------------------------------------------------------------
-    def apply(self, messages: Iterable[Message]) -> None:
-        """Apply one batch. Chains are re-rendered once, after the whole batch."""
-        policies: set[tuple[str, str | PolicyID]] = set()
-        endpoints: set[str] = set()
+    def apply(self, messages: Iterable[Message], render: bool = True) -> None:
+        """Apply one batch. Ip sets are updated at once; chains are re-rendered once, after the
+        whole batch -- or, with ``render=False``, by the next ``render()`` (the shell renders
+        while the kernel creates the batch's ip sets)."""
+        policies, endpoints = self._todo_policies, self._todo_endpoints
         dispatch = nat = False
         for msg in messages:
             if isinstance(msg, IpSetDeltaUpdate):
@@ -196,14 +201,28 @@ class DesiredState:
                 nat |= self.pools.pop(msg.id, None) is not None
             elif isinstance(msg, PolicyRejected):
                 self.rejected_seen += 1
+        self._todo_dispatch |= dispatch
+        self._todo_nat |= nat
+        if render:
+            self.render()
+
+    @property
+    def unrendered(self) -> bool:
+        return bool(self._todo_policies or self._todo_endpoints or self._todo_dispatch or self._todo_nat)
+
+    def render(self) -> None:
+        """Re-render the chains the batches applied since the last render affect."""
+        policies, endpoints = self._todo_policies, self._todo_endpoints
+        self._todo_policies, self._todo_endpoints = set(), set()
         for kind, pid in sorted(policies, key=repr):
             endpoints |= self._render_policy(kind, pid)
         for ep_id in sorted(endpoints):
             self._render_endpoint(ep_id)
-        if dispatch:
+        if self._todo_dispatch:
             self._refresh_dispatch()
-        if nat:
+        if self._todo_nat:
             self._refresh_nat()
+        self._todo_dispatch = self._todo_nat = False
 
     # -- chains ------------------------------------------------------------------------------------
     def _put(self, v: int, table: str, c: Chain) -> None:
@@ -373,18 +392,22 @@ class DesiredState:
             self.sets[v][name] = DesiredSet(kind, members if members is not None else set())
             self.dirty_sets[v].add(name)
 
-    def _split(self, set_id: str, set_type: str, members: Iterable[str]) -> dict[int, set[str]]:
+    def _split(self, set_id: str, set_type: str, members: Collection[str]) -> dict[int, set[str]]:
         out: dict[int, set[str]] = {v: set() for v in self.versions}
-        for m in members:
-            try:
-                for v, canon in canonical_member(m, set_type):
-                    if v in out:
-                        out[v].add(canon)
-            except ValueError as exc:
-                self.problems.append(f"ip set {set_id}: skipping bad member {m!r}: {exc}")
+        try:  # the common case in one comprehension per version: a cold start has 100k members
+            canon = [canonical_member(m, set_type) for m in members]
+        except ValueError:
+            canon = []
+            for m in members:
+                try:
+                    canon.append(canonical_member(m, set_type))
+                except ValueError as exc:
+                    self.problems.append(f"ip set {set_id}: skipping bad member {m!r}: {exc}")
+        for v, into in out.items():
+            into.update(c for forms in canon for ver, c in forms if ver == v)
         return out
 
-    def _set_replace(self, set_id: str, set_type: str, members: Iterable[str]) -> None:
+    def _set_replace(self, set_id: str, set_type: str, members: Collection[str]) -> None:
         old_type = self._calc_sets.get(set_id)
         if old_type is not None and old_type != set_type:
             self._set_remove(set_id)
@@ -396,7 +419,7 @@ class DesiredState:
             self._members[v][name] = canon
             self._sync_set(v, name, members_changed=True)
 
-    def _set_delta(self, set_id: str, added: Iterable[str], removed: Iterable[str]) -> None:
+    def _set_delta(self, set_id: str, added: Collection[str], removed: Collection[str]) -> None:
         set_type = self._calc_sets.get(set_id)
         if set_type is None:
             self.problems.append(f"ip set {set_id}: delta for a set never announced (treated as a new hash:net set)")

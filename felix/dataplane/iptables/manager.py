@@ -37,7 +37,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -95,6 +95,7 @@ class ApplyReport:
 
     seconds: float = 0.0
     read_seconds: float = 0.0  # iptables-save and ipset save, when the belief had to be refreshed
+    render_seconds: float = 0.0  # chains rendered and planned, while ipset restore runs
     ipset_seconds: float = 0.0
     iptables_seconds: float = 0.0
     chains_written: int = 0
@@ -206,8 +207,10 @@ class PolicyDataplane:
 
     # -- the agent's interface ---------------------------------------------------------------------
     def apply(self, batch: Batch | Iterable[Message]) -> ApplyReport | None:
-        """Take one batch of messages; write the kernel at once if programming has started."""
-        self.state.apply(batch.messages if isinstance(batch, Batch) else batch)
+        """Take one batch of messages; write the kernel at once if programming has started.
+
+        The chains are rendered by the write, while the kernel creates the batch's ip sets."""
+        self.state.apply(batch.messages if isinstance(batch, Batch) else batch, render=False)
         self._log_problems()
         if not self.programming or self._failing:
             return None  # before start_programming, or waiting for the retry
@@ -318,19 +321,17 @@ class PolicyDataplane:
         assert self._tables is not None and self._sets is not None
         st, full = self.state, self._full
         insert = self.cfg.chain_insert_mode == "insert"
-        set_plans = {
-            v: plan_sets(v, st.sets[v], self._sets[v], None if full else st.dirty_sets[v], self.cfg.max_set_size)
-            for v in self.versions
-        }
-        groups = [g for p in set_plans.values() for g in p.groups]
-        t = time.perf_counter()
-        ok = self._ipset_groups(groups)
-        report.ipset_seconds += time.perf_counter() - t
-        if not ok:
-            return False
-        for v in self.versions:  # destroys are recorded once they ran (see _destroy_unused_sets)
-            set_plans[v].apply_to(self._sets[v], destroyed=False)
-            st.dirty_sets[v].clear()
+        # 1. The ip sets the batches announced, in the background: creating thousands of sets is
+        #    mostly the kernel waiting (it grows its table of sets 64 at a time, each growth
+        #    waiting for an RCU grace period), so the chains are rendered and planned meanwhile.
+        set_plans = self._plan_sets(None if full else st.dirty_sets)
+        for v in self.versions:
+            st.dirty_sets[v].clear()  # a failure forgets the belief: the retry plans everything
+        pending = self._start_ipset([g for p in set_plans.values() for g in p.groups])
+        # 2. The chains (and the sets only they name, never announced: created empty).
+        t_render = time.perf_counter()
+        st.render()
+        self._log_problems()
         plans: dict[int, list[TablePlan]] = {}
         for v in self.versions:
             plans[v] = []
@@ -348,6 +349,21 @@ class PolicyDataplane:
                 for problem in plan.problems:
                     self._throttle.warning(problem, problem)
                 plans[v].append(plan)
+        report.render_seconds = time.perf_counter() - t_render
+        ok = self._finish_ipset(pending, report)
+        late: dict[int, SetPlan] = {}
+        if ok:
+            for v in self.versions:  # destroys are recorded once they ran (see _destroy_unused_sets)
+                set_plans[v].apply_to(self._sets[v], destroyed=False)
+            late = self._plan_sets(st.dirty_sets)  # what rendering changed (rare)
+            for v in self.versions:
+                st.dirty_sets[v].clear()
+            ok = self._finish_ipset(self._start_ipset([g for p in late.values() for g in p.groups]), report)
+            for v, lp in late.items():
+                if ok:
+                    lp.apply_to(self._sets[v], destroyed=False)
+        if not ok:
+            return False
         texts = {v: "".join(p.text for p in ps) for v, ps in plans.items()}
         t = time.perf_counter()
         restored = self._restore_all({v: text for v, text in texts.items() if text})
@@ -361,9 +377,10 @@ class PolicyDataplane:
         if not all(restored.values()):
             self._tables = None  # re-read before retrying: the kernel may hold something else
             return False
-        for v, sp in set_plans.items():
-            report.add_sets(sp)
-            self._doomed.update((v, name) for name, s in sp.changes.items() if s is None)
+        for plan_of in (set_plans, late):
+            for v, sp in plan_of.items():
+                report.add_sets(sp)
+                self._doomed.update((v, name) for name, s in sp.changes.items() if s is None)
         if self._doomed and self._destroy_at is None:
             self._destroy_at = self._clock()  # off the critical path: the rules no longer use them
         self._full = False
@@ -372,6 +389,7 @@ class PolicyDataplane:
     def _destroy_unused_sets(self) -> None:
         """Destroy the sets the last writes stopped using -- unless one is wanted again meanwhile."""
         doomed, self._doomed, self._destroy_at = self._doomed, set(), None
+        self.state.render()  # a batch applied since may name one of them again
         doomed = {(v, n) for v, n in doomed if n not in self.state.sets.get(v, {})}
         if not doomed or self._sets is None:
             return
@@ -430,17 +448,38 @@ class PolicyDataplane:
                 self._note(f"{argv[0]} failed: {err[:500]}", detail=text)
         return not err
 
-    def _ipset_groups(self, groups: list[list[str]]) -> bool:
-        """The "before" script: in one ``ipset restore``, or split by set between two run side by
-        side when it is big (a cold start's members: ipset's parsing is most of the cost)."""
+    def _plan_sets(self, only: dict[int, set[str]] | None) -> dict[int, SetPlan]:
+        assert self._sets is not None
+        st = self.state
+        return {
+            v: plan_sets(v, st.sets[v], self._sets[v], None if only is None else only[v], self.cfg.max_set_size)
+            for v in self.versions
+        }
+
+    def _start_ipset(self, groups: list[list[str]]) -> tuple[float, list[Future[bool]]]:
+        """Start the "before" script in the background: one ``ipset restore``, or, when it is big,
+        split by set between two run side by side (a cold start's members). ipset looks each
+        line's set up in a list of the sets it has seen, so a process's parsing costs its lines
+        times its sets: two processes with half the sets each cost half of one, and within each,
+        the biggest sets come first, where the lookup is shortest."""
+        started = time.perf_counter()
         total = sum(map(len, groups))
+        if not total:
+            return started, []
         if total < _SPLIT_IPSET_LINES:
-            return not total or self._ipset([line for g in groups for line in g], "creating and updating ip sets")
-        halves: list[list[str]] = [[], []]
-        for g in sorted(groups, key=len, reverse=True):
-            min(halves, key=len).extend(g)
-        futures = [self._pool.submit(self._ipset, h, "creating and updating ip sets") for h in halves]
-        results = [f.result() for f in futures]  # wait for both, even when one failed
+            chunks = [[line for g in groups for line in g]]
+        else:
+            halves: list[list[str]] = [[], []]
+            for g in sorted(groups, key=len, reverse=True):
+                min(halves, key=len).extend(g)
+            chunks = halves
+        return started, [self._pool.submit(self._ipset, c, "creating and updating ip sets") for c in chunks]
+
+    def _finish_ipset(self, pending: tuple[float, list[Future[bool]]], report: ApplyReport) -> bool:
+        started, futures = pending
+        results = [f.result() for f in futures]  # wait for all, even when one failed
+        if futures:
+            report.ipset_seconds += time.perf_counter() - started
         return all(results)
 
     def _ipset(self, lines: list[str], what: str) -> bool:

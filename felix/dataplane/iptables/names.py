@@ -25,7 +25,7 @@ after it, while a moved or edited rule is still detected because the sequence di
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 import re
 
@@ -59,6 +59,7 @@ MAX_CHAIN_NAME = 28  # XT_EXTENSION_MAXNAMELEN - 1
 MAX_SET_NAME = 31  # IPSET_MAXNAMELEN - 1
 HASH_PREFIX = "cali:"
 HASH_LEN = 16  # 96 bits: collision-resistant, short enough to keep rules readable
+_HASH_BYTES = HASH_LEN * 3 // 4  # base64 of 12 bytes is exactly 16 characters
 
 CHAIN_FORWARD = "cali-FORWARD"
 CHAIN_INPUT = "cali-INPUT"
@@ -85,8 +86,13 @@ _PLAIN = re.compile(r"[A-Za-z0-9_.-]+")
 _SHORTENED = "_"
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64(digest: bytes) -> str:
-    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+    """URL-safe base64 without padding (``binascii`` directly: ``base64``'s wrappers cost more
+    than the hashing, and every rule felix renders is hashed)."""
+    return binascii.b2a_base64(digest, newline=False).translate(_URLSAFE).decode().rstrip("=")
 
 
 def limited_name(prefix: str, suffix: str, max_len: int = MAX_CHAIN_NAME) -> str:
@@ -144,4 +150,4 @@ def owns_set(name: str) -> bool:
 
 def rule_hash(chain: str, rule: str) -> str:
     """The 16-character tag of ``rule`` (the text after ``-A <chain>``) in ``chain``."""
-    return _b64(hashlib.sha224(f"{chain}\0{rule}".encode()).digest())[:HASH_LEN]
+    return _b64(hashlib.sha224(f"{chain}\0{rule}".encode()).digest()[:_HASH_BYTES])
