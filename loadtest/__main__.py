@@ -73,6 +73,7 @@ def _bench(args: argparse.Namespace) -> int:
             compression=not args.no_compression,
             full_decode=args.full_decode,
             output=args.output,
+            tls=args.tls,
         )
         fan: dict[str, Any] = {}
 
@@ -201,6 +202,7 @@ def _run(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             out=args.out,
             typha_args=shlex.split(args.typha_args) if args.typha_args else [],
+            tls=args.tls,
         )
         sc.validate()
     except ScenarioError as exc:
@@ -326,6 +328,12 @@ def _bench_parsers(sub: Any) -> None:
     fan.add_argument("--seconds", type=float, default=10.0, help="seconds of churn")
     fan.add_argument("--full-decode", type=_count(0), default=2, help="agents that decode and verify every value")
     fan.add_argument("--no-compression", action="store_true", help="agents do not ask for zstd snapshots")
+    fan.add_argument(
+        "--tls",
+        choices=["off", "on", "both"],
+        default="off",
+        help="mutual TLS between the server and the agents; both: plaintext then TLS, with the ratios",
+    )
     fan.add_argument("--output", help="write the results as JSON here")
     load = which.add_parser(
         "apiload", formatter_class=_Help, help="API-server load through typha vs agents watching directly"
@@ -471,6 +479,13 @@ def _run_parser(sub: Any) -> None:
         "--timeout", type=float, default=None, help="hard bound on the whole run (default: sum of the phases' bounds)"
     )
     run.add_argument("--typha-args", default="", help="extra flags for every typha replica (one string)")
+    run.add_argument(
+        "--tls",
+        choices=["off", "on", "both"],
+        default="off",
+        help="mutual TLS between typha and its agents (generated certificates); both: the typha mode in "
+        "plaintext, then again over TLS (mode typha-tls), same cluster and churn",
+    )
     run.add_argument("--out", default="runs/latest", help="run directory (results.json, PNGs, summary.md)")
     run.add_argument(
         "--no-progress", action="store_true", help="no live table (on a terminal) or progress lines (elsewhere)"

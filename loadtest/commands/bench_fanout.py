@@ -4,6 +4,12 @@ The server runs in its own process (`benchserver`), the agents in worker process
 figures are the server's, measured the way an operator would: wall time for every agent to hold the
 snapshot, the time from a breadcrumb's creation to its arrival at the last agent, and the server's
 RSS growth per connected, caught-up agent. All traffic is on loopback.
+
+`--tls on` runs the same benchmark over mutual TLS (generated certificates); `--tls both` runs it in
+plaintext and then over TLS in one invocation and prints the ratios. With TLS the snapshot is
+encrypted once per agent (TLS has a key per connection), but it is still encoded and zstd-compressed
+once, before encryption, and written in large pieces, so what TLS adds is the cipher's work on the
+bytes actually sent.
 """
 
 from __future__ import annotations
@@ -11,15 +17,21 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.live import Live
 
 from loadtest.fleets.agents import AgentFleet, FleetSpec
+from loadtest.support.certs import ClusterCerts, write_cluster
 from loadtest.support.console import err_console, kv_table, out_console
+from protocol.tls import TLSFiles
+
+TLS_MODES = ("off", "on", "both")
 
 
 @dataclass
@@ -34,6 +46,7 @@ class FanoutOptions:
     full_decode: int = 2
     timeout: float = 600.0
     output: str | None = None
+    tls: str = "off"  # off | on | both (plaintext, then TLS, in one invocation)
 
 
 class BenchServer:
@@ -44,7 +57,8 @@ class BenchServer:
         self.info: dict[str, Any] = {}
 
     @classmethod
-    async def start(cls, kvs: int, value_size: int) -> BenchServer:
+    async def start(cls, kvs: int, value_size: int, certs: ClusterCerts | None = None) -> BenchServer:
+        tls = ["--tls-dir", str(Path(certs.ca).parent)] if certs is not None else []
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -53,6 +67,7 @@ class BenchServer:
             str(kvs),
             "--value-size",
             str(value_size),
+            *tls,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=1 << 20,
@@ -88,16 +103,110 @@ class BenchServer:
 
 
 async def run_fanout(opts: FanoutOptions, console: Console | None = None) -> dict[str, Any]:
+    """The benchmark in plaintext, over TLS, or both (then `results["plaintext"]`, `["tls"]`, the ratios,
+    and a `verification` covering both runs)."""
     console = console or err_console()
-    results: dict[str, Any] = {"options": opts.__dict__.copy()}
-    console.print(f"[bold]fan-out benchmark[/]: {opts.agents} agents in {opts.processes} processes, {opts.kvs:,} KVs")
-    server = await BenchServer.start(opts.kvs, opts.value_size)
+    if opts.tls != "both":
+        results = await _run_once(opts, opts.tls == "on", console)
+    else:
+        plain = await _run_once(opts, False, console)
+        tls = await _run_once(opts, True, console)
+        results = {"options": opts.__dict__.copy(), "plaintext": plain, "tls": tls, "tls_cost": tls_cost(plain, tls)}
+        vp, vt = plain["verification"], tls["verification"]
+        results["verification"] = {
+            "final_seq": vt["final_seq"],
+            "agents_at_final_seq": min(vp["agents_at_final_seq"], vt["agents_at_final_seq"]),
+            "sampled_agents": vp["sampled_agents"] + vt["sampled_agents"],
+            "sampled_agents_matching": vp["sampled_agents_matching"] + vt["sampled_agents_matching"],
+        }
+        print_comparison(results)
+    if opts.output:
+        with open(opts.output, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+def tls_cost(plain: dict[str, Any], tls: dict[str, Any]) -> dict[str, float]:
+    """TLS's figures over plaintext's, measured in the same invocation."""
+    ps, ts = plain["snapshot"], tls["snapshot"]
+    pc, tc = plain["churn"], tls["churn"]
+    return {
+        "snapshot_seconds_ratio": ts["seconds_all_agents"] / ps["seconds_all_agents"],
+        "snapshot_wire_rate_ratio": ts["wire_gbps"] / ps["wire_gbps"],
+        "update_p50_ratio": tc["last_agent_latency"]["p50"] / max(1e-9, pc["last_agent_latency"]["p50"]),
+        "update_p99_ratio": tc["last_agent_latency"]["p99"] / max(1e-9, pc["last_agent_latency"]["p99"]),
+        "server_cpu_during_churn_ratio": tc["server_cpu_fraction"] / max(1e-9, pc["server_cpu_fraction"]),
+        "rss_per_agent_ratio": tls["memory"]["rss_per_agent_bytes"] / max(1.0, plain["memory"]["rss_per_agent_bytes"]),
+    }
+
+
+def print_comparison(results: dict[str, Any]) -> None:
+    p, t, c = results["plaintext"], results["tls"], results["tls_cost"]
+    rows = [
+        ("snapshot to all agents", "seconds_all_agents", "snapshot", 1.0, "s", "snapshot_seconds_ratio"),
+        ("aggregate wire rate", "wire_gbps", "snapshot", 1.0, "GB/s", "snapshot_wire_rate_ratio"),
+    ]
+    table = [
+        (name, f"{p[sec][key] * k:.2f} {unit}", f"{t[sec][key] * k:.2f} {unit}", f"{c[ratio]:.2f}x")
+        for name, key, sec, k, unit, ratio in rows
+    ]
+    for q in ("p50", "p99"):
+        table.append(
+            (
+                f"update -> last agent {q}",
+                f"{p['churn']['last_agent_latency'][q] * 1e3:.1f} ms",
+                f"{t['churn']['last_agent_latency'][q] * 1e3:.1f} ms",
+                f"{c[f'update_{q}_ratio']:.2f}x",
+            )
+        )
+    table.append(
+        (
+            "server CPU during churn",
+            f"{p['churn']['server_cpu_fraction'] * 100:.0f} %",
+            f"{t['churn']['server_cpu_fraction'] * 100:.0f} %",
+            f"{c['server_cpu_during_churn_ratio']:.2f}x",
+        )
+    )
+    table.append(
+        (
+            "server RSS per agent",
+            f"{p['memory']['rss_per_agent_bytes'] / 1024:.1f} KiB",
+            f"{t['memory']['rss_per_agent_bytes'] / 1024:.1f} KiB",
+            f"{c['rss_per_agent_ratio']:.2f}x",
+        )
+    )
+    from rich.table import Table
+
+    out = Table(title="TLS cost, same invocation (plaintext then mutual TLS)")
+    for col in ("", "plaintext", "TLS", "TLS / plaintext"):
+        out.add_column(col, justify="right" if col else "left")
+    for row in table:
+        out.add_row(*row)
+    out_console().print(out)
+
+
+async def _run_once(opts: FanoutOptions, use_tls: bool, console: Console) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="pytypha-fanout-") as tmp:
+        certs = write_cluster(tmp) if use_tls else None
+        return await _measure(opts, certs, console)
+
+
+async def _measure(opts: FanoutOptions, certs: ClusterCerts | None, console: Console) -> dict[str, Any]:
+    results: dict[str, Any] = {"options": opts.__dict__.copy(), "tls": certs is not None}
+    how = "mutual TLS" if certs is not None else "plaintext"
+    console.print(
+        f"[bold]fan-out benchmark[/] ({how}): {opts.agents} agents in {opts.processes} processes, {opts.kvs:,} KVs"
+    )
+    tls = TLSFiles(certs.ca, certs.felix_cert, certs.felix_key, certs.typha_cn) if certs is not None else None
+    server = await BenchServer.start(opts.kvs, opts.value_size, certs)
     port = server.info["port"]
     fleet: AgentFleet | None = None
     try:
         # Warm-up: one agent builds the first snapshot, so the baseline RSS includes the cache's peak.
         warm = AgentFleet(
-            FleetSpec([("127.0.0.1", port)], agents=1, processes=1, full_decode=0, compression=opts.compression)
+            FleetSpec(
+                [("127.0.0.1", port)], agents=1, processes=1, full_decode=0, compression=opts.compression, tls=tls
+            )
         )
         warm.start()
         await warm.wait(lambda f: f.total("streaming") == 1, 120)
@@ -116,6 +225,7 @@ async def run_fanout(opts: FanoutOptions, console: Console | None = None) -> dic
             full_decode=opts.full_decode,
             compression=opts.compression,
             connect_spread=0.5,
+            tls=tls,
         )
         fleet = agents = AgentFleet(spec)
         t0 = time.monotonic()
@@ -228,7 +338,7 @@ async def run_fanout(opts: FanoutOptions, console: Console | None = None) -> dic
     s, c, m = results["snapshot"], results["churn"], results["memory"]
     out_console().print(
         kv_table(
-            "fan-out results",
+            f"fan-out results ({how})",
             [
                 ("snapshot to all agents", f"{s['seconds_all_agents']:.2f} s"),
                 ("aggregate wire rate", f"{s['wire_gbps']:.2f} GB/s"),
@@ -246,7 +356,4 @@ async def run_fanout(opts: FanoutOptions, console: Console | None = None) -> dic
             ],
         )
     )
-    if opts.output:
-        with open(opts.output, "w") as f:
-            json.dump(results, f, indent=2)
     return results

@@ -20,6 +20,7 @@ import os
 import random
 import sys
 import time
+from pathlib import Path
 
 from loadtest.support.processes import process_rss_bytes
 from protocol import SyncStatus
@@ -55,7 +56,7 @@ def synthetic_value(i: int, rng: random.Random, size: int) -> bytes:
     return (base + ',"pad":"' + rng.randbytes(pad // 2 + 1).hex()[:pad] + '"}').encode()
 
 
-async def serve(kvs: int, value_size: int, port: int, seed: int) -> None:
+async def serve(kvs: int, value_size: int, port: int, seed: int, tls_dir: str = "") -> None:
     rng = random.Random(seed)
     cache = SnapCache("felix")
     batch = [
@@ -69,7 +70,17 @@ async def serve(kvs: int, value_size: int, port: int, seed: int) -> None:
     cache.apply(batch)
     del batch
     cache.set_status(SyncStatus.IN_SYNC)
-    server = SyncServer({"felix": cache}, ServerConfig(host="127.0.0.1", port=port, max_connections=20000))
+    tls: dict[str, str] = {}
+    if tls_dir:  # the layout of loadtest.support.certs.write_cluster, with its default names
+        d = Path(tls_dir)
+        tls = {
+            "ca_file": str(d / "ca.crt"),
+            "server_cert_file": str(d / "typha.crt"),
+            "server_key_file": str(d / "typha.key"),
+            "client_cn": "typha-client",
+        }
+    config = ServerConfig(host="127.0.0.1", port=port, max_connections=15000, max_handshakes=2000, **tls)  # type: ignore[arg-type]
+    server = SyncServer({"felix": cache}, config)
     await server.start()
     out = sys.stdout
 
@@ -144,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--value-size", type=int, default=500)
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--tls-dir", default="", help="serve mutual TLS with the certificates in this directory")
     a = p.parse_args(argv)
     import signal
 
@@ -151,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the benchmark, not a Ctrl-C, ends this server
 
-    uvloop.run(serve(a.kvs, a.value_size, a.port, a.seed))
+    uvloop.run(serve(a.kvs, a.value_size, a.port, a.seed, a.tls_dir))
 
 
 if __name__ == "__main__":

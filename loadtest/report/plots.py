@@ -74,7 +74,7 @@ def plot_latency_cdf(results: Results, path: Path) -> bool:
                 [max(v, 1e-4) for v in vals],
                 ys,
                 label=f"{mode}: {LAT_LABELS.get(kind, kind)} (n={len(vals):,})",
-                linestyle="-" if mode == "typha" else "--",
+                linestyle={"typha": "-", "typha-tls": "-."}.get(mode, "--"),
             )
             any_line = True
         h = run.histograms.get(PER_DELIVERY) if isinstance(run, TyphaResult) else None
@@ -187,7 +187,7 @@ def plot_load_over_time(results: Results, path: Path) -> bool:
     ax_conn, ax_watch, ax_api, ax_cpu = axes[:4]
     ax_rss = axes[4] if has_typha else None
     watch_values: list[float] = []
-    styles = {"typha": "-", "direct": "--"}
+    styles = {"typha": "-", "typha-tls": "-.", "direct": "--"}
     cpus = results.host.cpus or 1
     for mode, run in runs.items():
         samples = run.samples
@@ -196,26 +196,28 @@ def plot_load_over_time(results: Results, path: Path) -> bool:
         c0 = run.churn_start_t
         xs = [s.t - c0 for s in samples]
         ls = styles.get(mode, "-")
-        if mode == "typha":
+        if mode.startswith("typha"):
             # Connected and in sync coincide most of the time: the first is drawn wide and pale beneath
             # the second, so both lines (and their legend entries) stay visible.
             connected = [s.agents.connected if s.agents else 0 for s in samples]
-            ax_conn.plot(xs, connected, ls, linewidth=4, alpha=0.35, label="typha agents connected")
-            ax_conn.plot(xs, [s.agents.in_sync if s.agents else 0 for s in samples], ls, label="typha agents in sync")
+            ax_conn.plot(xs, connected, ls, linewidth=4, alpha=0.35, label=f"{mode} agents connected")
+            ax_conn.plot(xs, [s.agents.in_sync if s.agents else 0 for s in samples], ls, label=f"{mode} agents in sync")
             nrep = max((len(s.typha) for s in samples), default=0)
             for i in range(nrep):
                 ax_conn.plot(
                     xs,
                     [s.typha[i].connections if i < len(s.typha) else 0 for s in samples],
                     ":",
-                    label=f"typha-{i} connections",
+                    label=f"{mode}-{i} connections",
                 )
                 assert ax_rss is not None
                 ax_rss.plot(
-                    xs, [s.typha[i].rss / 1e6 if i < len(s.typha) else 0 for s in samples], label=f"typha-{i} RSS (MB)"
+                    xs,
+                    [s.typha[i].rss / 1e6 if i < len(s.typha) else 0 for s in samples],
+                    label=f"{mode}-{i} RSS (MB)",
                 )
                 rx, ry = _rate(samples, _replica_cpu(i))
-                ax_cpu.plot([x - c0 for x in rx], [y * 100 for y in ry], label=f"typha-{i}")
+                ax_cpu.plot([x - c0 for x in rx], [y * 100 for y in ry], label=f"{mode}-{i}")
         else:
             ax_conn.plot(xs, [s.agents.listed if s.agents else 0 for s in samples], ls, label="direct agents listed")
         watch_values += [s.api.open_watches for s in samples]

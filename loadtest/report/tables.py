@@ -168,7 +168,8 @@ ROWS: list[Row] = [
 
 def comparison_rows(results: Results) -> tuple[list[str], list[tuple[str, list[str]]]]:
     """Column names and rows of the main table (one column per mode)."""
-    runs = [r for r in (results.typha(), results.direct()) if r is not None]
+    # typha, typha-tls (`--tls both`: the same scenario over mutual TLS), then direct.
+    runs = sorted(results.runs.values(), key=lambda r: r.mode == "direct")
     cols = [r.mode for r in runs]
     t, d = results.typha(), results.direct()
     k = t.agents / d.agents if t is not None and d is not None and t.agents and d.agents else 1.0

@@ -74,7 +74,7 @@ def progress_line(mode: str, s: Sample) -> str:
     """One line for a log: the figures an operator checks first."""
     bits = [f"[{mode}] {s.t:.0f}s {s.phase}", f"written {s.events_written:,}", f"API watches {s.api.open_watches:,}"]
     a = s.agents
-    if a and mode == "typha":
+    if a and mode.startswith("typha"):
         bits.append(f"agents connected {a.connected:,} in sync {a.in_sync:,}")
     elif a:
         bits.append(f"agents listed {a.listed:,} watches {a.watches_open:,}")

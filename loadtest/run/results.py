@@ -405,7 +405,11 @@ class DirectResult(ModeResult):
 
 
 RunResult = TyphaResult | DirectResult
-RESULT_TYPES: dict[str, type[TyphaResult] | type[DirectResult]] = {"typha": TyphaResult, "direct": DirectResult}
+RESULT_TYPES: dict[str, type[TyphaResult] | type[DirectResult]] = {
+    "typha": TyphaResult,
+    "typha-tls": TyphaResult,  # `--tls both`: the same scenario over mutual TLS
+    "direct": DirectResult,
+}
 
 
 @dataclass

@@ -51,6 +51,7 @@ from typing import Any
 from typha.simcluster import CHURN_OPS, DEFAULT_MIX
 
 MODES = ("typha", "direct", "both")
+TLS_MODES = ("off", "on", "both")
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,7 @@ class Scenario:
     timeout: float | None = None  # hard bound on the whole run (default: from the phases' bounds)
     out: str = "runs/latest"
     typha_args: list[str] = field(default_factory=list)  # extra flags for every typha replica
+    tls: str = "off"  # off | on (typha and its agents use mutual TLS) | both (typha, then typha-tls)
 
     # -- derived -------------------------------------------------------------------------------------
     @property
@@ -241,7 +243,11 @@ class Scenario:
 
     @property
     def modes(self) -> tuple[str, ...]:
-        return ("typha", "direct") if self.mode == "both" else (self.mode,)
+        base = ("typha", "direct") if self.mode == "both" else (self.mode,)
+        if self.tls == "both" and "typha" in base:
+            # The same cluster and churn, served in plaintext and then over mutual TLS: the TLS cost.
+            return tuple(m for b in base for m in ((b, "typha-tls") if b == "typha" else (b,)))
+        return base
 
     @property
     def objects_estimate(self) -> int:
@@ -293,7 +299,7 @@ class Scenario:
         seed = 10 + self.objects_estimate / 20_000
         typha = (
             self.typha_ready_timeout() * (1 + sum(self.replicas_restarted(f) for f in self.faults))
-            if mode == "typha"
+            if mode.startswith("typha")
             else 0
         )
         truth = 10 + self.objects_estimate / 10_000
@@ -307,6 +313,10 @@ class Scenario:
     def validate(self) -> None:
         if self.mode not in MODES:
             raise ScenarioError(f"--mode must be one of {', '.join(MODES)}")
+        if self.tls not in TLS_MODES:
+            raise ScenarioError(f"--tls must be one of {', '.join(TLS_MODES)}")
+        if self.tls != "off" and self.mode == "direct":
+            raise ScenarioError("--tls is about typha and its agents: it needs --mode typha or both")
         for name in ("nodes", "replicas", "processes"):
             if getattr(self, name) < 1:
                 raise ScenarioError(f"--{name} must be at least 1")

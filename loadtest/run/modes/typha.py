@@ -20,9 +20,11 @@ from pathlib import Path
 from rich.console import Console
 
 from loadtest.fleets.agents import AgentFleet, FleetSpec
+from loadtest.support.certs import ClusterCerts, write_cluster
 from loadtest.support.cluster import truth
 from loadtest.support.typha_api import CLIENT_LATENCY, FANOUT_LATENCY, FELIX, histogram_quantiles
 from protocol.digest import state_digest
+from protocol.tls import TLSFiles
 
 from ..measure import api_totals, counter_increase, open_watches, restart_cuts, summary_of, typha_latencies
 from ..progress import Progress, Rows, common_rows, typha_rows
@@ -80,9 +82,14 @@ class TyphaRun(ModeRun):
         self.agents_bytes0 = 0
         self.api_before_typha = ApiCounters()
         self.finals: dict[int, int] = {}  # port -> final seq, once drained
+        self.certs: ClusterCerts | None = None
+
+    @property
+    def use_tls(self) -> bool:
+        return self.sc.tls == "on"
 
     def new_result(self) -> TyphaResult:
-        return TyphaResult(agents=self.sc.typha_agents, replicas=self.sc.replicas)
+        return TyphaResult(mode=self.mode, agents=self.sc.typha_agents, replicas=self.sc.replicas)
 
     @property
     def agents(self) -> int:
@@ -95,6 +102,10 @@ class TyphaRun(ModeRun):
         kc = str(Path(self.workdir.name) / "kubeconfig")
         self.api.write_kubeconfig(kc)
         args = ["--datastore", "kubernetes", "--kubeconfig", kc, "--log-level", "ERROR", "--k8s-page-size", "1000"]
+        if self.use_tls:
+            self.certs = c = write_cluster(Path(self.workdir.name) / "tls")
+            args += ["--cafile", c.ca, "--servercertfile", c.typha_cert, "--serverkeyfile", c.typha_key]
+            args += ["--clientcn", c.felix_cn]
         args += sc.typha_args
         self.replicas = [
             Replica(i, [*args, "--server-id", f"typha-{i}"], sc.typha_ready_timeout()) for i in range(sc.replicas)
@@ -178,6 +189,7 @@ class TyphaRun(ModeRun):
             decode_ids=ids,
             arrival_key="created",
             state_hashes=True,
+            tls=self.tls_files(),
         )
         res.decoding_agents = ids
         res.processes = min(sc.processes, self.agents)
@@ -458,3 +470,17 @@ class TyphaRun(ModeRun):
             and v.sampled_matching == len(v.sampled)
             and all(r.matches_truth for r in v.replicas)
         )
+
+    def tls_files(self) -> TLSFiles | None:
+        c = self.certs
+        return TLSFiles(c.ca, c.felix_cert, c.felix_key, c.typha_cn) if c is not None else None
+
+
+class TyphaTlsRun(TyphaRun):
+    """The typha mode over mutual TLS (`--tls both` runs it after the plaintext one, same scenario)."""
+
+    mode = "typha-tls"
+
+    @property
+    def use_tls(self) -> bool:
+        return True
