@@ -44,6 +44,7 @@ import asyncio
 import logging
 import random
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -72,6 +73,11 @@ from .tls import FAILED, RELOADED, CertReloader
 from .view import View
 
 log = logging.getLogger("protocol.client")
+
+#: How a refused TLS peer is reported (`SyncClient.stats.last_error`, the log): its certificate failed
+#: our checks (CA, validity, identity), or the handshake itself failed (a plaintext server, an alert).
+TLS_REJECTED = "typha's TLS certificate rejected"
+TLS_FAILED = "TLS handshake failed"
 
 Address = tuple[str, int]
 AddressSource = Sequence[Address] | Callable[[], Awaitable[Sequence[Address]]]
@@ -112,7 +118,7 @@ class _StreamProtocol(asyncio.Protocol):
             problem = tls.identity_problem(transport.get_extra_info("peercert"))
             if problem is not None:
                 # Not the server we were told to trust: say nothing to it, not even a goodbye.
-                self.finish(f"typha's TLS certificate rejected: {problem}")
+                self.finish(f"{TLS_REJECTED}: {problem}")
                 return
         transport.write(self.conn.initiate())
 
@@ -249,6 +255,7 @@ class SyncClient:
     async def run(self) -> None:
         """Connect, follow, and reconnect with jittered exponential backoff until `stop()`."""
         attempt = 0
+        warned = ""  # the last TLS refusal logged as a warning
         while not self._stopping:
             connects = self.stats.connects
             reason = await self._connect_once()
@@ -264,7 +271,11 @@ class SyncClient:
             self._synced.clear()  # the view may be stale until the next snapshot completes
             delay = random.uniform(0, min(self.backoff_max, self.backoff_initial * (2**attempt)))
             attempt += 1
-            log.info("%s: disconnected (%s); reconnecting in %.2fs", self.hostname, reason, delay)
+            # A server we cannot authenticate is worth one warning; the same refusal again is routine.
+            refused = reason.startswith((TLS_REJECTED, TLS_FAILED))
+            level = logging.WARNING if refused and reason != warned else logging.INFO
+            warned = reason if refused else ""
+            log.log(level, "%s: disconnected (%s); reconnecting in %.2fs", self.hostname, reason, delay)
             try:
                 await asyncio.wait_for(self._stop_requested.wait(), delay)
             except TimeoutError:
@@ -320,8 +331,12 @@ class SyncClient:
         if dial not in done:
             return "stopped while connecting" if self._stopping else f"connect timed out after {self.connect_timeout}s"
         if (exc := dial.exception()) is not None:
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                return f"{TLS_REJECTED}: {exc.verify_message}"
+            if isinstance(exc, ssl.SSLError):
+                return f"{TLS_FAILED}: {exc.reason or exc}"
             if isinstance(exc, (ConnectionResetError, ConnectionAbortedError)) and self.tls is not None:
-                return f"TLS handshake failed: the server closed the connection ({exc!r}; is it serving TLS?)"
+                return f"{TLS_FAILED}: the server closed the connection ({exc!r}; is it serving TLS?)"
             if isinstance(exc, OSError):
                 return f"connect failed: {exc!r}"
             raise exc

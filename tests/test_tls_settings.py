@@ -8,10 +8,13 @@ cannot prove its identity (here: a plaintext one at its address) and says why.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import socket
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from common.settings import SettingsError
@@ -97,11 +100,44 @@ def test_typha_names_the_certificate_file_it_cannot_read(tmp_path: Path) -> None
     assert "do not load together" in proc.stderr
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def _get(port: int, path: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}{path}") as resp:
+        return resp.status, await resp.text()
+
+
 @pytest.mark.slow
-async def test_felix_with_tls_refuses_a_plaintext_typha(server_factory, tmp_path: Path) -> None:
-    """Once TLS is configured felix never follows a typha it cannot authenticate, and says why."""
-    server = await server_factory(make_cache(10))  # plaintext: anyone could be listening here
-    certs = write_cluster(tmp_path)
+@pytest.mark.parametrize(
+    "typha, refusal",
+    [
+        ("plaintext", "TLS handshake failed: the server closed the connection"),
+        ("wrong-ca", "typha's TLS certificate rejected: certificate signature failure"),
+    ],
+)
+async def test_felix_with_tls_refuses_a_typha_it_cannot_authenticate(
+    server_factory, tmp_path: Path, typha: str, refusal: str
+) -> None:
+    """Once TLS is configured felix never follows a typha it cannot authenticate (a plaintext one at its
+    address, or one whose certificate another CA signed): no state, not ready, and one warning saying
+    why (repeats of the same refusal are logged at INFO, with the reconnect backoff)."""
+    certs = write_cluster(tmp_path / "felix")
+    if typha == "plaintext":
+        server = await server_factory(make_cache(10))  # anyone could be listening here
+    else:
+        impostor = write_cluster(tmp_path / "impostor")  # its own CA, and the right name on its certificate
+        server = await server_factory(
+            make_cache(10),
+            ca_file=impostor.ca,
+            server_cert_file=impostor.typha_cert,
+            server_key_file=impostor.typha_key,
+            client_cn=impostor.felix_cn,
+        )
+    health = _free_port()
     env = {
         **os.environ,
         **certs.felix_env(),
@@ -109,7 +145,7 @@ async def test_felix_with_tls_refuses_a_plaintext_typha(server_factory, tmp_path
         "FELIX_TYPHA_ADDRESSES": f"127.0.0.1:{server.port}",
         "FELIX_ROUTES_ENABLED": "false",
         "FELIX_POLICY_ENABLED": "false",
-        "FELIX_HEALTH_PORT": "0",
+        "FELIX_HEALTH_PORT": str(health),
         "FELIX_METRICS_PORT": "0",
     }
     proc = await asyncio.create_subprocess_exec(
@@ -124,9 +160,17 @@ async def test_felix_with_tls_refuses_a_plaintext_typha(server_factory, tmp_path
 
     reader = asyncio.create_task(read())
     try:
-        await wait_for(lambda: any("TLS handshake failed" in line for line in lines), 30, "felix to refuse the typha")
+        await wait_for(lambda: sum(refusal in line for line in lines) >= 3, 60, "felix to refuse the typha thrice")
         assert any("mutual TLS; typha must present CN 'typha-server'" in line for line in lines)
+        refused = [line for line in lines if refusal in line]
+        assert ["WARNING" in line for line in refused] == [True] + [False] * (len(refused) - 1), refused
+        assert not any("Traceback" in line for line in lines)
         assert server.metrics.registry.get_sample_value("typha_connections_streaming") == 0
+        status, text = await _get(health, "/readiness")
+        assert status == 503 and "not yet in sync" in text
+        status, text = await _get(health, "/status")
+        view = json.loads(text)
+        assert not view["ready"] and not view["in_sync"] and view["routes"]["desired"] == 0
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 10)
