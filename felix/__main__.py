@@ -96,7 +96,7 @@ async def run(cfg: FelixConfig) -> None:
     if cfg.health_port:
         runners.append((await start_site(health_app(agent, task.done), cfg.health_host, cfg.health_port))[0])
     if cfg.metrics_port:
-        runners.append((await start_site(metrics_app(agent.metrics.registry), cfg.health_host, cfg.metrics_port))[0])
+        runners.append((await start_site(metrics_app(agent.metrics.registry), cfg.metrics_host, cfg.metrics_port))[0])
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.stop)

@@ -88,8 +88,14 @@ class FelixConfig:
     typha_uri_san: str = setting(
         "", "URI SAN typha's certificate must carry (or the Common Name above).", option="typhaurisan"
     )
+    # The kubelet probes on the node itself (felix shares its network namespace), so health stays on
+    # loopback; Prometheus scrapes from another pod, so /metrics listens on every address (Calico's
+    # PrometheusMetricsHost default). It holds counts and latencies only (docs/security.md).
     health_host: str = setting("127.0.0.1", "Address of /liveness, /readiness and /status.")
     health_port: int = setting(9099, "Port of /liveness, /readiness and /status (0 disables).", port)
+    metrics_host: str = setting(
+        "0.0.0.0", "Address of /metrics (counts and latencies only; 127.0.0.1 keeps it on the node)."
+    )
     metrics_port: int = setting(9091, "Port of /metrics (0 disables).", port)
     route_refresh_interval: float = setting(
         90.0, "Seconds between full route resyncs that repair drift (0 disables).", non_negative

@@ -175,3 +175,26 @@ async def test_felix_with_tls_refuses_a_typha_it_cannot_authenticate(
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 10)
         await reader
+
+
+def test_default_listen_addresses_are_what_probes_and_prometheus_need() -> None:
+    """Which port listens where, by default and as deployed (docs/security.md, "Who can reach what"):
+    typha's sync, health and metrics ports on every address (agents, the kubelet and Prometheus reach
+    the pod IP); felix's health on the node's loopback (the kubelet probes 127.0.0.1 in the node's
+    network namespace, which felix shares) and its /metrics on every address, because the DaemonSet
+    asks Prometheus to scrape it from another pod."""
+    import yaml
+
+    typha = typha_config.load_config([], environ={})
+    assert (typha.host, typha.health_host) == ("0.0.0.0", "0.0.0.0")
+    felix = felix_config.load_config([], environ={"FELIX_TYPHA_ADDRESSES": "127.0.0.1:5473"})
+    assert (felix.health_host, felix.metrics_host) == ("127.0.0.1", "0.0.0.0")
+    deploy = Path(__file__).resolve().parent.parent / "deploy" / "base"
+    [daemonset] = [d for d in yaml.safe_load_all((deploy / "felix.yaml").read_text()) if d and d["kind"] == "DaemonSet"]
+    pod = daemonset["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    # The manifest keeps the defaults: no host override, the probes on loopback, the scrape annotation.
+    assert "FELIX_HEALTH_HOST" not in env and "FELIX_METRICS_HOST" not in env
+    assert container["livenessProbe"]["httpGet"]["host"] == "127.0.0.1"
+    assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
