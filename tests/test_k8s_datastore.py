@@ -52,7 +52,8 @@ async def make_api_client(path: Path) -> kclient.ApiClient:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
+    """Parametrize it indirectly with a dict of KubernetesDatastore options to change them."""
     api = await start_apiserver(window_size=200, bookmark_interval=0.5)
     cluster = SyntheticCluster(nodes=20, pods_per_node=10, policies=5, seed=3)
     seed(api.store, cluster)
@@ -61,7 +62,8 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     caches = {SYNCER_FELIX: SnapCache(SYNCER_FELIX), SYNCER_BGP: SnapCache(SYNCER_BGP)}
     ingestor = Ingestor(caches)
     k8s = await make_api_client(kc)
-    datastore = KubernetesDatastore(ingestor, k8s, page_size=50, backoff_initial=0.05, backoff_max=0.5)
+    options = {"page_size": 50, "backoff_initial": 0.05, "backoff_max": 0.5, **getattr(request, "param", {})}
+    datastore = KubernetesDatastore(ingestor, k8s, **options)
     server = SyncServer(caches, ServerConfig(host="127.0.0.1", port=0))
     await server.start()
     task = asyncio.create_task(datastore.run())

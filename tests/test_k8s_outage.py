@@ -11,16 +11,15 @@ import orjson
 import pytest
 
 from loadtest.support.cluster import apply_events
-from typha.datastores.kubernetes import (
+from typha.datastores.failures import (
     RELIST_OUTAGE,
     RELIST_TOO_LARGE,
     ApiError,
     Gone,
-    ResourceStats,
     TooLarge,
-    _is_outage,
-    parse_watch_lines,
+    is_outage,
 )
+from typha.datastores.kubernetes import ResourceStats, parse_watch_lines
 
 from .conftest import wait_for
 from .test_k8s_datastore import (
@@ -76,7 +75,7 @@ def test_a_too_large_resource_version_is_gone_by_its_cause_or_by_its_message() -
     ],
 )
 def test_which_failures_make_the_old_resource_version_untrusted(kind: str, outage: bool) -> None:
-    assert _is_outage(kind) is outage
+    assert is_outage(kind) is outage
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from loadtest.__main__ import main as loadtest_main
 from loadtest.run.measure import counter_increase
 from loadtest.run.modes.typha import decode_ids
 from loadtest.run.orchestrator import run_scenario
-from loadtest.run.results import load
+from loadtest.run.results import TyphaResult, load
 from loadtest.run.scenario import Fault, Scenario, ScenarioError, parse_fault, parse_mix, parse_ramp
 from loadtest.support.histogram import LogHistogram
 from typha.simcluster import DEFAULT_MIX
@@ -188,22 +188,10 @@ async def test_run_typha_with_faults_verifies_and_reports(tmp_path: Path) -> Non
     assert summary.startswith("# loadtest run: PASS") and "latency_cdf.png" in summary
 
 
-def _exact(run: object) -> None:
-    """The pass condition of the outage faults: every replica and every sampled agent holds exactly
-    the emulator's final contents (no missing, phantom or stale key), every agent at the final seq."""
-    assert run is not None and not run.error, run and run.error  # type: ignore[attr-defined]
-    v = run.verification  # type: ignore[attr-defined]
-    assert v.passed, v
-    assert v.sampled_agents >= 2 and v.missing == v.stale == v.extra == 0
-    assert all(r.matches_truth for r in v.replicas)
-    assert all(f.recovered_seconds is not None and not f.error for f in run.faults), run.faults  # type: ignore[attr-defined]
-
-
-@pytest.mark.slow
-async def test_run_with_the_datastore_replaced_under_churn_ends_in_the_exact_state(tmp_path: Path) -> None:
-    """The API server restarted on its contents of churn start: 3 s of revisions rewound, which the
-    writes that follow hand out again (and pass typha's own by the end). Typha resuming its watches
-    instead of relisting fails this (checked by hand: 'passed' false, phantom and missing keys)."""
+async def _outage_run(tmp_path: Path, duration: float, *faults: str) -> TyphaResult:
+    """A small run with `faults` (2 replicas, 30 agents, 60 writes/s), and its pass condition: every
+    replica and every sampled agent holds exactly the emulator's final contents (no missing, phantom
+    or stale key), every agent at the final seq, every fault recovered from."""
     sc = Scenario(
         nodes=30,
         pods_per_node=5,
@@ -211,16 +199,30 @@ async def test_run_with_the_datastore_replaced_under_churn_ends_in_the_exact_sta
         replicas=2,
         processes=1,
         rate=60,
-        duration=11,
-        faults=[parse_fault("3:replace-datastore")],
+        duration=duration,
+        faults=[parse_fault(f) for f in faults],
         out=str(tmp_path / "run"),
         drain_timeout=30,
         timeout=150,
     )
     results = await run_scenario(sc, console=_quiet(), report_console=_quiet(), progress=False)
     run = results.typha()
-    _exact(run)
-    assert run is not None and run.typha is not None and run.typha.restarts == [0, 0]
+    assert run is not None and not run.error, run and run.error
+    v = run.verification
+    assert v.passed, v
+    assert v.sampled_agents >= 2 and v.missing == v.stale == v.extra == 0
+    assert all(r.matches_truth for r in v.replicas)
+    assert all(f.recovered_seconds is not None and not f.error for f in run.faults), run.faults
+    return run
+
+
+@pytest.mark.slow
+async def test_run_with_the_datastore_replaced_under_churn_ends_in_the_exact_state(tmp_path: Path) -> None:
+    """The API server restarted on its contents of churn start: 3 s of revisions rewound, which the
+    writes that follow hand out again (and pass typha's own by the end). Typha resuming its watches
+    instead of relisting fails this (checked by hand: 124 missing, 128 phantom, 8 stale keys)."""
+    run = await _outage_run(tmp_path, 11, "3:replace-datastore")
+    assert run.typha is not None and run.typha.restarts == [0, 0]
     restore = run.faults[0]
     assert restore.kind == "replace-datastore" and "revisions rewound" in restore.note, restore
     assert (restore.list_requests or 0) > 0  # typha relisted
@@ -228,23 +230,8 @@ async def test_run_with_the_datastore_replaced_under_churn_ends_in_the_exact_sta
 
 @pytest.mark.slow
 async def test_run_with_a_replica_killed_then_a_rolling_restart_ends_in_the_exact_state(tmp_path: Path) -> None:
-    sc = Scenario(
-        nodes=30,
-        pods_per_node=5,
-        agents=30,
-        replicas=2,
-        processes=1,
-        rate=60,
-        duration=8,
-        faults=[parse_fault("1:kill-typha:1"), parse_fault("4:rolling-restart")],
-        out=str(tmp_path / "run"),
-        drain_timeout=30,
-        timeout=150,
-    )
-    results = await run_scenario(sc, console=_quiet(), report_console=_quiet(), progress=False)
-    run = results.typha()
-    _exact(run)
-    assert run is not None and run.typha is not None and run.typha.restarts == [1, 2]  # replica 1 twice
+    run = await _outage_run(tmp_path, 8, "1:kill-typha:1", "4:rolling-restart")
+    assert run.typha is not None and run.typha.restarts == [1, 2]  # replica 1 twice
     kill, rolling = sorted(run.faults, key=lambda f: f.at)
     assert kill.kind == "kill-typha" and kill.replica == 1 and (kill.agents_disconnected or 0) > 0
     assert rolling.kind == "rolling-restart" and "typha 0" in rolling.note and "typha 1" in rolling.note

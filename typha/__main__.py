@@ -51,7 +51,11 @@ async def _listening(start: Awaitable[T], host_flag: str, host: str, port_flag: 
 def _datastore(cfg: TyphaConfig, ingestor: Ingestor, api: Any) -> KubernetesDatastore | SyntheticDatastore:
     if api is not None:
         return KubernetesDatastore(
-            ingestor, api, page_size=cfg.k8s_page_size, silence_timeout=cfg.k8s_watch_silence_timeout
+            ingestor,
+            api,
+            page_size=cfg.k8s_page_size,
+            silence_timeout=cfg.k8s_watch_silence_timeout,
+            audit_interval=cfg.k8s_audit_interval,
         )
     options = SyntheticOptions(
         nodes=cfg.synthetic_nodes,

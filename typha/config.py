@@ -153,6 +153,12 @@ class TyphaConfig(ServerConfig):
         "(twice its bookmark interval).",
         positive,
     )
+    k8s_audit_interval: float = setting(
+        300.0,
+        "Seconds between audits of the cache against the API server: names and resourceVersions listed at the "
+        "version the cache is at, any difference counted, logged and repaired by a relist (0 disables).",
+        non_negative,
+    )
     k8s_service_name: str = setting(
         "", "typha's own Service: count ready replicas to rebalance connections ('' disables)."
     )

@@ -87,9 +87,23 @@ class Ingestor:
             name: [c for s, c in self.caches.items() if s in res.syncers] for name, res in RESOURCES.items()
         }
         self._keys: dict[_Ident, tuple[str, ...]] = {}
+        # resource -> (namespace, name) -> resourceVersion of every object the caches were built from
+        # (producing keys or not), for the datastore's audit; None until `track_revisions`.
+        self._revisions: dict[str, dict[tuple[str, str], str]] | None = None
         self.objects: Counter[str] = Counter()  # resource -> objects currently producing keys
         self.errors: Counter[str] = Counter()  # resource -> malformed objects skipped
         self.events: Counter[str] = Counter()  # resource -> events handled
+
+    def track_revisions(self) -> None:
+        """Keep every object's resourceVersion from now on, for `revisions` (the datastore's audit).
+        Off by default: it costs a dict entry and the version string per object."""
+        if self._revisions is None:
+            self._revisions = {}
+
+    def revisions(self, resource: str) -> dict[tuple[str, str], str]:
+        """A copy of (namespace, name) -> resourceVersion of every object of `resource` the caches
+        reflect (empty unless `track_revisions` was called before the first event)."""
+        return dict((self._revisions or {}).get(resource, {}))
 
     def wanted(self, resource: str) -> bool:
         """True if any served syncer needs this resource (datastores watch only those)."""
@@ -133,6 +147,12 @@ class Ingestor:
             self._bad(resource, "object without metadata.name")
             return []
         rev = _revision(obj)
+        if self._revisions is not None:  # before projecting: a malformed object is still on the server
+            names = self._revisions.setdefault(resource, {})
+            if etype == DELETED:
+                names.pop((ident[1], ident[2]), None)
+            else:
+                names[(ident[1], ident[2])] = rev
         old = self._keys.get(ident, ())
         if etype == DELETED:
             self._forget(ident)
@@ -182,6 +202,10 @@ class Ingestor:
         return r.page(objects) + r.finish()
 
     def _forget_missing(self, resource: str, present: set[_Ident]) -> int:
+        names = self._revisions.get(resource) if self._revisions is not None else None
+        if names:  # objects that produced no keys leave no deletions below, only their versions
+            for ns, name in [n for n in names if (resource, *n) not in present]:
+                del names[(ns, name)]
         gone = [i for i in self._keys if i[0] == resource and i not in present]
         events: list[ObjectEvent] = []
         for _, ns, name in gone:

@@ -155,6 +155,8 @@ class DatastoreStats(Protocol):
     errors: Counter_[str]
     events: int
     relists: Counter_[str]
+    audits: Counter_[str]
+    divergences: Counter_[str]
     malformed: int
     state: SyncStatus
     last_error: str
@@ -177,6 +179,17 @@ class _DatastoreCollector(Collector):
             "version), outage (the connection failed), audit (the periodic audit found a divergence).",
             labels=["resource", "reason"],
         )
+        audits = CounterMetricFamily(
+            "typha_datastore_audits",
+            "Audits of the cache against the API server by result: ok, diverged (repaired by a relist), failed, "
+            "skipped (the resource was not being watched).",
+            labels=["resource", "result"],
+        )
+        divergences = CounterMetricFamily(
+            "typha_datastore_audit_divergences",
+            "Objects the audit found missing from the cache, phantom (in the cache, not on the API server) or stale.",
+            labels=["resource", "kind"],
+        )
         malformed = CounterMetricFamily(
             "typha_datastore_malformed", "Watch lines that were not events, skipped.", labels=["resource"]
         )
@@ -191,9 +204,13 @@ class _DatastoreCollector(Collector):
             events.add_metric([resource], st.events)
             for reason, n in st.relists.items():
                 relists.add_metric([resource, reason], n)
+            for result, n in st.audits.items():
+                audits.add_metric([resource, result], n)
+            for kind, n in st.divergences.items():
+                divergences.add_metric([resource, kind], n)
             malformed.add_metric([resource], st.malformed)
             state.add_metric([resource], int(st.state))
-        return [errors, events, relists, malformed, state]
+        return [errors, events, relists, audits, divergences, malformed, state]
 
 
 class ServerMetrics:

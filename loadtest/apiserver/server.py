@@ -250,7 +250,10 @@ class ApiServerApp:
             )
             if table:
                 return self._table(rt, res.items, res.metadata(), q)
-            body = res.to_bytes()
+            if tables.wants_metadata_list(request.headers.get("Accept")):
+                body = orjson.dumps(tables.metadata_list(res.items, res.metadata()))
+            else:
+                body = res.to_bytes()
             rstats.list_bytes_sent += len(body)
             return _json_response(200, body)
         if verb == "create":

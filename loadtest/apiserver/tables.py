@@ -42,6 +42,29 @@ def wants_table(accept: str | None) -> bool:
     return TABLE_MEDIA in first and "g=meta.k8s.io" in first
 
 
+def wants_metadata_list(accept: str | None) -> bool:
+    """Whether an Accept header asks for a ``PartialObjectMetadataList`` first (metadata informers,
+    typha's audit): every item reduced to its ``metadata``."""
+    if not accept:
+        return False
+    first = accept.split(",", 1)[0].replace(" ", "")
+    return "as=PartialObjectMetadataList" in first and "g=meta.k8s.io" in first
+
+
+def metadata_list(objects: list[StoredObject], metadata: dict[str, Any]) -> dict[str, Any]:
+    """A list page as ``PartialObjectMetadataList``: what kube-apiserver answers to that Accept."""
+    return {
+        "kind": "PartialObjectMetadataList",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": metadata,
+        "items": [_partial(so.to_dict()) for so in objects],
+    }
+
+
+def _partial(o: Obj) -> Obj:
+    return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata", {})}
+
+
 def include_object(value: str | None) -> str:
     mode = value or "Metadata"
     if mode not in ("None", "Metadata", "Object"):
@@ -413,11 +436,7 @@ def table(
         if include == "Object":
             row["object"] = o
         elif include == "Metadata":
-            row["object"] = {
-                "kind": "PartialObjectMetadata",
-                "apiVersion": "meta.k8s.io/v1",
-                "metadata": o.get("metadata", {}),
-            }
+            row["object"] = _partial(o)
         rows.append(row)
     return {
         "kind": "Table",
@@ -452,6 +471,8 @@ __all__ = [
     "human_duration",
     "include_object",
     "jsonpath_cell",
+    "metadata_list",
     "table",
+    "wants_metadata_list",
     "wants_table",
 ]

@@ -45,7 +45,6 @@ import asyncio
 import gc
 import logging
 import random
-import ssl
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
@@ -53,7 +52,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import orjson
 
 from protocol import SyncStatus
 from protocol.keys import BOOKMARK, ERROR, WATCH_EVENT_TYPES
@@ -61,76 +59,31 @@ from protocol.keys import BOOKMARK, ERROR, WATCH_EVENT_TYPES
 from ..ingest import Ingestor, ObjectEvent, Resync, gc_paused
 from ..k8s.resources import RESOURCES, Resource
 from ..k8s.wire import DecodeError, WatchLines, decode_event, decode_list
+from .audit import METADATA_ACCEPT, Divergence, compare, decode_page
+from .failures import (
+    RELIST_AUDIT,
+    RELIST_GONE,
+    RELIST_OUTAGE,
+    RELIST_TOO_LARGE,
+    UNREACHED,
+    ApiError,
+    Gone,
+    RelistWanted,
+    SilentWatch,
+    TooLarge,
+    classify,
+    error_for,
+    is_outage,
+    status_error,
+)
 from .probe import Probe
 
 log = logging.getLogger("typha.kubernetes")
 
+# Results of an audit (ResourceStats.audits, typha_datastore_audits_total{result}).
+AUDIT_OK, AUDIT_DIVERGED, AUDIT_FAILED, AUDIT_SKIPPED = "ok", "diverged", "failed", "skipped"
+
 WAITING, RESYNCING, SYNCED = SyncStatus.WAIT_FOR_DATASTORE, SyncStatus.RESYNC_IN_PROGRESS, SyncStatus.IN_SYNC
-
-
-class ApiError(Exception):
-    """The API server answered with an error status (or something that is not the API)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
-        self.message = message
-
-
-class Gone(ApiError):
-    """410: the resourceVersion we asked for is no longer in the API server's window."""
-
-
-class TooLarge(Gone):
-    """504 "Too large resource version": the API server has not reached the version we asked for.
-
-    It waited for it (kube-apiserver: 3 s) and gave up. Either it lags behind another API server we
-    read from before, or its history was replaced (etcd restored from a backup): the versions we hold
-    belong to a history that may no longer exist. client-go's reflector relists with no version on
-    this answer as on 410 (kubernetes/kubernetes#92537); so do we. Retrying the same version would loop
-    for ever (kubernetes/kubernetes#107133), or worse, succeed once the new history reaches it and
-    stream a history our cache never saw."""
-
-
-_TOO_LARGE_CAUSE = "ResourceVersionTooLarge"
-_TOO_LARGE_TEXT = "too large resource version"
-
-
-def _error_for(code: int, status: object) -> ApiError:
-    """The exception for an API error answer (an HTTP status or a watch ERROR event's Status)."""
-    st: dict[str, Any] = status if isinstance(status, dict) else {}
-    msg = str(st.get("message") or st.get("reason") or f"HTTP {code}")
-    if code == 410:
-        return Gone(code, msg)
-    details = st.get("details")
-    causes = details.get("causes") if isinstance(details, dict) else None
-    reasons = {c.get("reason") for c in causes if isinstance(c, dict)} if isinstance(causes, list) else set()
-    # Servers before 1.20 left the cause's reason out: client-go matches the message too.
-    if code == 504 and (_TOO_LARGE_CAUSE in reasons or _TOO_LARGE_TEXT in msg.lower()):
-        return TooLarge(code, msg)
-    return ApiError(code, msg)
-
-
-class SilentWatch(Exception):
-    """A watch delivered no event and no bookmark for the silence timeout."""
-
-
-# Failures that mean "could not reach the API server": the follower waits on the probe, not a timer.
-_UNREACHED = frozenset({"unreachable", "tls", "timeout", "watch-dropped", "watch-silent"})
-
-# Why a resource was listed again (ResourceStats.relists, typha_datastore_relists_total{reason}).
-RELIST_GONE = "gone"  # 410: our version left the API server's window
-RELIST_TOO_LARGE = "too-large"  # 504: the API server has not reached our version (history replaced?)
-RELIST_OUTAGE = "outage"  # the connection failed: we cannot know what happened meanwhile
-RELIST_AUDIT = "audit"  # the periodic audit found the cache diverging from the API server
-
-
-def _is_outage(kind: str) -> bool:
-    """A failure after which the old resourceVersion is not trusted: the server could not be reached
-    or could not serve (5xx), so it may have restarted on other contents. Not: 4xx answers (the
-    server, alive, refused us), a silent watch on a server that answers (restarted quietly), a watch
-    that ends normally."""
-    return kind in _UNREACHED or kind.startswith("http-5")
 
 
 @dataclass(slots=True)
@@ -142,23 +95,15 @@ class ResourceStats:
     bookmarks: int = 0
     relists_410: int = 0
     relists: Counter[str] = field(default_factory=Counter)  # reason (RELIST_*) -> relists
+    audits: Counter[str] = field(default_factory=Counter)  # result (AUDIT_*) -> audits
+    divergences: Counter[str] = field(default_factory=Counter)  # missing/phantom/stale -> objects found
+    watching: bool = False  # a watch is streaming: the cache is exactly at `resource_version`
     malformed: int = 0
     quiet_restarts: int = 0  # silent watches restarted because the API server still answered
     errors: Counter[str] = field(default_factory=Counter)  # error kind -> count
     last_error: str = ""  # "<kind>: <what happened>", kept after recovery for /status
     state: SyncStatus = WAITING
     resource_version: str = ""
-
-
-def _status_error(code: int, body: bytes) -> ApiError:
-    """The exception for an HTTP error answer, from its Status body (or its first bytes, if not one)."""
-    try:
-        obj = orjson.loads(body)
-        if isinstance(obj, dict) and obj.get("kind") == "Status":
-            return _error_for(code, obj)
-    except orjson.JSONDecodeError:
-        pass
-    return _error_for(code, {"message": body[:200].decode("utf-8", "replace")})
 
 
 def parse_watch_lines(
@@ -189,7 +134,7 @@ def parse_watch_lines(
         md: dict[str, Any] = raw_md if isinstance(raw_md, dict) else {}
         if etype == ERROR:
             code = obj.get("code")
-            raise _error_for(code if isinstance(code, int) else 500, {"message": "watch error", **obj})
+            raise error_for(code if isinstance(code, int) else 500, {"message": "watch error", **obj})
         if etype == BOOKMARK:
             stats.bookmarks += 1
             if isinstance(md.get("resourceVersion"), str):
@@ -221,6 +166,7 @@ class KubernetesDatastore:
         probe_interval: float = 1.0,
         probe_timeout: float = 5.0,
         resources: Iterable[str] | None = None,
+        audit_interval: float = 0.0,
     ) -> None:
         self.ingestor = ingestor
         self.api = api_client
@@ -239,6 +185,10 @@ class KubernetesDatastore:
         self.synced = asyncio.Event()
         self._frozen = False
         self._next_loud: dict[str, float] = {}
+        self.audit_interval = audit_interval  # seconds between audits (typha.datastores.audit); 0: none
+        self._relist_wanted: set[str] = set()  # resources the audit found diverging
+        if audit_interval > 0:
+            ingestor.track_revisions()
 
     # -- status ----------------------------------------------------------------------------------------
     def stats_view(self) -> dict[str, ResourceStats]:
@@ -283,13 +233,17 @@ class KubernetesDatastore:
         return aiohttp.ClientTimeout(total=total, connect=c, sock_connect=c, sock_read=read)
 
     async def _get(
-        self, path: str, params: list[tuple[str, str]], timeout: aiohttp.ClientTimeout
+        self,
+        path: str,
+        params: list[tuple[str, str]],
+        timeout: aiohttp.ClientTimeout,
+        accept: str = "application/json",
     ) -> aiohttp.ClientResponse:
         resp = await self.api.call_api(
             path,
             "GET",
             query_params=params,
-            header_params={"Accept": "application/json"},
+            header_params={"Accept": accept},
             auth_settings=["BearerToken"],
             _preload_content=False,
             _return_http_data_only=True,
@@ -298,7 +252,7 @@ class KubernetesDatastore:
         if resp.status != 200:
             body = await resp.read()
             resp.release()
-            raise _status_error(resp.status, body)
+            raise status_error(resp.status, body)
         return resp
 
     async def list_into(self, res: Resource, resync: Resync) -> str:
@@ -353,6 +307,7 @@ class KubernetesDatastore:
         resp = await self._get(res.path(), params, self._timeout(self.watch_timeout + 60, self.silence_timeout))
         st.watches += 1
         self._set_state(res.name, SYNCED)  # the API server accepted our version: we are current again
+        st.watching = True
         try:
             stream = WatchLines()
             async for chunk in _silence_checked(resp.content.iter_any(), self.silence_timeout):
@@ -361,7 +316,11 @@ class KubernetesDatastore:
                 if newest is not None:
                     rv = newest
                     st.resource_version = rv
+                if res.name in self._relist_wanted:  # checked per chunk: bookmarks bound the wait
+                    self._relist_wanted.discard(res.name)
+                    raise RelistWanted(200, "the audit found the cache diverging from the API server")
         finally:
+            st.watching = False
             resp.release()
         return rv
 
@@ -395,9 +354,17 @@ class KubernetesDatastore:
                 rv = await self._watch(res, rv)
                 failures = 0  # a watch that ran and ended normally: resume at once
             except Gone as exc:
-                reason = RELIST_TOO_LARGE if isinstance(exc, TooLarge) else RELIST_GONE
+                reason = (
+                    RELIST_TOO_LARGE
+                    if isinstance(exc, TooLarge)
+                    else RELIST_AUDIT
+                    if isinstance(exc, RelistWanted)
+                    else RELIST_GONE
+                )
                 st.relists[reason] += 1
-                if reason == RELIST_GONE:
+                if reason == RELIST_AUDIT:
+                    log.info("%s: relisting to repair what the audit found", res.name)
+                elif reason == RELIST_GONE:
                     st.relists_410 += 1
                     log.info("%s: resourceVersion %s expired (%s); relisting", res.name, rv, exc.message)
                 else:
@@ -418,10 +385,10 @@ class KubernetesDatastore:
                     log.debug("%s: %s, but the API server answers: restarting the watch", res.name, exc)
                     continue
                 failures += 1
-                kind = self._classify(exc)
+                kind = classify(exc)
                 st.errors[kind] += 1
                 st.last_error = f"{kind}: {exc}"
-                if rv and _is_outage(kind):
+                if rv and is_outage(kind):
                     # Whatever happened while we could not see the server (a restart from an etcd
                     # backup among others) may have replaced the history our version belongs to, and
                     # a resumed watch would not say so: relist and reconcile, as on 410.
@@ -431,7 +398,7 @@ class KubernetesDatastore:
                 self._set_state(res.name, WAITING if kind != "watch-dropped" or failures > 1 else st.state)
                 delay = random.uniform(0, min(self.backoff_max, self.backoff_initial * 2 ** min(failures, 10)))
                 level = logging.WARNING if failures <= 3 or failures % 20 == 0 else logging.DEBUG
-                if kind in _UNREACHED:
+                if kind in UNREACHED:
                     log.log(
                         level,
                         "%s: %s (%s); retrying when the API server answers (at most %.1fs)",
@@ -475,29 +442,79 @@ class KubernetesDatastore:
         else:
             log.debug(msg, *args)
 
-    @staticmethod
-    def _classify(exc: Exception) -> str:
-        if isinstance(exc, SilentWatch):
-            return "watch-silent"
-        if isinstance(exc, ApiError):
-            return {401: "unauthorized", 403: "forbidden", 404: "not-found"}.get(exc.status, f"http-{exc.status}")
-        # Before "unreachable": a certificate the API server presents but we cannot verify (wrong CA,
-        # a name it does not cover) is a configuration problem, and retrying will not cure it.
-        if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
-            return "tls"
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            return "unreachable"
-        if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, ConnectionResetError)):
-            return "watch-dropped"
-        if isinstance(exc, asyncio.TimeoutError):
-            return "timeout"
-        return type(exc).__name__
+    # -- the audit (typha.datastores.audit) -----------------------------------------------------------
+    async def audit(self, res: Resource) -> Divergence | None:
+        """Compare the cache of `res` with the API server at the version the watch has reached, and
+        have the follower relist if they differ. None when `res` is not being watched right now (it
+        is listing, waiting for the server or for the relist an audit asked for): there is nothing
+        settled to compare."""
+        st = self.stats[res.name]
+        rv = st.resource_version
+        if not st.watching or not rv or res.name in self._relist_wanted:
+            st.audits[AUDIT_SKIPPED] += 1
+            return None
+        cached = self.ingestor.revisions(res.name)  # a copy, exactly at rv: no await since rv was read
+        pages = []
+        cont = ""
+        while True:
+            params = [("limit", str(self.page_size))]
+            params += [("continue", cont)] if cont else [("resourceVersion", rv), ("resourceVersionMatch", "Exact")]
+            try:
+                resp = await self._get(res.path(), params, self._timeout(60), accept=METADATA_ACCEPT)
+            except TooLarge as exc:  # the server has not reached the version our watch streamed
+                d = Divergence()
+                self._diverged(res, rv, d, f"the API server has not reached rv {rv} ({exc.message})")
+                return d
+            try:
+                body = await resp.read()
+            finally:
+                resp.release()
+            page = decode_page(body)
+            pages.append(page.versions)
+            cont = page.continue_token
+            if not cont:
+                break
+        d = compare(pages, cached)
+        if d:
+            self._diverged(res, rv, d, d.describe())
+        else:
+            st.audits[AUDIT_OK] += 1
+        return d
+
+    def _diverged(self, res: Resource, rv: str, d: Divergence, what: str) -> None:
+        st = self.stats[res.name]
+        st.audits[AUDIT_DIVERGED] += 1
+        st.divergences.update({kind: n for kind, n in d.counts().items() if n})
+        self._relist_wanted.add(res.name)
+        self._loud(
+            f"audit:{res.name}",
+            "%s: the cache diverges from the API server at rv %s: %s; relisting",
+            res.name,
+            rv,
+            what,
+        )
+
+    async def _audit_loop(self) -> None:
+        """Audit every resource in turn, every `audit_interval` (jittered, so replicas spread out)."""
+        while True:
+            await asyncio.sleep(self.audit_interval * random.uniform(0.9, 1.1))
+            for res in self.resources:
+                try:
+                    await self.audit(res)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # an audit that fails changes nothing; the next one may pass
+                    self.stats[res.name].audits[AUDIT_FAILED] += 1
+                    self._loud(f"audit:{res.name}", "%s: audit failed: %s: %s", res.name, classify(exc), exc)
 
     async def run(self) -> None:
         for res in self.resources:
             self._set_state(res.name, WAITING)
+        tasks = [self.follow(r) for r in self.resources]
+        if self.audit_interval > 0:
+            tasks.append(self._audit_loop())
         try:
-            await asyncio.gather(*(self.follow(r) for r in self.resources))
+            await asyncio.gather(*tasks)
         finally:
             self.probe.close()
 
