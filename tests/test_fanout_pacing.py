@@ -136,6 +136,8 @@ async def test_a_real_server_writes_each_agent_at_most_once_per_interval(server_
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def test_the_latency_budget_in_the_manifest_is_the_settings_default() -> None:
-    assert "TYPHA_FANOUT_LATENCY_BUDGET" in typha_env()
-    assert typha_cfg().fanout_latency_budget == ServerConfig().fanout_latency_budget == 0.1
+def test_the_pacing_settings_in_the_manifest_are_the_defaults() -> None:
+    env, cfg, default = typha_env(), typha_cfg(), ServerConfig()
+    assert {"TYPHA_FANOUT_LATENCY_BUDGET", "TYPHA_FANOUT_WRITE_RATE"} <= set(env)
+    assert cfg.fanout_latency_budget == default.fanout_latency_budget == 0.1
+    assert cfg.fanout_write_rate == default.fanout_write_rate == 50_000

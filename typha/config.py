@@ -71,8 +71,16 @@ class ServerConfig:
     fanout_latency_budget: float = setting(
         0.1,
         "Seconds two fan-out passes may be apart at most (unless a pass itself takes longer): passes are spaced "
-        "by the fleet's size (agents / 50,000 s) so each agent gets at most one write per interval; this bounds "
+        "by the fleet's size (agents / --fanout-write-rate s) so each agent gets at most one write per interval; this bounds "
         "what the spacing adds to an update's latency.",
+        positive,
+    )
+    # 50,000: a quarter of a core at 5 us a write, about what passes cost unpaced at 1,000 agents and 1,000
+    # updates/s (so a small fleet keeps its latency); the budget takes over above budget x rate = 5,000 agents.
+    fanout_write_rate: float = setting(
+        50_000.0,
+        "Socket writes a second the fan-out aims at: the interval between two passes is the number of agents "
+        "divided by this, within --fanout-latency-budget.",
         positive,
     )
     max_hello_frame: int = setting(
@@ -118,10 +126,6 @@ class ServerConfig:
     # Internal knobs, not settings.
     write_high_water: int = 256 * 1024
     max_write_bytes: int = 1 << 20
-    # Socket writes a second the fan-out passes aim at (typha.fanpace): a quarter of a core at 5 us a write,
-    # about what passes cost unpaced at 1,000 agents and 1,000 updates/s (so a small fleet keeps its
-    # latency); the latency budget takes over above budget x rate = 5,000 agents.
-    fanout_write_rate: float = 50_000.0
     snapshot_pass_bytes: int = 1 << 20  # snapshot bytes written per pass of the event loop (typha.snapsched)
     housekeeping_interval: float = 1.0
     close_timeout: float = 5.0
