@@ -93,8 +93,10 @@ class ServerConfig:
         "Largest frame accepted from a client after its hello (it then sends only PING, PONG and GOODBYE), in bytes.",
         _min_frame,
     )
+    # 64 KiB (the kernel doubles it): 10,000 agents that read 1 KiB/s held 1.5 GB of kernel memory with
+    # 256 KiB, 27 MB with this, and snapshots to 500 agents on loopback took as long (docs/security.md).
     socket_send_buffer: int = setting(
-        256 * 1024,
+        64 * 1024,
         "Kernel send buffer of each agent's socket (SO_SNDBUF), in bytes; bounds the kernel memory an agent "
         "that stops reading can hold (0: the kernel's autotuning, up to 4 MiB each).",
         non_negative,
