@@ -671,3 +671,26 @@ def test_incremental_batches_replay_to_the_same_state_as_a_fresh_calculation(bat
     assert replay.state() == expected.state()
     # every local endpoint of the final state is present, and only those
     assert set(replay.endpoints) == {k for k in final if k.startswith(f"/calico/v1/host/{ME}/")}
+
+
+def test_the_cyclic_collector_is_paused_for_each_bulk_step_and_restored() -> None:
+    import gc
+
+    from felix.policy import gcpause
+
+    assert gc.isenabled()
+    with gcpause.paused():
+        assert not gc.isenabled()
+        with gcpause.paused():
+            pass
+        assert not gc.isenabled(), "an inner step leaves the collector as the outer one found it"
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), gcpause.paused():
+        raise RuntimeError("boom")
+    assert gc.isenabled()
+    calc = PolicyCalculator("node-a")
+    during: list[bool] = []
+    real = calc._ipsets.update_item
+    calc._ipsets.update_item = lambda *a: (during.append(gc.isenabled()), real(*a))[1]  # type: ignore[method-assign]
+    calc.apply(base())
+    assert during and not any(during) and gc.isenabled()

@@ -6,6 +6,9 @@ Pure: no I/O, no clocks. ``update(kvs)`` folds a batch of typha updates into the
 what they may have changed; ``flush()`` works out the consequences once and returns them as one
 ``Batch`` in the contract's order. The agent calls ``update`` as updates arrive and ``flush`` once
 per event-loop pass, so a snapshot or a burst of label changes costs one pass over what changed.
+Both run with Python's cyclic garbage collector paused (``gcpause``): a snapshot builds hundreds of
+thousands of objects and no cycles, and the collector's passes over the growing heap were a fifth
+of a cold start's calculation.
 
 What is computed, and from what (Calico's calculation graph, folded into three indexes):
 
@@ -38,6 +41,7 @@ from typing import Any
 
 from felix.model import MalformedUpdate
 
+from . import gcpause
 from .ipsets import IpSetCalculator, IpSetSpec
 from .labelindex import LabelIndex
 from .messages import (
@@ -134,6 +138,10 @@ class PolicyCalculator:
         A malformed value makes the key absent (its previous value is forgotten), so the state is
         a function of the datastore's contents, not of the order of updates.
         """
+        with gcpause.paused():  # a snapshot builds 100,000s of objects and no cycles
+            return self._update(kvs)
+
+    def _update(self, kvs: Iterable[Sequence[Any]]) -> list[tuple[str, str]]:
         malformed: list[tuple[str, str]] = []
         for kv in kvs:
             key, value = kv[0], kv[1]
@@ -259,6 +267,10 @@ class PolicyCalculator:
     # -- output ----------------------------------------------------------------------------------
 
     def flush(self) -> Batch:
+        with gcpause.paused():
+            return self._flush()
+
+    def _flush(self) -> Batch:
         unrefs: list[IpSetSpec] = []
         policy_updates: list[Message] = []
         policy_removes: list[Message] = []

@@ -330,8 +330,8 @@ class DesiredState:
 
     def _refresh_dispatch(self) -> None:
         ifaces = [ep.name for ep in self.endpoints.values()]
+        wanted = {c.name: c for c in self.r.dispatch(ifaces)}  # the same trees in every IP version
         for v in self.versions:
-            wanted = {c.name: c for c in self.r.dispatch(ifaces)}
             tbl = self.tables[(v, "filter")]
             stale = [
                 n for n in tbl if n.startswith((N.CHAIN_FROM_WL_DISPATCH, N.CHAIN_TO_WL_DISPATCH)) and n not in wanted
