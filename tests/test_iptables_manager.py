@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import pytest
 
@@ -320,3 +320,68 @@ def test_chains_render_while_ipset_creates_the_sets_and_every_set_exists_before_
     assert k.sets[ghost_set].members == set() and k.sets[s_set].members == {"10.0.0.1"}
     assert seen_at_restore and ghost_set in seen_at_restore[0], "the set existed before the rules using it"
     assert k.calls.count("ipset") == 3  # save, the announced sets, the set only a rule names
+
+
+class StreamingKernel(FakeKernel):
+    """A model kernel whose runner streams restore input, as ``backend.Runner`` does: records what
+    each iptables-restore had received when each ipset restore ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: dict[str, list[str]] = {}  # restore tool -> chunks received so far
+        self.at_ipset: list[dict[str, int]] = []
+        self.aborted: list[str] = []
+
+    def _run(self, argv: Sequence[str], stdin: str | None) -> CommandResult:
+        if argv[0] == "ipset" and argv[1] != "save":
+            time.sleep(0.05)  # the restores are fed their first part meanwhile
+            self.at_ipset.append({tool: len(chunks) for tool, chunks in self.received.items()})
+        return super()._run(argv, stdin)
+
+    def stream(self, argv: Sequence[str], chunks: Iterable[str]) -> CommandResult:
+        got = self.received.setdefault(argv[0], [])
+        try:
+            for chunk in chunks:
+                got.append(chunk)
+        except BaseException:
+            self.aborted.append(argv[0])
+            raise
+        return self(argv, "".join(got))
+
+
+def test_with_nft_iptables_restore_parses_while_the_sets_are_created_and_commits_after() -> None:
+    k = StreamingKernel()
+    dp = PolicyDataplane(None, PolicyConfig(ipv6=True), run=k, backend=Backend("nft"))
+    dp.apply(batch())
+    assert dp.start_programming().ok and dp.ready
+    assert k.at_ipset and k.at_ipset[0] == {"iptables-nft-restore": 1, "ip6tables-nft-restore": 1}, k.at_ipset
+    first, rest = k.received["iptables-nft-restore"]
+    assert "--match-set" not in first and "COMMIT" not in first, "nothing naming a set, nothing committed"
+    assert "--match-set" in rest and rest.rstrip().endswith("COMMIT")
+    assert "cali-tw-cali0000000000a" in k.tables["filter"].chains
+    # An ip set failure aborts the restores before their COMMIT: nothing is written.
+    k2 = StreamingKernel()
+    dp2 = PolicyDataplane(None, PolicyConfig(ipv6=True), run=k2, backend=Backend("nft"))
+    dp2.apply(batch())
+    k2.fail.add("ipset")
+    assert not dp2.start_programming().ok
+    assert sorted(k2.aborted) == ["ip6tables-nft-restore", "iptables-nft-restore"]
+    assert not any(c.startswith("cali-") for c in k2.tables["filter"].chains)
+    assert dp2.stats.ipset_failures == 1 and dp2.stats.restore_failures == 0
+
+
+def test_runner_streams_input_and_kills_the_tool_when_the_input_is_aborted() -> None:
+    from felix.dataplane.iptables.backend import Runner
+
+    def chunks(fail: bool) -> Iterator[str]:
+        yield "first\n"
+        if fail:
+            raise RuntimeError("the sets could not be created")
+        yield "second\n"
+
+    r = Runner().stream(["cat"], chunks(False))
+    assert (r.rc, r.out) == (0, "first\nsecond\n")
+    with pytest.raises(RuntimeError, match="could not be created"):
+        Runner().stream(["cat"], chunks(True))
+    r = Runner().stream(["sh", "-c", "head -c1 >/dev/null; echo broken >&2; exit 3"], iter(["x" * 200_000] * 4))
+    assert (r.rc, r.err.strip()) == (3, "broken")

@@ -34,7 +34,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 __all__ = ["Backend", "CommandResult", "Runner", "ToolError", "detect_backend"]
@@ -70,6 +70,37 @@ class Runner:
         self.nsenter = shutil.which("nsenter") if self.path is not None else None
         self.calls = 0
 
+    def stream(self, argv: Sequence[str], chunks: Iterable[str]) -> CommandResult:
+        """Run with the input written chunk by chunk as ``chunks`` yields it, so the tool parses
+        the first while the caller prepares the next. If ``chunks`` raises, the tool is killed
+        before it reads the end of its input (iptables-restore then commits nothing) and the
+        exception propagates."""
+        if self.path is not None and not self.nsenter:
+            return self(argv, "".join(chunks))  # the preexec_fn fallback runs whole inputs only
+        self.calls += 1
+        cmd = list(argv) if self.path is None else [str(self.nsenter), f"--net={self.path}", "--", *argv]
+        try:
+            p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except FileNotFoundError as exc:
+            raise ToolError(f"{argv[0]} is not installed: {exc}") from None
+        with p:
+            assert p.stdin is not None
+            try:
+                try:
+                    for chunk in chunks:
+                        p.stdin.write(chunk.encode())
+                        p.stdin.flush()
+                except BrokenPipeError:
+                    pass  # the tool stopped reading (it failed): its exit status and stderr say why
+                out, err = p.communicate(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                raise ToolError(f"{argv[0]} did not finish within {self.timeout:.0f} s") from None
+            finally:
+                if p.returncode is None:  # aborted by the caller, or timed out: commit nothing
+                    p.kill()
+                    p.wait()
+        return self._result(argv, p.returncode, out, err)
+
     def __call__(self, argv: Sequence[str], stdin: str | None = None) -> CommandResult:
         self.calls += 1
         fd = -1
@@ -103,12 +134,15 @@ class Runner:
         finally:
             if fd >= 0:
                 os.close(fd)
-        out, err = p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
-        if p.returncode in (126, 127) and self.nsenter and err.startswith("nsenter:"):
+        return self._result(argv, p.returncode, p.stdout, p.stderr)
+
+    def _result(self, argv: Sequence[str], rc: int, stdout: bytes, stderr: bytes) -> CommandResult:
+        out, err = stdout.decode(errors="replace"), stderr.decode(errors="replace")
+        if rc in (126, 127) and self.nsenter and err.startswith("nsenter:"):
             if "failed to execute" in err:
                 raise ToolError(f"{argv[0]} is not installed: {err.strip()}")
             raise ToolError(f"cannot enter network namespace {self.netns!r}: {err.strip()}")
-        return CommandResult(p.returncode, out, err)
+        return CommandResult(rc, out, err)
 
 
 def _version(text: str) -> tuple[int, int, int] | None:

@@ -43,7 +43,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -145,6 +145,37 @@ class PolicyStats:
     last: ApplyReport = field(default_factory=ApplyReport)
 
 
+class _Aborted(Exception):
+    """The ip sets a streamed iptables-restore waits for could not be created."""
+
+
+class _Gate:
+    """Opened once by the writer when the ip sets are in place (or could not be), waited on by the
+    streamed iptables-restore runs."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._ok = False
+
+    def open(self, ok: bool) -> None:
+        self._ok = ok
+        self._event.set()
+
+    def wait(self) -> bool:
+        self._event.wait()
+        return self._ok
+
+
+def _parts(plans: list[TablePlan]) -> tuple[str, str]:
+    """One IP version's transactions as the part that names no ip set and the rest: only the
+    first table's head can go early (a table's COMMIT precedes the next table)."""
+    texts = [p for p in plans if p.lines]
+    if not texts:
+        return "", ""
+    first, rest = texts[0].parts()
+    return first, rest + "".join(p.text for p in texts[1:])
+
+
 class _Throttle:
     """Logs a message at most once per ``period`` per key (and says how many were suppressed)."""
 
@@ -206,7 +237,7 @@ class PolicyDataplane:
         self._throttle = _Throttle()
         self.tool_runs = 0
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="iptables-restore")
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="policy-tools")  # 2 ipset, 2 restores
 
     def _exec(self, argv: list[str], stdin: str | None = None) -> CommandResult:
         with self._lock:
@@ -360,6 +391,15 @@ class PolicyDataplane:
                     self._throttle.warning(problem, problem)
                 plans[v].append(plan)
         report.render_seconds = time.perf_counter() - t_render
+        # 3. iptables-restore. With nft, started now: the tool parses the rules that name no ip set
+        #    while the sets are being created, and gets the rest (and COMMIT) once they exist.
+        parts = {v: _parts(ps) for v, ps in plans.items()}
+        parts = {v: p for v, p in parts.items() if p[0] or p[1]}
+        gate = _Gate()
+        stream = getattr(self.run, "stream", None) if self.backend.name == "nft" else None
+        early = None
+        if stream is not None and pending[1] and any(p[0] for p in parts.values()):
+            early = {v: self._pool.submit(self._restore_streamed, v, a, b, gate) for v, (a, b) in parts.items()}
         ok = self._finish_ipset(pending, report)
         late: dict[int, SetPlan] = {}
         if ok:
@@ -372,11 +412,14 @@ class PolicyDataplane:
             for v, lp in late.items():
                 if ok:
                     lp.apply_to(self._sets[v], destroyed=False)
+        t = time.perf_counter()
+        gate.open(ok)  # an aborted restore is killed before its COMMIT: nothing written
+        if early is not None:
+            restored = {v: f.result() for v, f in early.items()}
+        elif ok:
+            restored = self._restore_all({v: a + b for v, (a, b) in parts.items()})
         if not ok:
             return False
-        texts = {v: "".join(p.text for p in ps) for v, ps in plans.items()}
-        t = time.perf_counter()
-        restored = self._restore_all({v: text for v, text in texts.items() if text})
         report.iptables_seconds += time.perf_counter() - t
         for v, ps in plans.items():
             if restored.get(v, True):
@@ -450,7 +493,31 @@ class PolicyDataplane:
 
     def _restore(self, v: int, text: str) -> bool:
         argv = self.backend.restore_argv(v)
-        err = self._failure(argv, text)
+        return self._restored(argv, self._failure(argv, text), text)
+
+    def _restore_streamed(self, v: int, first: str, rest: str, gate: _Gate) -> bool:
+        """iptables-restore fed ``first`` at once and ``rest`` once ``gate`` opens (the ip sets
+        exist); killed before reading ``rest`` if the gate opens on a failure."""
+
+        def chunks() -> Iterator[str]:
+            if first:
+                yield first
+            if not gate.wait():
+                raise _Aborted
+            yield rest
+
+        argv = self.backend.restore_argv(v)
+        with self._lock:
+            self.tool_runs += 1
+        try:
+            r = self.run.stream(argv, chunks())  # type: ignore[attr-defined]
+        except _Aborted:
+            return False  # the ip set failure is the one counted and reported
+        except ToolError as exc:
+            return self._restored(argv, str(exc), first + rest)
+        return self._restored(argv, "" if r.rc == 0 else (r.err.strip() or f"exit status {r.rc}"), first + rest)
+
+    def _restored(self, argv: list[str], err: str, text: str) -> bool:
         if err:
             with self._lock:
                 self.stats.restore_failures += 1

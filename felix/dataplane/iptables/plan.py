@@ -22,6 +22,11 @@ programs are untouched. Inside the transaction, in this order:
 4. chains nobody wants any more are deleted (``-X``), except one a foreign rule still jumps to,
    which stays empty (deleting it would fail the whole transaction).
 
+Edits of chains whose rules name ip sets come after the others (``TablePlan.parts``): the shell
+feeds iptables-restore everything before them while ``ipset restore`` is still creating the sets
+(iptables looks a set up as it parses the rule naming it), and the rest, with the COMMIT, once the
+sets exist. At a cold start that is three rules in five parsed in the shadow of set creation.
+
 The planner also returns what the transaction changes (only the chains it touches, so a small
 change costs little however large the table), which updates felix's belief of the kernel if
 ``iptables-restore`` succeeds; a periodic ``iptables-save`` checks that belief (drift repair).
@@ -44,6 +49,8 @@ __all__ = ["TablePlan", "drifted_chains", "plan_table"]
 class TablePlan:
     table: str
     lines: list[str] = field(default_factory=list)  # the transaction; empty when nothing changes
+    # lines[:set_free] name no ip set: the header, new chains, and the edits of chains naming none
+    set_free: int = 0
     # What the transaction changes in felix's belief (None: the chain is gone). Only the chains
     # touched, so planning a small change costs nothing in proportion to the table's size.
     chains: dict[str, list[str] | None] = field(default_factory=dict)
@@ -58,6 +65,15 @@ class TablePlan:
     def text(self) -> str:
         return "\n".join(self.lines) + "\n" if self.lines else ""
 
+    def parts(self) -> tuple[str, str]:
+        """The transaction as two texts fed to iptables-restore in turn: the first names no ip set,
+        so the tool can parse it while the sets are still being created (it looks each set up as
+        it parses a rule); nothing is committed before the second, which ends with COMMIT."""
+        if not self.lines:
+            return "", ""
+        head, tail = self.lines[: self.set_free], self.lines[self.set_free :]
+        return "\n".join(head) + "\n" if head else "", "\n".join(tail) + "\n"
+
     def apply_to(self, kernel: KernelTable) -> None:
         """Record in ``kernel`` (felix's belief) what the transaction did, once it succeeded."""
         for name, hashes in self.chains.items():
@@ -66,6 +82,9 @@ class TablePlan:
             else:
                 kernel.chains[name] = hashes
         kernel.lines.update(self.lines_of)
+
+
+_SET_MATCH = "--match-set "
 
 
 def _line(op: str, chain: str, rule: str, h: str, num: int | None = None) -> str:
@@ -132,7 +151,10 @@ def plan_table(
     """
     plan = TablePlan(table)
     names = set(desired) | set(kernel.ours()) if only is None else set(only)
-    refs, edits, deletes = [], [], []
+    refs: list[str] = []
+    edits: list[str] = []
+    set_edits: list[str] = []
+    deletes: list[str] = []
     for name in sorted(names):
         want = desired.get(name)
         have = kernel.chains.get(name)
@@ -142,7 +164,7 @@ def plan_table(
             if have is None:
                 refs.append(f":{name} - [0:0]")
             lines = _diff(name, have or [], want, whole_chains)
-            edits += lines
+            (set_edits if any(_SET_MATCH in line for line in lines) else edits).extend(lines)
             plan.rule_ops += len(lines)
             plan.chains_written += 1
             plan.chains[name] = list(want.hashes)
@@ -167,9 +189,12 @@ def plan_table(
             plan.hooks_repaired += 1
             hook_lines += lines
     delete_lines = [f"-X {n}" for n in deletes if n not in kept]
-    body = refs + edits + hook_lines + delete_lines
+    # Edits of chains that name ip sets after the others (in one transaction, the order of edits
+    # to different chains does not matter: every new chain is declared first).
+    body = refs + edits + set_edits + hook_lines + delete_lines
     if body:
         plan.lines = [f"*{table}", *body, "COMMIT"]
+        plan.set_free = 1 + len(refs) + len(edits)
     return plan
 
 
