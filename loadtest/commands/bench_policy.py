@@ -17,7 +17,8 @@ into the namespace. Measured:
 
 In the same run every change is also written the naive way -- re-render everything, flush and
 rewrite every chain, rewrite every set through a swap -- so the gain is a ratio measured on the
-same machine at the same moment. Needs root.
+same machine at the same moment. ``--cold-start-only`` stops after 1 (no naive rewrite), for
+timing the cold start of two versions of felix against each other. Needs root.
 """
 
 from __future__ import annotations
