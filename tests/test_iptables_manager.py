@@ -385,3 +385,25 @@ def test_runner_streams_input_and_kills_the_tool_when_the_input_is_aborted() -> 
         Runner().stream(["cat"], chunks(True))
     r = Runner().stream(["sh", "-c", "head -c1 >/dev/null; echo broken >&2; exit 3"], iter(["x" * 200_000] * 4))
     assert (r.rc, r.err.strip()) == (3, "broken")
+
+
+def test_a_started_restore_is_never_left_waiting_when_the_write_breaks() -> None:
+    k = StreamingKernel()
+    dp = PolicyDataplane(None, PolicyConfig(ipv6=True), run=k, backend=Backend("nft"))
+    dp.apply(batch())
+    real, calls = dp._plan_sets, []
+
+    def plan_sets(only: dict[int, set[str]] | None) -> dict:
+        calls.append(only)
+        if len(calls) == 2:  # after the restores started, before the gate opens
+            raise RuntimeError("a bug")
+        return real(only)
+
+    dp._plan_sets = plan_sets  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="a bug"):
+        dp.start_programming()
+    deadline = time.monotonic() + 5
+    while len(k.aborted) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(k.aborted) == ["ip6tables-nft-restore", "iptables-nft-restore"]
+    assert not any(c.startswith("cali-") for c in k.tables["filter"].chains), "nothing committed"

@@ -400,20 +400,24 @@ class PolicyDataplane:
         early = None
         if stream is not None and pending[1] and any(p[0] for p in parts.values()):
             early = {v: self._pool.submit(self._restore_streamed, v, a, b, gate) for v, (a, b) in parts.items()}
-        ok = self._finish_ipset(pending, report)
+        ok = done = False
         late: dict[int, SetPlan] = {}
-        if ok:
-            for v in self.versions:  # destroys are recorded once they ran (see _destroy_unused_sets)
-                set_plans[v].apply_to(self._sets[v], destroyed=False)
-            late = self._plan_sets(st.dirty_sets)  # what rendering changed (rare)
-            for v in self.versions:
-                st.dirty_sets[v].clear()
-            ok = self._finish_ipset(self._start_ipset([g for p in late.values() for g in p.groups]), report)
-            for v, lp in late.items():
-                if ok:
-                    lp.apply_to(self._sets[v], destroyed=False)
+        try:
+            ok = self._finish_ipset(pending, report)
+            if ok:
+                for v in self.versions:  # destroys are recorded once they ran (see _destroy_unused_sets)
+                    set_plans[v].apply_to(self._sets[v], destroyed=False)
+                late = self._plan_sets(st.dirty_sets)  # what rendering changed (rare)
+                for v in self.versions:
+                    st.dirty_sets[v].clear()
+                ok = self._finish_ipset(self._start_ipset([g for p in late.values() for g in p.groups]), report)
+                for v, lp in late.items():
+                    if ok:
+                        lp.apply_to(self._sets[v], destroyed=False)
+            done = True
+        finally:  # never leave a started restore waiting: on any failure it is killed before COMMIT
+            gate.open(ok and done)
         t = time.perf_counter()
-        gate.open(ok)  # an aborted restore is killed before its COMMIT: nothing written
         if early is not None:
             restored = {v: f.result() for v, f in early.items()}
         elif ok:
