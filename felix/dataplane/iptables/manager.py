@@ -14,7 +14,9 @@ members at once, chains left to render); the write that follows is, in order:
    CPU) -- so the rendering costs no wall time there. A set only a rule names (never announced by
    the calculation) is created empty by a second, small script once rendering has found it;
 2. one ``iptables-restore --noflush`` per IP version, holding one transaction per table
-   (filter, nat), writing only the chains that changed;
+   (filter, nat), writing only the chains that changed. With nft both start during step 1: they
+   are fed what names no ip set at once and the rest, with the COMMIT, once the sets exist (a
+   ``_Gate``); a write that fails before then kills them before their COMMIT;
 3. ``ipset restore`` of the destroys, now that no rule refers to those sets -- from ``tick``, just
    after the write returns, so a policy edit's latency does not include it (a set wanted again
    before that runs is spared).
@@ -31,8 +33,8 @@ sets of its previous run (same names, same hashes) and rewrites only what change
 conntrack rules stay in place throughout, so established connections never notice the restart.
 Felix never removes its rules when it stops.
 
-Not thread-safe: drive it from one thread (felix's event loop). The tools run synchronously: an
-incremental apply costs two or three process spawns (~10 ms); the cold start of 1,000 endpoints is
+Not thread-safe: drive it from one thread (felix's event loop). A write waits for its tools (some
+run in a small pool, side by side): an incremental apply costs two or three process spawns (~10 ms); the cold start of 1,000 endpoints is
 about a second of ``iptables-restore``. Taking a batch in and writing run with the cyclic garbage
 collector paused (``felix.policy.gcpause``).
 """
@@ -150,8 +152,7 @@ class _Aborted(Exception):
 
 
 class _Gate:
-    """Opened once by the writer when the ip sets are in place (or could not be), waited on by the
-    streamed iptables-restore runs."""
+    """Opened by the writer once the ip sets are in place (or could not be); restores wait on it."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
