@@ -22,6 +22,13 @@ added, and items are indexed by (key, value) and by key:
 * a selector is added -> evaluate only the items carrying its restriction's label/values;
 * a parent's labels change -> re-evaluate its children as changed items.
 
+A new selector's candidates are the intersection (in C, smallest first) of the items carrying each
+label it requires; for ``has(k)``-like requirements the index keeps the items carrying ``k`` from
+the first time a selector asks, and keeps that set current (at a cold start, building it afresh
+for every such selector was 2,330 unions of 4,000 items). The matches a new selector starts are
+reported in one ``on_matches`` call when the caller gives one (the ip set calculator counts them
+in C).
+
 Correctness does not depend on the choice of restriction, only on restrictions being sound (a
 selector filed under label L never matches an item without L), which the selector module
 guarantees and a hypothesis test checks against brute force.

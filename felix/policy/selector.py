@@ -7,7 +7,8 @@ three ways:
 
 * **evaluated** against label maps, millions of times during a snapshot. The tree is compiled into
   nested closures (``Selector.matches``): one Python call per node with every constant bound, about
-  twice as fast as walking the tree with ``isinstance`` dispatch;
+  twice as fast as walking the tree with ``isinstance`` dispatch (``&&``/``||`` of up to four
+  operands in one closure: a generator driven by ``all()`` cost more than the operands);
 * **printed canonically** (``Selector.canonical``): operands of ``&&``/``||`` flattened, deduplicated
   and sorted, set literals sorted, ``!!x`` folded, ``all()``/``global()`` absorbed. Two selectors
   that differ only in spelling get the same text, so they share one ip set and one index entry;

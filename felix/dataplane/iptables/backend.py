@@ -25,6 +25,11 @@ about a millisecond, whereas joining the namespace in a ``preexec_fn`` forces ``
 ``fork()`` instead of ``vfork()``, which in a felix holding 100k ip set members cost 120 ms per
 tool run here (measured), ten times the whole run. The ``preexec_fn`` path remains only for hosts
 without ``nsenter``.
+
+``Runner.stream`` writes a tool's input chunk by chunk as the caller produces it, so
+iptables-restore parses the first part of a transaction while the ip sets its second part names
+are still being created; if the caller gives up before the end, the tool is killed before it reads
+its COMMIT.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ update that stops using it never leaves a jump to a missing chain behind. Ids th
 missing after the batch fail closed (see ``render``), and a set referenced before it was announced
 exists, empty, so that the rule matches nothing rather than failing the transaction.
 
+``apply(batch, render=False)`` takes the batch in (ip sets at once) and leaves the chains to the next
+``render()``: the shell renders while the kernel creates the batch's ip sets.
+
 Members are stored in the form ``ipset save`` prints them (``10.0.0.1`` for a /32, a /0 split
 into two /1 halves because ``hash:net`` cannot hold /0), so comparing with the kernel is a set
 difference.
