@@ -66,8 +66,8 @@ from felix.model import (
     WORKLOAD,
     Block,
     BlockAffinity,
+    Intake,
     IPPool,
-    MalformedUpdate,
     Net,
     Node,
     WorkloadEndpoint,
@@ -179,10 +179,7 @@ class RouteCalculator:
         # dependencies: destination -> the remote node its route was computed from
         self._dep: dict[Net, str] = {}
         self._deps_of: dict[str, set[Net]] = {}
-        # counters (plain ints, for metrics)
-        self.updates = 0
-        self.ignored = 0
-        self.malformed = 0
+        self._intake = Intake(parse_kv)  # parses and counts updates (malformed values make keys absent)
         self.recomputed = 0
 
     # --- public API --------------------------------------------------------------------------
@@ -192,23 +189,7 @@ class RouteCalculator:
         delta = RouteDelta()
         dirty: set[Net] = set()
         vteps: set[str] = set()
-        for kv in kvs:
-            key, value = kv[0], kv[1]
-            self.updates += 1
-            try:
-                p = parse_kv(key, value)
-            except MalformedUpdate as e:
-                self.malformed += 1
-                delta.malformed.append((key, e.reason))
-                # The value is unusable: forget the key's previous value too, so state stays a
-                # function of the datastore's contents and not of update order.
-                try:
-                    p = parse_kv(key, None)
-                except MalformedUpdate:
-                    continue  # the key itself is unusable: nothing can be stored under it
-            if p is None:
-                self.ignored += 1
-                continue
+        for p in self._intake(kvs, delta.malformed):
             if p.kind == WORKLOAD:
                 self._on_workload(p.ident, p.record, dirty)
             elif p.kind == BLOCK:
@@ -232,6 +213,18 @@ class RouteCalculator:
                 self._neighbors[ip] = n
                 delta.neighbors[ip] = n
         return delta
+
+    @property
+    def updates(self) -> int:
+        return self._intake.updates
+
+    @property
+    def ignored(self) -> int:
+        return self._intake.ignored
+
+    @property
+    def malformed(self) -> int:
+        return self._intake.malformed
 
     def desired(self) -> dict[str, Route]:
         return {r.dst: r for r in self._routes.values()}

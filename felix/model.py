@@ -16,14 +16,18 @@ snapshot; a tuple of ints hashes and compares in C, masks with one ``&`` and is 
 A value that cannot be used raises :class:`MalformedUpdate` (a ``ValueError``) naming the key.
 The caller counts it and treats the key as absent: keeping the previous value instead would
 make Felix's state depend on the order of updates rather than on the datastore's contents.
+That rule, and the primitives every reader of the stream shares (a value's JSON object, a key the
+schema rejects), are here once: :class:`Intake` is how the route and policy calculations take
+updates in, :func:`load_object` and :func:`parse_update_key` serve them and the BGP view.
 """
 
 from __future__ import annotations
 
 import re
 import socket
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import orjson
 
@@ -31,6 +35,7 @@ from protocol.keys import (
     BlockAffinityKey,
     BlockKey,
     IPPoolKey,
+    Key,
     MalformedKey,
     ResourceKey,
     WorkloadKey,
@@ -46,14 +51,17 @@ __all__ = [
     "Block",
     "BlockAffinity",
     "IPPool",
+    "Intake",
     "MalformedUpdate",
     "Net",
     "Node",
     "Parsed",
     "WorkloadEndpoint",
+    "load_object",
     "parse_addr",
     "parse_kv",
     "parse_net",
+    "parse_update_key",
 ]
 
 WORKLOAD = "workload"
@@ -82,6 +90,66 @@ class MalformedUpdate(ValueError):
         super().__init__(f"{key}: {reason}")
         self.key = key
         self.reason = reason
+
+
+def load_object(key: str, raw: bytes) -> dict[str, Any]:
+    """The JSON object ``raw`` holds; MalformedUpdate naming ``key`` if it is not JSON or not an object."""
+    try:
+        v = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise MalformedUpdate(key, f"invalid JSON: {e}") from None
+    if not isinstance(v, dict):
+        raise MalformedUpdate(key, "value is not a JSON object")
+    return v
+
+
+def parse_update_key(key: str) -> Key | None:
+    """``protocol.keys.parse_key``, with a key of a known layout but unusable parts as MalformedUpdate."""
+    try:
+        return parse_key(key)
+    except MalformedKey as e:
+        raise MalformedUpdate(key, e.reason) from None
+
+
+P = TypeVar("P")
+
+
+class Intake(Generic[P]):
+    """Typha's updates as a calculation takes them in: parsed by ``parse``, counted, bad values made absent.
+
+    ``parse(key, value)`` returns the calculation's record of one update (``value`` None for a
+    delete), None for a key the calculation does not read, or raises MalformedUpdate. Iterating
+    ``intake(kvs, malformed)`` yields the record of every update the calculation reads. An unusable
+    value is reported in ``malformed`` as (key, reason) and yields the key's delete instead, so the
+    previous value is forgotten too; an unusable key yields nothing (nothing can be stored under it).
+    """
+
+    __slots__ = ("ignored", "malformed", "parse", "updates")
+
+    def __init__(self, parse: Callable[[str, bytes | None], P | None]) -> None:
+        self.parse = parse
+        self.updates = 0  # every update seen
+        self.ignored = 0  # updates of keys the calculation does not read
+        self.malformed = 0  # updates whose key or value could not be used
+
+    def __call__(self, kvs: Iterable[Sequence[Any]], malformed: list[tuple[str, str]]) -> Iterator[P]:
+        parse = self.parse
+        for kv in kvs:
+            key, value = kv[0], kv[1]
+            self.updates += 1
+            try:
+                p = parse(key, value)
+            except MalformedUpdate as e:
+                self.malformed += 1
+                malformed.append((key, e.reason))
+                try:
+                    p = parse(key, None)
+                except MalformedUpdate:
+                    continue
+            if p is None:
+                self.ignored += 1
+            else:
+                yield p
 
 
 class Net(NamedTuple):
@@ -254,10 +322,7 @@ class Parsed(NamedTuple):
 
 def _parse_key(key: str) -> tuple[str, Any] | None:
     """(kind, identity) of the keys route calculation reads; None for any other key."""
-    try:
-        k = parse_key(key)
-    except MalformedKey as e:
-        raise MalformedUpdate(key, e.reason) from None
+    k = parse_update_key(key)
     if type(k) is WorkloadKey:
         return WORKLOAD, k
     if type(k) is BlockKey:
@@ -272,16 +337,6 @@ def _parse_key(key: str) -> tuple[str, Any] | None:
 
 
 # --- value parsing -------------------------------------------------------------------------------
-
-
-def _obj(key: str, raw: bytes) -> dict:
-    try:
-        v = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise MalformedUpdate(key, f"invalid JSON: {e}") from None
-    if not isinstance(v, dict):
-        raise MalformedUpdate(key, "value is not a JSON object")
-    return v
 
 
 def _str(key: str, v: dict, field: str, default: str | None = None) -> str | None:
@@ -427,10 +482,10 @@ def parse_kv(key: str, value: bytes | None) -> Parsed | None:
         # Route calculation identifies endpoints by their key string; the parts build the record.
         if value is None:
             return Parsed(kind, key, None)
-        return Parsed(kind, key, _workload(key, ident, _obj(key, value)))
+        return Parsed(kind, key, _workload(key, ident, load_object(key, value)))
     if value is None:
         return Parsed(kind, ident, None)
-    v = _obj(key, value)
+    v = load_object(key, value)
     if kind == BLOCK:
         return Parsed(kind, ident, _block(key, ident, v))
     if kind == POOL:

@@ -26,8 +26,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from felix.model import (
     AFFINITY,
     BLOCK,
@@ -39,6 +37,7 @@ from felix.model import (
     MalformedUpdate,
     Net,
     Node,
+    load_object,
     parse_addr,
     parse_kv,
 )
@@ -225,16 +224,6 @@ def _bgp_node(key: str, node: Node, v: Mapping[str, Any]) -> BgpNode:
     )
 
 
-def _load(key: str, raw: bytes) -> dict[str, Any]:
-    try:
-        v = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise MalformedUpdate(key, f"invalid JSON: {e}") from None
-    if not isinstance(v, dict):
-        raise MalformedUpdate(key, "value is not a JSON object")
-    return v
-
-
 class BgpView:
     """Everything the BIRD configuration of any node depends on."""
 
@@ -271,9 +260,9 @@ class BgpView:
             if value is None:
                 table.pop(rk.name, None)
             elif rk.plural == "bgppeers":
-                table[rk.name] = _peer(key, rk.name, _load(key, value))
+                table[rk.name] = _peer(key, rk.name, load_object(key, value))
             else:
-                table[rk.name] = _config(key, _load(key, value))
+                table[rk.name] = _config(key, load_object(key, value))
             return
         p = parse_kv(key, value)
         if p is None:
@@ -282,7 +271,7 @@ class BgpView:
             if p.record is None:
                 self.nodes.pop(p.ident, None)
             else:
-                self.nodes[p.ident] = _bgp_node(key, p.record, _load(key, value or b""))
+                self.nodes[p.ident] = _bgp_node(key, p.record, load_object(key, value or b""))
         elif p.kind == POOL:
             if p.record is None:
                 self.pools.pop(p.ident, None)
