@@ -10,13 +10,13 @@ import pytest
 from felix.agent import FelixAgent
 from felix.dataplane.routes import RTPROT_FELIX, RouteManager
 from loadtest.apiserver.fixtures import make_calico_object, make_node
-from protocol import SYNCER_FELIX, SyncStatus
+from protocol import SyncStatus
 from typha.ingest import ADDED, Ingestor
 from typha.snapcache import SnapCache
-from typha.syncserver import ServerConfig, SyncServer
+from typha.syncserver import SyncServer
 
 from .conftest import wait_for
-from .support.felix_lab import serving
+from .support.felix_lab import serving, typha_serving
 from .support.netlab import UNDERLAY, scratch_netns
 
 pytestmark = pytest.mark.slow  # a network namespace, a typha server, HTTP endpoints
@@ -36,43 +36,35 @@ def kernel_routes(ns: str) -> str:
 
 @pytest.fixture
 async def typha() -> AsyncIterator[tuple[SnapCache, Ingestor, SyncServer]]:
-    cache = SnapCache(SYNCER_FELIX)
-    server = SyncServer({SYNCER_FELIX: cache}, ServerConfig(host="127.0.0.1", port=0))
-    await server.start()
-    ing = Ingestor({SYNCER_FELIX: cache})
-    ing.handle(
-        [
-            (
-                ADDED,
-                "ippools",
-                make_calico_object("IPPool", "p", {"cidr": "10.200.0.0/16", "ipipMode": "Never", "vxlanMode": "Never"}),
+    events = [
+        (
+            ADDED,
+            "ippools",
+            make_calico_object("IPPool", "p", {"cidr": "10.200.0.0/16", "ipipMode": "Never", "vxlanMode": "Never"}),
+        ),
+        (ADDED, "nodes", make_node("me", "198.18.0.1")),
+        (ADDED, "nodes", make_node("other", "198.18.0.2")),
+        (
+            ADDED,
+            "blockaffinities",
+            make_calico_object("BlockAffinity", "a", {"node": "other", "cidr": "10.200.1.0/26", "state": "confirmed"}),
+        ),
+        (
+            ADDED,
+            "ipamblocks",
+            make_calico_object(
+                "IPAMBlock",
+                "10-200-1-0-26",
+                {"cidr": "10.200.1.0/26", "affinity": "host:other", "allocations": [], "attributes": []},
             ),
-            (ADDED, "nodes", make_node("me", "198.18.0.1")),
-            (ADDED, "nodes", make_node("other", "198.18.0.2")),
-            (
-                ADDED,
-                "blockaffinities",
-                make_calico_object(
-                    "BlockAffinity", "a", {"node": "other", "cidr": "10.200.1.0/26", "state": "confirmed"}
-                ),
-            ),
-            (
-                ADDED,
-                "ipamblocks",
-                make_calico_object(
-                    "IPAMBlock",
-                    "10-200-1-0-26",
-                    {"cidr": "10.200.1.0/26", "affinity": "host:other", "allocations": [], "attributes": []},
-                ),
-            ),
-        ]
-    )
-    # Typha was in sync once and has since lost its API server: it serves its last good state,
-    # marked wait-for-datastore. Felix must calculate from it but program nothing until in-sync.
-    cache.set_status(SyncStatus.IN_SYNC)
-    cache.set_status(SyncStatus.WAIT_FOR_DATASTORE)
-    yield cache, ing, server
-    await server.shutdown()
+        ),
+    ]
+    async with typha_serving(events) as (cache, ing, server):
+        # Typha was in sync once and has since lost its API server: it serves its last good state,
+        # marked wait-for-datastore. Felix must calculate from it but program nothing until in-sync.
+        cache.set_status(SyncStatus.IN_SYNC)
+        cache.set_status(SyncStatus.WAIT_FOR_DATASTORE)
+        yield cache, ing, server
 
 
 @pytest.mark.kernel

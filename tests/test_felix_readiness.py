@@ -35,7 +35,7 @@ from typha.snapcache import SnapCache
 from typha.syncserver import ServerConfig, SyncServer
 
 from .conftest import kernel_skip, wait_for
-from .support.felix_lab import FelixEndpoints, serving
+from .support.felix_lab import FelixEndpoints, serving, typha_serving
 from .support.netlab import UNDERLAY, scratch_netns
 
 GRACE = 0.5
@@ -76,19 +76,20 @@ class Felix(FelixEndpoints):
 async def run_felix(
     events: list[tuple[str, str, dict[str, Any]]], nodename: str, routes: RouteManager, devices: DeviceManager
 ) -> AsyncIterator[Felix]:
-    cache = SnapCache(SYNCER_FELIX)
-    server = SyncServer({SYNCER_FELIX: cache}, ServerConfig(host="127.0.0.1", port=0))
-    await server.start()
-    ingest = Ingestor({SYNCER_FELIX: cache})
-    ingest.handle([(ADDED, "namespaces", make_namespace("default")), *events])
-    cache.set_status(SyncStatus.IN_SYNC)
-    agent = FelixAgent(nodename, [("127.0.0.1", server.port)], routes=routes, devices=devices, pending_grace=GRACE)
     try:
-        async with serving(agent, stop_timeout=5) as felix:
-            await wait_for(lambda: agent.in_sync, 5, "in sync")
-            yield Felix(agent, felix.http, felix.health, felix.metrics, ingest)
+        async with typha_serving([(ADDED, "namespaces", make_namespace("default")), *events]) as (
+            cache,
+            ingest,
+            server,
+        ):
+            cache.set_status(SyncStatus.IN_SYNC)
+            agent = FelixAgent(
+                nodename, [("127.0.0.1", server.port)], routes=routes, devices=devices, pending_grace=GRACE
+            )
+            async with serving(agent, stop_timeout=5) as felix:
+                await wait_for(lambda: agent.in_sync, 5, "in sync")
+                yield Felix(agent, felix.http, felix.health, felix.metrics, ingest)
     finally:
-        await server.shutdown()
         routes.close()
         devices.close()
 

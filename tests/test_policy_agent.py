@@ -21,13 +21,13 @@ from felix.policy.messages import (
     WorkloadEndpointUpdate,
 )
 from loadtest.apiserver.fixtures import make_calico_object, make_namespace, make_node, make_pod
-from protocol import SYNCER_FELIX, SyncStatus
+from protocol import SyncStatus
 from typha.ingest import ADDED, MODIFIED, Ingestor
 from typha.snapcache import SnapCache
-from typha.syncserver import ServerConfig, SyncServer
+from typha.syncserver import SyncServer
 
 from .conftest import wait_for
-from .support.felix_lab import serving
+from .support.felix_lab import serving, typha_serving
 
 
 class RecordingDataplane:
@@ -74,40 +74,34 @@ def knp(name: str, spec: dict) -> dict:
 
 @pytest.fixture
 async def typha() -> AsyncIterator[tuple[SnapCache, Ingestor, SyncServer]]:
-    cache = SnapCache(SYNCER_FELIX)
-    server = SyncServer({SYNCER_FELIX: cache}, ServerConfig(host="127.0.0.1", port=0))
-    await server.start()
-    ing = Ingestor({SYNCER_FELIX: cache})
-    ing.handle(
-        [
-            (ADDED, "nodes", make_node("me", "198.18.0.1")),  # felix programs nothing without its Node
-            (ADDED, "namespaces", make_namespace("prod", {"team": "blue"})),
-            (ADDED, "pods", make_pod("prod", "web-1", "me", "10.200.0.1", {"app": "web"})),
-            (ADDED, "pods", make_pod("prod", "db-1", "other", "10.200.1.1", {"app": "db"})),
-            (
-                ADDED,
-                "networkpolicies",
-                knp(
-                    "web",
-                    {
-                        "podSelector": {"matchLabels": {"app": "web"}},
-                        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "db"}}}]}],
-                    },
-                ),
+    events = [
+        (ADDED, "nodes", make_node("me", "198.18.0.1")),  # felix programs nothing without its Node
+        (ADDED, "namespaces", make_namespace("prod", {"team": "blue"})),
+        (ADDED, "pods", make_pod("prod", "web-1", "me", "10.200.0.1", {"app": "web"})),
+        (ADDED, "pods", make_pod("prod", "db-1", "other", "10.200.1.1", {"app": "db"})),
+        (
+            ADDED,
+            "networkpolicies",
+            knp(
+                "web",
+                {
+                    "podSelector": {"matchLabels": {"app": "web"}},
+                    "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "db"}}}]}],
+                },
             ),
-            (
-                ADDED,
-                "globalnetworkpolicies",
-                make_calico_object("GlobalNetworkPolicy", "broken", {"selector": "has(", "types": ["Ingress"]}),
-            ),
-        ]
-    )
-    # In sync once, then lost its API server: typha serves its last state, not in sync (as in
-    # tests/test_felix_agent.py), so the agent calculates but must not program yet.
-    cache.set_status(SyncStatus.IN_SYNC)
-    cache.set_status(SyncStatus.WAIT_FOR_DATASTORE)
-    yield cache, ing, server
-    await server.shutdown()
+        ),
+        (
+            ADDED,
+            "globalnetworkpolicies",
+            make_calico_object("GlobalNetworkPolicy", "broken", {"selector": "has(", "types": ["Ingress"]}),
+        ),
+    ]
+    async with typha_serving(events) as (cache, ing, server):
+        # In sync once, then lost its API server: typha serves its last state, not in sync (as in
+        # tests/test_felix_agent.py), so the agent calculates but must not program yet.
+        cache.set_status(SyncStatus.IN_SYNC)
+        cache.set_status(SyncStatus.WAIT_FOR_DATASTORE)
+        yield cache, ing, server
 
 
 @pytest.mark.slow

@@ -1,15 +1,17 @@
-"""A FelixAgent run in-process with its health and metrics servers on loopback.
+"""A FelixAgent run in-process against a real typha server, with its health and metrics servers.
 
 For the tests that check what an operator sees (readiness, /status, metrics) beside what felix
-programs: ``serving(agent)`` starts the agent and both servers exactly as ``felix.__main__`` wires
-them, and on exit stops the agent (it must stop within ``stop_timeout``) and closes the servers.
+programs: ``typha_serving(events)`` is a typha whose felix cache holds what typha's ingest makes of
+``events`` (Kubernetes watch events), served on loopback; ``serving(agent)`` starts the agent and
+both of its servers exactly as ``felix.__main__`` wires them, and on exit stops the agent (it must
+stop within ``stop_timeout``) and closes the servers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +19,31 @@ import aiohttp
 
 from felix.agent import FelixAgent
 from felix.ops import health_app, metrics_app, start_site
+from protocol import SYNCER_FELIX
+from typha.ingest import Ingestor
+from typha.snapcache import SnapCache
+from typha.syncserver import ServerConfig, SyncServer
 
-__all__ = ["FelixEndpoints", "serving"]
+__all__ = ["FelixEndpoints", "serving", "typha_serving"]
+
+
+@contextlib.asynccontextmanager
+async def typha_serving(
+    events: Iterable[tuple[str, str, dict[str, Any]]],
+) -> AsyncIterator[tuple[SnapCache, Ingestor, SyncServer]]:
+    """(cache, ingestor, server): the felix syncer's cache after ``events``, served on loopback.
+
+    The cache's sync status is the caller's to set (a new cache waits for its datastore).
+    """
+    cache = SnapCache(SYNCER_FELIX)
+    server = SyncServer({SYNCER_FELIX: cache}, ServerConfig(host="127.0.0.1", port=0))
+    await server.start()
+    try:
+        ingest = Ingestor({SYNCER_FELIX: cache})
+        ingest.handle(list(events))
+        yield cache, ingest, server
+    finally:
+        await server.shutdown()
 
 
 @dataclass
