@@ -21,7 +21,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from loadtest.apiserver import make_calico_object, make_node, start_apiserver
 from tests.support import apiserver as lab
-from tests.support.apiserver import CALICO, TOKEN, api_client, pod, raw_request, wait_until
+from tests.support.apiserver import CALICO, TOKEN, api_client, pod, raw_request, stream, wait_until
 
 server, api = lab.server, lab.api  # the fixtures, where pytest finds them
 
@@ -406,14 +406,9 @@ async def test_scale_150k_pods_5k_nodes_and_fanout(tmp_path) -> None:
         n_watchers = 300
         rv = str(store.rv)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as sess:
-            hdrs = {"Authorization": f"Bearer {TOKEN}"}
             resps = await asyncio.gather(
                 *(
-                    sess.get(
-                        f"{h.url}/api/v1/nodes?watch=1&resourceVersion={rv}&timeoutSeconds=20",
-                        ssl=h.client_ssl_context(),
-                        headers=hdrs,
-                    )
+                    stream(sess, h, f"/api/v1/nodes?watch=1&resourceVersion={rv}&timeoutSeconds=20")
                     for _ in range(n_watchers)
                 )
             )

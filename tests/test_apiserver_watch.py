@@ -15,7 +15,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from loadtest.apiserver import make_node, start_apiserver
 from tests.support import apiserver as lab
-from tests.support.apiserver import TOKEN, api_client, pod, raw_request, wait_until
+from tests.support.apiserver import TOKEN, api_client, pod, raw_request, stream, wait_until
 
 server, api = lab.server, lab.api  # the fixtures, where pytest finds them
 
@@ -163,11 +163,7 @@ async def test_slow_watcher_is_closed(tmp_path) -> None:
         rv = str(h.store.rv)
         async with (
             aiohttp.ClientSession() as sess,
-            sess.get(
-                f"{h.url}/api/v1/nodes?watch=true&resourceVersion={rv}",
-                ssl=h.client_ssl_context(),
-                headers={"Authorization": f"Bearer {TOKEN}"},
-            ) as resp,
+            stream(sess, h, f"/api/v1/nodes?watch=true&resourceVersion={rv}") as resp,
         ):
             assert resp.status == 200
             await wait_until(lambda: h.stats.resource("nodes").open_watches == 1)
@@ -186,11 +182,7 @@ async def test_slow_watcher_is_closed(tmp_path) -> None:
 async def test_client_disconnect_releases_idle_watch(server) -> None:
     async with (
         aiohttp.ClientSession() as sess,
-        sess.get(
-            f"{server.url}/api/v1/pods?watch=1",
-            ssl=server.client_ssl_context(),
-            headers={"Authorization": f"Bearer {TOKEN}"},
-        ) as resp,
+        stream(sess, server, "/api/v1/pods?watch=1") as resp,
     ):
         assert resp.status == 200
         await wait_until(lambda: server.stats.resource("pods").open_watches == 1)
@@ -222,11 +214,11 @@ async def test_streaming_list_send_initial_events(server) -> None:
     server.store.create("nodes", make_node("n1", "10.0.0.1"))
     async with (
         aiohttp.ClientSession() as sess,
-        sess.get(
-            f"{server.url}/api/v1/nodes?watch=1&sendInitialEvents=true&allowWatchBookmarks=true"
+        stream(
+            sess,
+            server,
+            "/api/v1/nodes?watch=1&sendInitialEvents=true&allowWatchBookmarks=true"
             "&resourceVersionMatch=NotOlderThan&timeoutSeconds=5",
-            ssl=server.client_ssl_context(),
-            headers={"Authorization": f"Bearer {TOKEN}"},
         ) as resp,
     ):
         first = json.loads(await resp.content.readline())

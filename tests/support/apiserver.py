@@ -77,6 +77,11 @@ async def api(server, tmp_path):
         await c.close()
 
 
+def stream(sess: aiohttp.ClientSession, h: Any, path: str) -> Any:
+    """GET ``path`` with the token, for reading as a watch does (the response's lines as they come)."""
+    return sess.get(h.url + path, ssl=h.client_ssl_context(), headers={"Authorization": f"Bearer {TOKEN}"})
+
+
 async def raw_request(h: Any, method: str, path: str, token: str | None = TOKEN, **kw: Any) -> tuple[int, Any]:
     headers = kw.pop("headers", {})
     if token is not None:
