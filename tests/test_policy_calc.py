@@ -1,197 +1,37 @@
 """felix.policy.calc: typha updates -> the contract's messages (tiers, profiles, ip sets, rejections).
 
-Values come from typha's own projection wherever a Kubernetes object is the input, so these tests
-also prove that felix reads exactly what typha writes. ``Replay`` is a model dataplane: it applies
-messages and asserts the contract's ordering (every id known before it is used, removals after
-their last user), so every test checks the ordering as a side effect.
+Inputs, and ``Replay``, the model dataplane every test checks the contract's ordering with, are in
+tests/support/policy_lab.py; the property that incremental batches replay to the state of a fresh
+calculation is in tests/test_policy_calc_properties.py.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import orjson
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from felix.policy.calc import PolicyCalculator
 from felix.policy.messages import (
-    ActivePolicyRemove,
-    ActivePolicyUpdate,
-    ActiveProfileRemove,
-    ActiveProfileUpdate,
-    Batch,
-    IPAMPoolRemove,
-    IPAMPoolUpdate,
     IpSetDeltaUpdate,
-    IpSetRemove,
-    IpSetUpdate,
     Policy,
     PolicyID,
-    PolicyRejected,
     PortRange,
     TierInfo,
-    WorkloadEndpoint,
-    WorkloadEndpointRemove,
-    WorkloadEndpointUpdate,
 )
 from protocol import keys as K
-from typha.k8s.projection import project
-
-ME = "node-a"
-KV = tuple[str, bytes | None]
-
-
-def j(v: object) -> bytes:
-    return orjson.dumps(v, option=orjson.OPT_SORT_KEYS)
-
-
-def kvs(resource: str, obj: dict[str, Any]) -> list[KV]:
-    return [(k, None if v is None else j(v)) for k, v in project(resource, obj)]
-
-
-def pod(
-    ns: str, name: str, ip: str, labels: dict[str, str], node: str = ME, sa: str = "", ports: tuple = ()
-) -> list[KV]:
-    spec: dict[str, Any] = {"nodeName": node, "containers": [{"name": "c", "ports": list(ports)}]}
-    if sa:
-        spec["serviceAccountName"] = sa
-    return kvs(
-        "pods",
-        {
-            "metadata": {"name": name, "namespace": ns, "labels": labels},
-            "spec": spec,
-            "status": {"podIP": ip, "phase": "Running"},
-        },
-    )
-
-
-def namespace(name: str, labels: dict[str, str] | None = None) -> list[KV]:
-    return kvs("namespaces", {"metadata": {"name": name, "labels": labels or {}}})
-
-
-def service_account(ns: str, name: str, labels: dict[str, str]) -> list[KV]:
-    return kvs("serviceaccounts", {"metadata": {"name": name, "namespace": ns, "labels": labels}})
-
-
-def knp(ns: str, name: str, spec: dict[str, Any]) -> list[KV]:
-    return kvs("networkpolicies", {"metadata": {"name": name, "namespace": ns}, "spec": spec})
-
-
-def gnp(name: str, spec: dict[str, Any]) -> list[KV]:
-    return kvs("globalnetworkpolicies", {"metadata": {"name": name}, "spec": spec})
-
-
-def cnp(ns: str, name: str, spec: dict[str, Any]) -> list[KV]:
-    return kvs("calico-networkpolicies", {"metadata": {"name": name, "namespace": ns}, "spec": spec})
-
-
-def wep_key(ns: str, name: str, node: str = ME) -> str:
-    return K.workload_key(node, ns, name)
-
-
-class Replay:
-    """A model dataplane: applies batches, asserting the contract's ordering rules."""
-
-    def __init__(self) -> None:
-        self.sets: dict[str, set[str]] = {}
-        self.set_types: dict[str, str] = {}
-        self.policies: dict[PolicyID, Policy] = {}
-        self.profiles: dict[str, Policy] = {}
-        self.endpoints: dict[str, WorkloadEndpoint] = {}
-        self.pools: dict[str, bool] = {}
-        self.rejected: list[PolicyRejected] = []
-
-    def _sets_of(self, p: Policy) -> set[str]:
-        out: set[str] = set()
-        for r in (*p.inbound_rules, *p.outbound_rules):
-            for f in (
-                "src_ip_set_ids",
-                "not_src_ip_set_ids",
-                "src_named_port_ip_set_ids",
-                "not_src_named_port_ip_set_ids",
-                "dst_ip_set_ids",
-                "not_dst_ip_set_ids",
-                "dst_named_port_ip_set_ids",
-                "not_dst_named_port_ip_set_ids",
-            ):
-                out.update(getattr(r, f))
-        return out
-
-    def _policies_of(self, ep: WorkloadEndpoint) -> set[PolicyID]:
-        return {PolicyID(t.name, n) for t in ep.tiers for n in (*t.ingress_policies, *t.egress_policies)}
-
-    def apply(self, batch: Batch) -> Replay:
-        for m in batch.messages:
-            if isinstance(m, IpSetUpdate):
-                self.sets[m.id] = set(m.members)
-                self.set_types[m.id] = m.type
-            elif isinstance(m, IpSetDeltaUpdate):
-                assert m.id in self.sets, f"delta for unknown set {m.id}"
-                assert not (m.added & self.sets[m.id]) and m.removed <= self.sets[m.id], "delta is not a diff"
-                self.sets[m.id] = (self.sets[m.id] | m.added) - m.removed
-            elif isinstance(m, IpSetRemove):
-                assert m.id in self.sets
-                users = [p for p in (*self.policies.values(), *self.profiles.values()) if m.id in self._sets_of(p)]
-                assert not users, f"set {m.id} removed while in use"
-                del self.sets[m.id]
-            elif isinstance(m, (ActivePolicyUpdate, ActiveProfileUpdate)):
-                p = m.policy if isinstance(m, ActivePolicyUpdate) else m.profile
-                missing = self._sets_of(p) - set(self.sets)
-                assert not missing, f"{m.id} refers to unknown sets {missing}"
-                if isinstance(m, ActivePolicyUpdate):
-                    self.policies[m.id] = p
-                else:
-                    self.profiles[m.id] = p
-            elif isinstance(m, ActivePolicyRemove):
-                assert m.id in self.policies
-                assert not any(m.id in self._policies_of(e) for e in self.endpoints.values()), "policy in use"
-                del self.policies[m.id]
-            elif isinstance(m, ActiveProfileRemove):
-                assert m.id in self.profiles
-                assert not any(m.id in e.profile_ids for e in self.endpoints.values()), "profile in use"
-                del self.profiles[m.id]
-            elif isinstance(m, WorkloadEndpointUpdate):
-                assert self._policies_of(m.endpoint) <= set(self.policies), "endpoint uses an unknown policy"
-                assert set(m.endpoint.profile_ids) <= set(self.profiles), "endpoint uses an unknown profile"
-                self.endpoints[m.id] = m.endpoint
-            elif isinstance(m, WorkloadEndpointRemove):
-                assert m.id in self.endpoints
-                del self.endpoints[m.id]
-            elif isinstance(m, IPAMPoolUpdate):
-                self.pools[m.id] = m.masquerade
-            elif isinstance(m, IPAMPoolRemove):
-                del self.pools[m.id]
-            else:
-                assert isinstance(m, PolicyRejected)
-                self.rejected.append(m)
-        # Minimal: nothing is held that no one uses.
-        used_sets = set().union(*(self._sets_of(p) for p in (*self.policies.values(), *self.profiles.values())))
-        assert set(self.sets) == used_sets, "unused or missing ip sets"
-        used_profiles = {p for e in self.endpoints.values() for p in e.profile_ids}
-        assert set(self.profiles) == used_profiles, "profiles held without a user"
-        return self
-
-    def state(self) -> tuple[object, ...]:
-        return (self.sets, self.policies, self.profiles, self.endpoints, self.pools)
-
-
-def run(*batches: list[KV]) -> tuple[PolicyCalculator, Replay, list[Batch]]:
-    calc = PolicyCalculator(ME)
-    replay = Replay()
-    out = []
-    for b in batches:
-        batch, malformed = calc.apply(b)
-        assert not malformed, malformed
-        replay.apply(batch)
-        out.append(batch)
-    return calc, replay, out
-
-
-def types_of(batch: Batch) -> list[str]:
-    return [type(m).__name__ for m in batch.messages]
-
+from tests.support.policy_lab import (
+    KV,
+    cnp,
+    gnp,
+    j,
+    knp,
+    kvs,
+    namespace,
+    pod,
+    run,
+    service_account,
+    types_of,
+    wep_key,
+)
 
 # -- Kubernetes NetworkPolicy ------------------------------------------------------------------
 
@@ -557,120 +397,6 @@ def test_calico_namespaced_policy_and_service_account_selector() -> None:
     )
     assert replay.endpoints[wep_key("prod", "svc")].tiers[0].ingress_policies == ("prod/sa",)
     assert replay.endpoints[WEB].tiers == ()
-
-
-# -- the whole contract, incrementally: replayed batches equal a fresh calculation -----------------
-
-NODES = [ME, "node-b"]
-NAMESPACES = ["a", "b"]
-SEL = st.sampled_from(
-    ["app == 'x'", "has(app)", "app != 'x'", "pcns.team == 'blue'", "role == 'db' || app == 'y'", "all()", "has("]
-)
-
-
-def _wep(i: int, ip: int, node: int, labels: dict[str, str], port: int | None) -> KV:
-    ns = NAMESPACES[i % 2]
-    value: dict[str, Any] = {
-        "name": f"cali{i:011d}",
-        "node": NODES[node],
-        "ipNetworks": [f"10.0.0.{ip}/32"],
-        "profiles": [f"kns.{ns}"],
-        "labels": {**labels, "projectcalico.org/namespace": ns},
-    }
-    if port is not None:
-        value["ports"] = [{"name": "http", "protocol": "tcp", "port": port}]
-    return K.workload_key(NODES[node], ns, f"p{i}"), j(value)
-
-
-def _rule(draw_sel: str | None, named: bool) -> dict[str, Any]:
-    r: dict[str, Any] = {"action": "allow"}
-    if draw_sel is not None:
-        r["srcSelector"] = draw_sel
-    if named:
-        r["protocol"] = "tcp"
-        r["dstPorts"] = ["http", 80]
-    return r
-
-
-UPDATE = st.one_of(
-    st.builds(
-        _wep,
-        st.integers(0, 4),
-        st.integers(1, 3),
-        st.integers(0, 1),
-        st.dictionaries(st.sampled_from(["app", "role"]), st.sampled_from(["x", "y", "db"])),
-        st.one_of(st.none(), st.sampled_from([8080, 9090])),
-    ),
-    st.builds(
-        lambda i, node: (K.workload_key(NODES[node], NAMESPACES[i % 2], f"p{i}"), None),
-        st.integers(0, 4),
-        st.integers(0, 1),
-    ),
-    st.builds(
-        lambda ns, team, rules: (
-            K.profile_key(f"kns.{ns}"),
-            None
-            if team is None
-            else j({"labels": {"pcns.team": team}, "inboundRules": rules, "outboundRules": [{"action": "allow"}]}),
-        ),
-        st.sampled_from(NAMESPACES),
-        st.one_of(st.none(), st.sampled_from(["blue", "red"])),
-        st.lists(st.builds(_rule, st.one_of(st.none(), SEL), st.booleans()), max_size=2),
-    ),
-    st.builds(
-        lambda name, tier, order, sel, types, rules: (
-            K.policy_key(name, None, tier),
-            j(
-                {
-                    "tier": tier,
-                    "order": order,
-                    "selector": sel,
-                    "types": types,
-                    "inboundRules": rules,
-                    "outboundRules": rules,
-                }
-            ),
-        ),
-        st.sampled_from(["p1", "p2", "p3"]),
-        st.sampled_from(["default", "t1"]),
-        st.sampled_from([None, 1.0, 2.0]),
-        SEL,
-        st.sampled_from([["ingress"], ["egress"], ["ingress", "egress"]]),
-        st.lists(st.builds(_rule, st.one_of(st.none(), SEL), st.booleans()), max_size=2),
-    ),
-    st.builds(
-        lambda name, tier: (K.policy_key(name, None, tier), None),
-        st.sampled_from(["p1", "p2", "p3"]),
-        st.sampled_from(["default", "t1"]),
-    ),
-    st.builds(
-        lambda labels, nets: (K.network_set_key("ns1"), j({"labels": labels, "nets": nets})),
-        st.dictionaries(st.sampled_from(["app", "role"]), st.sampled_from(["x", "db"])),
-        st.lists(st.sampled_from(["10.0.0.1/32", "10.9.0.0/16"]), max_size=2),
-    ),
-    st.just((K.network_set_key("ns1"), None)),
-)
-
-
-@settings(max_examples=250, deadline=None)
-@given(st.lists(st.lists(UPDATE, min_size=1, max_size=6), min_size=1, max_size=8))
-def test_incremental_batches_replay_to_the_same_state_as_a_fresh_calculation(batches: list[list[KV]]) -> None:
-    calc = PolicyCalculator(ME)
-    replay = Replay()
-    final: dict[str, bytes] = {}
-    for b in batches:
-        batch, _ = calc.apply(b)
-        replay.apply(batch)
-        for k, v in b:
-            if v is None:
-                final.pop(k, None)
-            else:
-                final[k] = v
-    fresh, _ = PolicyCalculator(ME).apply(list(final.items()))
-    expected = Replay().apply(fresh)
-    assert replay.state() == expected.state()
-    # every local endpoint of the final state is present, and only those
-    assert set(replay.endpoints) == {k for k in final if k.startswith(f"/calico/v1/host/{ME}/")}
 
 
 def test_the_cyclic_collector_is_paused_for_each_bulk_step_and_restored() -> None:
