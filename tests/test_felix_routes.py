@@ -109,6 +109,29 @@ def wait_until(cond: Callable[[], object], timeout: float = 5.0, what: str = "co
         time.sleep(0.01)
 
 
+def vxlan_device(ns: str, mac: str = "66:00:00:00:00:0a", local: str | None = None) -> bool:
+    """Make vxlan.calico by hand (felix's device manager is tested elsewhere); False without vxlan."""
+    made = try_ip(
+        ns,
+        "link",
+        "add",
+        "vxlan.calico",
+        "address",
+        mac,
+        "type",
+        "vxlan",
+        "id",
+        "4096",
+        "dstport",
+        "4789",
+        *(("local", local) if local else ()),
+        "nolearning",
+    )
+    if made:
+        ip(ns, "link", "set", "vxlan.calico", "up")
+    return made
+
+
 # --- datastore values (built with typha's key builders) -----------------------------------------------
 
 
@@ -344,23 +367,8 @@ def test_encapsulated_routes_wait_for_their_devices(ns: str, mgr: RouteManager) 
         "10.64.0.64/26": "encapsulation device vxlan.calico does not exist",
         "neigh:10.64.0.65": "encapsulation device vxlan.calico does not exist",
     }
-    if not try_ip(
-        ns,
-        "link",
-        "add",
-        "vxlan.calico",
-        "type",
-        "vxlan",
-        "id",
-        "4096",
-        "dstport",
-        "4789",
-        "local",
-        "192.168.50.1",
-        "nolearning",
-    ):
+    if not vxlan_device(ns, local="192.168.50.1"):
         return  # no vxlan support in this kernel: pending with a reason is the whole story
-    ip(ns, "link", "set", "vxlan.calico", "up")
     wait_until(
         lambda: mgr.process_link_events() is not None and "10.64.0.64/26" in ours(ns),
         what="the VXLAN route once vxlan.calico exists",
@@ -434,28 +442,6 @@ def test_workload_interface_sysctls(ns: str) -> None:
 
 
 # --- adoption: what is already right is taken over, not counted as drift or conflict ------------------------
-
-
-def vxlan_device(ns: str, mac: str = "66:00:00:00:00:0a") -> bool:
-    """Make vxlan.calico by hand (felix's device manager is tested elsewhere); False without vxlan."""
-    made = try_ip(
-        ns,
-        "link",
-        "add",
-        "vxlan.calico",
-        "address",
-        mac,
-        "type",
-        "vxlan",
-        "id",
-        "4096",
-        "dstport",
-        "4789",
-        "nolearning",
-    )
-    if made:
-        ip(ns, "link", "set", "vxlan.calico", "up")
-    return made
 
 
 def test_a_cni_plugins_route_for_a_local_pod_is_adopted_not_pending(ns: str, mgr: RouteManager) -> None:
