@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from felix.model import MalformedUpdate
+from felix.model import Intake
 
 from . import gcpause
 from .ipsets import IpSetCalculator, IpSetSpec
@@ -104,8 +104,7 @@ class PolicyCalculator:
         self._dirty_profiles: set[str] = set()
         self._dirty_endpoints: set[str] = set()
         self._early: list[Message] = []  # rejections and pool messages, sent first
-        self.updates = 0
-        self.ignored = 0
+        self.intake = Intake(parse_kv)  # parses and counts updates (felix.model: malformed values make keys absent)
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -143,20 +142,8 @@ class PolicyCalculator:
 
     def _update(self, kvs: Iterable[Sequence[Any]]) -> list[tuple[str, str]]:
         malformed: list[tuple[str, str]] = []
-        for kv in kvs:
-            key, value = kv[0], kv[1]
-            self.updates += 1
-            try:
-                p = parse_kv(key, value)
-            except MalformedUpdate as e:
-                malformed.append((key, e.reason))
-                try:
-                    p = parse_kv(key, None)
-                except MalformedUpdate:
-                    continue
-            if p is None:
-                self.ignored += 1
-            elif p.kind == ENDPOINT:
+        for p in self.intake(kvs, malformed):
+            if p.kind == ENDPOINT:
                 self._on_endpoint(p.ident, p.record)
             elif p.kind == POLICY:
                 self._on_policy(p.ident, p.record)

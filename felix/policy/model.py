@@ -24,17 +24,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import orjson
-
-from felix.model import MalformedUpdate, Net, parse_net
+from felix.model import MalformedUpdate, Net, load_object, parse_net, parse_update_key
 from protocol.keys import (
     IPPoolKey,
-    MalformedKey,
     NetworkSetKey,
     PolicyKey,
     ProfileKey,
     WorkloadKey,
-    parse_key,
 )
 
 from .messages import PolicyID
@@ -111,16 +107,6 @@ class Parsed(NamedTuple):
     kind: str
     ident: Any  # endpoint key | PolicyID | profile name | netset name | pool cidr
     record: Any  # None for a delete; a policy's record is its raw value (a dict)
-
-
-def _obj(key: str, raw: bytes) -> dict[str, Any]:
-    try:
-        v = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise MalformedUpdate(key, f"invalid JSON: {e}") from None
-    if not isinstance(v, dict):
-        raise MalformedUpdate(key, "value is not a JSON object")
-    return v
 
 
 def _labels(key: str, v: Any) -> dict[str, str]:
@@ -209,10 +195,7 @@ def _netset(key: str, v: dict[str, Any]) -> NetworkSet:
 
 def _key(key: str) -> tuple[str, Any, Any] | None:
     """(kind, ident, the parsed key) of a key policy reads, else None."""
-    try:
-        k = parse_key(key)
-    except MalformedKey as e:
-        raise MalformedUpdate(key, e.reason) from None
+    k = parse_update_key(key)
     if type(k) is WorkloadKey:
         return ENDPOINT, key, k
     if type(k) is PolicyKey:
@@ -237,7 +220,7 @@ def parse_kv(key: str, value: bytes | None) -> Parsed | None:
     kind, ident, parsed_key = found
     if value is None:
         return Parsed(kind, ident, None)
-    v = _obj(key, value)
+    v = load_object(key, value)
     if kind == ENDPOINT:
         return Parsed(kind, ident, _endpoint(key, parsed_key, v))
     if kind == POLICY:
