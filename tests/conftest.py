@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,9 +18,14 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
 async def wait_for(cond: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll `cond` until truthy; fail with `what` after `timeout` seconds."""
+    """Poll `cond` until truthy (awaiting what it returns, if awaitable); fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while not cond():
+    while True:
+        ok = cond()
+        if inspect.isawaitable(ok):
+            ok = await ok
+        if ok:
+            return
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.01)

@@ -1,7 +1,7 @@
 """The API-server emulator over HTTPS on loopback, driven by the unmodified kubernetes-asyncio client
 configured from the kubeconfig the emulator writes: discovery, CRUD with status bodies, Calico
 objects, consistent pagination, authentication, selectors, stats, the command line, and scale.
-Waiting is always on a condition with a timeout (``wait_until``), never a bare sleep.
+Waiting is always on a condition with a timeout (``wait_for``), never a bare sleep.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from loadtest.apiserver import make_calico_object, make_node, start_apiserver
+from tests.conftest import wait_for
 from tests.support import apiserver as lab
-from tests.support.apiserver import CALICO, TOKEN, api_client, pod, raw_request, stream, wait_until
+from tests.support.apiserver import CALICO, TOKEN, api_client, pod, raw_request, stream
 
 server, api = lab.server, lab.api  # the fixtures, where pytest finds them
 
@@ -412,7 +413,7 @@ async def test_scale_150k_pods_5k_nodes_and_fanout(tmp_path) -> None:
                     for _ in range(n_watchers)
                 )
             )
-            await wait_until(lambda: h.stats.resource("nodes").open_watches == n_watchers, 10)
+            await wait_for(lambda: h.stats.resource("nodes").open_watches == n_watchers, 10)
             store.patch("nodes", "node-0001", {"metadata": {"labels": {"fanout": "1"}}})
             lines = await asyncio.gather(*(r.content.readline() for r in resps))
             assert len(set(lines)) == 1 and json.loads(lines[0])["type"] == "MODIFIED"

@@ -14,8 +14,9 @@ from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from loadtest.apiserver import make_node, start_apiserver
+from tests.conftest import wait_for
 from tests.support import apiserver as lab
-from tests.support.apiserver import TOKEN, api_client, pod, raw_request, stream, wait_until
+from tests.support.apiserver import TOKEN, api_client, pod, raw_request, stream
 
 server, api = lab.server, lab.api  # the fixtures, where pytest finds them
 
@@ -38,7 +39,7 @@ async def test_watch_added_modified_deleted(server, api) -> None:
             if ev["type"] == "DELETED":
                 break
     assert seen == [("ADDED", "pre"), ("ADDED", "new"), ("MODIFIED", "new"), ("DELETED", "new")]
-    await wait_until(lambda: server.stats.resource("pods").open_watches == 0, what="watch released")
+    await wait_for(lambda: server.stats.resource("pods").open_watches == 0, what="watch released")
 
 
 @pytest.mark.slow
@@ -138,7 +139,7 @@ async def test_cut_watches_and_reconnect(server, api) -> None:
     assert status == 200 and out == {"cut": 1}
     await asyncio.wait_for(ended.wait(), 5)  # with timeout_seconds the client stops at EOF
     await task
-    await wait_until(lambda: server.stats.resource("nodes").open_watches == 0)
+    await wait_for(lambda: server.stats.resource("nodes").open_watches == 0)
     assert server.stats.resource("nodes").watches_cut == 1
     # without timeout_seconds, kubernetes-asyncio reconnects from its last RV transparently
     events: list[str] = []
@@ -146,7 +147,7 @@ async def test_cut_watches_and_reconnect(server, api) -> None:
         async for ev in w.stream(v1.list_node):
             events.append(ev["type"] + ":" + ev["object"].metadata.name)
             if len(events) == 1:
-                await wait_until(lambda: server.stats.resource("nodes").open_watches == 1)
+                await wait_for(lambda: server.stats.resource("nodes").open_watches == 1)
                 assert server.cut_watches() == 1
                 # written while no watch is open: the re-watch from the last seen RV replays it
                 server.store.create("nodes", make_node("n2", "10.0.0.2"))
@@ -166,14 +167,14 @@ async def test_slow_watcher_is_closed(tmp_path) -> None:
             stream(sess, h, f"/api/v1/nodes?watch=true&resourceVersion={rv}") as resp,
         ):
             assert resp.status == 200
-            await wait_until(lambda: h.stats.resource("nodes").open_watches == 1)
+            await wait_for(lambda: h.stats.resource("nodes").open_watches == 1)
             # a burst larger than the queue, with no chance for the writer to drain
             for i in range(20):
                 h.store.create("nodes", make_node(f"n{i}", "10.0.0.1"))
             body = await asyncio.wait_for(resp.read(), 5)  # the server ends the stream
         assert body == b""
         assert h.stats.resource("nodes").watches_closed_slow == 1
-        await wait_until(lambda: h.stats.resource("nodes").open_watches == 0)
+        await wait_for(lambda: h.stats.resource("nodes").open_watches == 0)
     finally:
         await h.stop()
 
@@ -185,9 +186,9 @@ async def test_client_disconnect_releases_idle_watch(server) -> None:
         stream(sess, server, "/api/v1/pods?watch=1") as resp,
     ):
         assert resp.status == 200
-        await wait_until(lambda: server.stats.resource("pods").open_watches == 1)
+        await wait_for(lambda: server.stats.resource("pods").open_watches == 1)
     # nothing is ever written to this watch; the server must still notice the hang-up
-    await wait_until(lambda: server.stats.resource("pods").open_watches == 0, what="watch released")
+    await wait_for(lambda: server.stats.resource("pods").open_watches == 0, what="watch released")
     assert not server.store.watchers("pods")
 
 
@@ -198,7 +199,7 @@ async def test_too_large_rv_waits_then_504(server, api) -> None:
     assert status == 504 and body["reason"] == "Timeout"
 
     async def later() -> None:
-        await wait_until(lambda: server.stats.requests_total >= 2)
+        await wait_for(lambda: server.stats.requests_total >= 2)
         server.store.create("nodes", make_node("n1", "10.0.0.1"))
 
     t = asyncio.create_task(later())

@@ -1,14 +1,12 @@
 """The API-server emulator for tests: one on loopback with a token, a kubernetes-asyncio client
-configured from the kubeconfig it writes, raw HTTPS requests, and a wait on a condition.
+configured from the kubeconfig it writes, raw HTTPS requests and watch streams.
 
 ``server`` and ``api`` are pytest fixtures: a test module imports them to use them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +18,6 @@ from loadtest.apiserver import make_pod, start_apiserver
 
 TOKEN = "test-token"
 CALICO = "crd.projectcalico.org"
-
-
-async def wait_until(pred: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0, what: str = "condition") -> None:
-    """Poll ``pred`` until true; fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        r = pred()
-        if asyncio.iscoroutine(r):
-            r = await r
-        if r:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def pod(
