@@ -17,6 +17,7 @@ from rich.console import Console
 from loadtest.__main__ import build_parser
 from loadtest.run.orchestrator import run_scenario
 from loadtest.run.scenario import Scenario
+from loadtest.support.processes import free_ports
 from tests.conftest import wait_for
 
 LOADTEST = [sys.executable, "-m", "loadtest"]
@@ -176,3 +177,10 @@ async def test_a_signal_ends_the_command_within_a_second_in_one_line(
     assert err.strip().splitlines()[-1] == f"loadtest {command}: stopped by {sig.name}", err
     assert took < 1.5, f"took {took:.2f}s to exit after {sig.name}"
     await wait_for(lambda: _group_gone(proc.pid), 2.0, "typha and the agent workers to be gone")
+
+
+def test_a_typha_process_gets_three_distinct_ports() -> None:
+    # One port bound and closed at a time, the kernel once gave a demo's typha the same port for
+    # serving and health (it exited: "--health-port ... is already in use").
+    for _ in range(200):
+        assert len(set(free_ports(3))) == 3

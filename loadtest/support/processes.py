@@ -25,10 +25,21 @@ def process_rss_bytes(pid: int) -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports that are free now.
+
+    The sockets are held open together until all are bound: one bound and closed at a time, the
+    kernel may hand the same port out twice (a typha given one port for serving and health could
+    not start).
+    """
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class TyphaProcess:
@@ -43,7 +54,7 @@ class TyphaProcess:
         self.env = {**os.environ, **env} if env else None
         self.stderr_path = stderr_path
         self.nofile = nofile
-        self.port, self.health_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.port, self.health_port, self.metrics_port = free_ports(3)
         self.args = [
             sys.executable,
             "-m",
