@@ -124,6 +124,7 @@ async def test_a_real_server_writes_each_agent_at_most_once_per_interval(server_
         writes = server.metrics.client_latency.count - writes0
         assert n >= 50 and passes <= 1.5 / interval + 3, (n, passes)
         assert writes <= 3 * passes  # one write per agent per pass
+        assert server.metrics.fanout_passes.value == pacer.passes
         assert len(delays) == 3 * n
         delays.sort()
         assert delays[-1] < interval + 0.3, delays[-5:]  # the interval, and a loaded two-core machine

@@ -33,6 +33,9 @@ FAMILIES = [
     "typha_ping_latency_seconds",
     "typha_kvs_per_msg",
     "typha_next_breadcrumb_latency_seconds",
+    "typha_fanout_latency_seconds",
+    "typha_fanout_passes_total",
+    "typha_snapshot_passes_held_back_total",
     "typha_breadcrumb_bytes_total",
 ]
 

@@ -282,6 +282,16 @@ class ServerMetrics:
         )
         self.kvs_per_msg = HotHistogram("typha_kvs_per_msg", "KVs carried by one write to a client.", _KV_BUCKETS)
         self.bytes_sent = HotCounter("typha_bytes_sent", "Bytes written to clients.")
+        self.fanout_passes = HotCounter(
+            "typha_fanout_passes",
+            "Fan-out passes (each writes once to every following client ready for it), spaced by "
+            "--fanout-write-rate within --fanout-latency-budget.",
+        )
+        self.snapshot_held_back = HotCounter(
+            "typha_snapshot_passes_held_back",
+            "Snapshot writer passes that wrote nothing because the streams' send buffers held "
+            "--snapshot-buffer-bytes (agents reading slower than typha writes).",
+        )
         self.handshaking = Gauge(
             "typha_connections_handshaking",
             "Connections that have not finished their TLS handshake and hello.",
@@ -305,7 +315,15 @@ class ServerMetrics:
         )
         r.register(
             _HotCollector(
-                [self.client_latency, self.fanout_latency, self.write_latency, self.kvs_per_msg, self.bytes_sent]
+                [
+                    self.client_latency,
+                    self.fanout_latency,
+                    self.write_latency,
+                    self.kvs_per_msg,
+                    self.bytes_sent,
+                    self.fanout_passes,
+                    self.snapshot_held_back,
+                ]
             )
         )
 

@@ -630,7 +630,11 @@ class SyncServer:
             self.loop.call_soon(self._snapshot_pass)
 
     def _snapshot_pass(self) -> None:
-        for conn in self.snapshots.run_pass():
+        held_back = self.snapshots.held_back
+        done = self.snapshots.run_pass()
+        if self.snapshots.held_back != held_back:
+            self.metrics.snapshot_held_back.inc()
+        for conn in done:
             if conn.state == SNAPSHOT and conn.snapshot is not None:
                 conn._snapshot_done(conn.snapshot)
             else:
@@ -671,6 +675,7 @@ class SyncServer:
         pacer = self._pacers[syncer]
         pacer.started(time.monotonic())
         metrics = self.metrics
+        metrics.fanout_passes.inc()
         head = self.caches[syncer].head
         bc = self._fanned[syncer].next
         if bc is not None:
