@@ -291,6 +291,11 @@ class SyncClient:
         self._address_index += 1
         return addr
 
+    @property
+    def epoch(self) -> str:
+        """The epoch of the cache our view (up to `seq`) came from; "" while we hold no complete view."""
+        return self._epoch
+
     def _offer_summary(self) -> StateSummary | None:
         """The summary to offer in the next hello: our own view's, or (cheap mode) that of the stream we
         followed; None if there is nothing worth reconciling (an empty view takes a plain snapshot)."""

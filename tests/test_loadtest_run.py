@@ -159,6 +159,10 @@ async def test_run_typha_with_faults_verifies_and_reports(tmp_path: Path) -> Non
     assert all(f.recovered_seconds is not None for f in run.faults), run.faults
     assert (kinds["compact"].relists_410 or 0) > 0
     assert run.reconnect is not None and run.reconnect.count > 0
+    # The moved agents came back by reconciling, the cheap ones with a summary borrowed from a decoding
+    # agent of their worker that passed through the same state (a full snapshot each, without that).
+    restart = kinds["restart-typha"]
+    assert (restart.agents_reconciled or 0) > (restart.agents_resnapshotted or 0), restart
     # The API server sees one watch per resource per replica, whatever the agent count.
     assert run.api_churn is not None and run.api_churn.open_watches_max <= 2 * 20
     # Measurements exist.

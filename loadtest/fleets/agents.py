@@ -13,6 +13,13 @@ every `report_interval`: connection counts, bytes, frames, a latency histogram (
 to receipt, same host clock), and for every breadcrumb seq the latest time any of its agents
 received it, so the parent can compute latency to the *last* agent across all processes. Workers use
 the spawn start method: forking a process that runs an event loop copies its state into the child.
+
+A real agent that reconnects to another replica offers the summary of its view and receives only the
+buckets that differ (protocol.summary). A cheap agent holds no view, but the state at an (epoch, seq)
+of a stream is the same for every agent that followed it: so each worker's decoding agents record the
+summary of every state they pass through (`BorrowedSummaries`, bounded), and a cheap agent offers the
+one of the state it stopped at. Without this, every moved agent of a load test would take a full
+snapshot where a real one reconciles, and the test would measure the wrong fleet.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import asyncio
 import os
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -30,6 +38,7 @@ from loadtest.support.histogram import LogHistogram, arrival_latency, merge_arri
 from protocol import Message, SnapshotChunk, SyncStatus, SyncStatusChange, Updates
 from protocol.client import SyncClient
 from protocol.digest import state_digest
+from protocol.summary import StateSummary
 from protocol.tls import CertReloader, TLSFiles
 
 from .workers import WorkerFleet
@@ -68,6 +77,7 @@ class _AgentProbe:
     seen_revisions: set[int] | None = (
         None  # with arrival_key "created": revisions this (decoding) agent already received
     )
+    decoding: bool = False  # holds a full view: lends the summaries of its states to the cheap agents
 
 
 @dataclass(slots=True)
@@ -81,6 +91,8 @@ class WorkerReport:
     frames: int = 0
     kvs: int = 0
     disconnects: int = 0
+    snapshots: int = 0  # full snapshots received, first ones included
+    reconciles: int = 0  # reconnects that received only the buckets that differed
     min_seq: int = 0
     max_seq: int = 0
     latency: LogHistogram = field(default_factory=LogHistogram)
@@ -101,6 +113,48 @@ class WorkerReport:
     state_hashes: dict[str, dict[str, int]] = field(default_factory=dict)  # hostname -> key -> crc32(value)
 
 
+class BorrowedSummaries:
+    """Summaries of the states this worker's decoding agents passed through, by epoch and seq, for the
+    cheap agents to offer when they reconnect (see the design note). Bounded: `capacity` states, the
+    oldest dropped first (each is 129 KiB; 600 hold the last ~10 s of two streams at 100 events/s).
+
+    A cheap agent asks for the state it stopped at. When a replica drains, its decoding agent may be
+    dropped before some of its cheap agents, which then stopped at states it never saw: they get the
+    latest recorded state of that stream before theirs. Offering an older state than one holds makes
+    the server send the buckets that changed in between as well, so it can only overstate what a real
+    agent would receive. `exact` and `earlier` count the two cases.
+    """
+
+    def __init__(self, capacity: int = 600) -> None:
+        self.capacity = capacity
+        self._book: OrderedDict[tuple[str, int], StateSummary] = OrderedDict()
+        self.exact = self.earlier = 0
+
+    def record(self, client: SyncClient) -> None:
+        """The state `client` holds now (call before it applies a message, and when it disconnects)."""
+        summary = client.view.summary
+        if summary is None or not client.epoch or not client.view.state:
+            return
+        key = (client.epoch, client.seq)
+        if key in self._book:
+            return
+        self._book[key] = summary.copy()
+        if len(self._book) > self.capacity:
+            self._book.popitem(last=False)
+
+    def __call__(self, epoch: str, seq: int) -> StateSummary | None:
+        summary = self._book.get((epoch, seq))
+        if summary is not None:
+            self.exact += 1
+        else:
+            earlier = [(s, summ) for (e, s), summ in self._book.items() if e == epoch and s < seq]
+            if not earlier:
+                return None
+            summary = max(earlier, key=lambda pair: pair[0])[1]
+            self.earlier += 1
+        return summary.copy()  # the client keeps what it offered; the book keeps its own
+
+
 def _worker_main(spec: FleetSpec, worker: int, agent_ids: list[int], conn: Connection) -> None:
     import uvloop
 
@@ -115,10 +169,13 @@ async def _worker(spec: FleetSpec, worker: int, agent_ids: list[int], conn: Conn
     decode_ids = set(spec.decode_ids) if spec.decode_ids is not None else None
     by_created = spec.arrival_key == "created"
     tls = CertReloader.for_client(spec.tls) if spec.tls is not None else None  # one context for all agents
+    borrowed = BorrowedSummaries()
 
     def on_message_for(probe_index: int) -> Callable[[Message], None]:
         def on_message(msg: Message) -> None:
             now = time.time_ns()
+            if probes[probe_index].decoding:
+                borrowed.record(probes[probe_index].client)  # the state before `msg` is applied
             if isinstance(msg, (Updates, SyncStatusChange)):
                 probe = probes[probe_index]
                 if probe.disconnected_at and probe.resnapshotted and msg.status is SyncStatus.IN_SYNC:
@@ -171,6 +228,8 @@ async def _worker(spec: FleetSpec, worker: int, agent_ids: list[int], conn: Conn
     def on_connection_for(probe_index: int) -> Callable[[bool, str], None]:
         def on_connection(up: bool, _detail: str) -> None:
             probe = probes[probe_index]
+            if not up and probe.decoding:
+                borrowed.record(probe.client)  # the state it stopped at
             if not up and not probe.disconnected_at and probe.snapshot_done:
                 probe.disconnected_at = time.monotonic()
                 probe.resnapshotted = False
@@ -198,8 +257,13 @@ async def _worker(spec: FleetSpec, worker: int, agent_ids: list[int], conn: Conn
             backoff_initial=0.2,
             backoff_max=5.0,
             tls=tls,
+            summary_source=None if decode else borrowed,
         )
-        probes.append(_AgentProbe(client, time.monotonic(), seen_revisions=set() if decode and by_created else None))
+        probes.append(
+            _AgentProbe(
+                client, time.monotonic(), seen_revisions=set() if decode and by_created else None, decoding=decode
+            )
+        )
     spread = spec.connect_spread / max(1, len(probes))
     for probe in probes:
         probe.started = time.monotonic()
@@ -216,6 +280,8 @@ async def _worker(spec: FleetSpec, worker: int, agent_ids: list[int], conn: Conn
         report.frames = sum(c.stats.frames for c in clients)
         report.kvs = sum(c.stats.kvs_received for c in clients)
         report.disconnects = sum(c.stats.disconnects for c in clients)
+        report.snapshots = sum(c.stats.snapshots for c in clients)
+        report.reconciles = sum(c.stats.reconciles for c in clients)
         seqs = [c.seq for c in clients]
         report.min_seq, report.max_seq = (min(seqs), max(seqs)) if seqs else (0, 0)
         report.final = final

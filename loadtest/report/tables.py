@@ -201,6 +201,10 @@ def fault_detail(f: FaultRecord) -> str:
         bits.append(f"replica ready again after {f.ready_after:.1f}s")
     if f.agents_disconnected is not None:
         bits.append(f"{f.agents_disconnected:,} agent disconnects")
+    if f.agents_reconciled is not None and f.agents_resnapshotted is not None:
+        bits.append(f"{f.agents_reconciled:,} reconciled, {f.agents_resnapshotted:,} full snapshots")
+    if f.bytes_to_agents is not None:
+        bits.append(f"{nbytes(f.bytes_to_agents)} to agents")
     if f.watches_cut is not None:
         bits.append(f"{f.watches_cut} watches cut")
     if f.relists_410:

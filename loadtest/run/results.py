@@ -193,6 +193,9 @@ class FaultRecord:
     ready_after: float | None = None
     recovered_seconds: float | None = None  # None: not recovered in time
     agents_disconnected: int | None = None
+    agents_reconciled: int | None = None  # of those, how many came back by reconciling (only what differed)
+    agents_resnapshotted: int | None = None  # ... and how many by a full snapshot
+    bytes_to_agents: int | None = None  # received by all agents from the fault until recovered
     watches_cut: int | None = None
     relists_410: int | None = None
     list_requests: int | None = None

@@ -144,14 +144,29 @@ class TyphaRun(ModeRun):
         self.mark(f"{kind} {idx}")
         self.log(f"fault at {record.at:g}s: {kind} replica {idx}")
         assert self.fleet is not None
-        disc0 = self.fleet.total("disconnects")
+        before = self._agent_counts()
         t0 = time.monotonic()
         record.stopped_after, record.ready_after = await rep.restart(kill=kill)
         self.mark(f"typha {idx} ready again", seconds=record.ready_after)
         ok = await self.wait_recovered(0, self.sc.agent_sync_timeout(self.mode))
         record.recovered_seconds = time.monotonic() - t0 if ok else None
-        record.agents_disconnected = self.fleet.total("disconnects") - disc0
+        self._record_agents(record, before)
         self.mark(f"agents recovered from {kind} {idx}", ok=ok)
+
+    _AGENT_COUNTS = ("disconnects", "reconciles", "snapshots", "bytes")
+
+    def _agent_counts(self) -> dict[str, int]:
+        assert self.fleet is not None
+        return {name: self.fleet.total(name) for name in self._AGENT_COUNTS}
+
+    def _record_agents(self, record: FaultRecord, before: dict[str, int]) -> None:
+        """How the agents came back from a replica fault: disconnects, reconciles against full snapshots,
+        and the bytes they received meanwhile (churn included)."""
+        now = self._agent_counts()
+        record.agents_disconnected = now["disconnects"] - before["disconnects"]
+        record.agents_reconciled = now["reconciles"] - before["reconciles"]
+        record.agents_resnapshotted = now["snapshots"] - before["snapshots"]
+        record.bytes_to_agents = now["bytes"] - before["bytes"]
 
     async def rolling_restart(self, record: FaultRecord) -> None:
         """Every replica in turn, the next as soon as the previous is ready again; then wait (bounded)
@@ -159,7 +174,7 @@ class TyphaRun(ModeRun):
         self.mark("rolling-restart")
         self.log(f"fault at {record.at:g}s: rolling restart of {len(self.replicas)} replicas")
         assert self.fleet is not None
-        disc0 = self.fleet.total("disconnects")
+        before = self._agent_counts()
         t0 = time.monotonic()
         steps = []
         for rep in self.replicas:
@@ -170,7 +185,7 @@ class TyphaRun(ModeRun):
         record.ready_after = time.monotonic() - t0
         ok = await self.wait_recovered(0, self.sc.agent_sync_timeout(self.mode))
         record.recovered_seconds = time.monotonic() - t0 if ok else None
-        record.agents_disconnected = self.fleet.total("disconnects") - disc0
+        self._record_agents(record, before)
         record.note = "; ".join(steps)
         self.mark("agents recovered from rolling-restart", ok=ok)
 
