@@ -33,7 +33,7 @@ from .peerbudget import Handshakes, InboundBudget, LogLimiter, fd_budget
 from .tls import TLSSession, looks_like_plaintext_hello, looks_like_tls
 
 if TYPE_CHECKING:
-    from .syncserver import SyncConnection
+    from .syncconn import SyncConnection
 
 log = logging.getLogger("typha.server")
 
