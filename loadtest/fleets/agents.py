@@ -122,13 +122,12 @@ class BorrowedSummaries:
     dropped before some of its cheap agents, which then stopped at states it never saw: they get the
     latest recorded state of that stream before theirs. Offering an older state than one holds makes
     the server send the buckets that changed in between as well, so it can only overstate what a real
-    agent would receive. `exact` and `earlier` count the two cases.
+    agent would receive.
     """
 
     def __init__(self, capacity: int = 600) -> None:
         self.capacity = capacity
         self._book: OrderedDict[tuple[str, int], StateSummary] = OrderedDict()
-        self.exact = self.earlier = 0
 
     def record(self, client: SyncClient) -> None:
         """The state `client` holds now (call before it applies a message, and when it disconnects)."""
@@ -144,14 +143,11 @@ class BorrowedSummaries:
 
     def __call__(self, epoch: str, seq: int) -> StateSummary | None:
         summary = self._book.get((epoch, seq))
-        if summary is not None:
-            self.exact += 1
-        else:
+        if summary is None:
             earlier = [(s, summ) for (e, s), summ in self._book.items() if e == epoch and s < seq]
             if not earlier:
                 return None
             summary = max(earlier, key=lambda pair: pair[0])[1]
-            self.earlier += 1
         return summary.copy()  # the client keeps what it offered; the book keeps its own
 
 
